@@ -1,0 +1,17 @@
+//! Per-CPU packet counters, one slot per [`Reason`]; userspace sums the CPUs.
+
+use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
+use podnet_common::Reason;
+
+#[btf_map(pin_by_name)]
+static COUNTERS: PerCpuArray<u64, { Reason::COUNT }> = PerCpuArray::new();
+
+/// Adds one to `reason`'s slot on this CPU.
+#[inline(always)]
+pub fn count(reason: Reason) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: the pointer comes from a successful lookup in a per-CPU array; the slot belongs
+        // to this CPU and this program cannot be preempted by another user of it.
+        unsafe { *slot += 1 };
+    }
+}

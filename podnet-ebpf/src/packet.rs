@@ -1,0 +1,81 @@
+//! Bounds-checked access to packet headers. The only place that turns packet offsets into
+//! pointers; callers dereference them in `unsafe` blocks that name this check.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::TcContext;
+
+/// The packet is shorter than a header it claims to carry, or a header field is impossible.
+#[derive(Clone, Copy)]
+pub struct Malformed;
+
+/// Ethernet II header.
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// Network byte order.
+    pub ether_type: u16,
+}
+
+impl EthHdr {
+    pub const LEN: usize = size_of::<Self>();
+    /// 0x0800 as it sits in the packet (network byte order) on a little-endian target.
+    pub const TYPE_IPV4: u16 = 0x0800u16.to_be();
+}
+
+/// IPv4 header without options.
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: u16,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    pub const LEN: usize = size_of::<Self>();
+}
+
+/// A pointer to a `T` at `offset` from the start of the packet, if it lies entirely inside the
+/// packet's linear data.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, Malformed> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(Malformed);
+    }
+    Ok((start + offset) as *mut T)
+}
+
+/// Makes sure the first `len` bytes are in the linear part of the skb (a GSO packet from a socket
+/// may hold headers in fragments). Fails only when the packet itself is shorter than `len`.
+#[inline(always)]
+pub fn ensure_linear(ctx: &TcContext, len: usize) -> Result<(), Malformed> {
+    if ctx.data() + len <= ctx.data_end() {
+        return Ok(());
+    }
+    if (ctx.len() as usize) < len {
+        return Err(Malformed);
+    }
+    ctx.pull_data(len as u32).map_err(|_| Malformed)
+}
+
+/// The IPv4 header at `offset`, checked for length and a sane version/IHL.
+#[inline(always)]
+pub fn ipv4(ctx: &TcContext, offset: usize) -> Result<*mut Ipv4Hdr, Malformed> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that the whole fixed IPv4 header lies inside the packet.
+    let version_ihl = unsafe { (*ip).version_ihl };
+    if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
+        return Err(Malformed);
+    }
+    Ok(ip)
+}

@@ -1,0 +1,66 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// podnet: Kubernetes-style pod networking with an eBPF datapath.
+///
+/// podnet builds the classic pod plumbing over netlink (a namespace per pod, a veth pair into the
+/// node bridge, addresses, a default route via the bridge gateway, ip_forward) and then forwards
+/// pod traffic in the kernel with a tc (tcx) program on every pod veth: packets between pods on
+/// the node never cross the bridge or iptables. State lives in BPF maps pinned under
+/// /sys/fs/bpf/podnet/<node>/, so the datapath keeps running after `podnet up` exits.
+///
+/// Typical use on a node:
+///
+///   podnet config > node.toml      # start from the built-in two-pod config
+///   podnet --config node.toml up   # build pods, attach the datapath
+///   podnet --config node.toml status
+///   podnet --config node.toml down
+///
+/// To drive a node that is itself a network namespace (tests, the demo), use `--netns NODE`
+/// rather than `ip netns exec NODE podnet ...`: `ip netns exec` gives the command a private
+/// /sys, and pins made there would vanish with it.
+#[derive(Debug, Parser)]
+#[command(name = "podnet", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// Node configuration (TOML). Default: the built-in config printed by `podnet config`.
+    #[arg(long, short, global = true, value_name = "FILE", env = "PODNET_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Run inside the named network namespace (/run/netns/NODE) as the node.
+    #[arg(long, global = true, value_name = "NODE", env = "PODNET_NETNS")]
+    pub netns: Option<String>,
+
+    /// More log output (-v: debug, -vv: trace). Also RUST_LOG.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the node's pods and attach the eBPF datapath.
+    ///
+    /// Creates what is missing (bridge with the gateway address, pod namespaces, veth pairs,
+    /// addresses, default routes), enables ip_forward, mounts bpffs if needed, loads the programs,
+    /// attaches `from_pod` at tcx ingress of every host-side pod veth, fills the endpoint map and
+    /// pins maps and links under /sys/fs/bpf/podnet/<node>/. Safe to re-run: with the same config
+    /// nothing changes; programs are swapped atomically inside their existing links. If a step
+    /// fails, everything this run created is removed again.
+    Up,
+    /// Remove everything `up` made: pinned links (detaching the programs) and maps, pod veths
+    /// and namespaces, and the bridge. Safe to run twice or after a failed `up`.
+    Down,
+    /// Show endpoints, attached programs and per-reason packet counters.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the built-in configuration, a commented template for `--config`.
+    Config,
+}

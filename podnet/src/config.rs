@@ -1,0 +1,334 @@
+//! The node configuration: a TOML file (or the built-in default), parsed and validated into a
+//! [`Config`] whose every field is already checked and defaulted.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+/// The built-in configuration: two pods on one node, like the classic recipe.
+pub const DEFAULT_TOML: &str = include_str!("../default.toml");
+
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
+/// Prefix of the pod-side veth, inside the pod namespace.
+const POD_IF_PREFIX: &str = "veth_";
+/// Prefix of the host-side veth, in the node namespace and the bridge.
+const HOST_IF_PREFIX: &str = "brveth_";
+/// Longest pod name: the host-side veth name must fit in IFNAMSIZ.
+pub const POD_NAME_MAX: usize = IFNAME_MAX - HOST_IF_PREFIX.len();
+
+/// Where a configuration came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    BuiltIn,
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::BuiltIn => f.write_str("built-in config"),
+            Source::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{source_name}: {message}")]
+    Parse { source_name: Source, message: String },
+    #[error("{source_name}: {field}: {problem}")]
+    Invalid {
+        source_name: Source,
+        field: String,
+        problem: String,
+    },
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub source: Source,
+    pub node: Node,
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Names the pin directory and prefixes pod namespace names.
+    pub name: String,
+    /// The node's pod address range.
+    pub pod_cidr: Ipv4Net,
+    /// The node bridge.
+    pub bridge: String,
+    /// Pods' default gateway, an address on the bridge.
+    pub gateway: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// The pod's network namespace (a name under /run/netns).
+    pub netns: String,
+}
+
+impl Pod {
+    /// The pod end of the veth pair, inside the pod namespace.
+    pub fn pod_ifname(&self) -> String {
+        format!("{POD_IF_PREFIX}{}", self.name)
+    }
+
+    /// The host end of the veth pair, in the node namespace and the bridge.
+    pub fn host_ifname(&self) -> String {
+        format!("{HOST_IF_PREFIX}{}", self.name)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    #[serde(default, rename = "pod")]
+    pods: Vec<RawPod>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    pod_cidr: String,
+    #[serde(default = "default_bridge")]
+    bridge: String,
+    gateway: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPod {
+    name: String,
+    ip: String,
+    netns: Option<String>,
+}
+
+fn default_bridge() -> String {
+    "br0".to_owned()
+}
+
+impl Config {
+    /// Reads and validates `path`, or the built-in config when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::parse(DEFAULT_TOML, Source::BuiltIn),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse(&text, Source::File(path.to_owned()))
+            }
+        }
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str, source: Source) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            source_name: source.clone(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Validator { source }.validate(raw)
+    }
+}
+
+struct Validator {
+    source: Source,
+}
+
+impl Validator {
+    fn invalid(&self, field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            source_name: self.source.clone(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn validate(self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let node = self.node(raw.node)?;
+        let mut pods = Vec::with_capacity(raw.pods.len());
+        let (mut names, mut ips, mut namespaces) = (HashSet::new(), HashSet::new(), HashSet::new());
+        for (i, raw_pod) in raw.pods.into_iter().enumerate() {
+            let pod = self.pod(i, raw_pod, &node)?;
+            if !names.insert(pod.name.clone()) {
+                return Err(self.invalid(format!("pod[{i}].name"), format!("duplicate pod name {:?}", pod.name)));
+            }
+            if !ips.insert(pod.ip) {
+                return Err(self.invalid(format!("pod[{i}].ip"), format!("duplicate pod IP {}", pod.ip)));
+            }
+            if !namespaces.insert(pod.netns.clone()) {
+                return Err(self.invalid(format!("pod[{i}].netns"), format!("duplicate namespace {:?}", pod.netns)));
+            }
+            pods.push(pod);
+        }
+        Ok(Config { source: self.source, node, pods })
+    }
+
+    fn node(&self, raw: RawNode) -> Result<Node, ConfigError> {
+        check_name(&raw.name, 32).map_err(|p| self.invalid("node.name", p))?;
+        check_ifname(&raw.bridge).map_err(|p| self.invalid("node.bridge", p))?;
+        let pod_cidr: Ipv4Net = raw
+            .pod_cidr
+            .parse()
+            .map_err(|_| self.invalid("node.pod_cidr", format!("{:?} is not an IPv4 CIDR like 10.1.1.0/24", raw.pod_cidr)))?;
+        if pod_cidr != pod_cidr.trunc() {
+            return Err(self.invalid(
+                "node.pod_cidr",
+                format!("{pod_cidr} has host bits set; did you mean {}?", pod_cidr.trunc()),
+            ));
+        }
+        if pod_cidr.prefix_len() > 30 {
+            return Err(self.invalid("node.pod_cidr", format!("{pod_cidr} is too small: use a /30 or larger")));
+        }
+        let gateway = match raw.gateway {
+            None => pod_cidr.hosts().next().expect("a /30 or larger has hosts"),
+            Some(gw) => self.ipv4("node.gateway", &gw)?,
+        };
+        check_host_in(gateway, pod_cidr).map_err(|p| self.invalid("node.gateway", p))?;
+        Ok(Node { name: raw.name, pod_cidr, bridge: raw.bridge, gateway })
+    }
+
+    fn pod(&self, i: usize, raw: RawPod, node: &Node) -> Result<Pod, ConfigError> {
+        check_name(&raw.name, POD_NAME_MAX).map_err(|p| self.invalid(format!("pod[{i}].name"), p))?;
+        let ip = self.ipv4(&format!("pod[{i}].ip"), &raw.ip)?;
+        check_host_in(ip, node.pod_cidr).map_err(|p| self.invalid(format!("pod[{i}].ip"), p))?;
+        if ip == node.gateway {
+            return Err(self.invalid(format!("pod[{i}].ip"), format!("{ip} is the node gateway")));
+        }
+        let netns = raw.netns.unwrap_or_else(|| format!("{}-{}", node.name, raw.name));
+        check_name(&netns, 64).map_err(|p| self.invalid(format!("pod[{i}].netns"), p))?;
+        Ok(Pod { name: raw.name, ip, netns })
+    }
+
+    fn ipv4(&self, field: &str, text: &str) -> Result<Ipv4Addr, ConfigError> {
+        text.parse()
+            .map_err(|_| self.invalid(field, format!("{text:?} is not an IPv4 address")))
+    }
+}
+
+/// Names end up in interface names, namespace names and bpffs paths: keep them plain.
+fn check_name(name: &str, max: usize) -> Result<(), String> {
+    if name.is_empty() || name.len() > max {
+        return Err(format!("{name:?} must be 1 to {max} characters long"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
+        return Err(format!("{name:?} may only use a-z, 0-9, '-' and '_'"));
+    }
+    Ok(())
+}
+
+fn check_ifname(name: &str) -> Result<(), String> {
+    check_name(name, IFNAME_MAX)
+}
+
+fn check_host_in(ip: Ipv4Addr, cidr: Ipv4Net) -> Result<(), String> {
+    if !cidr.contains(&ip) {
+        return Err(format!("{ip} is outside node.pod_cidr {cidr}"));
+    }
+    if ip == cidr.network() || ip == cidr.broadcast() {
+        return Err(format!("{ip} is the network or broadcast address of {cidr}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Source::File("test.toml".into())).map_err(|e| e.to_string())
+    }
+
+    const NODE: &str = "[node]\nname = \"n1\"\npod_cidr = \"10.1.1.0/24\"\n";
+
+    #[test]
+    fn builtin_is_the_two_pod_recipe() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.node.name, "node1");
+        assert_eq!(c.node.bridge, "br0");
+        assert_eq!(c.node.gateway, Ipv4Addr::new(10, 1, 1, 1));
+        let pods: Vec<_> = c.pods.iter().map(|p| (p.name.as_str(), p.ip, p.netns.as_str())).collect();
+        assert_eq!(
+            pods,
+            [("pod1", Ipv4Addr::new(10, 1, 1, 2), "node1-pod1"), ("pod2", Ipv4Addr::new(10, 1, 1, 3), "node1-pod2")]
+        );
+        assert_eq!(c.pods[0].host_ifname(), "brveth_pod1");
+        assert_eq!(c.pods[0].pod_ifname(), "veth_pod1");
+    }
+
+    #[test]
+    fn bad_cidr_names_field() {
+        let err = parse("[node]\nname = \"n1\"\npod_cidr = \"10.1.1.0/33\"\n").unwrap_err();
+        assert_eq!(err, "test.toml: node.pod_cidr: \"10.1.1.0/33\" is not an IPv4 CIDR like 10.1.1.0/24");
+        let err = parse("[node]\nname = \"n1\"\npod_cidr = \"10.1.1.7/24\"\n").unwrap_err();
+        assert_eq!(err, "test.toml: node.pod_cidr: 10.1.1.7/24 has host bits set; did you mean 10.1.1.0/24?");
+    }
+
+    #[test]
+    fn duplicate_ip_is_rejected() {
+        let err = parse(&format!(
+            "{NODE}[[pod]]\nname = \"a\"\nip = \"10.1.1.2\"\n[[pod]]\nname = \"b\"\nip = \"10.1.1.2\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err, "test.toml: pod[1].ip: duplicate pod IP 10.1.1.2");
+    }
+
+    #[test]
+    fn pod_outside_node_cidr_is_rejected() {
+        let err = parse(&format!("{NODE}[[pod]]\nname = \"a\"\nip = \"10.1.2.2\"\n")).unwrap_err();
+        assert_eq!(err, "test.toml: pod[0].ip: 10.1.2.2 is outside node.pod_cidr 10.1.1.0/24");
+    }
+
+    #[test]
+    fn pod_on_gateway_or_broadcast_is_rejected() {
+        let err = parse(&format!("{NODE}[[pod]]\nname = \"a\"\nip = \"10.1.1.1\"\n")).unwrap_err();
+        assert_eq!(err, "test.toml: pod[0].ip: 10.1.1.1 is the node gateway");
+        let err = parse(&format!("{NODE}[[pod]]\nname = \"a\"\nip = \"10.1.1.255\"\n")).unwrap_err();
+        assert_eq!(err, "test.toml: pod[0].ip: 10.1.1.255 is the network or broadcast address of 10.1.1.0/24");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_location() {
+        let err = parse(&format!("{NODE}mtu = 9000\n")).unwrap_err();
+        assert!(err.starts_with("test.toml: TOML parse error at line 4, column 1"), "{err}");
+        assert!(err.contains("unknown field `mtu`"), "{err}");
+    }
+
+    #[test]
+    fn pod_name_must_fit_an_interface_name() {
+        let err = parse(&format!("{NODE}[[pod]]\nname = \"frontend-1\"\nip = \"10.1.1.2\"\n")).unwrap_err();
+        assert_eq!(err, "test.toml: pod[0].name: \"frontend-1\" must be 1 to 8 characters long");
+    }
+
+    #[test]
+    fn explicit_gateway_and_netns_are_kept() {
+        let c = parse(
+            "[node]\nname = \"n1\"\npod_cidr = \"10.1.1.0/24\"\ngateway = \"10.1.1.254\"\n\
+             [[pod]]\nname = \"a\"\nip = \"10.1.1.2\"\nnetns = \"ns_a\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.node.gateway, Ipv4Addr::new(10, 1, 1, 254));
+        assert_eq!(c.pods[0].netns, "ns_a");
+    }
+}

@@ -1,0 +1,55 @@
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use podnet::{config::Config, netlink::netns, node, status};
+use tracing_subscriber::EnvFilter;
+
+mod cli;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = ["info", "debug", "trace"][usize::from(cli.verbose.min(2))];
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Config = cli.command {
+        print!("{}", podnet::config::DEFAULT_TOML);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    // Enter the node namespace before the runtime starts, so every thread is born in it.
+    if let Some(ns) = &cli.netns {
+        netns::enter(ns).with_context(|| format!("cannot act as node {ns:?}"))?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        match cli.command {
+            Command::Up => node::up(&config).await?,
+            Command::Down => node::down(&config).await?,
+            Command::Status { json } => {
+                let status = node::status(&config)?;
+                let out = if json { serde_json::to_string_pretty(&status)? } else { status::render(&status) };
+                println!("{out}");
+            }
+            Command::Config => unreachable!("handled above"),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

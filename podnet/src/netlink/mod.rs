@@ -1,0 +1,229 @@
+//! Links, addresses and routes over rtnetlink, in the current namespace or a named one.
+
+pub mod netns;
+
+use std::{net::Ipv4Addr, os::fd::AsRawFd};
+
+use futures::TryStreamExt;
+use nix::sched::{CloneFlags, setns};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
+};
+
+pub use netns::NetnsError;
+
+/// ENODEV and EEXIST as netlink reports them (negated errno).
+const ENODEV: i32 = -19;
+const EEXIST: i32 = -17;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("could not open a netlink socket in {ns}")]
+    Connect {
+        ns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("netlink: could not {op} {object}")]
+    Request {
+        op: &'static str,
+        object: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+/// A network interface as podnet needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    pub index: u32,
+    pub name: String,
+    pub mac: [u8; 6],
+}
+
+/// An rtnetlink connection bound to one network namespace.
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: Handle,
+    ns: String,
+}
+
+fn code(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| c.get()),
+        _ => None,
+    }
+}
+
+impl Netlink {
+    /// A connection in the calling thread's namespace. Needs a tokio runtime.
+    pub fn current() -> Result<Self, NetlinkError> {
+        Self::connect("the current namespace".to_owned())
+    }
+
+    /// A connection inside the named namespace, usable from any thread: a netlink socket stays
+    /// bound to the namespace it was created in.
+    pub fn in_netns(name: &str) -> Result<Self, NetlinkError> {
+        let fd = netns::open(name)?;
+        let rt = tokio::runtime::Handle::current();
+        let ns = format!("namespace {name:?}");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| NetlinkError::Connect {
+                    ns: ns.clone(),
+                    source: e.into(),
+                })?;
+                let _runtime = rt.enter();
+                Self::connect(ns.clone())
+            })
+            .join()
+            .expect("netlink thread does not panic")
+        })
+    }
+
+    fn connect(ns: String) -> Result<Self, NetlinkError> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|source| NetlinkError::Connect { ns: ns.clone(), source })?;
+        tokio::spawn(conn);
+        Ok(Self { handle, ns })
+    }
+
+    fn request(&self, op: &'static str, object: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+        let object = format!("{} in {}", object.into(), self.ns);
+        move |source| NetlinkError::Request { op, object, source }
+    }
+
+    /// The interface called `name`, if there is one.
+    pub async fn link(&self, name: &str) -> Result<Option<Iface>, NetlinkError> {
+        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(iface(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if code(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(self.request("look up link", name)(e)),
+        }
+    }
+
+    /// Like [`Self::link`], but the interface must exist.
+    pub async fn existing_link(&self, name: &str) -> Result<Iface, NetlinkError> {
+        self.link(name).await?.ok_or_else(|| NetlinkError::Request {
+            op: "find link",
+            object: format!("{name} in {}", self.ns),
+            source: rtnetlink::Error::RequestFailed,
+        })
+    }
+
+    /// Creates a bridge (down; see [`Self::set_up`]).
+    pub async fn add_bridge(&self, name: &str) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+            .map_err(self.request("create bridge", name))
+    }
+
+    /// Creates a veth pair `host` <-> `peer`, with `peer` created directly inside namespace
+    /// `peer_ns`.
+    pub async fn add_veth(&self, host: &str, peer: &str, peer_ns: &str) -> Result<(), NetlinkError> {
+        let ns_fd = netns::open(peer_ns)?;
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_owned())
+            .setns_by_fd(ns_fd.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(host, peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(self.request("create veth pair", format!("{host} <-> {peer} (in {peer_ns})")))
+    }
+
+    /// Sets a link administratively up.
+    pub async fn set_up(&self, link: &Iface) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).up().build())
+            .execute()
+            .await
+            .map_err(self.request("set up link", &link.name))
+    }
+
+    /// Enslaves `link` to the bridge `bridge`.
+    pub async fn set_controller(&self, link: &Iface, bridge: &Iface) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).controller(bridge.index).build())
+            .execute()
+            .await
+            .map_err(self.request("attach link to bridge", format!("{} -> {}", link.name, bridge.name)))
+    }
+
+    /// Deletes a link if it exists (deleting one end of a veth deletes both).
+    pub async fn del_link(&self, name: &str) -> Result<(), NetlinkError> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Err(e) if code(&e) != Some(ENODEV) => Err(self.request("delete link", name)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds `ip/prefix` to a link; already present is fine.
+    pub async fn add_address(&self, link: &Iface, ip: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
+        match self.handle.address().add(link.index, ip.into(), prefix).execute().await {
+            Err(e) if code(&e) != Some(EEXIST) => {
+                Err(self.request("add address", format!("{ip}/{prefix} to {}", link.name))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds a default route via `gateway`; an existing default route is fine.
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        match self.handle.route().add(route).execute().await {
+            Err(e) if code(&e) != Some(EEXIST) => Err(self.request("add default route", format!("via {gateway}"))(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn iface(msg: &LinkMessage) -> Iface {
+    let mut iface = Iface { index: msg.header.index, name: String::new(), mac: [0; 6] };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => iface.name.clone_from(name),
+            LinkAttribute::Address(mac) if mac.len() == 6 => iface.mac.copy_from_slice(mac),
+            _ => {}
+        }
+    }
+    iface
+}
+
+/// Formats a MAC address the usual way.
+pub fn fmt_mac(mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mac_is_colon_hex() {
+        assert_eq!(super::fmt_mac(&[0x02, 0xab, 0, 1, 0x10, 0xff]), "02:ab:00:01:10:ff");
+    }
+
+    #[test]
+    fn errno_constants_are_negated() {
+        assert_eq!(super::ENODEV, -libc::ENODEV);
+        assert_eq!(super::EEXIST, -libc::EEXIST);
+    }
+}

@@ -1,0 +1,242 @@
+//! What `podnet up`, `down` and `status` do to a node, built from the plumbing, datapath and maps
+//! modules. `up` rolls back what it made when a step fails.
+
+use std::net::Ipv4Addr;
+
+use podnet_common::{Endpoint, Reason};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    datapath::{Datapath, DatapathError, PinDir},
+    maps::{Counters, Endpoints, MapsError},
+    netlink::{Netlink, NetlinkError, fmt_mac, netns},
+    plumbing,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("could not enable IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")]
+    Forwarding(#[source] std::io::Error),
+    #[error("podnet is not up on node {node:?}: {path} does not exist (run `podnet up`)")]
+    NotUp { node: String, path: String },
+}
+
+/// Something `up` created, undone in reverse order if a later step fails.
+#[derive(Debug)]
+enum Made {
+    Netns(String),
+    Link(String),
+    PinDir(PinDir),
+}
+
+async fn undo(nl: &Netlink, made: Vec<Made>) {
+    for m in made.into_iter().rev() {
+        let result = match &m {
+            Made::Netns(name) => netns::delete(name).map_err(NodeError::from),
+            Made::Link(name) => nl.del_link(name).await.map_err(NodeError::from),
+            Made::PinDir(pins) => pins.remove().map_err(NodeError::from),
+        };
+        if let Err(e) = result {
+            warn!("rollback: could not undo {m:?}: {e}");
+        }
+    }
+}
+
+/// Builds (or completes) the node described by `config` and attaches the datapath. Running it
+/// again with the same config changes nothing.
+pub async fn up(config: &Config) -> Result<(), NodeError> {
+    let nl = Netlink::current()?;
+    let mut made = Vec::new();
+    match up_steps(config, &nl, &mut made).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if !made.is_empty() {
+                warn!("`up` failed; removing the {} object(s) it created", made.len());
+                undo(&nl, made).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result<(), NodeError> {
+    let node = &config.node;
+    let pins = PinDir::for_node(&node.name);
+    let had_bridge = nl.link(&node.bridge).await?.is_some();
+    let bridge = plumbing::ensure_bridge(nl, node).await;
+    if !had_bridge && nl.link(&node.bridge).await?.is_some() {
+        made.push(Made::Link(node.bridge.clone()));
+    }
+    let bridge = bridge?;
+    if !had_bridge {
+        info!("created bridge {} with gateway {}/{}", node.bridge, node.gateway, node.pod_cidr.prefix_len());
+    }
+    let mut pods = Vec::with_capacity(config.pods.len());
+    for pod in &config.pods {
+        let had_netns = netns::exists(&pod.netns);
+        let had_veth = nl.link(&pod.host_ifname()).await?.is_some();
+        let plumbed = plumbing::ensure_pod(nl, &bridge, node, pod).await;
+        // Record what was made before looking at the result, so a half-made pod is undone too.
+        if !had_netns && netns::exists(&pod.netns) {
+            made.push(Made::Netns(pod.netns.clone()));
+        }
+        if !had_veth && nl.link(&pod.host_ifname()).await?.is_some() {
+            made.push(Made::Link(pod.host_ifname()));
+        }
+        let plumbed = plumbed?;
+        if !had_veth {
+            info!("pod {}: {} in namespace {} via {}", pod.name, pod.ip, pod.netns, pod.host_ifname());
+        }
+        pods.push((pod, plumbed, !had_veth));
+    }
+    plumbing::enable_ip_forward().map_err(NodeError::Forwarding)?;
+
+    if !pins.path().exists() {
+        made.push(Made::PinDir(pins.clone()));
+    }
+    let mut datapath = Datapath::load(&pins)?;
+    for (_, p, new_veth) in &pods {
+        if *new_veth {
+            // A link pinned for an earlier interface of the same name is dead; start afresh.
+            pins.unpin_link(&p.host.name)?;
+        }
+        datapath.attach_from_pod(&p.host.name, p.host.index)?;
+    }
+    let mut endpoints = Endpoints::open(&pins)?;
+    for (pod, p, _) in &pods {
+        let endpoint = Endpoint { host_ifindex: p.host.index, flags: 0, pod_mac: p.pod_if.mac, host_mac: p.host.mac };
+        endpoints.insert(pod.ip, &endpoint)?;
+    }
+    forget_removed_pods(config, nl, &pins, &mut endpoints).await?;
+    info!(
+        "node {} is up: {} pod(s), from_pod attached at tcx ingress, pins in {}",
+        node.name,
+        pods.len(),
+        pins.path().display()
+    );
+    Ok(())
+}
+
+/// Endpoints and links left from pods that are no longer in the config.
+async fn forget_removed_pods(
+    config: &Config,
+    nl: &Netlink,
+    pins: &PinDir,
+    endpoints: &mut Endpoints,
+) -> Result<(), NodeError> {
+    for (ip, _) in endpoints.list() {
+        if !config.pods.iter().any(|p| p.ip == ip) {
+            info!("removing endpoint {ip}: no longer in the config");
+            endpoints.remove(ip)?;
+        }
+    }
+    for ifname in pins.linked_interfaces() {
+        if !config.pods.iter().any(|p| p.host_ifname() == ifname) {
+            info!("removing {ifname}: its pod is no longer in the config");
+            pins.unpin_link(&ifname)?;
+            nl.del_link(&ifname).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything `up` made for `config`: pinned links (detaching the programs), pinned
+/// maps, pod veths and namespaces, and the bridge. Missing pieces are skipped, so it is safe to
+/// run twice or after a failed `up`. IPv4 forwarding is left as it is.
+pub async fn down(config: &Config) -> Result<(), NodeError> {
+    let nl = Netlink::current()?;
+    PinDir::for_node(&config.node.name).remove()?;
+    for pod in &config.pods {
+        nl.del_link(&pod.host_ifname()).await?;
+        netns::delete(&pod.netns)?;
+    }
+    nl.del_link(&config.node.bridge).await?;
+    info!("node {} is down", config.node.name);
+    Ok(())
+}
+
+/// What `podnet status` reports.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub node: String,
+    pub pin_dir: String,
+    pub endpoints: Vec<EndpointStatus>,
+    pub programs: Vec<ProgramStatus>,
+    pub counters: Vec<CounterStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointStatus {
+    pub pod: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgramStatus {
+    pub program: &'static str,
+    pub hook: &'static str,
+    pub ifname: String,
+    pub link_id: u32,
+    pub prog_id: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CounterStatus {
+    pub reason: &'static str,
+    pub packets: u64,
+}
+
+/// Reads the node's pinned state.
+pub fn status(config: &Config) -> Result<Status, NodeError> {
+    let pins = PinDir::for_node(&config.node.name);
+    if !pins.path().exists() {
+        return Err(NodeError::NotUp { node: config.node.name.clone(), path: pins.path().display().to_string() });
+    }
+    let endpoints = Endpoints::open(&pins)?
+        .list()
+        .into_iter()
+        .map(|(ip, ep)| {
+            let pod = config.pods.iter().find(|p| p.ip == ip);
+            EndpointStatus {
+                pod: pod.map_or_else(|| "?".to_owned(), |p| p.name.clone()),
+                ip,
+                mac: fmt_mac(&ep.pod_mac),
+                host_ifname: pod.map_or_else(|| "?".to_owned(), |p| p.host_ifname()),
+                host_ifindex: ep.host_ifindex,
+            }
+        })
+        .collect();
+    let programs = pins
+        .linked_interfaces()
+        .into_iter()
+        .map(|ifname| {
+            let info = crate::datapath::link_info(&pins, &ifname)?;
+            Ok(ProgramStatus {
+                program: podnet_common::programs::FROM_POD,
+                hook: "tcx ingress",
+                ifname,
+                link_id: info.id(),
+                prog_id: info.program_id(),
+            })
+        })
+        .collect::<Result<_, DatapathError>>()?;
+    let counters = Counters::open(&pins)?
+        .totals()?
+        .into_iter()
+        .map(|(reason, packets): (Reason, u64)| CounterStatus { reason: reason.name(), packets })
+        .collect();
+    Ok(Status { node: config.node.name.clone(), pin_dir: pins.path().display().to_string(), endpoints, programs, counters })
+}

@@ -1,0 +1,57 @@
+//! Human-readable rendering of [`Status`]: plain aligned tables.
+
+use crate::node::Status;
+
+/// Renders rows as a left-aligned table under `header`.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("  {}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// The `podnet status` report.
+pub fn render(s: &Status) -> String {
+    let endpoints: Vec<Vec<String>> = s
+        .endpoints
+        .iter()
+        .map(|e| vec![e.pod.clone(), e.ip.to_string(), e.mac.clone(), e.host_ifname.clone(), e.host_ifindex.to_string()])
+        .collect();
+    let programs: Vec<Vec<String>> = s
+        .programs
+        .iter()
+        .map(|p| vec![p.program.to_owned(), p.hook.to_owned(), p.ifname.clone(), p.link_id.to_string(), p.prog_id.to_string()])
+        .collect();
+    let counters: Vec<Vec<String>> =
+        s.counters.iter().map(|c| vec![c.reason.to_owned(), c.packets.to_string()]).collect();
+    format!(
+        "node {} (pins: {})\n\nEndpoints\n{}\nPrograms\n{}\nCounters\n{}",
+        s.node,
+        s.pin_dir,
+        table(&["POD", "IP", "MAC", "HOST IF", "IFINDEX"], &endpoints),
+        table(&["PROGRAM", "HOOK", "INTERFACE", "LINK", "PROG"], &programs),
+        table(&["REASON", "PACKETS"], &counters),
+    )
+    .trim_end()
+    .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn table_aligns_columns() {
+        let t = super::table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "  A    LONG\n  xyz  1\n");
+    }
+}
