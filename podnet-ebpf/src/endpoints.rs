@@ -1,7 +1,8 @@
 //! Pods on this node and delivery into them.
 
-use aya_ebpf::{btf_maps::HashMap, helpers::generated::bpf_redirect_peer, macros::btf_map,
-    programs::TcContext};
+use aya_ebpf::{
+    btf_maps::HashMap, helpers::generated::bpf_redirect_peer, macros::btf_map, programs::TcContext,
+};
 use podnet_common::{Endpoint, EndpointKey, Reason, maps::ENDPOINTS_MAX};
 
 use crate::{

@@ -2,6 +2,10 @@
 //! a [`verdict::Verdict`] (action + reason), counts the reason and returns the action.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "aya's program macros wrap each entry in a function taking the kernel's raw context pointer"
+)]
 
 mod counters;
 mod endpoints;

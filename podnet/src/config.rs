@@ -172,26 +172,38 @@ impl Validator {
         for (i, raw_pod) in raw.pods.into_iter().enumerate() {
             let pod = self.pod(i, raw_pod, &node)?;
             if !names.insert(pod.name.clone()) {
-                return Err(self.invalid(format!("pod[{i}].name"), format!("duplicate pod name {:?}", pod.name)));
+                return Err(self.invalid(
+                    format!("pod[{i}].name"),
+                    format!("duplicate pod name {:?}", pod.name),
+                ));
             }
             if !ips.insert(pod.ip) {
                 return Err(self.invalid(format!("pod[{i}].ip"), format!("duplicate pod IP {}", pod.ip)));
             }
             if !namespaces.insert(pod.netns.clone()) {
-                return Err(self.invalid(format!("pod[{i}].netns"), format!("duplicate namespace {:?}", pod.netns)));
+                return Err(self.invalid(
+                    format!("pod[{i}].netns"),
+                    format!("duplicate namespace {:?}", pod.netns),
+                ));
             }
             pods.push(pod);
         }
-        Ok(Config { source: self.source, node, pods })
+        Ok(Config {
+            source: self.source,
+            node,
+            pods,
+        })
     }
 
     fn node(&self, raw: RawNode) -> Result<Node, ConfigError> {
         check_name(&raw.name, 32).map_err(|p| self.invalid("node.name", p))?;
         check_ifname(&raw.bridge).map_err(|p| self.invalid("node.bridge", p))?;
-        let pod_cidr: Ipv4Net = raw
-            .pod_cidr
-            .parse()
-            .map_err(|_| self.invalid("node.pod_cidr", format!("{:?} is not an IPv4 CIDR like 10.1.1.0/24", raw.pod_cidr)))?;
+        let pod_cidr: Ipv4Net = raw.pod_cidr.parse().map_err(|_| {
+            self.invalid(
+                "node.pod_cidr",
+                format!("{:?} is not an IPv4 CIDR like 10.1.1.0/24", raw.pod_cidr),
+            )
+        })?;
         if pod_cidr != pod_cidr.trunc() {
             return Err(self.invalid(
                 "node.pod_cidr",
@@ -199,14 +211,22 @@ impl Validator {
             ));
         }
         if pod_cidr.prefix_len() > 30 {
-            return Err(self.invalid("node.pod_cidr", format!("{pod_cidr} is too small: use a /30 or larger")));
+            return Err(self.invalid(
+                "node.pod_cidr",
+                format!("{pod_cidr} is too small: use a /30 or larger"),
+            ));
         }
         let gateway = match raw.gateway {
             None => pod_cidr.hosts().next().expect("a /30 or larger has hosts"),
             Some(gw) => self.ipv4("node.gateway", &gw)?,
         };
         check_host_in(gateway, pod_cidr).map_err(|p| self.invalid("node.gateway", p))?;
-        Ok(Node { name: raw.name, pod_cidr, bridge: raw.bridge, gateway })
+        Ok(Node {
+            name: raw.name,
+            pod_cidr,
+            bridge: raw.bridge,
+            gateway,
+        })
     }
 
     fn pod(&self, i: usize, raw: RawPod, node: &Node) -> Result<Pod, ConfigError> {
@@ -218,7 +238,11 @@ impl Validator {
         }
         let netns = raw.netns.unwrap_or_else(|| format!("{}-{}", node.name, raw.name));
         check_name(&netns, 64).map_err(|p| self.invalid(format!("pod[{i}].netns"), p))?;
-        Ok(Pod { name: raw.name, ip, netns })
+        Ok(Pod {
+            name: raw.name,
+            ip,
+            netns,
+        })
     }
 
     fn ipv4(&self, field: &str, text: &str) -> Result<Ipv4Addr, ConfigError> {
@@ -232,7 +256,10 @@ fn check_name(name: &str, max: usize) -> Result<(), String> {
     if name.is_empty() || name.len() > max {
         return Err(format!("{name:?} must be 1 to {max} characters long"));
     }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
         return Err(format!("{name:?} may only use a-z, 0-9, '-' and '_'"));
     }
     Ok(())
@@ -268,10 +295,17 @@ mod tests {
         assert_eq!(c.node.name, "node1");
         assert_eq!(c.node.bridge, "br0");
         assert_eq!(c.node.gateway, Ipv4Addr::new(10, 1, 1, 1));
-        let pods: Vec<_> = c.pods.iter().map(|p| (p.name.as_str(), p.ip, p.netns.as_str())).collect();
+        let pods: Vec<_> = c
+            .pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.ip, p.netns.as_str()))
+            .collect();
         assert_eq!(
             pods,
-            [("pod1", Ipv4Addr::new(10, 1, 1, 2), "node1-pod1"), ("pod2", Ipv4Addr::new(10, 1, 1, 3), "node1-pod2")]
+            [
+                ("pod1", Ipv4Addr::new(10, 1, 1, 2), "node1-pod1"),
+                ("pod2", Ipv4Addr::new(10, 1, 1, 3), "node1-pod2")
+            ]
         );
         assert_eq!(c.pods[0].host_ifname(), "brveth_pod1");
         assert_eq!(c.pods[0].pod_ifname(), "veth_pod1");
@@ -280,9 +314,15 @@ mod tests {
     #[test]
     fn bad_cidr_names_field() {
         let err = parse("[node]\nname = \"n1\"\npod_cidr = \"10.1.1.0/33\"\n").unwrap_err();
-        assert_eq!(err, "test.toml: node.pod_cidr: \"10.1.1.0/33\" is not an IPv4 CIDR like 10.1.1.0/24");
+        assert_eq!(
+            err,
+            "test.toml: node.pod_cidr: \"10.1.1.0/33\" is not an IPv4 CIDR like 10.1.1.0/24"
+        );
         let err = parse("[node]\nname = \"n1\"\npod_cidr = \"10.1.1.7/24\"\n").unwrap_err();
-        assert_eq!(err, "test.toml: node.pod_cidr: 10.1.1.7/24 has host bits set; did you mean 10.1.1.0/24?");
+        assert_eq!(
+            err,
+            "test.toml: node.pod_cidr: 10.1.1.7/24 has host bits set; did you mean 10.1.1.0/24?"
+        );
     }
 
     #[test]
@@ -297,7 +337,10 @@ mod tests {
     #[test]
     fn pod_outside_node_cidr_is_rejected() {
         let err = parse(&format!("{NODE}[[pod]]\nname = \"a\"\nip = \"10.1.2.2\"\n")).unwrap_err();
-        assert_eq!(err, "test.toml: pod[0].ip: 10.1.2.2 is outside node.pod_cidr 10.1.1.0/24");
+        assert_eq!(
+            err,
+            "test.toml: pod[0].ip: 10.1.2.2 is outside node.pod_cidr 10.1.1.0/24"
+        );
     }
 
     #[test]
@@ -305,20 +348,32 @@ mod tests {
         let err = parse(&format!("{NODE}[[pod]]\nname = \"a\"\nip = \"10.1.1.1\"\n")).unwrap_err();
         assert_eq!(err, "test.toml: pod[0].ip: 10.1.1.1 is the node gateway");
         let err = parse(&format!("{NODE}[[pod]]\nname = \"a\"\nip = \"10.1.1.255\"\n")).unwrap_err();
-        assert_eq!(err, "test.toml: pod[0].ip: 10.1.1.255 is the network or broadcast address of 10.1.1.0/24");
+        assert_eq!(
+            err,
+            "test.toml: pod[0].ip: 10.1.1.255 is the network or broadcast address of 10.1.1.0/24"
+        );
     }
 
     #[test]
     fn unknown_field_is_rejected_with_its_location() {
         let err = parse(&format!("{NODE}mtu = 9000\n")).unwrap_err();
-        assert!(err.starts_with("test.toml: TOML parse error at line 4, column 1"), "{err}");
+        assert!(
+            err.starts_with("test.toml: TOML parse error at line 4, column 1"),
+            "{err}"
+        );
         assert!(err.contains("unknown field `mtu`"), "{err}");
     }
 
     #[test]
     fn pod_name_must_fit_an_interface_name() {
-        let err = parse(&format!("{NODE}[[pod]]\nname = \"frontend-1\"\nip = \"10.1.1.2\"\n")).unwrap_err();
-        assert_eq!(err, "test.toml: pod[0].name: \"frontend-1\" must be 1 to 8 characters long");
+        let err = parse(&format!(
+            "{NODE}[[pod]]\nname = \"frontend-1\"\nip = \"10.1.1.2\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "test.toml: pod[0].name: \"frontend-1\" must be 1 to 8 characters long"
+        );
     }
 
     #[test]

@@ -141,7 +141,10 @@ impl PinDir {
             self.unpin_link(&ifname)?;
         }
         remove_dir(&self.links())?;
-        for entry in std::fs::read_dir(&self.0).map_err(fs_err("list", &self.0))?.flatten() {
+        for entry in std::fs::read_dir(&self.0)
+            .map_err(fs_err("list", &self.0))?
+            .flatten()
+        {
             remove_file(&entry.path())?;
         }
         remove_dir(&self.0)?;
@@ -181,12 +184,24 @@ pub fn ensure_bpffs() -> Result<(), DatapathError> {
     if statfs(BPFFS).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC) {
         return Ok(());
     }
-    let same_mount_ns = std::fs::read_link("/proc/self/ns/mnt").ok() == std::fs::read_link("/proc/1/ns/mnt").ok();
+    let same_mount_ns =
+        std::fs::read_link("/proc/self/ns/mnt").ok() == std::fs::read_link("/proc/1/ns/mnt").ok();
     if !same_mount_ns {
-        return Err(DatapathError::NoBpffs { path: BPFFS.to_owned() });
+        return Err(DatapathError::NoBpffs {
+            path: BPFFS.to_owned(),
+        });
     }
-    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|source| DatapathError::MountBpffs { path: BPFFS.to_owned(), source })
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| DatapathError::MountBpffs {
+        path: BPFFS.to_owned(),
+        source,
+    })
 }
 
 /// podnet's programs, loaded and verified, with their maps pinned in a node's [`PinDir`].
@@ -207,8 +222,14 @@ impl Datapath {
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
         let prog = classifier(&mut ebpf, FROM_POD)?;
-        prog.load().map_err(|source| DatapathError::Program { name: FROM_POD, source })?;
-        Ok(Self { ebpf, pins: pins.clone() })
+        prog.load().map_err(|source| DatapathError::Program {
+            name: FROM_POD,
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            pins: pins.clone(),
+        })
     }
 
     /// The loaded `from_pod` program (for `BPF_PROG_TEST_RUN`).
@@ -220,23 +241,39 @@ impl Datapath {
     /// already pinned for it, swaps the program inside that link instead (no gap in forwarding).
     pub fn attach_from_pod(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
         let path = self.pins.link(ifname);
-        let attach_err = |source| DatapathError::Attach { name: FROM_POD, ifname: ifname.to_owned(), source };
+        let attach_err = |source| DatapathError::Attach {
+            name: FROM_POD,
+            ifname: ifname.to_owned(),
+            source,
+        };
         let prog = classifier(&mut self.ebpf, FROM_POD)?;
         match PinnedLink::from_pin(&path) {
             Ok(pinned) => {
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-                    .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
+                    DatapathError::Link {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
                 let id = prog.attach_to_link(link).map_err(attach_err)?;
                 // The pin keeps the (updated) link alive; our fd can go.
                 drop(prog.take_link(id).map_err(attach_err)?);
                 Ok(())
             }
             Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
-                let tcx = TcAttach::Tcx { attach_type: TcAttachType::Ingress, order: LinkOrder::default() };
+                let tcx = TcAttach::Tcx {
+                    attach_type: TcAttachType::Ingress,
+                    order: LinkOrder::default(),
+                };
                 let id = prog.attach(ifindex, tcx).map_err(attach_err)?;
-                let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?)
-                    .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
-                link.pin(&path).map_err(|source| DatapathError::Pin { path, source })?;
+                let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(|source| {
+                    DatapathError::Link {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                link.pin(&path)
+                    .map_err(|source| DatapathError::Pin { path, source })?;
                 Ok(())
             }
             Err(source) => Err(DatapathError::Link { path, source }),

@@ -38,14 +38,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(ns) = &cli.netns {
         netns::enter(ns).with_context(|| format!("cannot act as node {ns:?}"))?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         match cli.command {
             Command::Up => node::up(&config).await?,
             Command::Down => node::down(&config).await?,
             Command::Status { json } => {
                 let status = node::status(&config)?;
-                let out = if json { serde_json::to_string_pretty(&status)? } else { status::render(&status) };
+                let out = if json {
+                    serde_json::to_string_pretty(&status)?
+                } else {
+                    status::render(&status)
+                };
                 println!("{out}");
             }
             Command::Config => unreachable!("handled above"),

@@ -16,23 +16,40 @@ pub enum MapsError {
     Open {
         path: String,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("could not {op} {key} in map {map}")]
-    Update {
+    Access {
         op: &'static str,
         map: &'static str,
         key: String,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
 }
 
-fn open(pins: &PinDir, name: &'static str, wrap: fn(MapData) -> Map) -> Result<Map, MapsError> {
+fn access_err(op: &'static str, map: &'static str, key: String) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Access {
+        op,
+        map,
+        key,
+        source: source.into(),
+    }
+}
+
+/// Opens pinned map `name` and converts it to its typed view `T`.
+fn open<T: TryFrom<Map, Error = MapError>>(
+    pins: &PinDir,
+    name: &'static str,
+    kind: fn(MapData) -> Map,
+) -> Result<T, MapsError> {
     let path = pins.map(name);
     MapData::from_pin(&path)
-        .map(wrap)
-        .map_err(|source| MapsError::Open { path: path.display().to_string(), source })
+        .and_then(|data| T::try_from(kind(data)))
+        .map_err(|source| MapsError::Open {
+            path: path.display().to_string(),
+            source: source.into(),
+        })
 }
 
 /// The local pods the datapath delivers to, by IPv4 address.
@@ -40,26 +57,29 @@ pub struct Endpoints(HashMap<MapData, EndpointKey, Endpoint>);
 
 impl Endpoints {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
-        let map = open(pins, ENDPOINTS, Map::HashMap)?;
-        let path = pins.map(ENDPOINTS).display().to_string();
-        HashMap::try_from(map).map(Self).map_err(|source| MapsError::Open { path, source })
+        open(pins, ENDPOINTS, Map::HashMap).map(Self)
     }
 
     pub fn insert(&mut self, ip: Ipv4Addr, endpoint: &Endpoint) -> Result<(), MapsError> {
         self.0
             .insert(&EndpointKey { ip: ip.octets() }, endpoint, 0)
-            .map_err(|source| MapsError::Update { op: "insert", map: ENDPOINTS, key: ip.to_string(), source })
+            .map_err(access_err("insert", ENDPOINTS, ip.to_string()))
     }
 
     pub fn remove(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
         self.0
             .remove(&EndpointKey { ip: ip.octets() })
-            .map_err(|source| MapsError::Update { op: "remove", map: ENDPOINTS, key: ip.to_string(), source })
+            .map_err(access_err("remove", ENDPOINTS, ip.to_string()))
     }
 
     /// Every endpoint, sorted by address.
     pub fn list(&self) -> Vec<(Ipv4Addr, Endpoint)> {
-        let mut all: Vec<_> = self.0.iter().flatten().map(|(k, v)| (Ipv4Addr::from(k.ip), v)).collect();
+        let mut all: Vec<_> = self
+            .0
+            .iter()
+            .flatten()
+            .map(|(k, v)| (Ipv4Addr::from(k.ip), v))
+            .collect();
         all.sort_by_key(|(ip, _)| *ip);
         all
     }
@@ -70,9 +90,7 @@ pub struct Counters(PerCpuArray<MapData, u64>);
 
 impl Counters {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
-        let map = open(pins, COUNTERS, Map::PerCpuArray)?;
-        let path = pins.map(COUNTERS).display().to_string();
-        PerCpuArray::try_from(map).map(Self).map_err(|source| MapsError::Open { path, source })
+        open(pins, COUNTERS, Map::PerCpuArray).map(Self)
     }
 
     /// Packets per reason, summed over CPUs, in [`Reason::ALL`] order.
@@ -80,12 +98,11 @@ impl Counters {
         Reason::ALL
             .iter()
             .map(|&reason| {
-                let per_cpu = self.0.get(&(reason as u32), 0).map_err(|source| MapsError::Update {
-                    op: "read",
-                    map: COUNTERS,
-                    key: reason.name().to_owned(),
-                    source,
-                })?;
+                let per_cpu = self.0.get(&(reason as u32), 0).map_err(access_err(
+                    "read",
+                    COUNTERS,
+                    reason.name().to_owned(),
+                ))?;
                 Ok((reason, per_cpu.iter().sum()))
             })
             .collect()

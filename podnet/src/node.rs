@@ -79,7 +79,12 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
     }
     let bridge = bridge?;
     if !had_bridge {
-        info!("created bridge {} with gateway {}/{}", node.bridge, node.gateway, node.pod_cidr.prefix_len());
+        info!(
+            "created bridge {} with gateway {}/{}",
+            node.bridge,
+            node.gateway,
+            node.pod_cidr.prefix_len()
+        );
     }
     let mut pods = Vec::with_capacity(config.pods.len());
     for pod in &config.pods {
@@ -95,7 +100,13 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
         }
         let plumbed = plumbed?;
         if !had_veth {
-            info!("pod {}: {} in namespace {} via {}", pod.name, pod.ip, pod.netns, pod.host_ifname());
+            info!(
+                "pod {}: {} in namespace {} via {}",
+                pod.name,
+                pod.ip,
+                pod.netns,
+                pod.host_ifname()
+            );
         }
         pods.push((pod, plumbed, !had_veth));
     }
@@ -114,7 +125,12 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
     }
     let mut endpoints = Endpoints::open(&pins)?;
     for (pod, p, _) in &pods {
-        let endpoint = Endpoint { host_ifindex: p.host.index, flags: 0, pod_mac: p.pod_if.mac, host_mac: p.host.mac };
+        let endpoint = Endpoint {
+            host_ifindex: p.host.index,
+            flags: 0,
+            pod_mac: p.pod_if.mac,
+            host_mac: p.host.mac,
+        };
         endpoints.insert(pod.ip, &endpoint)?;
     }
     forget_removed_pods(config, nl, &pins, &mut endpoints).await?;
@@ -203,7 +219,10 @@ pub struct CounterStatus {
 pub fn status(config: &Config) -> Result<Status, NodeError> {
     let pins = PinDir::for_node(&config.node.name);
     if !pins.path().exists() {
-        return Err(NodeError::NotUp { node: config.node.name.clone(), path: pins.path().display().to_string() });
+        return Err(NodeError::NotUp {
+            node: config.node.name.clone(),
+            path: pins.path().display().to_string(),
+        });
     }
     let endpoints = Endpoints::open(&pins)?
         .list()
@@ -236,7 +255,16 @@ pub fn status(config: &Config) -> Result<Status, NodeError> {
     let counters = Counters::open(&pins)?
         .totals()?
         .into_iter()
-        .map(|(reason, packets): (Reason, u64)| CounterStatus { reason: reason.name(), packets })
+        .map(|(reason, packets): (Reason, u64)| CounterStatus {
+            reason: reason.name(),
+            packets,
+        })
         .collect();
-    Ok(Status { node: config.node.name.clone(), pin_dir: pins.path().display().to_string(), endpoints, programs, counters })
+    Ok(Status {
+        node: config.node.name.clone(),
+        pin_dir: pins.path().display().to_string(),
+        endpoints,
+        programs,
+        counters,
+    })
 }

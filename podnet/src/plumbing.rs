@@ -25,12 +25,18 @@ pub async fn ensure_bridge(nl: &Netlink, node: &Node) -> Result<Iface, NetlinkEr
     }
     let bridge = nl.existing_link(&node.bridge).await?;
     nl.set_up(&bridge).await?;
-    nl.add_address(&bridge, node.gateway, node.pod_cidr.prefix_len()).await?;
+    nl.add_address(&bridge, node.gateway, node.pod_cidr.prefix_len())
+        .await?;
     Ok(bridge)
 }
 
 /// Makes sure `pod` has its namespace, veth pair, address and default route.
-pub async fn ensure_pod(nl: &Netlink, bridge: &Iface, node: &Node, pod: &Pod) -> Result<PodPlumbing, NetlinkError> {
+pub async fn ensure_pod(
+    nl: &Netlink,
+    bridge: &Iface,
+    node: &Node,
+    pod: &Pod,
+) -> Result<PodPlumbing, NetlinkError> {
     netns::create(&pod.netns)?;
     let host_name = pod.host_ifname();
     if nl.link(&host_name).await?.is_none() {
@@ -44,7 +50,9 @@ pub async fn ensure_pod(nl: &Netlink, bridge: &Iface, node: &Node, pod: &Pod) ->
     let lo = inside.existing_link("lo").await?;
     inside.set_up(&lo).await?;
     let pod_if = inside.existing_link(&pod.pod_ifname()).await?;
-    inside.add_address(&pod_if, pod.ip, node.pod_cidr.prefix_len()).await?;
+    inside
+        .add_address(&pod_if, pod.ip, node.pod_cidr.prefix_len())
+        .await?;
     inside.set_up(&pod_if).await?;
     inside.add_default_route(node.gateway).await?;
     Ok(PodPlumbing { host, pod_if })

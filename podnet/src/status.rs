@@ -11,7 +11,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         format!("  {}\n", padded.join("  ").trim_end())
     };
     let mut out = line(header.to_vec());
@@ -26,15 +30,34 @@ pub fn render(s: &Status) -> String {
     let endpoints: Vec<Vec<String>> = s
         .endpoints
         .iter()
-        .map(|e| vec![e.pod.clone(), e.ip.to_string(), e.mac.clone(), e.host_ifname.clone(), e.host_ifindex.to_string()])
+        .map(|e| {
+            vec![
+                e.pod.clone(),
+                e.ip.to_string(),
+                e.mac.clone(),
+                e.host_ifname.clone(),
+                e.host_ifindex.to_string(),
+            ]
+        })
         .collect();
     let programs: Vec<Vec<String>> = s
         .programs
         .iter()
-        .map(|p| vec![p.program.to_owned(), p.hook.to_owned(), p.ifname.clone(), p.link_id.to_string(), p.prog_id.to_string()])
+        .map(|p| {
+            vec![
+                p.program.to_owned(),
+                p.hook.to_owned(),
+                p.ifname.clone(),
+                p.link_id.to_string(),
+                p.prog_id.to_string(),
+            ]
+        })
         .collect();
-    let counters: Vec<Vec<String>> =
-        s.counters.iter().map(|c| vec![c.reason.to_owned(), c.packets.to_string()]).collect();
+    let counters: Vec<Vec<String>> = s
+        .counters
+        .iter()
+        .map(|c| vec![c.reason.to_owned(), c.packets.to_string()])
+        .collect();
     format!(
         "node {} (pins: {})\n\nEndpoints\n{}\nPrograms\n{}\nCounters\n{}",
         s.node,

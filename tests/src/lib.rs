@@ -1,1 +1,300 @@
-pub fn x(){}
+//! A lab of network namespaces for podnet's end-to-end tests and demo: node namespaces, the
+//! `podnet` binary run as each node, processes inside pods, and teardown that runs even when a
+//! test panics. Everything lives in namespaces the lab creates; the root namespace is never
+//! touched.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// The podnet binary under test: `$PODNET_BIN` (set by `cargo xtask test`), else the debug build.
+pub fn podnet_bin() -> PathBuf {
+    std::env::var_os("PODNET_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/podnet"))
+}
+
+/// Runs `cmd`, returning its output; fails with its stderr when it exits non-zero.
+pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// A command run inside network namespace `ns` (`ip netns exec`).
+pub fn in_ns(ns: &str, program: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, program]);
+    cmd
+}
+
+/// Runs `program args..` in `ns` and returns its stdout; fails on a non-zero exit.
+pub fn sh(ns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = run(in_ns(ns, program).args(args))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `ping` from `ns` to `ip` gets `count` answers (each waited for at most 1 s).
+pub fn pings(ns: &str, ip: &str, count: u32) -> bool {
+    in_ns(ns, "ping")
+        .args(["-c", &count.to_string(), "-W", "1", "-i", "0.2", "-q", ip])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Waits until something listens on TCP `port` in `ns` (at most 10 s).
+pub fn wait_listening(ns: &str, port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let listening = sh(ns, "ss", &["-Hltn", &format!("sport = :{port}")])?;
+        if !listening.trim().is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on port {port} in {ns} after 10 s")
+}
+
+/// GETs `url` from inside `ns` and returns the body.
+pub fn http_get(ns: &str, url: &str) -> anyhow::Result<String> {
+    sh(ns, "curl", &["-sS", "--fail", "--max-time", "5", url])
+}
+
+/// Summary of an iperf3 client run.
+#[derive(Debug, Clone, Copy)]
+pub struct Iperf {
+    pub bytes: u64,
+    pub bits_per_second: f64,
+    pub retransmits: u64,
+}
+
+/// Runs an iperf3 TCP client in `ns` against `server:port` for `seconds` (cubic, as the
+/// benchmark notes require) and parses its JSON report.
+pub fn iperf3_tcp(ns: &str, server: &str, port: u16, seconds: u32) -> anyhow::Result<Iperf> {
+    let out = sh(
+        ns,
+        "iperf3",
+        &[
+            "-c",
+            server,
+            "-p",
+            &port.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-C",
+            "cubic",
+            "-J",
+        ],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    let sent = &json["end"]["sum_sent"];
+    Ok(Iperf {
+        bytes: sent["bytes"].as_u64().context("iperf3: no end.sum_sent.bytes")?,
+        bits_per_second: sent["bits_per_second"].as_f64().unwrap_or(0.0),
+        retransmits: sent["retransmits"].as_u64().unwrap_or(0),
+    })
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One test's namespaces, files and processes, all named with a unique prefix and all removed
+/// on drop (also when the test panics).
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    namespaces: Vec<String>,
+    nodes: Vec<Node>,
+    children: Vec<Child>,
+}
+
+/// A node the lab made: its namespace and podnet config.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub netns: String,
+    pub name: String,
+    pub config: PathBuf,
+}
+
+impl Lab {
+    /// A new lab; `tag` (a few letters) makes names recognisable, the pid and a counter unique.
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let prefix = format!(
+            "{tag}{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join("podnet-lab").join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            prefix,
+            dir,
+            namespaces: Vec::new(),
+            nodes: Vec::new(),
+            children: Vec::new(),
+        })
+    }
+
+    /// The unique prefix of every name in this lab.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A scratch directory removed with the lab.
+    pub fn dir(&self) -> &PathBuf {
+        &self.dir
+    }
+
+    /// Creates a namespace `<prefix>-<name>` with `lo` up.
+    pub fn netns(&mut self, name: &str) -> anyhow::Result<String> {
+        let ns = format!("{}-{name}", self.prefix);
+        run(Command::new("ip").args(["netns", "add", &ns]))?;
+        self.namespaces.push(ns.clone());
+        sh(&ns, "ip", &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Creates a node namespace and writes its podnet config. `body` is the TOML after the
+    /// `[node]` name line: `pod_cidr`, pods, ... Pod namespaces default to `<node>-<pod>`, which
+    /// carries the lab prefix.
+    pub fn node(&mut self, name: &str, body: &str) -> anyhow::Result<Node> {
+        let netns = self.netns(name)?;
+        let config = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&config, format!("[node]\nname = \"{netns}\"\n{body}"))?;
+        let node = Node {
+            name: netns.clone(),
+            netns,
+            config,
+        };
+        self.nodes.push(node.clone());
+        Ok(node)
+    }
+
+    /// Starts a long-running process in `ns`; it is killed when the lab is dropped.
+    pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let child = in_ns(ns, program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {program} in {ns}"))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Serves `body` over HTTP on `port` in `ns` (all addresses), as one "container".
+    pub fn http_server(&mut self, ns: &str, port: u16, body: &str) -> anyhow::Result<()> {
+        let root = self.dir.join(format!("www-{ns}-{port}"));
+        std::fs::create_dir_all(&root)?;
+        std::fs::write(root.join("index.html"), body)?;
+        let root = root.to_str().context("utf-8 path")?.to_owned();
+        self.spawn(
+            ns,
+            "python3",
+            &["-m", "http.server", &port.to_string(), "--directory", &root],
+        )?;
+        wait_listening(ns, port)
+    }
+
+    /// Starts an iperf3 server on `port` in `ns`.
+    pub fn iperf3_server(&mut self, ns: &str, port: u16) -> anyhow::Result<()> {
+        self.spawn(ns, "iperf3", &["-s", "-p", &port.to_string()])?;
+        wait_listening(ns, port)
+    }
+}
+
+impl Node {
+    /// `podnet --netns <node> --config <config> args..`, as a command to adjust and run.
+    pub fn podnet(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(podnet_bin());
+        cmd.arg("--netns")
+            .arg(&self.netns)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args);
+        cmd
+    }
+
+    /// Runs podnet with `args` and returns stdout; fails with podnet's stderr on error.
+    pub fn run_podnet(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = run(&mut self.podnet(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `podnet status --json`.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.run_podnet(&["status", "--json"])?)?)
+    }
+
+    /// One packet counter from `podnet status`.
+    pub fn counter(&self, reason: &str) -> anyhow::Result<u64> {
+        let status = self.status()?;
+        status["counters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["reason"] == reason))
+            .and_then(|c| c["packets"].as_u64())
+            .with_context(|| format!("no counter {reason} in {status}"))
+    }
+
+    /// Pod namespace name of pod `pod` under the default naming.
+    pub fn pod_ns(&self, pod: &str) -> String {
+        format!("{}-{pod}", self.name)
+    }
+
+    /// The node's pin directory.
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/podnet").join(&self.name)
+    }
+}
+
+/// Namespaces whose name starts with `prefix`.
+pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+    let list = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    String::from_utf8_lossy(&list)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for node in &self.nodes {
+            let _ = node
+                .podnet(&["down"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(node.pin_dir());
+        }
+        let _ = std::fs::remove_dir("/sys/fs/bpf/podnet");
+        for ns in namespaces_with_prefix(&self.prefix) {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -85,13 +85,19 @@ impl Netlink {
     }
 
     fn connect(ns: String) -> Result<Self, NetlinkError> {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|source| NetlinkError::Connect { ns: ns.clone(), source })?;
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetlinkError::Connect {
+            ns: ns.clone(),
+            source,
+        })?;
         tokio::spawn(conn);
         Ok(Self { handle, ns })
     }
 
-    fn request(&self, op: &'static str, object: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    fn request(
+        &self,
+        op: &'static str,
+        object: impl Into<String>,
+    ) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
         let object = format!("{} in {}", object.into(), self.ns);
         move |source| NetlinkError::Request { op, object, source }
     }
@@ -159,10 +165,17 @@ impl Netlink {
     pub async fn set_controller(&self, link: &Iface, bridge: &Iface) -> Result<(), NetlinkError> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(link.index).controller(bridge.index).build())
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .controller(bridge.index)
+                    .build(),
+            )
             .execute()
             .await
-            .map_err(self.request("attach link to bridge", format!("{} -> {}", link.name, bridge.name)))
+            .map_err(self.request(
+                "attach link to bridge",
+                format!("{} -> {}", link.name, bridge.name),
+            ))
     }
 
     /// Deletes a link if it exists (deleting one end of a veth deletes both).
@@ -178,10 +191,17 @@ impl Netlink {
 
     /// Adds `ip/prefix` to a link; already present is fine.
     pub async fn add_address(&self, link: &Iface, ip: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
-        match self.handle.address().add(link.index, ip.into(), prefix).execute().await {
-            Err(e) if code(&e) != Some(EEXIST) => {
-                Err(self.request("add address", format!("{ip}/{prefix} to {}", link.name))(e))
-            }
+        match self
+            .handle
+            .address()
+            .add(link.index, ip.into(), prefix)
+            .execute()
+            .await
+        {
+            Err(e) if code(&e) != Some(EEXIST) => Err(self
+                .request("add address", format!("{ip}/{prefix} to {}", link.name))(
+                e
+            )),
             _ => Ok(()),
         }
     }
@@ -190,14 +210,20 @@ impl Netlink {
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
         match self.handle.route().add(route).execute().await {
-            Err(e) if code(&e) != Some(EEXIST) => Err(self.request("add default route", format!("via {gateway}"))(e)),
+            Err(e) if code(&e) != Some(EEXIST) => {
+                Err(self.request("add default route", format!("via {gateway}"))(e))
+            }
             _ => Ok(()),
         }
     }
 }
 
 fn iface(msg: &LinkMessage) -> Iface {
-    let mut iface = Iface { index: msg.header.index, name: String::new(), mac: [0; 6] };
+    let mut iface = Iface {
+        index: msg.header.index,
+        name: String::new(),
+        mac: [0; 6],
+    };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(name) => iface.name.clone_from(name),
@@ -218,7 +244,10 @@ pub fn fmt_mac(mac: &[u8; 6]) -> String {
 mod tests {
     #[test]
     fn mac_is_colon_hex() {
-        assert_eq!(super::fmt_mac(&[0x02, 0xab, 0, 1, 0x10, 0xff]), "02:ab:00:01:10:ff");
+        assert_eq!(
+            super::fmt_mac(&[0x02, 0xab, 0, 1, 0x10, 0xff]),
+            "02:ab:00:01:10:ff"
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("network namespace {name:?} does not exist (no {NETNS_RUN_DIR}/{name}); create it first, e.g. `ip netns add {name}`")]
+    #[error(
+        "network namespace {name:?} does not exist (no {NETNS_RUN_DIR}/{name}); create it first, e.g. `ip netns add {name}`"
+    )]
     Missing { name: String },
     #[error("could not {op} network namespace {name:?}")]
     Io {
@@ -53,7 +55,9 @@ pub fn exists(name: &str) -> bool {
 pub fn open(name: &str) -> Result<OwnedFd, NetnsError> {
     match File::open(path(name)) {
         Ok(f) => Ok(f.into()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetnsError::Missing { name: name.to_owned() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetnsError::Missing {
+            name: name.to_owned(),
+        }),
         Err(e) => Err(io_err("open", name)(e)),
     }
 }
@@ -81,7 +85,13 @@ pub fn create(name: &str) -> Result<bool, NetnsError> {
     let bound = std::thread::scope(|s| {
         s.spawn(|| -> Result<(), Errno> {
             unshare(CloneFlags::CLONE_NEWNET)?;
-            mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
         })
         .join()
         .expect("namespace thread does not panic")
@@ -111,12 +121,24 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
 fn prepare_run_dir() -> io::Result<()> {
     std::fs::create_dir_all(NETNS_RUN_DIR)?;
     let shared = || {
-        mount(None::<&str>, NETNS_RUN_DIR, Some("none"), MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+        mount(
+            None::<&str>,
+            NETNS_RUN_DIR,
+            Some("none"),
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
     };
     match shared() {
         Ok(()) => Ok(()),
         Err(Errno::EINVAL) => {
-            mount(Some(NETNS_RUN_DIR), NETNS_RUN_DIR, Some("none"), MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+            mount(
+                Some(NETNS_RUN_DIR),
+                NETNS_RUN_DIR,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
             Ok(shared()?)
         }
         Err(e) => Err(e.into()),

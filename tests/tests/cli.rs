@@ -1,0 +1,77 @@
+//! What a user sees from the podnet CLI without building anything.
+
+use std::process::Command;
+
+use podnet_tests::{Lab, podnet_bin};
+
+fn podnet(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(podnet_bin())
+        .args(args)
+        .output()
+        .expect("podnet runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn help_explains_the_commands_and_netns() {
+    let (ok, out, _) = podnet(&["--help"]);
+    assert!(ok);
+    for needle in [
+        "up",
+        "down",
+        "status",
+        "--netns",
+        "--config",
+        "/sys/fs/bpf/podnet",
+    ] {
+        assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
+    }
+}
+
+#[test]
+fn config_prints_a_template_that_parses() {
+    let (ok, out, _) = podnet(&["config"]);
+    assert!(ok);
+    assert!(out.contains("[[pod]]"));
+    let lab = Lab::new("cfg").unwrap();
+    let path = lab.dir().join("template.toml");
+    std::fs::write(&path, &out).unwrap();
+    // `status` parses the config before anything else; a node that is not up says so.
+    let (ok, _, err) = podnet(&["--config", path.to_str().unwrap(), "status"]);
+    assert!(!ok);
+    assert!(err.contains("podnet is not up on node \"node1\""), "{err}");
+}
+
+#[test]
+fn bad_config_names_file_and_field() {
+    let lab = Lab::new("bad").unwrap();
+    let path = lab.dir().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[node]\nname = \"n\"\npod_cidr = \"10.1.1.0/24\"\n[[pod]]\nname = \"p\"\nip = \"10.9.0.1\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = podnet(&["--config", path.to_str().unwrap(), "up"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "{}: pod[0].ip: 10.9.0.1 is outside node.pod_cidr 10.1.1.0/24",
+            path.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_node_namespace_is_reported() {
+    let (ok, _, err) = podnet(&["--netns", "podnet-no-such-node", "status"]);
+    assert!(!ok);
+    assert!(
+        err.contains("network namespace \"podnet-no-such-node\" does not exist"),
+        "{err}"
+    );
+}
