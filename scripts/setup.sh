@@ -26,7 +26,8 @@ if ! have_toolchain "$NIGHTLY" || ! rustup +"$NIGHTLY" component list --installe
 fi
 
 # bpf-linker links against libLLVM; the nightly ships one, found through a stable prefix whose
-# lib/libLLVM.so points into the nightly's sysroot (the binary keeps an rpath to it).
+# lib/ points into the nightly's sysroot: libLLVM.so for the build, and the library's own soname
+# for the binary at run time (it keeps an rpath to that lib/ folder).
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 llvm_prefix="$cargo_home/podnet-llvm/$NIGHTLY"
 sysroot=$(rustc +"$NIGHTLY" --print sysroot)
@@ -34,6 +35,7 @@ libllvm=$(find "$sysroot/lib" -maxdepth 1 -name 'libLLVM.so.*' | head -n 1)
 [ -n "$libllvm" ] || { echo "setup: no libLLVM in $sysroot/lib; is $NIGHTLY complete?" >&2; exit 1; }
 mkdir -p "$llvm_prefix/lib"
 ln -sfn "$libllvm" "$llvm_prefix/lib/libLLVM.so"
+ln -sfn "$libllvm" "$llvm_prefix/lib/$(basename "$libllvm")"
 if ! "$cargo_home/bin/bpf-linker" --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
   say "building bpf-linker $BPF_LINKER_VERSION against $libllvm (about a minute)"
   LLVM_PREFIX="$llvm_prefix" cargo +"$NIGHTLY" install bpf-linker --version "$BPF_LINKER_VERSION" --locked --force

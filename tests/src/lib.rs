@@ -12,6 +12,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod packets;
+
 /// The podnet binary under test: `$PODNET_BIN` (set by `cargo xtask test`), else the debug build.
 pub fn podnet_bin() -> PathBuf {
     std::env::var_os("PODNET_BIN")

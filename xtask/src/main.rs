@@ -1,16 +1,17 @@
 //! podnet's build, test, demo and benchmark drivers: `cargo xtask --help`.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
-/// Developer tasks for podnet. `demo` and `test` install whatever is missing first
-/// (scripts/setup.sh: pinned toolchains, bpf-linker, Debian packages, bpffs), so each is the one
-/// command to run on a fresh machine. Run them as root: they build network namespaces.
+/// Developer tasks for podnet. On a fresh machine run them through `./x TASK`, which first
+/// installs what is missing (scripts/setup.sh: pinned toolchains, bpf-linker, Debian packages,
+/// bpffs). Run as root: the demo, tests and benchmark build network namespaces.
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask")]
 struct Cli {
@@ -20,8 +21,6 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install what is missing: Rust toolchains, bpf-linker, Debian packages; mount bpffs.
-    Setup,
     /// Build the kernel programs into target/ebpf/podnet.bpf.o (embedded by the podnet binary).
     BuildEbpf {
         /// Build with the release profile (both profiles are optimised; release has one codegen unit).
@@ -35,13 +34,13 @@ enum Task {
     },
     /// rustfmt check and clippy -D warnings on both halves (userspace and eBPF).
     Lint,
-    /// Install, build, lint and run every test (unit, BPF_PROG_TEST_RUN, end-to-end).
+    /// Build, lint and run every test (unit, BPF_PROG_TEST_RUN, end-to-end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Install, build and run the demo: a node with pods in namespaces, traffic through podnet.
+    /// Build and run the demo: a node with pods in namespaces, traffic through podnet.
     Demo,
 }
 
@@ -51,7 +50,6 @@ fn main() -> anyhow::Result<()> {
         .expect("xtask lives in the workspace")
         .to_owned();
     match Cli::parse().task {
-        Task::Setup => setup(&root),
         Task::BuildEbpf { release } => build_ebpf(&root, release),
         Task::Build { release } => build(&root, release),
         Task::Lint => {
@@ -59,16 +57,16 @@ fn main() -> anyhow::Result<()> {
             lint(&root)
         }
         Task::Test { args } => {
-            setup(&root)?;
             build(&root, false)?;
             lint(&root)?;
-            run(cargo(&root)
-                .args(["test", "--workspace"])
-                .args(&args)
-                .env("PODNET_BIN", podnet_bin(&root, false)))
+            test(
+                cargo(&root)
+                    .args(["test", "--workspace", "--no-fail-fast"])
+                    .args(&args)
+                    .env("PODNET_BIN", podnet_bin(&root, false)),
+            )
         }
         Task::Demo => {
-            setup(&root)?;
             build(&root, false)?;
             run(cargo(&root)
                 .args(["run", "--quiet", "-p", "podnet-tests", "--bin", "podnet-demo"])
@@ -89,16 +87,50 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cargo test`, echoing its output, and closes with one line totalling every test binary's
+/// "test result:" line, so the run ends on the whole suite's count rather than the last binary's.
+fn test(cmd: &mut Command) -> anyhow::Result<()> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            let count = |what: &str| {
+                result
+                    .split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(what)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+            ignored += count("ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() || failed > 0 {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
+
 /// `cargo` for the userspace workspace, on its pinned toolchain.
 fn cargo(root: &Path) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root);
     cmd
-}
-
-fn setup(root: &Path) -> anyhow::Result<()> {
-    step("checking toolchains, bpf-linker and packages (scripts/setup.sh)");
-    run(Command::new("bash").arg(root.join("scripts/setup.sh")))
 }
 
 /// `cargo` in podnet-ebpf, whose rust-toolchain.toml selects the pinned nightly. The variables
