@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod bench;
 pub mod packets;
 
 /// The podnet binary under test: `$PODNET_BIN` (set by `cargo xtask test`), else the debug build.

@@ -42,6 +42,12 @@ enum Task {
     },
     /// Build and run the demo: a node with pods in namespaces, traffic through podnet.
     Demo,
+    /// Benchmark podnet against the iptables/bridge recipe and the veth limit (release build).
+    /// Arguments go to the harness: --quick, --paths, --reps, --seconds, --json, --svg.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +77,13 @@ fn main() -> anyhow::Result<()> {
             run(cargo(&root)
                 .args(["run", "--quiet", "-p", "podnet-tests", "--bin", "podnet-demo"])
                 .env("PODNET_BIN", podnet_bin(&root, false)))
+        }
+        Task::Bench { args } => {
+            build(&root, true)?;
+            run(Command::new(root.join("target/release/podnet-bench"))
+                .current_dir(&root)
+                .args(&args)
+                .env("PODNET_BIN", podnet_bin(&root, true)))
         }
     }
 }

@@ -1,0 +1,148 @@
+//! The setups compared on each path, built in a [`Lab`].
+
+use serde::Serialize;
+
+use crate::{Lab, pings, sh};
+
+/// A traffic path between a client and a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Path {
+    /// Pod to pod on one node.
+    SameNode,
+}
+
+impl Path {
+    pub const ALL: [Path; 1] = [Path::SameNode];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::SameNode => "same-node",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// What carries the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Setup {
+    /// The kernel's limit: one direct veth pair between the two namespaces.
+    Limit,
+    /// The classic recipe as Kubernetes nodes run it: bridge, br_netfilter on, FORWARD accepts.
+    Recipe,
+    /// podnet's eBPF datapath on the same hardened node.
+    Podnet,
+}
+
+impl Setup {
+    pub const ALL: [Setup; 3] = [Setup::Limit, Setup::Recipe, Setup::Podnet];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Setup::Limit => "limit",
+            Setup::Recipe => "recipe",
+            Setup::Podnet => "podnet",
+        }
+    }
+}
+
+/// Where traffic goes from and to in one setup.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub client_ns: String,
+    pub server_ns: String,
+    pub server_ip: String,
+}
+
+const TWO_PODS: &str = "pod_cidr = \"10.1.1.0/24\"\n\n[[pod]]\nname = \"pod1\"\nip = \"10.1.1.2\"\n\n\
+                        [[pod]]\nname = \"pod2\"\nip = \"10.1.1.3\"\n";
+
+/// Builds `setup` for `path`, starts the measurement servers, and checks traffic flows.
+pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Target> {
+    let target = match (path, setup) {
+        (Path::SameNode, Setup::Limit) => direct_pair(lab, "lim")?,
+        (Path::SameNode, Setup::Recipe) => two_pod_node(lab, "rcp", false)?,
+        (Path::SameNode, Setup::Podnet) => two_pod_node(lab, "pn", true)?,
+    };
+    anyhow::ensure!(
+        pings(&target.client_ns, &target.server_ip, 1),
+        "{} / {}: the client cannot reach {}",
+        path.name(),
+        setup.name(),
+        target.server_ip
+    );
+    crate::bench::tools::start_servers(lab, &target)?;
+    Ok(target)
+}
+
+/// Two namespaces joined by one veth pair: nothing between them but the veth.
+fn direct_pair(lab: &mut Lab, tag: &str) -> anyhow::Result<Target> {
+    let a = lab.netns(&format!("{tag}-a"))?;
+    let b = lab.netns(&format!("{tag}-b"))?;
+    sh(
+        &a,
+        "ip",
+        &[
+            "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &b,
+        ],
+    )?;
+    for (ns, ip) in [(&a, "10.9.0.1/24"), (&b, "10.9.0.2/24")] {
+        sh(ns, "ip", &["addr", "add", ip, "dev", "veth0"])?;
+        sh(ns, "ip", &["link", "set", "veth0", "up"])?;
+    }
+    Ok(Target {
+        client_ns: a,
+        server_ns: b,
+        server_ip: "10.9.0.2".into(),
+    })
+}
+
+/// A node with two pods, hardened like a Kubernetes node: br_netfilter sends bridged IPv4
+/// through iptables, FORWARD policy DROP with conntrack and pod-CIDR accepts. The plumbing is
+/// podnet's (identical to the recipe's); for the recipe the eBPF programs are detached, so the
+/// bridge and netfilter carry the traffic.
+fn two_pod_node(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> {
+    let node = lab.node(tag, TWO_PODS)?;
+    node.run_podnet(&["up"])?;
+    if !ebpf {
+        for link in std::fs::read_dir(node.pin_dir().join("links"))? {
+            std::fs::remove_file(link?.path())?;
+        }
+    }
+    let ns = &node.netns;
+    sh(ns, "sysctl", &["-qw", "net.bridge.bridge-nf-call-iptables=1"])?;
+    sh(ns, "iptables", &["-P", "FORWARD", "DROP"])?;
+    sh(
+        ns,
+        "iptables",
+        &[
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ],
+    )?;
+    sh(
+        ns,
+        "iptables",
+        &["-A", "FORWARD", "-s", "10.1.1.0/24", "-j", "ACCEPT"],
+    )?;
+    sh(
+        ns,
+        "iptables",
+        &["-A", "FORWARD", "-d", "10.1.1.0/24", "-j", "ACCEPT"],
+    )?;
+    Ok(Target {
+        client_ns: node.pod_ns("pod1"),
+        server_ns: node.pod_ns("pod2"),
+        server_ip: "10.1.1.3".into(),
+    })
+}
