@@ -7,6 +7,8 @@
 pub mod programs {
     /// tc (tcx) ingress on the host side of every pod veth: packets leaving a pod.
     pub const FROM_POD: &str = "from_pod";
+    /// tc (tcx) ingress on the node's uplink: packets from other nodes and the outside.
+    pub const FROM_UPLINK: &str = "from_uplink";
 }
 
 /// Map names (as the kernel and bpftool show them, at most 15 bytes) and sizes.
@@ -17,6 +19,10 @@ pub mod maps {
     pub const ENDPOINTS_MAX: usize = 1024;
     /// Per-CPU packet counters indexed by [`crate::Reason`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Other nodes' pod CIDRs (LPM trie): [`crate::PeerKey`] -> [`crate::Peer`].
+    pub const PEERS: &str = "PEERS";
+    /// Capacity of [`PEERS`]: nodes in one cluster.
+    pub const PEERS_MAX: usize = 1024;
 }
 
 /// Where podnet pins its objects on bpffs; each node gets a directory named after it.
@@ -47,6 +53,25 @@ pub struct Endpoint {
     pub host_mac: [u8; 6],
 }
 
+/// The data of a peer-map key: another node's pod CIDR network address (network byte order).
+/// The LPM-trie key wraps it with the prefix length in bits (`{prefix_len, data}`, 8 bytes).
+pub type PeerKey = [u8; 4];
+
+/// Longest peer name kept in the map (longer names are rejected by the loader).
+pub const PEER_NAME_MAX: usize = 32;
+
+/// Another node, the next hop for its pod CIDR.
+///
+/// Layout: 4 + 32 = 36 bytes, 1-byte aligned, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The node's IPv4 address on the shared network (network byte order).
+    pub node_ip: [u8; 4],
+    /// The node's name, NUL-padded (for `podnet status` and `node del`).
+    pub name: [u8; PEER_NAME_MAX],
+}
+
 /// Why the datapath did what it did with a packet; the index into the counters map.
 ///
 /// Every program decision counts exactly one reason, so the counters add up to the packets seen.
@@ -61,15 +86,37 @@ pub enum Reason {
     PassNotLocal = 2,
     /// Frame or IPv4 header truncated, or IHL below 5: dropped.
     DropMalformed = 3,
+    /// IPv4 to a pod on another node: routed in eBPF straight out of the uplink (`bpf_redirect`).
+    RedirectRemote = 4,
+    /// IPv4 from the uplink to a pod on this node: delivered with `bpf_redirect_peer`.
+    RedirectFromUplink = 5,
+    /// Routed packet whose TTL would expire: left to the stack, which sends ICMP time exceeded.
+    PassTtlExpiring = 6,
+    /// IPv4 to a pod on another node whose next-hop MAC is not cached yet: routed with
+    /// `bpf_redirect_neigh`, which resolves it (the stack would drop it on a FORWARD-DROP node).
+    RedirectRemoteResolve = 7,
+    /// Larger than the uplink MTU: left to the stack (fragmentation or ICMP frag-needed).
+    PassFragNeeded = 8,
+    /// No usable route to the peer node (FIB lookup failed): left to the stack.
+    PassNoRoute = 9,
+    /// Uplink traffic that is not for a local pod (for the node itself, say): left to the stack.
+    PassUplinkNotLocal = 10,
 }
 
 impl Reason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Reason; 4] = [
+    pub const ALL: [Reason; 11] = [
         Reason::RedirectLocal,
         Reason::PassNotIpv4,
         Reason::PassNotLocal,
         Reason::DropMalformed,
+        Reason::RedirectRemote,
+        Reason::RedirectFromUplink,
+        Reason::PassTtlExpiring,
+        Reason::RedirectRemoteResolve,
+        Reason::PassFragNeeded,
+        Reason::PassNoRoute,
+        Reason::PassUplinkNotLocal,
     ];
     /// Number of counter slots.
     pub const COUNT: usize = Self::ALL.len();
@@ -81,8 +128,38 @@ impl Reason {
             Reason::PassNotIpv4 => "pass_not_ipv4",
             Reason::PassNotLocal => "pass_not_local",
             Reason::DropMalformed => "drop_malformed",
+            Reason::RedirectRemote => "redirect_remote",
+            Reason::RedirectFromUplink => "redirect_from_uplink",
+            Reason::PassTtlExpiring => "pass_ttl_expiring",
+            Reason::RedirectRemoteResolve => "redirect_remote_resolve",
+            Reason::PassFragNeeded => "pass_frag_needed",
+            Reason::PassNoRoute => "pass_no_route",
+            Reason::PassUplinkNotLocal => "pass_uplink_not_local",
         }
     }
+}
+
+/// The IPv4 header checksum after decrementing TTL by one, updated incrementally as the kernel's
+/// `ip_decrease_ttl` does. `check` is the checksum field exactly as it sits in the packet, read
+/// as a little-endian `u16` (what a BPF program on a little-endian machine sees).
+pub const fn checksum_after_ttl_decrement(check: u16) -> u16 {
+    // TTL is the high byte of its 16-bit word: the word drops by 0x0100, so the one's-complement
+    // checksum rises by 0x0100 (network order), which is 0x0001 in the little-endian view.
+    let sum = check as u32 + 0x0001;
+    (sum + (sum >= 0xffff) as u32) as u16
+}
+
+/// The Internet checksum (RFC 1071) of `data`, computed from scratch: the reference that
+/// incremental updates are tested against.
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for word in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([word[0], if word.len() == 2 { word[1] } else { 0 }]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 #[cfg(feature = "user")]
@@ -93,6 +170,9 @@ mod user {
     // SAFETY: `Endpoint` is `#[repr(C)]`, `Copy`, made of integers and byte arrays laid out
     // without padding (see its layout note): every bit pattern is valid.
     unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: `Peer` is `#[repr(C)]`, `Copy`, made only of byte arrays: no padding, every bit
+    // pattern valid.
+    unsafe impl aya::Pod for super::Peer {}
 }
 
 #[cfg(test)]
@@ -104,6 +184,52 @@ mod tests {
         assert_eq!(core::mem::size_of::<EndpointKey>(), 4);
         assert_eq!(core::mem::size_of::<Endpoint>(), 20);
         assert_eq!(core::mem::align_of::<Endpoint>(), 4);
+        assert_eq!(core::mem::size_of::<Peer>(), 36);
+    }
+
+    use inet_checksum as full_checksum;
+
+    #[test]
+    fn ttl_decrement_checksum_matches_a_full_recomputation() {
+        for ttl in [2u8, 64, 65, 128, 255] {
+            for id in [0u16, 0x1234, 0xfeff, 0xffff] {
+                let mut h = [
+                    0x45,
+                    0,
+                    0,
+                    84,
+                    (id >> 8) as u8,
+                    id as u8,
+                    0x40,
+                    0,
+                    ttl,
+                    1,
+                    0,
+                    0,
+                    10,
+                    1,
+                    1,
+                    2,
+                    10,
+                    1,
+                    2,
+                    2,
+                ];
+                let c = full_checksum(&h);
+                h[10..12].copy_from_slice(&c.to_be_bytes());
+                let in_packet = u16::from_le_bytes([h[10], h[11]]);
+                h[8] -= 1;
+                let updated = checksum_after_ttl_decrement(in_packet).to_le_bytes();
+                h[10..12].copy_from_slice(&updated);
+                assert_eq!(full_checksum(&h), 0, "ttl {ttl} id {id:#x}: header must verify");
+            }
+        }
+    }
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 section 3: the sum of these words is 0xddf2, so the checksum is !0xddf2.
+        assert_eq!(inet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
     }
 
     #[test]

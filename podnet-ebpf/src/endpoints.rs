@@ -1,35 +1,42 @@
 //! Pods on this node and delivery into them.
 
-use aya_ebpf::{
-    btf_maps::HashMap, helpers::generated::bpf_redirect_peer, macros::btf_map, programs::TcContext,
-};
+use aya_ebpf::{btf_maps::HashMap, helpers::generated::bpf_redirect_peer, macros::btf_map};
 use podnet_common::{Endpoint, EndpointKey, Reason, maps::ENDPOINTS_MAX};
 
-use crate::{
-    packet::{self, EthHdr, Malformed},
-    verdict::Verdict,
-};
+use crate::{packet::Ipv4, verdict::Verdict};
 
 #[btf_map(pin_by_name)]
 static ENDPOINTS: HashMap<EndpointKey, Endpoint, ENDPOINTS_MAX> = HashMap::new();
 
-/// If `daddr` is a pod on this node, rewrites the Ethernet header for it and redirects the packet
-/// into the pod's namespace; `None` when it is not a local pod.
+/// How the packet reaches the pod.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// From a pod on the same bridge segment: switched, TTL untouched.
+    SameSegment,
+    /// From another node: routed by this node, TTL decremented.
+    Routed,
+}
+
+/// If the destination is a pod on this node, rewrites the packet for it and redirects it into
+/// the pod's namespace; `None` when it is not a local pod.
 #[inline(always)]
-pub fn deliver(ctx: &TcContext, daddr: [u8; 4]) -> Result<Option<Verdict>, Malformed> {
-    let Some(ep) = ENDPOINTS.get_ptr(&EndpointKey { ip: daddr }) else {
-        return Ok(None);
-    };
+pub fn deliver(ip: &Ipv4, hop: Hop) -> Option<Verdict> {
+    let ep = ENDPOINTS.get_ptr(&EndpointKey { ip: ip.daddr() })?;
     // SAFETY: the pointer comes from a successful lookup; the value is plain data, copied out
     // before any other map operation.
     let ep = unsafe { *ep };
-    let eth = packet::ptr_at::<EthHdr>(ctx, 0)?;
-    // SAFETY: `ptr_at` bounds-checked the header; tc programs may write packet data directly.
-    unsafe {
-        (*eth).dst = ep.pod_mac;
-        (*eth).src = ep.host_mac;
-    }
+    let reason = match hop {
+        Hop::SameSegment => Reason::RedirectLocal,
+        Hop::Routed => {
+            if ip.ttl() <= 1 {
+                return Some(Verdict::pass(Reason::PassTtlExpiring));
+            }
+            ip.decrement_ttl();
+            Reason::RedirectFromUplink
+        }
+    };
+    ip.set_macs(ep.host_mac, ep.pod_mac);
     // SAFETY: a helper call with plain integer arguments; valid from tc ingress.
     let action = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) };
-    Ok(Some(Verdict::redirected(action as i32, Reason::RedirectLocal)))
+    Some(Verdict::redirected(action as i32, reason))
 }

@@ -10,39 +10,52 @@
 mod counters;
 mod endpoints;
 mod packet;
+mod routing;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use podnet_common::Reason;
 
 use crate::{
-    packet::{EthHdr, Ipv4Hdr, Malformed},
+    endpoints::Hop,
+    packet::{Ipv4, Malformed},
     verdict::Verdict,
 };
 
 /// tc (tcx) ingress on the host side of a pod veth: every packet a pod sends.
 ///
 /// IPv4 to another pod on this node is delivered straight into that pod (`bpf_redirect_peer`,
-/// Linux >= 5.10); everything else goes to the kernel stack unchanged.
+/// Linux >= 5.10); IPv4 to a pod on another node is routed out of the uplink (`bpf_fib_lookup` +
+/// `bpf_redirect`); everything else goes to the kernel stack unchanged.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    try_from_pod(&ctx)
-        .unwrap_or(Verdict::drop(Reason::DropMalformed))
-        .finish()
+    try_from_pod(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish()
 }
 
 #[inline(always)]
 fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
-    let eth = packet::ptr_at::<EthHdr>(ctx, 0)?;
-    // SAFETY: `ptr_at` checked that the whole Ethernet header lies inside the packet.
-    if unsafe { (*eth).ether_type } != EthHdr::TYPE_IPV4 {
+    let Some(ip) = Ipv4::parse(ctx)? else {
         return Ok(Verdict::pass(Reason::PassNotIpv4));
+    };
+    if let Some(verdict) = endpoints::deliver(&ip, Hop::SameSegment) {
+        return Ok(verdict);
     }
-    packet::ensure_linear(ctx, EthHdr::LEN + Ipv4Hdr::LEN)?;
-    let ip = packet::ipv4(ctx, EthHdr::LEN)?;
-    // SAFETY: `packet::ipv4` checked that the IPv4 header lies inside the packet.
-    let daddr = unsafe { (*ip).daddr };
-    Ok(endpoints::deliver(ctx, daddr)?.unwrap_or(Verdict::pass(Reason::PassNotLocal)))
+    Ok(routing::to_peer(ctx, &ip)?.unwrap_or(Verdict::pass(Reason::PassNotLocal)))
+}
+
+/// tc (tcx) ingress on the node's uplink: IPv4 from other nodes to a pod on this node is
+/// delivered straight into the pod (a routed hop: TTL decremented); the rest goes to the stack.
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    try_from_uplink(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish()
+}
+
+#[inline(always)]
+fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
+    let Some(ip) = Ipv4::parse(ctx)? else {
+        return Ok(Verdict::pass(Reason::PassNotIpv4));
+    };
+    Ok(endpoints::deliver(&ip, Hop::Routed).unwrap_or(Verdict::pass(Reason::PassUplinkNotLocal)))
 }
 
 #[cfg(not(test))]

@@ -4,6 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
+use podnet_common::checksum_after_ttl_decrement;
 
 /// The packet is shorter than a header it claims to carry, or a header field is impossible.
 #[derive(Clone, Copy)]
@@ -58,7 +59,7 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, Malformed> {
 /// Makes sure the first `len` bytes are in the linear part of the skb (a GSO packet from a socket
 /// may hold headers in fragments). Fails only when the packet itself is shorter than `len`.
 #[inline(always)]
-pub fn ensure_linear(ctx: &TcContext, len: usize) -> Result<(), Malformed> {
+fn ensure_linear(ctx: &TcContext, len: usize) -> Result<(), Malformed> {
     if ctx.data() + len <= ctx.data_end() {
         return Ok(());
     }
@@ -68,14 +69,71 @@ pub fn ensure_linear(ctx: &TcContext, len: usize) -> Result<(), Malformed> {
     ctx.pull_data(len as u32).map_err(|_| Malformed)
 }
 
-/// The IPv4 header at `offset`, checked for length and a sane version/IHL.
-#[inline(always)]
-pub fn ipv4(ctx: &TcContext, offset: usize) -> Result<*mut Ipv4Hdr, Malformed> {
-    let ip = ptr_at::<Ipv4Hdr>(ctx, offset)?;
-    // SAFETY: `ptr_at` checked that the whole fixed IPv4 header lies inside the packet.
-    let version_ihl = unsafe { (*ip).version_ihl };
-    if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
-        return Err(Malformed);
+/// An Ethernet + IPv4 packet, its headers checked and in linear data.
+pub struct Ipv4 {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv4Hdr,
+}
+
+impl Ipv4 {
+    /// `None` for anything but IPv4 over Ethernet; `Malformed` for a truncated frame or an IPv4
+    /// header with a version other than 4 or an IHL below 5.
+    #[inline(always)]
+    pub fn parse(ctx: &TcContext) -> Result<Option<Self>, Malformed> {
+        let eth = ptr_at::<EthHdr>(ctx, 0)?;
+        // SAFETY: `ptr_at` checked that the whole Ethernet header lies inside the packet.
+        if unsafe { (*eth).ether_type } != EthHdr::TYPE_IPV4 {
+            return Ok(None);
+        }
+        ensure_linear(ctx, EthHdr::LEN + Ipv4Hdr::LEN)?;
+        // Pulling data moves the packet: take both pointers afresh.
+        let eth = ptr_at::<EthHdr>(ctx, 0)?;
+        let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)?;
+        // SAFETY: `ptr_at` checked that the whole fixed IPv4 header lies inside the packet.
+        let version_ihl = unsafe { (*ip).version_ihl };
+        if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
+            return Err(Malformed);
+        }
+        Ok(Some(Self { eth, ip }))
     }
-    Ok(ip)
+
+    #[inline(always)]
+    pub fn daddr(&self) -> [u8; 4] {
+        // SAFETY: `parse` bounds-checked the IPv4 header.
+        unsafe { (*self.ip).daddr }
+    }
+
+    #[inline(always)]
+    pub fn ttl(&self) -> u8 {
+        // SAFETY: `parse` bounds-checked the IPv4 header.
+        unsafe { (*self.ip).ttl }
+    }
+
+    /// Total length from the IPv4 header (host byte order).
+    #[inline(always)]
+    pub fn tot_len(&self) -> u16 {
+        // SAFETY: `parse` bounds-checked the IPv4 header.
+        u16::from_be(unsafe { (*self.ip).tot_len })
+    }
+
+    /// One routed hop: TTL - 1 with the header checksum updated incrementally. Callers check
+    /// first that the TTL is above 1.
+    #[inline(always)]
+    pub fn decrement_ttl(&self) {
+        // SAFETY: `parse` bounds-checked the IPv4 header; tc programs may write packet data.
+        unsafe {
+            (*self.ip).ttl -= 1;
+            (*self.ip).check = checksum_after_ttl_decrement((*self.ip).check);
+        }
+    }
+
+    /// Sets the Ethernet addresses for the next hop.
+    #[inline(always)]
+    pub fn set_macs(&self, src: [u8; 6], dst: [u8; 6]) {
+        // SAFETY: `parse` bounds-checked the Ethernet header; tc programs may write packet data.
+        unsafe {
+            (*self.eth).src = src;
+            (*self.eth).dst = dst;
+        }
+    }
 }

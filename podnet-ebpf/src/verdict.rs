@@ -16,19 +16,13 @@ impl Verdict {
     /// Hand the packet to the kernel stack unchanged.
     #[inline(always)]
     pub const fn pass(reason: Reason) -> Self {
-        Self {
-            action: TC_ACT_OK,
-            reason,
-        }
+        Self { action: TC_ACT_OK, reason }
     }
 
     /// Drop the packet.
     #[inline(always)]
     pub const fn drop(reason: Reason) -> Self {
-        Self {
-            action: TC_ACT_SHOT,
-            reason,
-        }
+        Self { action: TC_ACT_SHOT, reason }
     }
 
     /// The packet was handed to a redirect helper, which returned `action`.

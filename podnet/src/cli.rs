@@ -1,22 +1,27 @@
 //! Command-line interface.
 
-use std::path::PathBuf;
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
+use ipnet::Ipv4Net;
 
 /// podnet: Kubernetes-style pod networking with an eBPF datapath.
 ///
 /// podnet builds the classic pod plumbing over netlink (a namespace per pod, a veth pair into the
 /// node bridge, addresses, a default route via the bridge gateway, ip_forward) and then forwards
 /// pod traffic in the kernel with a tc (tcx) program on every pod veth: packets between pods on
-/// the node never cross the bridge or iptables. State lives in BPF maps pinned under
+/// the node never cross the bridge or iptables, and pods on other nodes are reached by routing
+/// in eBPF from the pod veth straight out of the uplink (and back in with a program on the
+/// uplink). State lives in BPF maps pinned under
 /// /sys/fs/bpf/podnet/<node>/, so the datapath keeps running after `podnet up` exits.
 ///
-/// Typical use on a node:
+/// Typical use on a node (see `podnet config` for the config format, with [uplink] and
+/// [[peer]] for several nodes):
 ///
 ///   podnet config > node.toml      # start from the built-in two-pod config
 ///   podnet --config node.toml up   # build pods, attach the datapath
 ///   podnet --config node.toml status
+///   podnet --config node.toml node add node3 --ip 192.168.50.3 --pod-cidr 10.1.3.0/24
 ///   podnet --config node.toml down
 ///
 /// To drive a node that is itself a network namespace (tests, the demo), use `--netns NODE`
@@ -63,4 +68,34 @@ pub enum Command {
     },
     /// Print the built-in configuration, a commented template for `--config`.
     Config,
+    /// Add or remove peer nodes at runtime (peer map and kernel route; nothing restarts).
+    ///
+    /// Peers added here last until `down`; put them in the config's [[peer]] list to keep them
+    /// across `down`/`up`.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Route NAME's pod CIDR to it: `podnet node add node3 --ip 192.168.50.3 --pod-cidr 10.1.3.0/24`.
+    Add {
+        /// The peer's name (shown by `status`, used by `node del`).
+        name: String,
+        /// The peer's address on the network shared with this node's uplink.
+        #[arg(long)]
+        ip: Ipv4Addr,
+        /// The peer's pod range.
+        #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+        pod_cidr: Ipv4Net,
+    },
+    /// Stop routing to NAME's pods.
+    Del {
+        /// The peer's name.
+        name: String,
+    },
+}
+
+fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
+    podnet::config::parse_cidr(text)
 }

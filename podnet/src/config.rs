@@ -50,11 +50,7 @@ pub enum ConfigError {
     #[error("{source_name}: {message}")]
     Parse { source_name: Source, message: String },
     #[error("{source_name}: {field}: {problem}")]
-    Invalid {
-        source_name: Source,
-        field: String,
-        problem: String,
-    },
+    Invalid { source_name: Source, field: String, problem: String },
 }
 
 /// A validated node configuration.
@@ -63,6 +59,25 @@ pub struct Config {
     pub source: Source,
     pub node: Node,
     pub pods: Vec<Pod>,
+    /// The node's link to other nodes; `None` for a single-node setup.
+    pub uplink: Option<Uplink>,
+    /// Other nodes whose pods this node routes to.
+    pub peers: Vec<PeerNode>,
+}
+
+/// The interface that joins this node to the others, and the node's address on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    pub interface: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Another node: where its pods live and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNode {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +118,24 @@ struct RawConfig {
     node: RawNode,
     #[serde(default, rename = "pod")]
     pods: Vec<RawPod>,
+    uplink: Option<RawUplink>,
+    #[serde(default, rename = "peer")]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    interface: String,
+    ip: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    ip: String,
+    pod_cidr: String,
 }
 
 #[derive(Deserialize)]
@@ -133,10 +166,8 @@ impl Config {
         match path {
             None => Self::parse(DEFAULT_TOML, Source::BuiltIn),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
                 Self::parse(&text, Source::File(path.to_owned()))
             }
         }
@@ -172,61 +203,58 @@ impl Validator {
         for (i, raw_pod) in raw.pods.into_iter().enumerate() {
             let pod = self.pod(i, raw_pod, &node)?;
             if !names.insert(pod.name.clone()) {
-                return Err(self.invalid(
-                    format!("pod[{i}].name"),
-                    format!("duplicate pod name {:?}", pod.name),
-                ));
+                return Err(
+                    self.invalid(format!("pod[{i}].name"), format!("duplicate pod name {:?}", pod.name))
+                );
             }
             if !ips.insert(pod.ip) {
                 return Err(self.invalid(format!("pod[{i}].ip"), format!("duplicate pod IP {}", pod.ip)));
             }
             if !namespaces.insert(pod.netns.clone()) {
-                return Err(self.invalid(
-                    format!("pod[{i}].netns"),
-                    format!("duplicate namespace {:?}", pod.netns),
-                ));
+                return Err(
+                    self.invalid(format!("pod[{i}].netns"), format!("duplicate namespace {:?}", pod.netns))
+                );
             }
             pods.push(pod);
         }
-        Ok(Config {
-            source: self.source,
-            node,
-            pods,
-        })
+        let uplink = raw.uplink.map(|u| self.uplink(u)).transpose()?;
+        let mut peers: Vec<PeerNode> = Vec::with_capacity(raw.peers.len());
+        for (i, raw_peer) in raw.peers.into_iter().enumerate() {
+            let field = |f: &str| format!("peer[{i}].{f}");
+            let ip = self.ipv4(&field("ip"), &raw_peer.ip)?;
+            let pod_cidr = self.cidr(&field("pod_cidr"), &raw_peer.pod_cidr)?;
+            let peer = PeerNode { name: raw_peer.name, ip, pod_cidr };
+            check_peer(&node, uplink.as_ref(), &peers, &peer).map_err(|(f, p)| self.invalid(field(f), p))?;
+            peers.push(peer);
+        }
+        Ok(Config { source: self.source, node, pods, uplink, peers })
+    }
+
+    fn uplink(&self, raw: RawUplink) -> Result<Uplink, ConfigError> {
+        check_ifname(&raw.interface).map_err(|p| self.invalid("uplink.interface", p))?;
+        let ip = self.ipv4("uplink.ip", &raw.ip)?;
+        Ok(Uplink { interface: raw.interface, ip })
+    }
+
+    fn cidr(&self, field: &str, text: &str) -> Result<Ipv4Net, ConfigError> {
+        parse_cidr(text).map_err(|p| self.invalid(field, p))
     }
 
     fn node(&self, raw: RawNode) -> Result<Node, ConfigError> {
         check_name(&raw.name, 32).map_err(|p| self.invalid("node.name", p))?;
         check_ifname(&raw.bridge).map_err(|p| self.invalid("node.bridge", p))?;
-        let pod_cidr: Ipv4Net = raw.pod_cidr.parse().map_err(|_| {
-            self.invalid(
-                "node.pod_cidr",
-                format!("{:?} is not an IPv4 CIDR like 10.1.1.0/24", raw.pod_cidr),
-            )
-        })?;
-        if pod_cidr != pod_cidr.trunc() {
-            return Err(self.invalid(
-                "node.pod_cidr",
-                format!("{pod_cidr} has host bits set; did you mean {}?", pod_cidr.trunc()),
-            ));
-        }
+        let pod_cidr = self.cidr("node.pod_cidr", &raw.pod_cidr)?;
         if pod_cidr.prefix_len() > 30 {
-            return Err(self.invalid(
-                "node.pod_cidr",
-                format!("{pod_cidr} is too small: use a /30 or larger"),
-            ));
+            return Err(
+                self.invalid("node.pod_cidr", format!("{pod_cidr} is too small: use a /30 or larger"))
+            );
         }
         let gateway = match raw.gateway {
             None => pod_cidr.hosts().next().expect("a /30 or larger has hosts"),
             Some(gw) => self.ipv4("node.gateway", &gw)?,
         };
         check_host_in(gateway, pod_cidr).map_err(|p| self.invalid("node.gateway", p))?;
-        Ok(Node {
-            name: raw.name,
-            pod_cidr,
-            bridge: raw.bridge,
-            gateway,
-        })
+        Ok(Node { name: raw.name, pod_cidr, bridge: raw.bridge, gateway })
     }
 
     fn pod(&self, i: usize, raw: RawPod, node: &Node) -> Result<Pod, ConfigError> {
@@ -238,17 +266,52 @@ impl Validator {
         }
         let netns = raw.netns.unwrap_or_else(|| format!("{}-{}", node.name, raw.name));
         check_name(&netns, 64).map_err(|p| self.invalid(format!("pod[{i}].netns"), p))?;
-        Ok(Pod {
-            name: raw.name,
-            ip,
-            netns,
-        })
+        Ok(Pod { name: raw.name, ip, netns })
     }
 
     fn ipv4(&self, field: &str, text: &str) -> Result<Ipv4Addr, ConfigError> {
-        text.parse()
-            .map_err(|_| self.invalid(field, format!("{text:?} is not an IPv4 address")))
+        text.parse().map_err(|_| self.invalid(field, format!("{text:?} is not an IPv4 address")))
     }
+}
+
+/// Parses a CIDR that must name a network (no host bits).
+pub fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
+    let cidr: Ipv4Net = text.parse().map_err(|_| format!("{text:?} is not an IPv4 CIDR like 10.1.1.0/24"))?;
+    if cidr != cidr.trunc() {
+        return Err(format!("{cidr} has host bits set; did you mean {}?", cidr.trunc()));
+    }
+    Ok(cidr)
+}
+
+/// Checks `peer` against this node and the peers already known; on failure returns the field
+/// (`name`, `ip`, `pod_cidr`) and the problem. Used for the config and for `podnet node add`.
+pub fn check_peer(
+    node: &Node,
+    uplink: Option<&Uplink>,
+    known: &[PeerNode],
+    peer: &PeerNode,
+) -> Result<(), (&'static str, String)> {
+    let Some(uplink) = uplink else {
+        return Err(("name", "peers need an [uplink] section (interface and node IP)".to_owned()));
+    };
+    check_name(&peer.name, podnet_common::PEER_NAME_MAX).map_err(|p| ("name", p))?;
+    if peer.name == node.name || known.iter().any(|k| k.name == peer.name) {
+        return Err(("name", format!("node name {:?} is already in use", peer.name)));
+    }
+    if peer.ip == uplink.ip || known.iter().any(|k| k.ip == peer.ip) {
+        return Err(("ip", format!("{} is already another node's address", peer.ip)));
+    }
+    let overlaps = |a: Ipv4Net, b: Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+    if overlaps(peer.pod_cidr, node.pod_cidr) {
+        return Err((
+            "pod_cidr",
+            format!("{} overlaps this node's pod_cidr {}", peer.pod_cidr, node.pod_cidr),
+        ));
+    }
+    if let Some(k) = known.iter().find(|k| overlaps(k.pod_cidr, peer.pod_cidr)) {
+        return Err(("pod_cidr", format!("{} overlaps {} of node {:?}", peer.pod_cidr, k.pod_cidr, k.name)));
+    }
+    Ok(())
 }
 
 /// Names end up in interface names, namespace names and bpffs paths: keep them plain.
@@ -256,10 +319,7 @@ fn check_name(name: &str, max: usize) -> Result<(), String> {
     if name.is_empty() || name.len() > max {
         return Err(format!("{name:?} must be 1 to {max} characters long"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-    {
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
         return Err(format!("{name:?} may only use a-z, 0-9, '-' and '_'"));
     }
     Ok(())
@@ -295,11 +355,7 @@ mod tests {
         assert_eq!(c.node.name, "node1");
         assert_eq!(c.node.bridge, "br0");
         assert_eq!(c.node.gateway, Ipv4Addr::new(10, 1, 1, 1));
-        let pods: Vec<_> = c
-            .pods
-            .iter()
-            .map(|p| (p.name.as_str(), p.ip, p.netns.as_str()))
-            .collect();
+        let pods: Vec<_> = c.pods.iter().map(|p| (p.name.as_str(), p.ip, p.netns.as_str())).collect();
         assert_eq!(
             pods,
             [
@@ -314,15 +370,9 @@ mod tests {
     #[test]
     fn bad_cidr_names_field() {
         let err = parse("[node]\nname = \"n1\"\npod_cidr = \"10.1.1.0/33\"\n").unwrap_err();
-        assert_eq!(
-            err,
-            "test.toml: node.pod_cidr: \"10.1.1.0/33\" is not an IPv4 CIDR like 10.1.1.0/24"
-        );
+        assert_eq!(err, "test.toml: node.pod_cidr: \"10.1.1.0/33\" is not an IPv4 CIDR like 10.1.1.0/24");
         let err = parse("[node]\nname = \"n1\"\npod_cidr = \"10.1.1.7/24\"\n").unwrap_err();
-        assert_eq!(
-            err,
-            "test.toml: node.pod_cidr: 10.1.1.7/24 has host bits set; did you mean 10.1.1.0/24?"
-        );
+        assert_eq!(err, "test.toml: node.pod_cidr: 10.1.1.7/24 has host bits set; did you mean 10.1.1.0/24?");
     }
 
     #[test]
@@ -337,10 +387,7 @@ mod tests {
     #[test]
     fn pod_outside_node_cidr_is_rejected() {
         let err = parse(&format!("{NODE}[[pod]]\nname = \"a\"\nip = \"10.1.2.2\"\n")).unwrap_err();
-        assert_eq!(
-            err,
-            "test.toml: pod[0].ip: 10.1.2.2 is outside node.pod_cidr 10.1.1.0/24"
-        );
+        assert_eq!(err, "test.toml: pod[0].ip: 10.1.2.2 is outside node.pod_cidr 10.1.1.0/24");
     }
 
     #[test]
@@ -357,23 +404,44 @@ mod tests {
     #[test]
     fn unknown_field_is_rejected_with_its_location() {
         let err = parse(&format!("{NODE}mtu = 9000\n")).unwrap_err();
-        assert!(
-            err.starts_with("test.toml: TOML parse error at line 4, column 1"),
-            "{err}"
-        );
+        assert!(err.starts_with("test.toml: TOML parse error at line 4, column 1"), "{err}");
         assert!(err.contains("unknown field `mtu`"), "{err}");
     }
 
     #[test]
     fn pod_name_must_fit_an_interface_name() {
+        let err = parse(&format!("{NODE}[[pod]]\nname = \"frontend-1\"\nip = \"10.1.1.2\"\n")).unwrap_err();
+        assert_eq!(err, "test.toml: pod[0].name: \"frontend-1\" must be 1 to 8 characters long");
+    }
+
+    const UPLINK: &str = "[uplink]\ninterface = \"eth0\"\nip = \"192.168.50.1\"\n";
+
+    #[test]
+    fn peers_are_parsed() {
+        let c = parse(&format!(
+            "{NODE}{UPLINK}[[peer]]\nname = \"n2\"\nip = \"192.168.50.2\"\npod_cidr = \"10.1.2.0/24\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.uplink, Some(Uplink { interface: "eth0".into(), ip: Ipv4Addr::new(192, 168, 50, 1) }));
+        assert_eq!(c.peers[0].pod_cidr.to_string(), "10.1.2.0/24");
+    }
+
+    #[test]
+    fn peer_cidr_overlapping_the_node_is_rejected() {
         let err = parse(&format!(
-            "{NODE}[[pod]]\nname = \"frontend-1\"\nip = \"10.1.1.2\"\n"
+            "{NODE}{UPLINK}[[peer]]\nname = \"n2\"\nip = \"192.168.50.2\"\npod_cidr = \"10.1.0.0/16\"\n"
         ))
         .unwrap_err();
-        assert_eq!(
-            err,
-            "test.toml: pod[0].name: \"frontend-1\" must be 1 to 8 characters long"
-        );
+        assert_eq!(err, "test.toml: peer[0].pod_cidr: 10.1.0.0/16 overlaps this node's pod_cidr 10.1.1.0/24");
+    }
+
+    #[test]
+    fn peers_need_an_uplink_and_distinct_addresses() {
+        let peer = "[[peer]]\nname = \"n2\"\nip = \"192.168.50.1\"\npod_cidr = \"10.1.2.0/24\"\n";
+        let err = parse(&format!("{NODE}{peer}")).unwrap_err();
+        assert_eq!(err, "test.toml: peer[0].name: peers need an [uplink] section (interface and node IP)");
+        let err = parse(&format!("{NODE}{UPLINK}{peer}")).unwrap_err();
+        assert_eq!(err, "test.toml: peer[0].ip: 192.168.50.1 is already another node's address");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! ```text
 //! /sys/fs/bpf/podnet/<node>/ENDPOINTS        pod IP -> endpoint
 //! /sys/fs/bpf/podnet/<node>/COUNTERS         per-CPU counters by reason
-//! /sys/fs/bpf/podnet/<node>/links/<ifname>   tcx link of from_pod on a host veth
+//! /sys/fs/bpf/podnet/<node>/PEERS            other nodes' pod CIDRs (LPM trie) -> node
+//! /sys/fs/bpf/podnet/<node>/links/<ifname>   tcx link on an interface: from_pod on host
+//!                                            veths, from_uplink on the uplink
 //! ```
 //! Maps are pinned by name (aya reuses a pinned map on the next load), links are pinned so the
 //! programs stay attached after `podnet up` exits, and re-running `up` swaps the program inside
@@ -24,7 +26,10 @@ use aya::{
     },
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
-use podnet_common::{PIN_ROOT, programs::FROM_POD};
+use podnet_common::{
+    PIN_ROOT,
+    programs::{FROM_POD, FROM_UPLINK},
+};
 
 /// The compiled kernel programs, embedded at build time (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PODNET_EBPF_OBJECT"));
@@ -141,10 +146,7 @@ impl PinDir {
             self.unpin_link(&ifname)?;
         }
         remove_dir(&self.links())?;
-        for entry in std::fs::read_dir(&self.0)
-            .map_err(fs_err("list", &self.0))?
-            .flatten()
-        {
+        for entry in std::fs::read_dir(&self.0).map_err(fs_err("list", &self.0))?.flatten() {
             remove_file(&entry.path())?;
         }
         remove_dir(&self.0)?;
@@ -187,21 +189,10 @@ pub fn ensure_bpffs() -> Result<(), DatapathError> {
     let same_mount_ns =
         std::fs::read_link("/proc/self/ns/mnt").ok() == std::fs::read_link("/proc/1/ns/mnt").ok();
     if !same_mount_ns {
-        return Err(DatapathError::NoBpffs {
-            path: BPFFS.to_owned(),
-        });
+        return Err(DatapathError::NoBpffs { path: BPFFS.to_owned() });
     }
-    nix::mount::mount(
-        Some("bpf"),
-        BPFFS,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|source| DatapathError::MountBpffs {
-        path: BPFFS.to_owned(),
-        source,
-    })
+    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|source| DatapathError::MountBpffs { path: BPFFS.to_owned(), source })
 }
 
 /// podnet's programs, loaded and verified, with their maps pinned in a node's [`PinDir`].
@@ -221,59 +212,39 @@ impl Datapath {
             .default_map_pin_directory(pins.path())
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
-        let prog = classifier(&mut ebpf, FROM_POD)?;
-        prog.load().map_err(|source| DatapathError::Program {
-            name: FROM_POD,
-            source,
-        })?;
-        Ok(Self {
-            ebpf,
-            pins: pins.clone(),
-        })
+        for name in [FROM_POD, FROM_UPLINK] {
+            classifier(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        Ok(Self { ebpf, pins: pins.clone() })
     }
 
-    /// The loaded `from_pod` program (for `BPF_PROG_TEST_RUN`).
-    pub fn from_pod(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
-        classifier(&mut self.ebpf, FROM_POD)
+    /// A loaded program (for `BPF_PROG_TEST_RUN`).
+    pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        classifier(&mut self.ebpf, name)
     }
 
-    /// Attaches `from_pod` at tcx ingress of host veth `ifname`, pinning the link; when a link is
-    /// already pinned for it, swaps the program inside that link instead (no gap in forwarding).
-    pub fn attach_from_pod(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+    /// Attaches program `name` at tcx ingress of `ifname`, pinning the link; when a link is
+    /// already pinned for the interface, swaps the program inside that link instead (no gap in
+    /// forwarding).
+    pub fn attach(&mut self, name: &'static str, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
         let path = self.pins.link(ifname);
-        let attach_err = |source| DatapathError::Attach {
-            name: FROM_POD,
-            ifname: ifname.to_owned(),
-            source,
-        };
-        let prog = classifier(&mut self.ebpf, FROM_POD)?;
+        let attach_err = |source| DatapathError::Attach { name, ifname: ifname.to_owned(), source };
+        let prog = classifier(&mut self.ebpf, name)?;
         match PinnedLink::from_pin(&path) {
             Ok(pinned) => {
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
-                    DatapathError::Link {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
                 let id = prog.attach_to_link(link).map_err(attach_err)?;
                 // The pin keeps the (updated) link alive; our fd can go.
                 drop(prog.take_link(id).map_err(attach_err)?);
                 Ok(())
             }
             Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
-                let tcx = TcAttach::Tcx {
-                    attach_type: TcAttachType::Ingress,
-                    order: LinkOrder::default(),
-                };
+                let tcx = TcAttach::Tcx { attach_type: TcAttachType::Ingress, order: LinkOrder::default() };
                 let id = prog.attach(ifindex, tcx).map_err(attach_err)?;
-                let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(|source| {
-                    DatapathError::Link {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                link.pin(&path)
-                    .map_err(|source| DatapathError::Pin { path, source })?;
+                let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?)
+                    .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
+                link.pin(&path).map_err(|source| DatapathError::Pin { path, source })?;
                 Ok(())
             }
             Err(source) => Err(DatapathError::Link { path, source }),
@@ -282,9 +253,15 @@ impl Datapath {
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
-    ebpf.program_mut(name)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(DatapathError::MissingProgram { name })
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(DatapathError::MissingProgram { name })
+}
+
+/// The name of the loaded program with id `prog_id`, as the kernel reports it.
+pub fn program_name(prog_id: u32) -> Option<String> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == prog_id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
 }
 
 /// Kernel information (link and program ids) about the link pinned for `ifname`.

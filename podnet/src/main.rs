@@ -2,12 +2,16 @@ use std::{io::IsTerminal as _, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use podnet::{config::Config, netlink::netns, node, status};
+use podnet::{
+    config::{Config, PeerNode},
+    netlink::netns,
+    node, status,
+};
 use tracing_subscriber::EnvFilter;
 
 mod cli;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, NodeCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -38,22 +42,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(ns) = &cli.netns {
         netns::enter(ns).with_context(|| format!("cannot act as node {ns:?}"))?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.command {
             Command::Up => node::up(&config).await?,
             Command::Down => node::down(&config).await?,
             Command::Status { json } => {
                 let status = node::status(&config)?;
-                let out = if json {
-                    serde_json::to_string_pretty(&status)?
-                } else {
-                    status::render(&status)
-                };
+                let out = if json { serde_json::to_string_pretty(&status)? } else { status::render(&status) };
                 println!("{out}");
             }
+            Command::Node(NodeCommand::Add { name, ip, pod_cidr }) => {
+                node::add_peer(&config, PeerNode { name, ip, pod_cidr }).await?
+            }
+            Command::Node(NodeCommand::Del { name }) => node::del_peer(&config, &name).await?,
             Command::Config => unreachable!("handled above"),
         }
         Ok(ExitCode::SUCCESS)

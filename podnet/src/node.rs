@@ -7,11 +7,14 @@ use podnet_common::{Endpoint, Reason};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use ipnet::Ipv4Net;
+use podnet_common::programs::{FROM_POD, FROM_UPLINK};
+
 use crate::{
-    config::Config,
-    datapath::{Datapath, DatapathError, PinDir},
-    maps::{Counters, Endpoints, MapsError},
-    netlink::{Netlink, NetlinkError, fmt_mac, netns},
+    config::{self, Config, PeerNode},
+    datapath::{self, Datapath, DatapathError, PinDir},
+    maps::{Counters, Endpoints, MapsError, PeerEntry, Peers},
+    netlink::{Iface, Netlink, NetlinkError, fmt_mac, netns},
     plumbing,
 };
 
@@ -29,6 +32,18 @@ pub enum NodeError {
     Forwarding(#[source] std::io::Error),
     #[error("podnet is not up on node {node:?}: {path} does not exist (run `podnet up`)")]
     NotUp { node: String, path: String },
+    #[error("uplink {interface} does not exist in the node's namespace; create and address it first")]
+    NoUplink { interface: String },
+    #[error(
+        "uplink {interface} does not hold the node IP {ip}; podnet does not address the uplink, configure it first"
+    )]
+    UplinkAddress { interface: String, ip: Ipv4Addr },
+    #[error("this node has no [uplink] in its config; peers need one")]
+    NoUplinkConfigured,
+    #[error("peer {field}: {problem}")]
+    InvalidPeer { field: &'static str, problem: String },
+    #[error("no peer node called {name:?} (see `podnet status`)")]
+    UnknownPeer { name: String },
 }
 
 /// Something `up` created, undone in reverse order if a later step fails.
@@ -37,6 +52,7 @@ enum Made {
     Netns(String),
     Link(String),
     PinDir(PinDir),
+    Route { cidr: Ipv4Net, via: Ipv4Addr, link: Iface },
 }
 
 async fn undo(nl: &Netlink, made: Vec<Made>) {
@@ -45,6 +61,9 @@ async fn undo(nl: &Netlink, made: Vec<Made>) {
             Made::Netns(name) => netns::delete(name).map_err(NodeError::from),
             Made::Link(name) => nl.del_link(name).await.map_err(NodeError::from),
             Made::PinDir(pins) => pins.remove().map_err(NodeError::from),
+            Made::Route { cidr, via, link } => {
+                nl.del_peer_route(*cidr, *via, link).await.map_err(NodeError::from)
+            }
         };
         if let Err(e) = result {
             warn!("rollback: could not undo {m:?}: {e}");
@@ -79,12 +98,7 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
     }
     let bridge = bridge?;
     if !had_bridge {
-        info!(
-            "created bridge {} with gateway {}/{}",
-            node.bridge,
-            node.gateway,
-            node.pod_cidr.prefix_len()
-        );
+        info!("created bridge {} with gateway {}/{}", node.bridge, node.gateway, node.pod_cidr.prefix_len());
     }
     let mut pods = Vec::with_capacity(config.pods.len());
     for pod in &config.pods {
@@ -100,13 +114,7 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
         }
         let plumbed = plumbed?;
         if !had_veth {
-            info!(
-                "pod {}: {} in namespace {} via {}",
-                pod.name,
-                pod.ip,
-                pod.netns,
-                pod.host_ifname()
-            );
+            info!("pod {}: {} in namespace {} via {}", pod.name, pod.ip, pod.netns, pod.host_ifname());
         }
         pods.push((pod, plumbed, !had_veth));
     }
@@ -121,16 +129,21 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
             // A link pinned for an earlier interface of the same name is dead; start afresh.
             pins.unpin_link(&p.host.name)?;
         }
-        datapath.attach_from_pod(&p.host.name, p.host.index)?;
+        datapath.attach(FROM_POD, &p.host.name, p.host.index)?;
+    }
+    if let Some(uplink) = uplink_iface(config, nl).await? {
+        datapath.attach(FROM_UPLINK, &uplink.name, uplink.index)?;
+        let mut peers = Peers::open(&pins)?;
+        for peer in &config.peers {
+            peers.insert(&entry(peer))?;
+            nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+            made.push(Made::Route { cidr: peer.pod_cidr, via: peer.ip, link: uplink.clone() });
+        }
     }
     let mut endpoints = Endpoints::open(&pins)?;
     for (pod, p, _) in &pods {
-        let endpoint = Endpoint {
-            host_ifindex: p.host.index,
-            flags: 0,
-            pod_mac: p.pod_if.mac,
-            host_mac: p.host.mac,
-        };
+        let endpoint =
+            Endpoint { host_ifindex: p.host.index, flags: 0, pod_mac: p.pod_if.mac, host_mac: p.host.mac };
         endpoints.insert(pod.ip, &endpoint)?;
     }
     forget_removed_pods(config, nl, &pins, &mut endpoints).await?;
@@ -156,8 +169,9 @@ async fn forget_removed_pods(
             endpoints.remove(ip)?;
         }
     }
+    let uplink = config.uplink.as_ref().map(|u| u.interface.as_str());
     for ifname in pins.linked_interfaces() {
-        if !config.pods.iter().any(|p| p.host_ifname() == ifname) {
+        if Some(ifname.as_str()) != uplink && !config.pods.iter().any(|p| p.host_ifname() == ifname) {
             info!("removing {ifname}: its pod is no longer in the config");
             pins.unpin_link(&ifname)?;
             nl.del_link(&ifname).await?;
@@ -171,7 +185,13 @@ async fn forget_removed_pods(
 /// run twice or after a failed `up`. IPv4 forwarding is left as it is.
 pub async fn down(config: &Config) -> Result<(), NodeError> {
     let nl = Netlink::current()?;
-    PinDir::for_node(&config.node.name).remove()?;
+    let pins = PinDir::for_node(&config.node.name);
+    if let (Ok(peers), Some(uplink)) = (Peers::open(&pins), uplink_iface(config, &nl).await.ok().flatten()) {
+        for peer in peers.list() {
+            nl.del_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+        }
+    }
+    pins.remove()?;
     for pod in &config.pods {
         nl.del_link(&pod.host_ifname()).await?;
         netns::delete(&pod.netns)?;
@@ -181,14 +201,87 @@ pub async fn down(config: &Config) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// The configured uplink, checked to exist and to hold the node IP; `None` without one.
+async fn uplink_iface(config: &Config, nl: &Netlink) -> Result<Option<Iface>, NodeError> {
+    let Some(uplink) = &config.uplink else {
+        return Ok(None);
+    };
+    let iface = nl
+        .link(&uplink.interface)
+        .await?
+        .ok_or_else(|| NodeError::NoUplink { interface: uplink.interface.clone() })?;
+    if !nl.ipv4_addresses(&iface).await?.contains(&uplink.ip) {
+        return Err(NodeError::UplinkAddress { interface: uplink.interface.clone(), ip: uplink.ip });
+    }
+    Ok(Some(iface))
+}
+
+fn entry(peer: &PeerNode) -> PeerEntry {
+    PeerEntry { name: peer.name.clone(), ip: peer.ip, pod_cidr: peer.pod_cidr }
+}
+
+fn pins_of_running_node(config: &Config) -> Result<PinDir, NodeError> {
+    let pins = PinDir::for_node(&config.node.name);
+    if !pins.path().exists() {
+        return Err(NodeError::NotUp {
+            node: config.node.name.clone(),
+            path: pins.path().display().to_string(),
+        });
+    }
+    Ok(pins)
+}
+
+/// Adds a peer node at runtime: its pod CIDR goes into the peer map and the kernel route table.
+/// Nothing restarts; flows to other nodes are not touched.
+pub async fn add_peer(config: &Config, peer: PeerNode) -> Result<(), NodeError> {
+    let pins = pins_of_running_node(config)?;
+    let nl = Netlink::current()?;
+    let uplink = uplink_iface(config, &nl).await?.ok_or(NodeError::NoUplinkConfigured)?;
+    let mut peers = Peers::open(&pins)?;
+    let known: Vec<PeerNode> =
+        peers.list().into_iter().map(|p| PeerNode { name: p.name, ip: p.ip, pod_cidr: p.pod_cidr }).collect();
+    config::check_peer(&config.node, config.uplink.as_ref(), &known, &peer)
+        .map_err(|(field, problem)| NodeError::InvalidPeer { field, problem })?;
+    peers.insert(&entry(&peer))?;
+    nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+    info!("peer {} added: {} via {}", peer.name, peer.pod_cidr, peer.ip);
+    Ok(())
+}
+
+/// Removes a peer node at runtime: map entry and kernel route.
+pub async fn del_peer(config: &Config, name: &str) -> Result<(), NodeError> {
+    let pins = pins_of_running_node(config)?;
+    let nl = Netlink::current()?;
+    let mut peers = Peers::open(&pins)?;
+    let peer = peers
+        .list()
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| NodeError::UnknownPeer { name: name.to_owned() })?;
+    peers.remove(peer.pod_cidr)?;
+    if let Some(uplink) = uplink_iface(config, &nl).await? {
+        nl.del_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+    }
+    info!("peer {} removed ({} via {})", peer.name, peer.pod_cidr, peer.ip);
+    Ok(())
+}
+
 /// What `podnet status` reports.
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub node: String,
     pub pin_dir: String,
     pub endpoints: Vec<EndpointStatus>,
+    pub peers: Vec<PeerStatus>,
     pub programs: Vec<ProgramStatus>,
     pub counters: Vec<CounterStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub node_ip: Ipv4Addr,
+    pub pod_cidr: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -202,7 +295,7 @@ pub struct EndpointStatus {
 
 #[derive(Debug, Serialize)]
 pub struct ProgramStatus {
-    pub program: &'static str,
+    pub program: String,
     pub hook: &'static str,
     pub ifname: String,
     pub link_id: u32,
@@ -242,9 +335,9 @@ pub fn status(config: &Config) -> Result<Status, NodeError> {
         .linked_interfaces()
         .into_iter()
         .map(|ifname| {
-            let info = crate::datapath::link_info(&pins, &ifname)?;
+            let info = datapath::link_info(&pins, &ifname)?;
             Ok(ProgramStatus {
-                program: podnet_common::programs::FROM_POD,
+                program: datapath::program_name(info.program_id()).unwrap_or_else(|| "?".to_owned()),
                 hook: "tcx ingress",
                 ifname,
                 link_id: info.id(),
@@ -252,18 +345,21 @@ pub fn status(config: &Config) -> Result<Status, NodeError> {
             })
         })
         .collect::<Result<_, DatapathError>>()?;
+    let peers = Peers::open(&pins)?
+        .list()
+        .into_iter()
+        .map(|p| PeerStatus { name: p.name, node_ip: p.ip, pod_cidr: p.pod_cidr.to_string() })
+        .collect();
     let counters = Counters::open(&pins)?
         .totals()?
         .into_iter()
-        .map(|(reason, packets): (Reason, u64)| CounterStatus {
-            reason: reason.name(),
-            packets,
-        })
+        .map(|(reason, packets): (Reason, u64)| CounterStatus { reason: reason.name(), packets })
         .collect();
     Ok(Status {
         node: config.node.name.clone(),
         pin_dir: pins.path().display().to_string(),
         endpoints,
+        peers,
         programs,
         counters,
     })

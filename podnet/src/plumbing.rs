@@ -25,8 +25,7 @@ pub async fn ensure_bridge(nl: &Netlink, node: &Node) -> Result<Iface, NetlinkEr
     }
     let bridge = nl.existing_link(&node.bridge).await?;
     nl.set_up(&bridge).await?;
-    nl.add_address(&bridge, node.gateway, node.pod_cidr.prefix_len())
-        .await?;
+    nl.add_address(&bridge, node.gateway, node.pod_cidr.prefix_len()).await?;
     Ok(bridge)
 }
 
@@ -50,9 +49,7 @@ pub async fn ensure_pod(
     let lo = inside.existing_link("lo").await?;
     inside.set_up(&lo).await?;
     let pod_if = inside.existing_link(&pod.pod_ifname()).await?;
-    inside
-        .add_address(&pod_if, pod.ip, node.pod_cidr.prefix_len())
-        .await?;
+    inside.add_address(&pod_if, pod.ip, node.pod_cidr.prefix_len()).await?;
     inside.set_up(&pod_if).await?;
     inside.add_default_route(node.gateway).await?;
     Ok(PodPlumbing { host, pod_if })

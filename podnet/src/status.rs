@@ -11,11 +11,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         format!("  {}\n", padded.join("  ").trim_end())
     };
     let mut out = line(header.to_vec());
@@ -40,6 +36,8 @@ pub fn render(s: &Status) -> String {
             ]
         })
         .collect();
+    let peers: Vec<Vec<String>> =
+        s.peers.iter().map(|p| vec![p.name.clone(), p.node_ip.to_string(), p.pod_cidr.clone()]).collect();
     let programs: Vec<Vec<String>> = s
         .programs
         .iter()
@@ -53,16 +51,14 @@ pub fn render(s: &Status) -> String {
             ]
         })
         .collect();
-    let counters: Vec<Vec<String>> = s
-        .counters
-        .iter()
-        .map(|c| vec![c.reason.to_owned(), c.packets.to_string()])
-        .collect();
+    let counters: Vec<Vec<String>> =
+        s.counters.iter().map(|c| vec![c.reason.to_owned(), c.packets.to_string()]).collect();
     format!(
-        "node {} (pins: {})\n\nEndpoints\n{}\nPrograms\n{}\nCounters\n{}",
+        "node {} (pins: {})\n\nEndpoints\n{}\nPeers\n{}\nPrograms\n{}\nCounters\n{}",
         s.node,
         s.pin_dir,
         table(&["POD", "IP", "MAC", "HOST IF", "IFINDEX"], &endpoints),
+        table(&["NODE", "NODE IP", "POD CIDR"], &peers),
         table(&["PROGRAM", "HOOK", "INTERFACE", "LINK", "PROG"], &programs),
         table(&["REASON", "PACKETS"], &counters),
     )

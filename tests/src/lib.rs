@@ -91,17 +91,7 @@ pub fn iperf3_tcp(ns: &str, server: &str, port: u16, seconds: u32) -> anyhow::Re
     let out = sh(
         ns,
         "iperf3",
-        &[
-            "-c",
-            server,
-            "-p",
-            &port.to_string(),
-            "-t",
-            &seconds.to_string(),
-            "-C",
-            "cubic",
-            "-J",
-        ],
+        &["-c", server, "-p", &port.to_string(), "-t", &seconds.to_string(), "-C", "cubic", "-J"],
     )?;
     let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     let sent = &json["end"]["sum_sent"];
@@ -136,20 +126,10 @@ pub struct Node {
 impl Lab {
     /// A new lab; `tag` (a few letters) makes names recognisable, the pid and a counter unique.
     pub fn new(tag: &str) -> anyhow::Result<Self> {
-        let prefix = format!(
-            "{tag}{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let prefix = format!("{tag}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir().join("podnet-lab").join(&prefix);
         std::fs::create_dir_all(&dir)?;
-        Ok(Self {
-            prefix,
-            dir,
-            namespaces: Vec::new(),
-            nodes: Vec::new(),
-            children: Vec::new(),
-        })
+        Ok(Self { prefix, dir, namespaces: Vec::new(), nodes: Vec::new(), children: Vec::new() })
     }
 
     /// The unique prefix of every name in this lab.
@@ -178,13 +158,27 @@ impl Lab {
         let netns = self.netns(name)?;
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(&config, format!("[node]\nname = \"{netns}\"\n{body}"))?;
-        let node = Node {
-            name: netns.clone(),
-            netns,
-            config,
-        };
+        let node = Node { name: netns.clone(), netns, config };
         self.nodes.push(node.clone());
         Ok(node)
+    }
+
+    /// Creates a "switch": a namespace holding bridge `sw0`, the wire between nodes.
+    pub fn switch(&mut self) -> anyhow::Result<String> {
+        let ns = self.netns("sw")?;
+        sh(&ns, "ip", &["link", "add", "sw0", "type", "bridge"])?;
+        sh(&ns, "ip", &["link", "set", "sw0", "up"])?;
+        Ok(ns)
+    }
+
+    /// Plugs namespace `ns` into `switch` with an uplink called `eth0` (inside `ns`, never the
+    /// root namespace's) holding `ip_cidr`, e.g. "192.168.50.1/24".
+    pub fn plug(&mut self, switch: &str, ns: &str, port: &str, ip_cidr: &str) -> anyhow::Result<()> {
+        sh(switch, "ip", &["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        sh(switch, "ip", &["link", "set", port, "master", "sw0", "up"])?;
+        sh(ns, "ip", &["addr", "add", ip_cidr, "dev", "eth0"])?;
+        sh(ns, "ip", &["link", "set", "eth0", "up"])?;
+        Ok(())
     }
 
     /// Starts a long-running process in `ns`; it is killed when the lab is dropped.
@@ -206,11 +200,7 @@ impl Lab {
         std::fs::create_dir_all(&root)?;
         std::fs::write(root.join("index.html"), body)?;
         let root = root.to_str().context("utf-8 path")?.to_owned();
-        self.spawn(
-            ns,
-            "python3",
-            &["-m", "http.server", &port.to_string(), "--directory", &root],
-        )?;
+        self.spawn(ns, "python3", &["-m", "http.server", &port.to_string(), "--directory", &root])?;
         wait_listening(ns, port)
     }
 
@@ -225,11 +215,7 @@ impl Node {
     /// `podnet --netns <node> --config <config> args..`, as a command to adjust and run.
     pub fn podnet(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(podnet_bin());
-        cmd.arg("--netns")
-            .arg(&self.netns)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args);
+        cmd.arg("--netns").arg(&self.netns).arg("--config").arg(&self.config).args(args);
         cmd
     }
 
@@ -254,6 +240,14 @@ impl Node {
             .with_context(|| format!("no counter {reason} in {status}"))
     }
 
+    /// The iptables/br_netfilter lockdown of a Kubernetes node: bridged IPv4 goes through
+    /// iptables, and FORWARD drops by default, so only the eBPF datapath can carry pod traffic.
+    pub fn forward_drop(&self) -> anyhow::Result<()> {
+        sh(&self.netns, "iptables", &["-P", "FORWARD", "DROP"])?;
+        sh(&self.netns, "sysctl", &["-qw", "net.bridge.bridge-nf-call-iptables=1"])?;
+        Ok(())
+    }
+
     /// Pod namespace name of pod `pod` under the default naming.
     pub fn pod_ns(&self, pod: &str) -> String {
         format!("{}-{pod}", self.name)
@@ -267,11 +261,7 @@ impl Node {
 
 /// Namespaces whose name starts with `prefix`.
 pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
-    let list = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| o.stdout)
-        .unwrap_or_default();
+    let list = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
     String::from_utf8_lossy(&list)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -287,11 +277,7 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         for node in &self.nodes {
-            let _ = node
-                .podnet(&["down"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = node.podnet(&["down"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
             let _ = std::fs::remove_dir_all(node.pin_dir());
         }
         let _ = std::fs::remove_dir("/sys/fs/bpf/podnet");

@@ -4,24 +4,13 @@
 use std::net::Ipv4Addr;
 
 use bytes::{BufMut as _, BytesMut};
+pub use podnet_common::inet_checksum;
 
 pub const ETH_LEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 pub const PROTO_UDP: u8 = 17;
-
-/// The Internet checksum (RFC 1071) of `data`.
-pub fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
 
 /// An Ethernet header.
 pub fn ethernet(dst: [u8; 6], src: [u8; 6], ether_type: u16) -> BytesMut {
@@ -65,22 +54,13 @@ mod tests {
 
     #[test]
     fn ipv4_header_checksum_verifies_to_zero() {
-        let f = udp4(
-            [1; 6],
-            [2; 6],
-            Ipv4Addr::new(10, 1, 1, 2),
-            Ipv4Addr::new(10, 1, 1, 3),
-            b"x",
-        );
+        let f = udp4([1; 6], [2; 6], Ipv4Addr::new(10, 1, 1, 2), Ipv4Addr::new(10, 1, 1, 3), b"x");
         assert_eq!(inet_checksum(&f[ETH_LEN..ETH_LEN + 20]), 0);
     }
 
     #[test]
     fn checksum_matches_rfc1071_example() {
         // RFC 1071 section 3: the sum of these words is 0xddf2, so the checksum is !0xddf2.
-        assert_eq!(
-            inet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
-            !0xddf2
-        );
+        assert_eq!(inet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
     }
 }

@@ -10,21 +10,11 @@ fn quick_bench_runs_end_to_end() {
     let lab = Lab::new("bsmoke").unwrap();
     let (json_path, svg_path) = (lab.dir().join("bench.json"), lab.dir().join("bench.svg"));
     let out = Command::new(env!("CARGO_BIN_EXE_podnet-bench"))
-        .args([
-            "--quick",
-            "--json",
-            json_path.to_str().unwrap(),
-            "--svg",
-            svg_path.to_str().unwrap(),
-        ])
+        .args(["--quick", "--json", json_path.to_str().unwrap(), "--svg", svg_path.to_str().unwrap()])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("| TCP 1 stream | Gbit/s |"), "{stdout}");
 
     let json: serde_json::Value =
@@ -34,11 +24,7 @@ fn quick_bench_runs_end_to_end() {
         let metrics = results.iter().filter(|r| r["setup"] == setup).count();
         assert_eq!(metrics, 9, "{setup} should report all 9 metrics");
     }
-    assert!(
-        results
-            .iter()
-            .all(|r| r["stat"]["median"].as_f64().is_some_and(f64::is_finite))
-    );
+    assert!(results.iter().all(|r| r["stat"]["median"].as_f64().is_some_and(f64::is_finite)));
     assert_eq!(json["costs"].as_array().unwrap().len(), 2);
     assert!(std::fs::read_to_string(&svg_path).unwrap().starts_with("<svg"));
 }

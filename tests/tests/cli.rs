@@ -5,10 +5,7 @@ use std::process::Command;
 use podnet_tests::{Lab, podnet_bin};
 
 fn podnet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(podnet_bin())
-        .args(args)
-        .output()
-        .expect("podnet runs");
+    let out = Command::new(podnet_bin()).args(args).output().expect("podnet runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -20,14 +17,7 @@ fn podnet(args: &[&str]) -> (bool, String, String) {
 fn help_explains_the_commands_and_netns() {
     let (ok, out, _) = podnet(&["--help"]);
     assert!(ok);
-    for needle in [
-        "up",
-        "down",
-        "status",
-        "--netns",
-        "--config",
-        "/sys/fs/bpf/podnet",
-    ] {
+    for needle in ["up", "down", "status", "--netns", "--config", "/sys/fs/bpf/podnet"] {
         assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
     }
 }
@@ -70,8 +60,5 @@ fn bad_config_names_file_and_field() {
 fn missing_node_namespace_is_reported() {
     let (ok, _, err) = podnet(&["--netns", "podnet-no-such-node", "status"]);
     assert!(!ok);
-    assert!(
-        err.contains("network namespace \"podnet-no-such-node\" does not exist"),
-        "{err}"
-    );
+    assert!(err.contains("network namespace \"podnet-no-such-node\" does not exist"), "{err}");
 }

@@ -1,15 +1,26 @@
-//! The forwarding program on synthetic packets through `BPF_PROG_TEST_RUN`: what it returns,
-//! what it writes, and which counter it moves. Needs root and BPF; loads into a private pin dir.
+//! The forwarding programs on synthetic packets through `BPF_PROG_TEST_RUN`: what they return,
+//! what they write, and which counter they move. Needs root and BPF; each test loads into its
+//! own pin dir, and the routing test runs in a namespace it builds (the FIB lookup consults the
+//! routes and neighbours of the namespace it runs in).
 
 use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
+use ipnet::Ipv4Net;
 use podnet::{
     datapath::{Datapath, PinDir},
-    maps::{Counters, Endpoints},
+    maps::{Counters, Endpoints, PeerEntry, Peers},
+    netlink::netns,
 };
-use podnet_common::{Endpoint, Reason};
-use podnet_tests::packets::{ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, ethernet, udp4};
+use podnet_common::{
+    Endpoint, Reason,
+    programs::{FROM_POD, FROM_UPLINK},
+};
+use podnet_tests::{
+    Lab,
+    packets::{ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, ethernet, inet_checksum, udp4},
+    sh,
+};
 
 /// tc actions as the kernel numbers them (include/uapi/linux/pkt_cls.h).
 const TC_ACT_OK: u32 = 0;
@@ -27,28 +38,33 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn new() -> Self {
-        let pins = PinDir::for_node(&format!("testrun{}", std::process::id()));
+    fn new(tag: &str) -> Self {
+        let pins = PinDir::for_node(&format!("testrun-{tag}{}", std::process::id()));
         let datapath = Datapath::load(&pins).expect("load the embedded eBPF object");
         let mut endpoints = Endpoints::open(&pins).unwrap();
-        let endpoint = Endpoint {
-            host_ifindex: 42,
-            flags: 0,
-            pod_mac: POD_MAC,
-            host_mac: HOST_MAC,
-        };
+        let endpoint = Endpoint { host_ifindex: 42, flags: 0, pod_mac: POD_MAC, host_mac: HOST_MAC };
         endpoints.insert(LOCAL, &endpoint).unwrap();
         Self { datapath, pins }
     }
 
     /// Runs `from_pod` once on `frame`; returns the action and the frame as the program left it.
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_on(FROM_POD, frame, None)
+    }
+
+    /// Runs program `name` once on `frame`, as if it arrived on interface `ifindex` (the FIB
+    /// needs an input device with forwarding on).
+    fn run_on(&mut self, name: &'static str, frame: &[u8], ifindex: Option<u32>) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; frame.len() + 256];
-        let prog = self.datapath.from_pod().unwrap();
+        // struct __sk_buff is 192 bytes; `ifindex` sits at offset 40.
+        let mut skb = [0u8; 192];
+        skb[40..44].copy_from_slice(&ifindex.unwrap_or(0).to_ne_bytes());
+        let prog = self.datapath.program(name).unwrap();
         let result = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: ifindex.map(|_| &skb[..]),
                 ..Default::default()
             })
             .expect("BPF_PROG_TEST_RUN");
@@ -57,13 +73,7 @@ impl Loaded {
     }
 
     fn counters(&self) -> Vec<u64> {
-        Counters::open(&self.pins)
-            .unwrap()
-            .totals()
-            .unwrap()
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect()
+        Counters::open(&self.pins).unwrap().totals().unwrap().into_iter().map(|(_, n)| n).collect()
     }
 }
 
@@ -75,19 +85,14 @@ impl Drop for Loaded {
 
 fn counted(before: &[u64], after: &[u64], reason: Reason) {
     let moved: Vec<usize> = (0..Reason::COUNT).filter(|&i| after[i] != before[i]).collect();
-    assert_eq!(
-        moved,
-        [reason as usize],
-        "exactly {} must move: {before:?} -> {after:?}",
-        reason.name()
-    );
+    assert_eq!(moved, [reason as usize], "exactly {} must move: {before:?} -> {after:?}", reason.name());
     assert_eq!(after[reason as usize] - before[reason as usize], 1);
 }
 
 /// All cases share one load: the pin directory is per process.
 #[test]
 fn from_pod_decisions() {
-    let mut dp = Loaded::new();
+    let mut dp = Loaded::new("pod");
     let pod1 = Ipv4Addr::new(10, 1, 1, 2);
 
     // Local destination: redirected, Ethernet rewritten for the pod, IP packet untouched.
@@ -97,11 +102,7 @@ fn from_pod_decisions() {
     assert_eq!(action, TC_ACT_REDIRECT);
     assert_eq!(out[0..6], POD_MAC, "destination MAC is the pod's");
     assert_eq!(out[6..12], HOST_MAC, "source MAC is the host veth's");
-    assert_eq!(
-        out[12..],
-        frame[12..],
-        "nothing past the MACs changes (same L2 segment, TTL kept)"
-    );
+    assert_eq!(out[12..], frame[12..], "nothing past the MACs changes (same L2 segment, TTL kept)");
     counted(&before, &dp.counters(), Reason::RedirectLocal);
 
     // Unknown destination (another node, the outside): to the stack, unchanged.
@@ -130,5 +131,124 @@ fn from_pod_decisions() {
         let before = dp.counters();
         assert_eq!(dp.run(&frame).0, TC_ACT_SHOT, "version/IHL {version_ihl:#x}");
         counted(&before, &dp.counters(), Reason::DropMalformed);
+    }
+}
+
+/// The interface index and MAC of `ifname` in `ns`.
+fn link(ns: &str, ifname: &str) -> (u32, [u8; 6]) {
+    let json: serde_json::Value =
+        serde_json::from_str(&sh(ns, "ip", &["-j", "link", "show", ifname]).unwrap()).unwrap();
+    let mac: Vec<u8> =
+        json[0]["address"].as_str().unwrap().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    (json[0]["ifindex"].as_u64().unwrap() as u32, mac.try_into().unwrap())
+}
+
+fn ipv4_header_verifies(frame: &[u8]) -> bool {
+    inet_checksum(&frame[ETH_LEN..ETH_LEN + 20]) == 0
+}
+
+/// Cross-node decisions of `from_pod` and `from_uplink`, in a namespace with an uplink `eth0`
+/// (192.168.50.1/24), a known neighbour 192.168.50.2 and an unknown one 192.168.50.4.
+#[test]
+fn routing_decisions() {
+    let mut lab = Lab::new("trr").unwrap();
+    let ns = lab.netns("node").unwrap();
+    let wire = lab.netns("wire").unwrap();
+    sh(&ns, "ip", &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &wire]).unwrap();
+    sh(&ns, "ip", &["addr", "add", "192.168.50.1/24", "dev", "eth0"]).unwrap();
+    sh(&ns, "ip", &["link", "set", "eth0", "up", "mtu", "1400"]).unwrap();
+    sh(&wire, "ip", &["link", "set", "eth0", "up"]).unwrap();
+    const NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+    sh(
+        &ns,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            "192.168.50.2",
+            "lladdr",
+            "02:00:00:00:00:22",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )
+    .unwrap();
+    sh(&ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    let (eth0, eth0_mac) = link(&ns, "eth0");
+    // This test's thread (only) moves into the node namespace: the FIB lookups happen there.
+    netns::enter(&ns).unwrap();
+
+    let mut dp = Loaded::new("route");
+    let mut peers = Peers::open(&dp.pins).unwrap();
+    for (name, ip, cidr) in
+        [("node2", [192, 168, 50, 2], "10.1.2.0/24"), ("node4", [192, 168, 50, 4], "10.1.4.0/24")]
+    {
+        let pod_cidr: Ipv4Net = cidr.parse().unwrap();
+        peers.insert(&PeerEntry { name: name.into(), ip: Ipv4Addr::from(ip), pod_cidr }).unwrap();
+    }
+    let pod1 = Ipv4Addr::new(10, 1, 1, 2);
+    let frame = |dst: Ipv4Addr, ttl: u8, payload: usize| {
+        let mut f = udp4([0xaa; 6], [0xbb; 6], pod1, dst, &vec![0u8; payload]);
+        f[ETH_LEN + 8] = ttl;
+        f[ETH_LEN + 10..ETH_LEN + 12].fill(0);
+        let c = inet_checksum(&f[ETH_LEN..ETH_LEN + 20]);
+        f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+
+    // Remote hit, neighbour known: out of eth0 with its MAC and the neighbour's, TTL 63.
+    let before = dp.counters();
+    let (action, out) = dp.run_on(FROM_POD, &frame(Ipv4Addr::new(10, 1, 2, 2), 64, 18), Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (NEIGH_MAC.to_vec(), eth0_mac.to_vec()));
+    assert_eq!(out[ETH_LEN + 8], 63, "TTL decremented");
+    assert!(ipv4_header_verifies(&out), "checksum updated with the TTL");
+    counted(&before, &dp.counters(), Reason::RedirectRemote);
+
+    // Remote hit, neighbour unknown: still redirected, bpf_redirect_neigh resolves the MAC.
+    let before = dp.counters();
+    let (action, out) = dp.run_on(FROM_POD, &frame(Ipv4Addr::new(10, 1, 4, 2), 64, 18), Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(out[ETH_LEN + 8], 63);
+    assert!(ipv4_header_verifies(&out));
+    counted(&before, &dp.counters(), Reason::RedirectRemoteResolve);
+
+    // TTL 1 would expire: to the stack untouched (it sends ICMP time exceeded).
+    let f = frame(Ipv4Addr::new(10, 1, 2, 2), 1, 18);
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &f, Some(eth0)), (TC_ACT_OK, f.to_vec()));
+    counted(&before, &dp.counters(), Reason::PassTtlExpiring);
+
+    // Larger than eth0's MTU (1400) with no GSO: to the stack (fragmentation / frag-needed).
+    let f = frame(Ipv4Addr::new(10, 1, 2, 2), 64, 1450 - 28);
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &f, Some(eth0)), (TC_ACT_OK, f.to_vec()));
+    counted(&before, &dp.counters(), Reason::PassFragNeeded);
+
+    // No peer owns it: not a cluster address, to the stack.
+    let f = frame(Ipv4Addr::new(10, 1, 3, 2), 64, 18);
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &f, Some(eth0)), (TC_ACT_OK, f.to_vec()));
+    counted(&before, &dp.counters(), Reason::PassNotLocal);
+
+    // From the uplink to a local pod: a routed hop into the pod, TTL 63, pod MACs.
+    let before = dp.counters();
+    let (action, out) = dp.run_on(FROM_UPLINK, &frame(LOCAL, 64, 18), Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (POD_MAC.to_vec(), HOST_MAC.to_vec()));
+    assert_eq!(out[ETH_LEN + 8], 63);
+    assert!(ipv4_header_verifies(&out));
+    counted(&before, &dp.counters(), Reason::RedirectFromUplink);
+
+    // From the uplink with TTL 1, and to the node itself: the stack's.
+    for (f, reason) in [
+        (frame(LOCAL, 1, 18), Reason::PassTtlExpiring),
+        (frame(Ipv4Addr::new(192, 168, 50, 1), 64, 18), Reason::PassUplinkNotLocal),
+    ] {
+        let before = dp.counters();
+        assert_eq!(dp.run_on(FROM_UPLINK, &f, Some(eth0)), (TC_ACT_OK, f.to_vec()));
+        counted(&before, &dp.counters(), reason);
     }
 }

@@ -51,10 +51,8 @@ enum Task {
 }
 
 fn main() -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_owned();
+    let root =
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned();
     match Cli::parse().task {
         Task::BuildEbpf { release } => build_ebpf(&root, release),
         Task::Build { release } => build(&root, release),
@@ -103,10 +101,7 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Runs `cargo test`, echoing its output, and closes with one line totalling every test binary's
 /// "test result:" line, so the run ends on the whole suite's count rather than the last binary's.
 fn test(cmd: &mut Command) -> anyhow::Result<()> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
@@ -116,13 +111,7 @@ fn test(cmd: &mut Command) -> anyhow::Result<()> {
                 result
                     .split(';')
                     .find_map(|part| {
-                        part.trim()
-                            .strip_suffix(what)?
-                            .trim()
-                            .rsplit(' ')
-                            .next()?
-                            .parse::<u64>()
-                            .ok()
+                        part.trim().strip_suffix(what)?.trim().rsplit(' ').next()?.parse::<u64>().ok()
                     })
                     .unwrap_or(0)
             };
@@ -151,14 +140,7 @@ fn cargo(root: &Path) -> Command {
 fn ebpf_cargo(root: &Path) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root.join("podnet-ebpf"));
-    for var in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTDOC",
-        "CARGO",
-        "CARGO_TARGET_DIR",
-    ] {
+    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTDOC", "CARGO", "CARGO_TARGET_DIR"] {
         cmd.env_remove(var);
     }
     cmd
@@ -173,10 +155,7 @@ fn build_ebpf(root: &Path, release: bool) -> anyhow::Result<()> {
     }
     run(&mut cmd)?;
     let profile = if release { "release" } else { "debug" };
-    let built = root
-        .join("podnet-ebpf/target/bpfel-unknown-none")
-        .join(profile)
-        .join("podnet");
+    let built = root.join("podnet-ebpf/target/bpfel-unknown-none").join(profile).join("podnet");
     let object = root.join("target/ebpf/podnet.bpf.o");
     std::fs::create_dir_all(object.parent().expect("has a parent"))?;
     std::fs::copy(&built, &object)
@@ -185,9 +164,7 @@ fn build_ebpf(root: &Path, release: bool) -> anyhow::Result<()> {
 }
 
 fn podnet_bin(root: &Path, release: bool) -> PathBuf {
-    root.join("target")
-        .join(if release { "release" } else { "debug" })
-        .join("podnet")
+    root.join("target").join(if release { "release" } else { "debug" }).join("podnet")
 }
 
 fn build(root: &Path, release: bool) -> anyhow::Result<()> {

@@ -2,20 +2,29 @@
 
 pub mod netns;
 
-use std::{net::Ipv4Addr, os::fd::AsRawFd};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd,
+};
 
 use futures::TryStreamExt;
+use ipnet::Ipv4Net;
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
-    packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
+    packet_route::{
+        address::AddressAttribute,
+        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
+        route::RouteMessage,
+    },
 };
 
 pub use netns::NetnsError;
 
-/// ENODEV and EEXIST as netlink reports them (negated errno).
+/// errno values as netlink reports them (negated).
 const ENODEV: i32 = -19;
 const EEXIST: i32 = -17;
+const ESRCH: i32 = -3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -72,10 +81,8 @@ impl Netlink {
         let ns = format!("namespace {name:?}");
         std::thread::scope(|s| {
             s.spawn(|| {
-                setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| NetlinkError::Connect {
-                    ns: ns.clone(),
-                    source: e.into(),
-                })?;
+                setns(&fd, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetlinkError::Connect { ns: ns.clone(), source: e.into() })?;
                 let _runtime = rt.enter();
                 Self::connect(ns.clone())
             })
@@ -85,10 +92,8 @@ impl Netlink {
     }
 
     fn connect(ns: String) -> Result<Self, NetlinkError> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetlinkError::Connect {
-            ns: ns.clone(),
-            source,
-        })?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|source| NetlinkError::Connect { ns: ns.clone(), source })?;
         tokio::spawn(conn);
         Ok(Self { handle, ns })
     }
@@ -140,9 +145,7 @@ impl Netlink {
             .name(peer.to_owned())
             .setns_by_fd(ns_fd.as_raw_fd())
             .build();
-        let msg = LinkVeth::new(host, peer)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-            .build();
+        let msg = LinkVeth::new(host, peer).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg))).build();
         self.handle
             .link()
             .add(msg)
@@ -165,17 +168,10 @@ impl Netlink {
     pub async fn set_controller(&self, link: &Iface, bridge: &Iface) -> Result<(), NetlinkError> {
         self.handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(link.index)
-                    .controller(bridge.index)
-                    .build(),
-            )
+            .set(LinkUnspec::new_with_index(link.index).controller(bridge.index).build())
             .execute()
             .await
-            .map_err(self.request(
-                "attach link to bridge",
-                format!("{} -> {}", link.name, bridge.name),
-            ))
+            .map_err(self.request("attach link to bridge", format!("{} -> {}", link.name, bridge.name)))
     }
 
     /// Deletes a link if it exists (deleting one end of a veth deletes both).
@@ -191,17 +187,10 @@ impl Netlink {
 
     /// Adds `ip/prefix` to a link; already present is fine.
     pub async fn add_address(&self, link: &Iface, ip: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
-        match self
-            .handle
-            .address()
-            .add(link.index, ip.into(), prefix)
-            .execute()
-            .await
-        {
-            Err(e) if code(&e) != Some(EEXIST) => Err(self
-                .request("add address", format!("{ip}/{prefix} to {}", link.name))(
-                e
-            )),
+        match self.handle.address().add(link.index, ip.into(), prefix).execute().await {
+            Err(e) if code(&e) != Some(EEXIST) => {
+                Err(self.request("add address", format!("{ip}/{prefix} to {}", link.name))(e))
+            }
             _ => Ok(()),
         }
     }
@@ -218,12 +207,71 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// The IPv4 addresses on `link`.
+    pub async fn ipv4_addresses(&self, link: &Iface) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.request("list addresses of", &link.name))?;
+        Ok(msgs
+            .iter()
+            .flat_map(|m| &m.attributes)
+            .filter_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `cidr via gateway dev link`, as podnet installs for every peer node's pods.
+    fn peer_route(cidr: Ipv4Net, gateway: Ipv4Addr, link: &Iface) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(cidr.network(), cidr.prefix_len())
+            .gateway(gateway)
+            .output_interface(link.index)
+            .build()
+    }
+
+    /// Installs (or replaces) the route to a peer's pod CIDR.
+    pub async fn add_peer_route(
+        &self,
+        cidr: Ipv4Net,
+        gateway: Ipv4Addr,
+        link: &Iface,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(Self::peer_route(cidr, gateway, link))
+            .replace()
+            .execute()
+            .await
+            .map_err(self.request("add route", format!("{cidr} via {gateway} dev {}", link.name)))
+    }
+
+    /// Removes the route to a peer's pod CIDR; already gone is fine.
+    pub async fn del_peer_route(
+        &self,
+        cidr: Ipv4Net,
+        gateway: Ipv4Addr,
+        link: &Iface,
+    ) -> Result<(), NetlinkError> {
+        match self.handle.route().del(Self::peer_route(cidr, gateway, link)).execute().await {
+            Err(e) if code(&e) != Some(ESRCH) => {
+                Err(self.request("delete route", format!("{cidr} via {gateway} dev {}", link.name))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 fn iface(msg: &LinkMessage) -> Iface {
-    let mut iface = Iface {
-        index: msg.header.index,
-        name: String::new(),
-        mac: [0; 6],
-    };
+    let mut iface = Iface { index: msg.header.index, name: String::new(), mac: [0; 6] };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(name) => iface.name.clone_from(name),
@@ -244,15 +292,13 @@ pub fn fmt_mac(mac: &[u8; 6]) -> String {
 mod tests {
     #[test]
     fn mac_is_colon_hex() {
-        assert_eq!(
-            super::fmt_mac(&[0x02, 0xab, 0, 1, 0x10, 0xff]),
-            "02:ab:00:01:10:ff"
-        );
+        assert_eq!(super::fmt_mac(&[0x02, 0xab, 0, 1, 0x10, 0xff]), "02:ab:00:01:10:ff");
     }
 
     #[test]
     fn errno_constants_are_negated() {
         assert_eq!(super::ENODEV, -libc::ENODEV);
         assert_eq!(super::EEXIST, -libc::EEXIST);
+        assert_eq!(super::ESRCH, -libc::ESRCH);
     }
 }

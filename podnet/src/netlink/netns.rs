@@ -55,9 +55,7 @@ pub fn exists(name: &str) -> bool {
 pub fn open(name: &str) -> Result<OwnedFd, NetnsError> {
     match File::open(path(name)) {
         Ok(f) => Ok(f.into()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetnsError::Missing {
-            name: name.to_owned(),
-        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetnsError::Missing { name: name.to_owned() }),
         Err(e) => Err(io_err("open", name)(e)),
     }
 }
@@ -85,13 +83,7 @@ pub fn create(name: &str) -> Result<bool, NetnsError> {
     let bound = std::thread::scope(|s| {
         s.spawn(|| -> Result<(), Errno> {
             unshare(CloneFlags::CLONE_NEWNET)?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
+            mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         })
         .join()
         .expect("namespace thread does not panic")
@@ -121,13 +113,7 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
 fn prepare_run_dir() -> io::Result<()> {
     std::fs::create_dir_all(NETNS_RUN_DIR)?;
     let shared = || {
-        mount(
-            None::<&str>,
-            NETNS_RUN_DIR,
-            Some("none"),
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
+        mount(None::<&str>, NETNS_RUN_DIR, Some("none"), MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
     };
     match shared() {
         Ok(()) => Ok(()),

@@ -32,33 +32,20 @@ pub fn measure(repeat: u32) -> anyhow::Result<Vec<Cost>> {
 fn measure_in(pins: &PinDir, repeat: u32) -> anyhow::Result<Vec<Cost>> {
     let mut datapath = Datapath::load(pins)?;
     let local = Ipv4Addr::new(10, 1, 1, 3);
-    let endpoint = Endpoint {
-        host_ifindex: 1,
-        flags: 0,
-        pod_mac: [2, 0, 0, 0, 0, 3],
-        host_mac: [2, 0, 0, 0, 0, 0xb3],
-    };
+    let endpoint =
+        Endpoint { host_ifindex: 1, flags: 0, pod_mac: [2, 0, 0, 0, 0, 3], host_mac: [2, 0, 0, 0, 0, 0xb3] };
     Endpoints::open(pins)?.insert(local, &endpoint)?;
     let pod1 = Ipv4Addr::new(10, 1, 1, 2);
     let cases = [
-        (
-            "local hit (redirect_peer)",
-            udp4([0xaa; 6], [0xbb; 6], pod1, local, &[0; 18]),
-        ),
-        (
-            "pass-through (not local)",
-            udp4([0xaa; 6], [0xbb; 6], pod1, Ipv4Addr::new(192, 0, 2, 1), &[0; 18]),
-        ),
+        ("local hit (redirect_peer)", udp4([0xaa; 6], [0xbb; 6], pod1, local, &[0; 18])),
+        ("pass-through (not local)", udp4([0xaa; 6], [0xbb; 6], pod1, Ipv4Addr::new(192, 0, 2, 1), &[0; 18])),
     ];
-    let prog = datapath.from_pod()?;
+    let prog = datapath.program(podnet_common::programs::FROM_POD)?;
     cases
         .into_iter()
         .map(|(packet, frame)| {
-            let result = prog.test_run(TestRunOptions {
-                data_in: Some(&frame),
-                repeat,
-                ..Default::default()
-            })?;
+            let result =
+                prog.test_run(TestRunOptions { data_in: Some(&frame), repeat, ..Default::default() })?;
             Ok(Cost {
                 program: podnet_common::programs::FROM_POD,
                 packet,

@@ -48,10 +48,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             for (path, setup, target) in &targets {
                 done += 1;
                 let values = tools::measure(target, run, settings.seconds)?;
-                let shown: Vec<String> = values
-                    .iter()
-                    .map(|(m, v)| format!("{} {:.2} {}", m.name(), v, m.unit()))
-                    .collect();
+                let shown: Vec<String> =
+                    values.iter().map(|(m, v)| format!("{} {:.2} {}", m.name(), v, m.unit())).collect();
                 eprintln!(
                     "bench: [{done}/{total}] rep {rep} {} {:<6} {}",
                     path.name(),
@@ -65,10 +63,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         }
     }
     drop(lab);
-    eprintln!(
-        "bench: BPF_PROG_TEST_RUN per-packet cost ({} runs each)",
-        settings.cost_repeat
-    );
+    eprintln!("bench: BPF_PROG_TEST_RUN per-packet cost ({} runs each)", settings.cost_repeat);
     report.costs = cost::measure(settings.cost_repeat)?;
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     Ok(report)

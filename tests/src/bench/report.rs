@@ -28,26 +28,13 @@ fn stat(values: &[f64]) -> Stat {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Stat {
-        median,
-        min: v[0],
-        max: v[n - 1],
-    }
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Stat { median, min: v[0], max: v[n - 1] }
 }
 
 impl Report {
     pub fn new(settings: Settings) -> Self {
-        Self {
-            settings,
-            elapsed_seconds: 0.0,
-            costs: Vec::new(),
-            samples: BTreeMap::new(),
-        }
+        Self { settings, elapsed_seconds: 0.0, costs: Vec::new(), samples: BTreeMap::new() }
     }
 
     pub fn add(&mut self, path: Path, setup: Setup, metric: Metric, value: f64) {
@@ -95,10 +82,8 @@ impl Report {
                         .map(|st| format!("{:.2} ({:.2}-{:.2})", st.median, st.min, st.max))
                         .unwrap_or_else(|| "-".into())
                 };
-                let ratio = |setup| {
-                    self.ratio(path, metric, setup)
-                        .map_or("-".into(), |r| format!("{r:.2}x"))
-                };
+                let ratio =
+                    |setup| self.ratio(path, metric, setup).map_or("-".into(), |r| format!("{r:.2}x"));
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} | {} | {} | {} | {} |",
@@ -115,11 +100,7 @@ impl Report {
         }
         let _ = writeln!(out, "BPF_PROG_TEST_RUN, {} runs each:", s.cost_repeat);
         for c in &self.costs {
-            let _ = writeln!(
-                out,
-                "  {:<10} {:<28} {:>6.1} ns/packet",
-                c.program, c.packet, c.ns_per_packet
-            );
+            let _ = writeln!(out, "  {:<10} {:<28} {:>6.1} ns/packet", c.program, c.packet, c.ns_per_packet);
         }
         out
     }
@@ -149,11 +130,7 @@ impl Report {
         const TOP: f64 = 50.0;
         const LEFT: f64 = 60.0;
         const HEIGHT: f64 = 220.0;
-        let colors = [
-            (Setup::Limit, "#9e9e9e"),
-            (Setup::Recipe, "#e07b39"),
-            (Setup::Podnet, "#2a7ab9"),
-        ];
+        let colors = [(Setup::Limit, "#9e9e9e"), (Setup::Recipe, "#e07b39"), (Setup::Podnet, "#2a7ab9")];
         let groups: Vec<(Path, Metric)> = self
             .settings
             .paths
@@ -163,9 +140,7 @@ impl Report {
             .collect();
         let rel = |p, m, s| -> Option<f64> {
             let base = self.stat(p, m, Setup::Recipe)?.median;
-            (base > 0.0)
-                .then(|| self.stat(p, m, s).map(|st| st.median / base))
-                .flatten()
+            (base > 0.0).then(|| self.stat(p, m, s).map(|st| st.median / base)).flatten()
         };
         let max = groups
             .iter()
@@ -242,24 +217,13 @@ mod tests {
 
     #[test]
     fn ratios_compare_podnet_medians() {
-        let settings = Settings {
-            paths: vec![Path::SameNode],
-            reps: 1,
-            seconds: 1,
-            cost_repeat: 1,
-        };
+        let settings = Settings { paths: vec![Path::SameNode], reps: 1, seconds: 1, cost_repeat: 1 };
         let mut r = Report::new(settings);
         r.add(Path::SameNode, Setup::Recipe, Metric::Tcp1Stream, 20.0);
         r.add(Path::SameNode, Setup::Podnet, Metric::Tcp1Stream, 25.0);
         r.add(Path::SameNode, Setup::Limit, Metric::Tcp1Stream, 30.0);
-        assert_eq!(
-            r.ratio(Path::SameNode, Metric::Tcp1Stream, Setup::Recipe),
-            Some(1.25)
-        );
-        assert!(
-            r.table()
-                .contains("| TCP 1 stream | Gbit/s | 30.00 (30.00-30.00) | 20.00")
-        );
+        assert_eq!(r.ratio(Path::SameNode, Metric::Tcp1Stream, Setup::Recipe), Some(1.25));
+        assert!(r.table().contains("| TCP 1 stream | Gbit/s | 30.00 (30.00-30.00) | 20.00"));
         assert!(r.svg().starts_with("<svg"));
     }
 }

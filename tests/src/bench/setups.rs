@@ -83,22 +83,12 @@ pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Target> 
 fn direct_pair(lab: &mut Lab, tag: &str) -> anyhow::Result<Target> {
     let a = lab.netns(&format!("{tag}-a"))?;
     let b = lab.netns(&format!("{tag}-b"))?;
-    sh(
-        &a,
-        "ip",
-        &[
-            "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &b,
-        ],
-    )?;
+    sh(&a, "ip", &["link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &b])?;
     for (ns, ip) in [(&a, "10.9.0.1/24"), (&b, "10.9.0.2/24")] {
         sh(ns, "ip", &["addr", "add", ip, "dev", "veth0"])?;
         sh(ns, "ip", &["link", "set", "veth0", "up"])?;
     }
-    Ok(Target {
-        client_ns: a,
-        server_ns: b,
-        server_ip: "10.9.0.2".into(),
-    })
+    Ok(Target { client_ns: a, server_ns: b, server_ip: "10.9.0.2".into() })
 }
 
 /// A node with two pods, hardened like a Kubernetes node: br_netfilter sends bridged IPv4
@@ -119,27 +109,10 @@ fn two_pod_node(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> 
     sh(
         ns,
         "iptables",
-        &[
-            "-A",
-            "FORWARD",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "RELATED,ESTABLISHED",
-            "-j",
-            "ACCEPT",
-        ],
+        &["-A", "FORWARD", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
     )?;
-    sh(
-        ns,
-        "iptables",
-        &["-A", "FORWARD", "-s", "10.1.1.0/24", "-j", "ACCEPT"],
-    )?;
-    sh(
-        ns,
-        "iptables",
-        &["-A", "FORWARD", "-d", "10.1.1.0/24", "-j", "ACCEPT"],
-    )?;
+    sh(ns, "iptables", &["-A", "FORWARD", "-s", "10.1.1.0/24", "-j", "ACCEPT"])?;
+    sh(ns, "iptables", &["-A", "FORWARD", "-d", "10.1.1.0/24", "-j", "ACCEPT"])?;
     Ok(Target {
         client_ns: node.pod_ns("pod1"),
         server_ns: node.pod_ns("pod2"),

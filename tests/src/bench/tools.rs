@@ -47,14 +47,8 @@ pub enum Run {
 
 impl Metric {
     /// Every tool run, in the order each repetition performs them.
-    pub const RUNS: [Run; 6] = [
-        Run::Tcp1,
-        Run::Tcp2,
-        Run::Udp64,
-        Run::TcpPingPong,
-        Run::UdpPingPong,
-        Run::Connect,
-    ];
+    pub const RUNS: [Run; 6] =
+        [Run::Tcp1, Run::Tcp2, Run::Udp64, Run::TcpPingPong, Run::UdpPingPong, Run::Connect];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -82,10 +76,7 @@ impl Metric {
 
     /// Whether a larger value is better (throughput, rates) or worse (latency, loss).
     pub fn higher_is_better(self) -> bool {
-        matches!(
-            self,
-            Metric::Tcp1Stream | Metric::Tcp2Streams | Metric::Udp64Kpps | Metric::ConnectRate
-        )
+        matches!(self, Metric::Tcp1Stream | Metric::Tcp2Streams | Metric::Udp64Kpps | Metric::ConnectRate)
     }
 }
 
@@ -127,17 +118,7 @@ pub fn measure(t: &Target, run: Run, seconds: u32) -> anyhow::Result<Vec<(Metric
     let port = IPERF_PORT.to_string();
     let affinity = format!("{CPU},{CPU}");
     let iperf = |extra: &[&str]| -> anyhow::Result<serde_json::Value> {
-        let mut args = vec![
-            "-c",
-            &t.server_ip,
-            "-p",
-            &port,
-            "-t",
-            &secs,
-            "-A",
-            &affinity,
-            "-J",
-        ];
+        let mut args = vec!["-c", &t.server_ip, "-p", &port, "-t", &secs, "-A", &affinity, "-J"];
         args.extend(extra);
         json(&sh(&t.client_ns, "iperf3", &args)?)
     };
@@ -145,14 +126,8 @@ pub fn measure(t: &Target, run: Run, seconds: u32) -> anyhow::Result<Vec<(Metric
         Run::Tcp1 | Run::Tcp2 => {
             let streams = if run == Run::Tcp1 { "1" } else { "2" };
             let out = iperf(&["-C", "cubic", "-P", streams, "-A", &affinity])?;
-            let bps = out["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .context("iperf3 TCP result")?;
-            let metric = if run == Run::Tcp1 {
-                Metric::Tcp1Stream
-            } else {
-                Metric::Tcp2Streams
-            };
+            let bps = out["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 TCP result")?;
+            let metric = if run == Run::Tcp1 { Metric::Tcp1Stream } else { Metric::Tcp2Streams };
             vec![(metric, bps / 1e9)]
         }
         Run::Udp64 => {
@@ -162,26 +137,12 @@ pub fn measure(t: &Target, run: Run, seconds: u32) -> anyhow::Result<Vec<(Metric
             let bytes = rx["bytes"].as_f64().context("iperf3 UDP bytes")?;
             let secs = rx["seconds"].as_f64().context("iperf3 UDP seconds")?;
             let loss = rx["lost_percent"].as_f64().unwrap_or(0.0);
-            vec![
-                (Metric::Udp64Kpps, bytes / 64.0 / secs / 1e3),
-                (Metric::Udp64LossPercent, loss),
-            ]
+            vec![(Metric::Udp64Kpps, bytes / 64.0 / secs / 1e3), (Metric::Udp64LossPercent, loss)]
         }
         Run::TcpPingPong | Run::UdpPingPong => {
             let tcp = run == Run::TcpPingPong;
             let port = if tcp { SOCKPERF_TCP_PORT } else { SOCKPERF_UDP_PORT }.to_string();
-            let mut args = vec![
-                "-c",
-                CPU,
-                "sockperf",
-                "pp",
-                "-i",
-                &t.server_ip,
-                "-p",
-                &port,
-                "-t",
-                &secs,
-            ];
+            let mut args = vec!["-c", CPU, "sockperf", "pp", "-i", &t.server_ip, "-p", &port, "-t", &secs];
             if tcp {
                 args.push("--tcp");
             }
@@ -195,15 +156,8 @@ pub fn measure(t: &Target, run: Run, seconds: u32) -> anyhow::Result<Vec<(Metric
         Run::Connect => {
             let bin = conn_rate_bin()?;
             let addr = format!("{}:{CONN_RATE_PORT}", t.server_ip);
-            let out = sh(
-                &t.client_ns,
-                bin.to_str().context("utf-8 path")?,
-                &["client", &addr, &secs],
-            )?;
-            vec![(
-                Metric::ConnectRate,
-                json(&out)?["rate"].as_f64().context("conn-rate result")?,
-            )]
+            let out = sh(&t.client_ns, bin.to_str().context("utf-8 path")?, &["client", &addr, &secs])?;
+            vec![(Metric::ConnectRate, json(&out)?["rate"].as_f64().context("conn-rate result")?)]
         }
     })
 }
@@ -213,11 +167,7 @@ fn parse_sockperf(out: &str) -> anyhow::Result<(f64, f64)> {
     let number_after = |marker: &str| -> Option<f64> {
         let line = out.lines().find(|l| l.contains(marker))?;
         let rest = &line[line.find(marker)? + marker.len()..];
-        rest.trim_start()
-            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .next()?
-            .parse()
-            .ok()
+        rest.trim_start().split(|c: char| !(c.is_ascii_digit() || c == '.')).next()?.parse().ok()
     };
     let avg = number_after("avg-latency=").context("sockperf: no avg-latency")?;
     let p99 = number_after("percentile 99.000 =").context("sockperf: no 99th percentile")?;

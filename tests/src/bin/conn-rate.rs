@@ -18,10 +18,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["server", addr] => server(addr.parse().context("ADDR:PORT")?),
-        ["client", addr, seconds] => client(
-            addr.parse().context("ADDR:PORT")?,
-            Duration::from_secs_f64(seconds.parse()?),
-        ),
+        ["client", addr, seconds] => {
+            client(addr.parse().context("ADDR:PORT")?, Duration::from_secs_f64(seconds.parse()?))
+        }
         _ => bail!("usage: conn-rate server ADDR:PORT | conn-rate client ADDR:PORT SECONDS"),
     }
 }

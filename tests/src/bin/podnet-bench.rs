@@ -47,10 +47,8 @@ fn main() -> anyhow::Result<()> {
     };
     let report = bench::run(&settings)?;
     println!("{}", report.table());
-    for (path, text) in [
-        (&cli.json, serde_json::to_string_pretty(&report.json())?),
-        (&cli.svg, report.svg()),
-    ] {
+    for (path, text) in [(&cli.json, serde_json::to_string_pretty(&report.json())?), (&cli.svg, report.svg())]
+    {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }

@@ -29,22 +29,13 @@ fn main() -> anyhow::Result<()> {
         prefix = lab.prefix().to_owned();
         title("A node in its own network namespace, two pods, built by `podnet up`");
         let node = lab.node("node1", CONFIG)?;
-        println!(
-            "node namespace: {}  (config: {})",
-            node.netns,
-            node.config.display()
-        );
+        println!("node namespace: {}  (config: {})", node.netns, node.config.display());
         let out = node.podnet(&["up"]).output()?;
         print!("{}", String::from_utf8_lossy(&out.stderr));
         ensure!(out.status.success(), "podnet up failed");
 
         title("The node is locked down like a Kubernetes node");
-        sh(&node.netns, "iptables", &["-P", "FORWARD", "DROP"])?;
-        sh(
-            &node.netns,
-            "sysctl",
-            &["-qw", "net.bridge.bridge-nf-call-iptables=1"],
-        )?;
+        node.forward_drop()?;
         println!("iptables FORWARD policy DROP, bridge-nf-call-iptables=1: bridged IPv4 would be dropped.");
         let (pod1, pod2) = (node.pod_ns("pod1"), node.pod_ns("pod2"));
         let redirected_before = node.counter("redirect_local")?;
@@ -52,10 +43,8 @@ fn main() -> anyhow::Result<()> {
         title("ping");
         for (from, to) in [(&pod1, "10.1.1.3"), (&pod2, "10.1.1.2")] {
             let out = sh(from, "ping", &["-c", "3", "-i", "0.2", "-W", "1", to])?;
-            let summary = out
-                .lines()
-                .filter(|l| l.contains("packets") || l.contains("rtt"))
-                .collect::<Vec<_>>();
+            let summary =
+                out.lines().filter(|l| l.contains("packets") || l.contains("rtt")).collect::<Vec<_>>();
             println!("{from} -> {to}: {}", summary.join(" | "));
         }
 
@@ -97,9 +86,6 @@ fn main() -> anyhow::Result<()> {
     }
     let left = namespaces_with_prefix(&prefix);
     ensure!(left.is_empty(), "namespaces left behind: {left:?}");
-    println!(
-        "all namespaces, links and pins removed; demo took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("all namespaces, links and pins removed; demo took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
