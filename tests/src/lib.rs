@@ -115,6 +115,17 @@ pub struct Lab {
     children: Vec<Child>,
 }
 
+/// MAC of the known neighbour 192.168.50.2 in a [`FibFixture`].
+pub const FIB_NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+
+/// See [`Lab::fib_fixture`].
+#[derive(Debug, Clone)]
+pub struct FibFixture {
+    pub ns: String,
+    pub eth0: u32,
+    pub eth0_mac: [u8; 6],
+}
+
 /// A node the lab made: its namespace and podnet config.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -163,9 +174,10 @@ impl Lab {
         Ok(node)
     }
 
-    /// Creates a "switch": a namespace holding bridge `sw0`, the wire between nodes.
-    pub fn switch(&mut self) -> anyhow::Result<String> {
-        let ns = self.netns("sw")?;
+    /// Creates a "switch" `<prefix>-<name>`: a namespace holding bridge `sw0`, the wire between
+    /// nodes.
+    pub fn switch(&mut self, name: &str) -> anyhow::Result<String> {
+        let ns = self.netns(name)?;
         sh(&ns, "ip", &["link", "add", "sw0", "type", "bridge"])?;
         sh(&ns, "ip", &["link", "set", "sw0", "up"])?;
         Ok(ns)
@@ -179,6 +191,37 @@ impl Lab {
         sh(ns, "ip", &["addr", "add", ip_cidr, "dev", "eth0"])?;
         sh(ns, "ip", &["link", "set", "eth0", "up"])?;
         Ok(())
+    }
+
+    /// A node namespace for running programs through `BPF_PROG_TEST_RUN` with real FIB lookups:
+    /// uplink `eth0` (192.168.50.1/24, MTU 1400, forwarding on), a permanent neighbour
+    /// 192.168.50.2 at [`FIB_NEIGH_MAC`], and no neighbour for 192.168.50.4.
+    pub fn fib_fixture(&mut self) -> anyhow::Result<FibFixture> {
+        let ns = self.netns("fib")?;
+        let wire = self.netns("fibwire")?;
+        sh(&ns, "ip", &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &wire])?;
+        sh(&ns, "ip", &["addr", "add", "192.168.50.1/24", "dev", "eth0"])?;
+        sh(&ns, "ip", &["link", "set", "eth0", "up", "mtu", "1400"])?;
+        sh(&wire, "ip", &["link", "set", "eth0", "up"])?;
+        let mac = "02:00:00:00:00:22";
+        sh(
+            &ns,
+            "ip",
+            &["neigh", "replace", "192.168.50.2", "lladdr", mac, "dev", "eth0", "nud", "permanent"],
+        )?;
+        sh(&ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        let json: serde_json::Value = serde_json::from_str(&sh(&ns, "ip", &["-j", "link", "show", "eth0"])?)?;
+        let mac: Vec<u8> = json[0]["address"]
+            .as_str()
+            .context("eth0 has a MAC")?
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<_, _>>()?;
+        Ok(FibFixture {
+            ns,
+            eth0: json[0]["ifindex"].as_u64().context("eth0 ifindex")? as u32,
+            eth0_mac: mac.try_into().map_err(|_| anyhow::anyhow!("eth0 MAC length"))?,
+        })
     }
 
     /// Starts a long-running process in `ns`; it is killed when the lab is dropped.
@@ -257,6 +300,36 @@ impl Node {
     pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from("/sys/fs/bpf/podnet").join(&self.name)
     }
+}
+
+/// Config body of node `k` of a lab cluster: pods 10.1.k.2 and 10.1.k.3, uplink `eth0` with
+/// 192.168.50.k, peering with the nodes numbered in `peers`.
+pub fn node_config(k: u8, peers: &[u8]) -> String {
+    let mut c = format!(
+        "pod_cidr = \"10.1.{k}.0/24\"\n\n[uplink]\ninterface = \"eth0\"\nip = \"192.168.50.{k}\"\n\n\
+         [[pod]]\nname = \"pod1\"\nip = \"10.1.{k}.2\"\n\n[[pod]]\nname = \"pod2\"\nip = \"10.1.{k}.3\"\n"
+    );
+    for p in peers {
+        c += &format!(
+            "\n[[peer]]\nname = \"node{p}\"\nip = \"192.168.50.{p}\"\npod_cidr = \"10.1.{p}.0/24\"\n"
+        );
+    }
+    c
+}
+
+/// Nodes `<tag>node1`, `<tag>node2`, ... on one switch, node k peering with the nodes listed in
+/// `peers[k - 1]`, all up.
+pub fn cluster(lab: &mut Lab, tag: &str, peers: &[&[u8]]) -> anyhow::Result<Vec<Node>> {
+    let switch = lab.switch(&format!("{tag}sw"))?;
+    let mut nodes = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        let k = i as u8 + 1;
+        let node = lab.node(&format!("{tag}node{k}"), &node_config(k, p))?;
+        lab.plug(&switch, &node.netns, &format!("port{k}"), &format!("192.168.50.{k}/24"))?;
+        node.run_podnet(&["up"])?;
+        nodes.push(node);
+    }
+    Ok(nodes)
 }
 
 /// Namespaces whose name starts with `prefix`.

@@ -2,36 +2,7 @@
 //! through podnet's eBPF routing, nodes are added and removed at runtime, and what the fast path
 //! leaves to the kernel (TTL expiry, oversized packets) still gets the right ICMP answer.
 
-use podnet_tests::{Lab, Node, http_get, iperf3_tcp, pings, sh};
-
-/// Config body of node `k` (pods 10.1.k.2 and 10.1.k.3, uplink 192.168.50.k) peering with
-/// `peers`.
-fn config(k: u8, peers: &[u8]) -> String {
-    let mut c = format!(
-        "pod_cidr = \"10.1.{k}.0/24\"\n\n[uplink]\ninterface = \"eth0\"\nip = \"192.168.50.{k}\"\n\n\
-         [[pod]]\nname = \"pod1\"\nip = \"10.1.{k}.2\"\n\n[[pod]]\nname = \"pod2\"\nip = \"10.1.{k}.3\"\n"
-    );
-    for p in peers {
-        c += &format!(
-            "\n[[peer]]\nname = \"node{p}\"\nip = \"192.168.50.{p}\"\npod_cidr = \"10.1.{p}.0/24\"\n"
-        );
-    }
-    c
-}
-
-/// `count` nodes on one switch, each peering with the nodes listed for it, all up.
-fn cluster(lab: &mut Lab, peers: &[&[u8]]) -> anyhow::Result<Vec<Node>> {
-    let switch = lab.switch()?;
-    let mut nodes = Vec::new();
-    for (i, p) in peers.iter().enumerate() {
-        let k = i as u8 + 1;
-        let node = lab.node(&format!("node{k}"), &config(k, p))?;
-        lab.plug(&switch, &node.netns, &format!("port{k}"), &format!("192.168.50.{k}/24"))?;
-        node.run_podnet(&["up"])?;
-        nodes.push(node);
-    }
-    Ok(nodes)
-}
+use podnet_tests::{Lab, Node, cluster, http_get, iperf3_tcp, pings, sh};
 
 /// (namespace, address) of both pods of `node` number `k`.
 fn pods(node: &Node, k: u8) -> [(String, String); 2] {
@@ -41,7 +12,7 @@ fn pods(node: &Node, k: u8) -> [(String, String); 2] {
 #[test]
 fn two_nodes_route_pods_in_ebpf_while_forward_drops() -> anyhow::Result<()> {
     let mut lab = Lab::new("x2")?;
-    let nodes = cluster(&mut lab, &[&[2], &[1]])?;
+    let nodes = cluster(&mut lab, "", &[&[2], &[1]])?;
     for node in &nodes {
         node.forward_drop()?;
     }
@@ -86,7 +57,7 @@ fn two_nodes_route_pods_in_ebpf_while_forward_drops() -> anyhow::Result<()> {
 fn nodes_join_and_leave_at_runtime() -> anyhow::Result<()> {
     let mut lab = Lab::new("x3")?;
     // node1 and node2 know each other; node3 knows both but is not known yet.
-    let nodes = cluster(&mut lab, &[&[2], &[1], &[1, 2]])?;
+    let nodes = cluster(&mut lab, "", &[&[2], &[1], &[1, 2]])?;
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
     let (n1pod, n3pod) = (n1.pod_ns("pod1"), n3.pod_ns("pod1"));
     assert!(pings(&n1pod, "10.1.2.2", 1));
@@ -116,7 +87,7 @@ fn nodes_join_and_leave_at_runtime() -> anyhow::Result<()> {
 #[test]
 fn the_stack_answers_what_the_fast_path_leaves() -> anyhow::Result<()> {
     let mut lab = Lab::new("xs")?;
-    let nodes = cluster(&mut lab, &[&[2], &[1]])?;
+    let nodes = cluster(&mut lab, "", &[&[2], &[1]])?;
     let n1 = &nodes[0];
     let pod = n1.pod_ns("pod1");
 

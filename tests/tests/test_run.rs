@@ -17,9 +17,8 @@ use podnet_common::{
     programs::{FROM_POD, FROM_UPLINK},
 };
 use podnet_tests::{
-    Lab,
+    FIB_NEIGH_MAC, FibFixture, Lab,
     packets::{ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, ethernet, inet_checksum, udp4},
-    sh,
 };
 
 /// tc actions as the kernel numbers them (include/uapi/linux/pkt_cls.h).
@@ -134,49 +133,15 @@ fn from_pod_decisions() {
     }
 }
 
-/// The interface index and MAC of `ifname` in `ns`.
-fn link(ns: &str, ifname: &str) -> (u32, [u8; 6]) {
-    let json: serde_json::Value =
-        serde_json::from_str(&sh(ns, "ip", &["-j", "link", "show", ifname]).unwrap()).unwrap();
-    let mac: Vec<u8> =
-        json[0]["address"].as_str().unwrap().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
-    (json[0]["ifindex"].as_u64().unwrap() as u32, mac.try_into().unwrap())
-}
-
 fn ipv4_header_verifies(frame: &[u8]) -> bool {
     inet_checksum(&frame[ETH_LEN..ETH_LEN + 20]) == 0
 }
 
-/// Cross-node decisions of `from_pod` and `from_uplink`, in a namespace with an uplink `eth0`
-/// (192.168.50.1/24), a known neighbour 192.168.50.2 and an unknown one 192.168.50.4.
+/// Cross-node decisions of `from_pod` and `from_uplink`, in a [`Lab::fib_fixture`] namespace.
 #[test]
 fn routing_decisions() {
     let mut lab = Lab::new("trr").unwrap();
-    let ns = lab.netns("node").unwrap();
-    let wire = lab.netns("wire").unwrap();
-    sh(&ns, "ip", &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &wire]).unwrap();
-    sh(&ns, "ip", &["addr", "add", "192.168.50.1/24", "dev", "eth0"]).unwrap();
-    sh(&ns, "ip", &["link", "set", "eth0", "up", "mtu", "1400"]).unwrap();
-    sh(&wire, "ip", &["link", "set", "eth0", "up"]).unwrap();
-    const NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
-    sh(
-        &ns,
-        "ip",
-        &[
-            "neigh",
-            "replace",
-            "192.168.50.2",
-            "lladdr",
-            "02:00:00:00:00:22",
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ],
-    )
-    .unwrap();
-    sh(&ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
-    let (eth0, eth0_mac) = link(&ns, "eth0");
+    let FibFixture { ns, eth0, eth0_mac } = lab.fib_fixture().unwrap();
     // This test's thread (only) moves into the node namespace: the FIB lookups happen there.
     netns::enter(&ns).unwrap();
 
@@ -202,7 +167,7 @@ fn routing_decisions() {
     let before = dp.counters();
     let (action, out) = dp.run_on(FROM_POD, &frame(Ipv4Addr::new(10, 1, 2, 2), 64, 18), Some(eth0));
     assert_eq!(action, TC_ACT_REDIRECT);
-    assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (NEIGH_MAC.to_vec(), eth0_mac.to_vec()));
+    assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (FIB_NEIGH_MAC.to_vec(), eth0_mac.to_vec()));
     assert_eq!(out[ETH_LEN + 8], 63, "TTL decremented");
     assert!(ipv4_header_verifies(&out), "checksum updated with the TTL");
     counted(&before, &dp.counters(), Reason::RedirectRemote);

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::{Lab, pings, sh};
+use crate::{Lab, Node, cluster, pings, sh};
 
 /// A traffic path between a client and a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -10,14 +10,17 @@ use crate::{Lab, pings, sh};
 pub enum Path {
     /// Pod to pod on one node.
     SameNode,
+    /// Pod to pod on two nodes joined by a switch.
+    CrossNode,
 }
 
 impl Path {
-    pub const ALL: [Path; 1] = [Path::SameNode];
+    pub const ALL: [Path; 2] = [Path::SameNode, Path::CrossNode];
 
     pub fn name(self) -> &'static str {
         match self {
             Path::SameNode => "same-node",
+            Path::CrossNode => "cross-node",
         }
     }
 
@@ -30,9 +33,11 @@ impl Path {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Setup {
-    /// The kernel's limit: one direct veth pair between the two namespaces.
+    /// The kernel's limit: one direct veth pair between two namespaces (same node), or node to
+    /// node over the wire (cross node).
     Limit,
-    /// The classic recipe as Kubernetes nodes run it: bridge, br_netfilter on, FORWARD accepts.
+    /// The classic recipe as Kubernetes nodes run it: bridge, br_netfilter on, kernel routes,
+    /// FORWARD accepts.
     Recipe,
     /// podnet's eBPF datapath on the same hardened node.
     Podnet,
@@ -67,6 +72,16 @@ pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Target> 
         (Path::SameNode, Setup::Limit) => direct_pair(lab, "lim")?,
         (Path::SameNode, Setup::Recipe) => two_pod_node(lab, "rcp", false)?,
         (Path::SameNode, Setup::Podnet) => two_pod_node(lab, "pn", true)?,
+        (Path::CrossNode, Setup::Limit) => {
+            let nodes = cluster(lab, "xl", &[&[], &[]])?;
+            Target {
+                client_ns: nodes[0].netns.clone(),
+                server_ns: nodes[1].netns.clone(),
+                server_ip: "192.168.50.2".into(),
+            }
+        }
+        (Path::CrossNode, Setup::Recipe) => two_nodes(lab, "xr", false)?,
+        (Path::CrossNode, Setup::Podnet) => two_nodes(lab, "xp", true)?,
     };
     anyhow::ensure!(
         pings(&target.client_ns, &target.server_ip, 1),
@@ -91,31 +106,49 @@ fn direct_pair(lab: &mut Lab, tag: &str) -> anyhow::Result<Target> {
     Ok(Target { client_ns: a, server_ns: b, server_ip: "10.9.0.2".into() })
 }
 
-/// A node with two pods, hardened like a Kubernetes node: br_netfilter sends bridged IPv4
-/// through iptables, FORWARD policy DROP with conntrack and pod-CIDR accepts. The plumbing is
-/// podnet's (identical to the recipe's); for the recipe the eBPF programs are detached, so the
-/// bridge and netfilter carry the traffic.
+/// A node with two pods (see [`harden`]); client pod1, server pod2.
 fn two_pod_node(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> {
     let node = lab.node(tag, TWO_PODS)?;
     node.run_podnet(&["up"])?;
-    if !ebpf {
-        for link in std::fs::read_dir(node.pin_dir().join("links"))? {
-            std::fs::remove_file(link?.path())?;
-        }
-    }
-    let ns = &node.netns;
-    sh(ns, "sysctl", &["-qw", "net.bridge.bridge-nf-call-iptables=1"])?;
-    sh(ns, "iptables", &["-P", "FORWARD", "DROP"])?;
-    sh(
-        ns,
-        "iptables",
-        &["-A", "FORWARD", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
-    )?;
-    sh(ns, "iptables", &["-A", "FORWARD", "-s", "10.1.1.0/24", "-j", "ACCEPT"])?;
-    sh(ns, "iptables", &["-A", "FORWARD", "-d", "10.1.1.0/24", "-j", "ACCEPT"])?;
+    harden(&node, ebpf)?;
     Ok(Target {
         client_ns: node.pod_ns("pod1"),
         server_ns: node.pod_ns("pod2"),
         server_ip: "10.1.1.3".into(),
     })
+}
+
+/// Two nodes on a switch (see [`harden`]); client pod1 on node1, server pod1 on node2.
+fn two_nodes(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> {
+    let nodes = cluster(lab, tag, &[&[2], &[1]])?;
+    for node in &nodes {
+        harden(node, ebpf)?;
+    }
+    Ok(Target {
+        client_ns: nodes[0].pod_ns("pod1"),
+        server_ns: nodes[1].pod_ns("pod1"),
+        server_ip: "10.1.2.2".into(),
+    })
+}
+
+/// Hardens a node like a Kubernetes node: br_netfilter sends bridged IPv4 through iptables,
+/// FORWARD policy DROP with conntrack and pod-range accepts. The plumbing is podnet's (the same
+/// bridge, veths, addresses and routes as the recipe's); for the recipe (`ebpf` false) the
+/// programs are detached, so the bridge, the routing table and netfilter carry the traffic.
+fn harden(node: &Node, ebpf: bool) -> anyhow::Result<()> {
+    if !ebpf {
+        for link in std::fs::read_dir(node.pin_dir().join("links"))? {
+            std::fs::remove_file(link?.path())?;
+        }
+    }
+    node.forward_drop()?;
+    let ns = &node.netns;
+    sh(
+        ns,
+        "iptables",
+        &["-A", "FORWARD", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+    )?;
+    sh(ns, "iptables", &["-A", "FORWARD", "-s", "10.1.0.0/16", "-j", "ACCEPT"])?;
+    sh(ns, "iptables", &["-A", "FORWARD", "-d", "10.1.0.0/16", "-j", "ACCEPT"])?;
+    Ok(())
 }
