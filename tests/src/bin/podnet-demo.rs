@@ -1,24 +1,33 @@
-//! The podnet demo (`cargo xtask demo`): a node with two pods, built entirely in network
-//! namespaces, proving pod traffic rides the eBPF datapath. Everything is removed at the end.
+//! The podnet demo (`cargo xtask demo`): a two-node cluster built entirely in network namespaces
+//! (nodes on a switch, two pods each), proving pod traffic rides the eBPF datapath on nodes
+//! whose iptables FORWARD policy drops everything. Everything is removed at the end.
 
 use std::time::Instant;
 
 use anyhow::{Context as _, ensure};
-use podnet_tests::{Lab, http_get, iperf3_tcp, namespaces_with_prefix, sh};
-
-const CONFIG: &str = r#"pod_cidr = "10.1.1.0/24"
-
-[[pod]]
-name = "pod1"
-ip = "10.1.1.2"
-
-[[pod]]
-name = "pod2"
-ip = "10.1.1.3"
-"#;
+use podnet_tests::{Lab, Node, cluster, http_get, iperf3_tcp, namespaces_with_prefix, sh};
 
 fn title(text: &str) {
     println!("\n\x1b[1m== {text}\x1b[0m");
+}
+
+fn ping(from: &str, to: &str) -> anyhow::Result<()> {
+    let out = sh(from, "ping", &["-c", "3", "-i", "0.2", "-W", "1", to])?;
+    let rtt = out.lines().find(|l| l.starts_with("rtt")).unwrap_or("").replace("rtt min/avg/max/mdev", "rtt");
+    println!("  {from} -> {to}: 3/3 answered, {rtt}");
+    Ok(())
+}
+
+fn counters(node: &Node) -> anyhow::Result<String> {
+    let status = node.status()?;
+    let moved: Vec<String> = status["counters"]
+        .as_array()
+        .context("counters")?
+        .iter()
+        .filter(|c| c["packets"].as_u64() > Some(0))
+        .map(|c| format!("{}={}", c["reason"].as_str().unwrap_or("?"), c["packets"]))
+        .collect();
+    Ok(moved.join("  "))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,65 +36,73 @@ fn main() -> anyhow::Result<()> {
     {
         let mut lab = Lab::new("demo")?;
         prefix = lab.prefix().to_owned();
-        title("A node in its own network namespace, two pods, built by `podnet up`");
-        let node = lab.node("node1", CONFIG)?;
-        println!("node namespace: {}  (config: {})", node.netns, node.config.display());
-        let out = node.podnet(&["up"]).output()?;
-        print!("{}", String::from_utf8_lossy(&out.stderr));
-        ensure!(out.status.success(), "podnet up failed");
-
-        title("The node is locked down like a Kubernetes node");
-        node.forward_drop()?;
-        println!("iptables FORWARD policy DROP, bridge-nf-call-iptables=1: bridged IPv4 would be dropped.");
-        let (pod1, pod2) = (node.pod_ns("pod1"), node.pod_ns("pod2"));
-        let redirected_before = node.counter("redirect_local")?;
-
-        title("ping");
-        for (from, to) in [(&pod1, "10.1.1.3"), (&pod2, "10.1.1.2")] {
-            let out = sh(from, "ping", &["-c", "3", "-i", "0.2", "-W", "1", to])?;
-            let summary =
-                out.lines().filter(|l| l.contains("packets") || l.contains("rtt")).collect::<Vec<_>>();
-            println!("{from} -> {to}: {}", summary.join(" | "));
+        title("Two nodes (namespaces) on a switch, two pods each, built by `podnet up` on each node");
+        let nodes = cluster(&mut lab, "", &[&[2], &[1]])?;
+        let (n1, n2) = (&nodes[0], &nodes[1]);
+        for (k, node) in nodes.iter().enumerate() {
+            println!(
+                "  node{} ({}): uplink eth0 192.168.50.{}, pods 10.1.{}.2 and 10.1.{}.3",
+                k + 1,
+                node.netns,
+                k + 1,
+                k + 1,
+                k + 1
+            );
         }
 
-        title("HTTP");
-        lab.http_server(&pod2, 8080, "hello from pod2\n")?;
-        let body = http_get(&pod1, "http://10.1.1.3:8080/")?;
-        println!("pod1 GET http://10.1.1.3:8080/ -> {:?}", body);
-        ensure!(body == "hello from pod2\n", "unexpected body");
-
-        title("iperf3, 3 s, one TCP stream (cubic)");
-        lab.iperf3_server(&pod2, 5201)?;
-        let iperf = iperf3_tcp(&pod1, "10.1.1.3", 5201, 3)?;
+        title("Both nodes are locked down like Kubernetes nodes");
+        for node in &nodes {
+            node.forward_drop()?;
+        }
         println!(
-            "pod1 -> pod2: {:.1} Gbit/s, {} MB, {} retransmits",
-            iperf.bits_per_second / 1e9,
-            iperf.bytes / 1_000_000,
-            iperf.retransmits
+            "  iptables FORWARD policy DROP, bridge-nf-call-iptables=1: the kernel would drop pod traffic."
         );
 
-        title("What the datapath did (`podnet status`)");
-        println!("{}", node.run_podnet(&["status"])?);
-        let redirected = node.counter("redirect_local")? - redirected_before;
-        println!("\n{redirected} packets were redirected pod-to-pod by eBPF during the demo,");
-        println!("none crossed the bridge or iptables (FORWARD would have dropped them).");
+        title("ping: same node, then across nodes");
+        ping(&n1.pod_ns("pod1"), "10.1.1.3")?;
+        ping(&n1.pod_ns("pod1"), "10.1.2.2")?;
+        ping(&n2.pod_ns("pod2"), "10.1.1.3")?;
+
+        title("HTTP across nodes");
+        lab.http_server(&n2.pod_ns("pod1"), 8080, "hello from node2/pod1\n")?;
+        let body = http_get(&n1.pod_ns("pod1"), "http://10.1.2.2:8080/")?;
+        println!("  node1/pod1 GET http://10.1.2.2:8080/ -> {body:?}");
+        ensure!(body == "hello from node2/pod1\n", "unexpected body");
+
+        title("iperf3, 3 s, one TCP stream (cubic)");
+        lab.iperf3_server(&n1.pod_ns("pod2"), 5201)?;
+        lab.iperf3_server(&n2.pod_ns("pod1"), 5202)?;
+        for (what, to, port) in [("same node ", "10.1.1.3", 5201), ("cross node", "10.1.2.2", 5202)] {
+            let r = iperf3_tcp(&n1.pod_ns("pod1"), to, port, 3)?;
+            println!(
+                "  {what}: node1/pod1 -> {to}: {:.1} Gbit/s, {} retransmits",
+                r.bits_per_second / 1e9,
+                r.retransmits
+            );
+        }
+
+        title("What the datapath did (`podnet status` on node1)");
+        println!("{}", n1.run_podnet(&["status"])?);
+        println!("\n  counters that moved, node1: {}", counters(n1)?);
+        println!("  counters that moved, node2: {}", counters(n2)?);
+        println!("  (FORWARD would have dropped all of it: none of it crossed the bridge or iptables.)");
 
         title("Inspect it yourself");
-        println!("bpftool map dump pinned {}/ENDPOINTS", node.pin_dir().display());
-        println!("bpftool map dump pinned {}/COUNTERS", node.pin_dir().display());
+        println!("  bpftool map dump pinned {}/ENDPOINTS", n1.pin_dir().display());
+        println!("  bpftool map dump pinned {}/PEERS", n1.pin_dir().display());
         let dump = std::process::Command::new("bpftool")
             .args(["map", "dump", "pinned"])
-            .arg(node.pin_dir().join("ENDPOINTS"))
+            .arg(n1.pin_dir().join("PEERS"))
             .output()
             .context("bpftool")?;
         print!("{}", String::from_utf8_lossy(&dump.stdout));
 
         title("Not in this demo yet");
-        println!("cross-node routing, NAT to an external host and XDP are open issues; see README.");
+        println!("  NAT to an external host and the XDP uplink program are open issues; see README.");
         title("Cleaning up");
     }
     let left = namespaces_with_prefix(&prefix);
     ensure!(left.is_empty(), "namespaces left behind: {left:?}");
-    println!("all namespaces, links and pins removed; demo took {:.1} s", started.elapsed().as_secs_f64());
+    println!("  all namespaces, links and pins removed; demo took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
