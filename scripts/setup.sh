@@ -10,7 +10,7 @@ set -euo pipefail
 STABLE=1.99.1
 NIGHTLY=nightly-2026-10-29
 BPF_LINKER_VERSION=0.13.0
-APT_PACKAGES=(bpftool iperf3 sockperf iptables iproute2 iputils-ping tcpdump ethtool conntrack curl python3)
+APT_PACKAGES=(bpftool iperf3 sockperf iptables nftables iproute2 iputils-ping tcpdump ethtool conntrack curl python3)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 

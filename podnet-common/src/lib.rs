@@ -23,6 +23,98 @@ pub mod maps {
     pub const PEERS: &str = "PEERS";
     /// Capacity of [`PEERS`]: nodes in one cluster.
     pub const PEERS_MAX: usize = 1024;
+    /// NAT settings, one [`crate::NatConfig`] at index 0.
+    pub const NAT_CONFIG: &str = "NAT_CONFIG";
+    /// Connection tracking, pod side (LRU hash): [`crate::CtKey`] of the pod's packet ->
+    /// [`crate::CtEntry`] holding the node's address and port.
+    pub const CT_OUT: &str = "CT_OUT";
+    /// Connection tracking, reply side (LRU hash): [`crate::CtKey`] of a reply as it arrives
+    /// at the node -> [`crate::CtEntry`] holding the pod's address and port.
+    pub const CT_IN: &str = "CT_IN";
+    /// Capacity of each connection-tracking map.
+    pub const CT_MAX: usize = 65536;
+}
+
+/// IP protocol numbers podnet translates.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// NAT settings written by `podnet up`.
+///
+/// Layout: 4 + 4 + 2 + 2 = 12 bytes, 4-byte aligned, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatConfig {
+    /// The node's address: the source of masqueraded packets.
+    pub node_ip: [u8; 4],
+    /// 1 when masquerading is on, 0 when off.
+    pub enabled: u32,
+    /// First and last source port (host byte order) for translations.
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// A connection as one packet shows it: addresses and ports (ICMP echo: the identifier as one
+/// port, 0 as the other) in network byte order, and the protocol.
+///
+/// Layout: 4 + 4 + 2 + 2 + 1 + 3 = 16 bytes, 4-byte aligned, explicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The key under which a reply to this (pod-side) connection arrives at the node, once it
+    /// is masqueraded as `node_ip`:`port` (network byte order). For ICMP echo the identifier
+    /// travels in `sport` outbound and comes back in `dport`.
+    pub const fn reply(&self, node_ip: [u8; 4], port: u16) -> CtKey {
+        CtKey {
+            saddr: self.daddr,
+            daddr: node_ip,
+            sport: self.dport,
+            dport: port,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// One direction of a translated connection: what to rewrite to, and what was seen.
+///
+/// Layout: 8 + 8 + 4 + 2 + 1 + 1 = 24 bytes, 8-byte aligned, explicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the translation was made.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` of the last packet in this direction.
+    pub seen_ns: u64,
+    /// Address to write: the node's (CT_OUT) or the pod's (CT_IN).
+    pub addr: [u8; 4],
+    /// Port (or ICMP identifier) to write, network byte order.
+    pub port: u16,
+    /// [`ct_flags`] seen in this direction.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// What a conntrack entry has seen in its direction.
+pub mod ct_flags {
+    /// At least one packet.
+    pub const SEEN: u8 = 1;
+    /// A TCP FIN.
+    pub const FIN: u8 = 2;
+    /// A TCP RST.
+    pub const RST: u8 = 4;
 }
 
 /// Where podnet pins its objects on bpffs; each node gets a directory named after it.
@@ -101,11 +193,22 @@ pub enum Reason {
     PassNoRoute = 9,
     /// Uplink traffic that is not for a local pod (for the node itself, say): left to the stack.
     PassUplinkNotLocal = 10,
+    /// First packet of a pod's connection to the outside: a node port was allocated, the packet
+    /// masqueraded and routed out of the uplink.
+    RedirectNatNew = 11,
+    /// Later packet of a masqueraded connection: translated and routed out of the uplink.
+    RedirectNat = 12,
+    /// Reply to a masqueraded connection: translated back and delivered into the pod.
+    RedirectNatReply = 13,
+    /// No free node port for a new connection: dropped (existing translations are untouched).
+    DropNatPortsExhausted = 14,
+    /// Outbound but not translatable (fragment, or neither TCP, UDP nor ICMP echo): to the stack.
+    PassNotNatable = 15,
 }
 
 impl Reason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 16] = [
         Reason::RedirectLocal,
         Reason::PassNotIpv4,
         Reason::PassNotLocal,
@@ -117,6 +220,11 @@ impl Reason {
         Reason::PassFragNeeded,
         Reason::PassNoRoute,
         Reason::PassUplinkNotLocal,
+        Reason::RedirectNatNew,
+        Reason::RedirectNat,
+        Reason::RedirectNatReply,
+        Reason::DropNatPortsExhausted,
+        Reason::PassNotNatable,
     ];
     /// Number of counter slots.
     pub const COUNT: usize = Self::ALL.len();
@@ -135,6 +243,11 @@ impl Reason {
             Reason::PassFragNeeded => "pass_frag_needed",
             Reason::PassNoRoute => "pass_no_route",
             Reason::PassUplinkNotLocal => "pass_uplink_not_local",
+            Reason::RedirectNatNew => "redirect_nat_new",
+            Reason::RedirectNat => "redirect_nat",
+            Reason::RedirectNatReply => "redirect_nat_reply",
+            Reason::DropNatPortsExhausted => "drop_nat_ports_exhausted",
+            Reason::PassNotNatable => "pass_not_natable",
         }
     }
 }
@@ -173,6 +286,12 @@ mod user {
     // SAFETY: `Peer` is `#[repr(C)]`, `Copy`, made only of byte arrays: no padding, every bit
     // pattern valid.
     unsafe impl aya::Pod for super::Peer {}
+    // SAFETY: `NatConfig` is `#[repr(C)]`, `Copy`, integers and bytes without padding.
+    unsafe impl aya::Pod for super::NatConfig {}
+    // SAFETY: `CtKey` is `#[repr(C)]`, `Copy`, integers and bytes with explicit padding.
+    unsafe impl aya::Pod for super::CtKey {}
+    // SAFETY: `CtEntry` is `#[repr(C)]`, `Copy`, integers and bytes with explicit padding.
+    unsafe impl aya::Pod for super::CtEntry {}
 }
 
 #[cfg(test)]
@@ -185,6 +304,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<Endpoint>(), 20);
         assert_eq!(core::mem::align_of::<Endpoint>(), 4);
         assert_eq!(core::mem::size_of::<Peer>(), 36);
+        assert_eq!(core::mem::size_of::<NatConfig>(), 12);
+        assert_eq!(core::mem::size_of::<CtKey>(), 16);
+        assert_eq!(core::mem::size_of::<CtEntry>(), 24);
     }
 
     use inet_checksum as full_checksum;

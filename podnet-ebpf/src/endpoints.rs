@@ -15,6 +15,8 @@ pub enum Hop {
     SameSegment,
     /// From another node: routed by this node, TTL decremented.
     Routed,
+    /// A reply from the outside, already translated back to the pod: routed, TTL decremented.
+    NatReply,
 }
 
 /// If the destination is a pod on this node, rewrites the packet for it and redirects it into
@@ -27,12 +29,12 @@ pub fn deliver(ip: &Ipv4, hop: Hop) -> Option<Verdict> {
     let ep = unsafe { *ep };
     let reason = match hop {
         Hop::SameSegment => Reason::RedirectLocal,
-        Hop::Routed => {
+        Hop::Routed | Hop::NatReply => {
             if ip.ttl() <= 1 {
                 return Some(Verdict::pass(Reason::PassTtlExpiring));
             }
             ip.decrement_ttl();
-            Reason::RedirectFromUplink
+            if hop == Hop::NatReply { Reason::RedirectNatReply } else { Reason::RedirectFromUplink }
         }
     };
     ip.set_macs(ep.host_mac, ep.pod_mac);

@@ -9,6 +9,7 @@
 
 mod counters;
 mod endpoints;
+mod nat;
 mod packet;
 mod routing;
 mod verdict;
@@ -26,7 +27,8 @@ use crate::{
 ///
 /// IPv4 to another pod on this node is delivered straight into that pod (`bpf_redirect_peer`,
 /// Linux >= 5.10); IPv4 to a pod on another node is routed out of the uplink (`bpf_fib_lookup` +
-/// `bpf_redirect`); everything else goes to the kernel stack unchanged.
+/// `bpf_redirect`); TCP, UDP and ICMP echo to the outside are masqueraded behind the node IP and
+/// routed out of the uplink; everything else goes to the kernel stack unchanged.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
     try_from_pod(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish()
@@ -40,11 +42,15 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
     if let Some(verdict) = endpoints::deliver(&ip, Hop::SameSegment) {
         return Ok(verdict);
     }
-    Ok(routing::to_peer(ctx, &ip)?.unwrap_or(Verdict::pass(Reason::PassNotLocal)))
+    if let Some(verdict) = routing::to_peer(ctx, &ip) {
+        return Ok(verdict);
+    }
+    Ok(nat::masquerade(ctx, &ip)?.unwrap_or(Verdict::pass(Reason::PassNotLocal)))
 }
 
-/// tc (tcx) ingress on the node's uplink: IPv4 from other nodes to a pod on this node is
-/// delivered straight into the pod (a routed hop: TTL decremented); the rest goes to the stack.
+/// tc (tcx) ingress on the node's uplink: IPv4 from other nodes to a pod on this node, and
+/// replies to masqueraded connections (translated back), are delivered straight into the pod (a
+/// routed hop: TTL decremented); the rest goes to the stack.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     try_from_uplink(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish()
@@ -55,6 +61,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
     let Some(ip) = Ipv4::parse(ctx)? else {
         return Ok(Verdict::pass(Reason::PassNotIpv4));
     };
+    if let Some(verdict) = nat::unmasquerade(ctx, &ip)? {
+        return Ok(verdict);
+    }
     Ok(endpoints::deliver(&ip, Hop::Routed).unwrap_or(Verdict::pass(Reason::PassUplinkNotLocal)))
 }
 

@@ -44,6 +44,15 @@ impl Ipv4Hdr {
     pub const LEN: usize = size_of::<Self>();
 }
 
+/// A copy of the `T` at `offset` from the start of the packet, bounds-checked.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Malformed> {
+    let p = ptr_at::<T>(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that the whole `T` lies inside the packet; unaligned because
+    // packet headers follow no alignment.
+    Ok(unsafe { p.read_unaligned() })
+}
+
 /// A pointer to a `T` at `offset` from the start of the packet, if it lies entirely inside the
 /// packet's linear data.
 #[inline(always)]
@@ -95,6 +104,40 @@ impl Ipv4 {
             return Err(Malformed);
         }
         Ok(Some(Self { eth, ip }))
+    }
+
+    /// Offset of the IPv4 source address from the start of the frame.
+    pub const SADDR_OFFSET: usize = EthHdr::LEN + 12;
+    /// Offset of the IPv4 destination address from the start of the frame.
+    pub const DADDR_OFFSET: usize = EthHdr::LEN + 16;
+    /// Offset of the IPv4 header checksum from the start of the frame.
+    pub const CHECK_OFFSET: usize = EthHdr::LEN + 10;
+
+    #[inline(always)]
+    pub fn saddr(&self) -> [u8; 4] {
+        // SAFETY: `parse` bounds-checked the IPv4 header.
+        unsafe { (*self.ip).saddr }
+    }
+
+    #[inline(always)]
+    pub fn protocol(&self) -> u8 {
+        // SAFETY: `parse` bounds-checked the IPv4 header.
+        unsafe { (*self.ip).protocol }
+    }
+
+    /// Whether this is a fragment (more fragments follow, or a non-zero offset): it carries no
+    /// complete L4 header to translate.
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        // SAFETY: `parse` bounds-checked the IPv4 header.
+        u16::from_be(unsafe { (*self.ip).frag_off }) & 0x3fff != 0
+    }
+
+    /// Offset of the L4 header from the start of the frame (IPv4 options skipped).
+    #[inline(always)]
+    pub fn l4_offset(&self) -> usize {
+        // SAFETY: `parse` bounds-checked the IPv4 header.
+        EthHdr::LEN + usize::from(unsafe { (*self.ip).version_ihl } & 0x0f) * 4
     }
 
     #[inline(always)]

@@ -19,31 +19,43 @@ use aya_ebpf::{
 };
 use podnet_common::{Peer, PeerKey, Reason, maps::PEERS_MAX};
 
-use crate::{
-    packet::{Ipv4, Malformed},
-    verdict::Verdict,
-};
+use crate::{packet::Ipv4, verdict::Verdict};
 
 #[btf_map(pin_by_name)]
 static PEERS: LpmTrie<PeerKey, Peer, PEERS_MAX> = LpmTrie::new();
 
 const AF_INET: u8 = 2;
 
+/// How to send a packet out: the FIB's answer for its next hop.
+pub struct Route {
+    ifindex: u32,
+    next_hop: [u8; 4],
+    /// `None` when the next hop's MAC is not cached yet (`bpf_redirect_neigh` resolves it).
+    macs: Option<([u8; 6], [u8; 6])>,
+}
+
 /// If the destination is in another node's pod CIDR, routes the packet out of the uplink toward
 /// that node; `None` when it is not a cluster address.
 #[inline(always)]
-pub fn to_peer(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malformed> {
-    let Some(peer) = PEERS.get(&Key::new(32, ip.daddr())) else {
-        return Ok(None);
-    };
-    let next_hop = peer.node_ip;
+pub fn to_peer(ctx: &TcContext, ip: &Ipv4) -> Option<Verdict> {
+    let peer = PEERS.get(&Key::new(32, ip.daddr()))?;
+    Some(match lookup(ctx, ip, peer.node_ip) {
+        Ok(route) => transmit(ip, &route, Reason::RedirectRemote),
+        Err(reason) => Verdict::pass(reason),
+    })
+}
+
+/// Asks the FIB how to forward `ip` toward `dst`, checking TTL and MTU first: everything
+/// that makes the packet the stack's business comes back as the reason to pass it.
+#[inline(always)]
+pub fn lookup(ctx: &TcContext, ip: &Ipv4, dst: [u8; 4]) -> Result<Route, Reason> {
     if ip.ttl() <= 1 {
-        return Ok(Some(Verdict::pass(Reason::PassTtlExpiring)));
+        return Err(Reason::PassTtlExpiring);
     }
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid starting point.
     let mut fib: bpf_fib_lookup = unsafe { mem::zeroed() };
     fib.family = AF_INET;
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(next_hop);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     let skb = ctx.as_ptr().cast::<__sk_buff>();
     // SAFETY: `skb` is the context the kernel passed to this program; these fields are readable
     // from tc programs.
@@ -59,34 +71,44 @@ pub fn to_peer(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malformed>
     let neighbour_known = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         BPF_FIB_LKUP_RET_NO_NEIGH => false,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Ok(Some(Verdict::pass(Reason::PassFragNeeded))),
-        _ => return Ok(Some(Verdict::pass(Reason::PassNoRoute))),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::PassFragNeeded),
+        _ => return Err(Reason::PassNoRoute),
     };
     if gso {
         // A GSO packet is checked segment by segment against the uplink's MTU.
         let mut mtu = 0u32;
         // SAFETY: the helper reads the skb and writes `mtu`, on our stack for the whole call.
         if unsafe { bpf_check_mtu(ctx.as_ptr(), fib.ifindex, &mut mtu, 0, 0) } != 0 {
-            return Ok(Some(Verdict::pass(Reason::PassFragNeeded)));
+            return Err(Reason::PassFragNeeded);
         }
     }
+    // SAFETY: on success the FIB filled both MAC arrays.
+    let macs =
+        unsafe { (fib.__bindgen_anon_6.__bindgen_anon_2.smac, fib.__bindgen_anon_6.__bindgen_anon_2.dmac) };
+    // SAFETY: the FIB replaced the destination with the next hop (a gateway, if the route has one).
+    let next_hop = unsafe { fib.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
+    Ok(Route { ifindex: fib.ifindex, next_hop, macs: neighbour_known.then_some(macs) })
+}
+
+/// Forwards `ip` along `route`: one routed hop (TTL - 1), then out of the route's interface.
+#[inline(always)]
+pub fn transmit(ip: &Ipv4, route: &Route, reason: Reason) -> Verdict {
     ip.decrement_ttl();
-    if !neighbour_known {
+    let Some((smac, dmac)) = route.macs else {
         // SAFETY: bpf_redir_neigh is plain data; all-zero is a valid starting point.
         let mut nh: bpf_redir_neigh = unsafe { mem::zeroed() };
         nh.nh_family = u32::from(AF_INET);
-        nh.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(next_hop);
+        nh.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(route.next_hop);
         // SAFETY: the helper reads `nh`, on our stack for the whole call; it fills in the MACs
         // once the neighbour is resolved.
-        let action =
-            unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, mem::size_of::<bpf_redir_neigh>() as i32, 0) };
-        return Ok(Some(Verdict::redirected(action as i32, Reason::RedirectRemoteResolve)));
-    }
-    // SAFETY: both MAC arrays were filled by a successful FIB lookup.
-    let (smac, dmac) =
-        unsafe { (fib.__bindgen_anon_6.__bindgen_anon_2.smac, fib.__bindgen_anon_6.__bindgen_anon_2.dmac) };
+        let action = unsafe {
+            bpf_redirect_neigh(route.ifindex, &mut nh, mem::size_of::<bpf_redir_neigh>() as i32, 0)
+        };
+        let reason = if reason == Reason::RedirectRemote { Reason::RedirectRemoteResolve } else { reason };
+        return Verdict::redirected(action as i32, reason);
+    };
     ip.set_macs(smac, dmac);
-    // SAFETY: a helper call with plain integer arguments; redirects to the uplink's egress.
-    let action = unsafe { bpf_redirect(fib.ifindex, 0) };
-    Ok(Some(Verdict::redirected(action as i32, Reason::RedirectRemote)))
+    // SAFETY: a helper call with plain integer arguments; redirects to the interface's egress.
+    let action = unsafe { bpf_redirect(route.ifindex, 0) };
+    Verdict::redirected(action as i32, reason)
 }

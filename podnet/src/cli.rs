@@ -74,6 +74,34 @@ pub enum Command {
     /// across `down`/`up`.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Inspect and clear masquerade translations (pod traffic to the outside, SNAT to the node IP).
+    #[command(subcommand)]
+    Nat(NatCommand),
+    /// Expire idle translations, in a loop: run it on every node where NAT is on.
+    ///
+    /// The datapath keeps translations in LRU maps, which only evict when full; idle ones are
+    /// removed by this agent after the [nat] timeouts of the config (per protocol and TCP state).
+    /// podnet keeps no other process running, so without the agent translations stay until the
+    /// maps fill up, `podnet nat gc` runs, or `podnet down`. Run it under your service manager.
+    Agent {
+        /// Seconds between sweeps.
+        #[arg(long, default_value_t = 5)]
+        interval: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NatCommand {
+    /// Live translations: protocol, pod ip:port, node ip:port, remote, state, age, idle time.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every translation now (connections through them break).
+    Flush,
+    /// Remove idle translations once, by the config's [nat] timeouts (what the agent does).
+    Gc,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@ use std::{
     fmt,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::Ipv4Net;
@@ -63,6 +64,31 @@ pub struct Config {
     pub uplink: Option<Uplink>,
     /// Other nodes whose pods this node routes to.
     pub peers: Vec<PeerNode>,
+    /// Masquerading of pod traffic to the outside.
+    pub nat: Nat,
+}
+
+/// Masquerade settings: on by default when the node has an uplink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nat {
+    pub enabled: bool,
+    /// Node ports for translations, inclusive. The default, 61000-65535, stays clear of Linux's
+    /// default ephemeral range (32768-60999) so the node's own connections never collide.
+    pub port_min: u16,
+    pub port_max: u16,
+    pub timeouts: Timeouts,
+}
+
+/// Idle time after which `podnet agent` removes a translation, per protocol and TCP state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP that has not seen a reply yet.
+    pub tcp_syn: Duration,
+    pub tcp_established: Duration,
+    /// TCP after a FIN or RST.
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+    pub icmp: Duration,
 }
 
 /// The interface that joins this node to the others, and the node's address on it.
@@ -121,6 +147,20 @@ struct RawConfig {
     uplink: Option<RawUplink>,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
+    #[serde(default)]
+    nat: RawNat,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNat {
+    enabled: Option<bool>,
+    ports: Option<String>,
+    tcp_syn_timeout: Option<u64>,
+    tcp_established_timeout: Option<u64>,
+    tcp_closing_timeout: Option<u64>,
+    udp_timeout: Option<u64>,
+    icmp_timeout: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -227,7 +267,28 @@ impl Validator {
             check_peer(&node, uplink.as_ref(), &peers, &peer).map_err(|(f, p)| self.invalid(field(f), p))?;
             peers.push(peer);
         }
-        Ok(Config { source: self.source, node, pods, uplink, peers })
+        let nat = self.nat(raw.nat, uplink.is_some())?;
+        Ok(Config { source: self.source, node, pods, uplink, peers, nat })
+    }
+
+    fn nat(&self, raw: RawNat, has_uplink: bool) -> Result<Nat, ConfigError> {
+        let enabled = raw.enabled.unwrap_or(has_uplink);
+        if enabled && !has_uplink {
+            return Err(self.invalid("nat.enabled", "masquerading needs an [uplink] (its ip is the source)"));
+        }
+        let (port_min, port_max) = match raw.ports {
+            None => (61000, 65535),
+            Some(text) => parse_port_range(&text).map_err(|p| self.invalid("nat.ports", p))?,
+        };
+        let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+        let timeouts = Timeouts {
+            tcp_syn: secs(raw.tcp_syn_timeout, 60),
+            tcp_established: secs(raw.tcp_established_timeout, 21600),
+            tcp_closing: secs(raw.tcp_closing_timeout, 10),
+            udp: secs(raw.udp_timeout, 60),
+            icmp: secs(raw.icmp_timeout, 30),
+        };
+        Ok(Nat { enabled, port_min, port_max, timeouts })
     }
 
     fn uplink(&self, raw: RawUplink) -> Result<Uplink, ConfigError> {
@@ -272,6 +333,17 @@ impl Validator {
     fn ipv4(&self, field: &str, text: &str) -> Result<Ipv4Addr, ConfigError> {
         text.parse().map_err(|_| self.invalid(field, format!("{text:?} is not an IPv4 address")))
     }
+}
+
+/// Parses "FIRST-LAST", a non-empty range of ports 1-65535.
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{text:?} is not a port range like 61000-65535");
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 /// Parses a CIDR that must name a network (no host bits).
@@ -415,6 +487,28 @@ mod tests {
     }
 
     const UPLINK: &str = "[uplink]\ninterface = \"eth0\"\nip = \"192.168.50.1\"\n";
+
+    #[test]
+    fn nat_defaults_follow_the_uplink() {
+        assert!(!parse(NODE).unwrap().nat.enabled);
+        let c = parse(&format!("{NODE}{UPLINK}")).unwrap();
+        assert!(c.nat.enabled);
+        assert_eq!((c.nat.port_min, c.nat.port_max), (61000, 65535));
+        assert_eq!(c.nat.timeouts.tcp_established, Duration::from_secs(21600));
+        let err = parse(&format!("{NODE}[nat]\nenabled = true\n")).unwrap_err();
+        assert_eq!(err, "test.toml: nat.enabled: masquerading needs an [uplink] (its ip is the source)");
+    }
+
+    #[test]
+    fn nat_port_range_is_checked() {
+        let c = parse(&format!("{NODE}{UPLINK}[nat]\nports = \"61000-61003\"\nudp_timeout = 2\n")).unwrap();
+        assert_eq!(
+            (c.nat.port_min, c.nat.port_max, c.nat.timeouts.udp),
+            (61000, 61003, Duration::from_secs(2))
+        );
+        let err = parse(&format!("{NODE}{UPLINK}[nat]\nports = \"65000-61000\"\n")).unwrap_err();
+        assert_eq!(err, "test.toml: nat.ports: \"65000-61000\" is not a port range like 61000-65535");
+    }
 
     #[test]
     fn peers_are_parsed() {

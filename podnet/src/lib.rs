@@ -4,6 +4,7 @@
 pub mod config;
 pub mod datapath;
 pub mod maps;
+pub mod nat;
 pub mod netlink;
 pub mod node;
 pub mod plumbing;

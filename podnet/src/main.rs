@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use podnet::{
     config::{Config, PeerNode},
+    nat,
     netlink::netns,
     node, status,
 };
@@ -11,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 mod cli;
 
-use cli::{Cli, Command, NodeCommand};
+use cli::{Cli, Command, NatCommand, NodeCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,6 +57,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 node::add_peer(&config, PeerNode { name, ip, pod_cidr }).await?
             }
             Command::Node(NodeCommand::Del { name }) => node::del_peer(&config, &name).await?,
+            Command::Nat(NatCommand::List { json }) => {
+                let translations = nat::list(&node::pins_of_running_node(&config)?)?;
+                let out = if json {
+                    serde_json::to_string_pretty(&translations)?
+                } else {
+                    status::nat_table(&translations)
+                };
+                println!("{out}");
+            }
+            Command::Nat(NatCommand::Flush) => {
+                println!("removed {} translation(s)", nat::flush(&node::pins_of_running_node(&config)?)?);
+            }
+            Command::Nat(NatCommand::Gc) => {
+                let pins = node::pins_of_running_node(&config)?;
+                println!("removed {} idle translation(s)", nat::gc(&pins, &config.nat.timeouts)?);
+            }
+            Command::Agent { interval } => {
+                let pins = node::pins_of_running_node(&config)?;
+                tracing::info!("agent: expiring idle translations every {interval} s (Ctrl-C to stop)");
+                loop {
+                    match nat::gc(&pins, &config.nat.timeouts) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!("agent: removed {n} idle translation(s)"),
+                        Err(e) => tracing::warn!("agent: {e:#}"),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+                }
+            }
             Command::Config => unreachable!("handled above"),
         }
         Ok(ExitCode::SUCCESS)

@@ -2,11 +2,11 @@
 
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use podnet_common::{
-    Endpoint, EndpointKey, PEER_NAME_MAX, Peer, PeerKey, Reason,
-    maps::{COUNTERS, ENDPOINTS, PEERS},
+    CtEntry, CtKey, Endpoint, EndpointKey, NatConfig, PEER_NAME_MAX, Peer, PeerKey, Reason,
+    maps::{COUNTERS, CT_IN, CT_OUT, ENDPOINTS, NAT_CONFIG, PEERS},
 };
 
 use crate::datapath::PinDir;
@@ -97,29 +97,34 @@ impl Peers {
         open(pins, PEERS, Map::LpmTrie).map(Self)
     }
 
-    /// Adds or replaces the peer owning `entry.pod_cidr`. Names longer than the map's field
-    /// are refused by config validation before they get here.
+    /// Adds or replaces the peer owning `entry.pod_cidr`, and the peer's own address as a /32,
+    /// so that pod-to-node traffic is routed too (and never masqueraded). Names longer than the
+    /// map's field are refused by config validation before they get here.
     pub fn insert(&mut self, entry: &PeerEntry) -> Result<(), MapsError> {
         let mut name = [0u8; PEER_NAME_MAX];
         name[..entry.name.len()].copy_from_slice(entry.name.as_bytes());
         let peer = Peer { node_ip: entry.ip.octets(), name };
-        self.0.insert(&key(entry.pod_cidr), &peer, 0).map_err(access_err(
-            "insert",
-            PEERS,
-            entry.pod_cidr.to_string(),
-        ))
+        for cidr in [entry.pod_cidr, Ipv4Net::from(entry.ip)] {
+            self.0.insert(&key(cidr), &peer, 0).map_err(access_err("insert", PEERS, cidr.to_string()))?;
+        }
+        Ok(())
     }
 
-    pub fn remove(&mut self, pod_cidr: Ipv4Net) -> Result<(), MapsError> {
-        self.0.remove(&key(pod_cidr)).map_err(access_err("remove", PEERS, pod_cidr.to_string()))
+    /// Removes a peer (both of its entries).
+    pub fn remove(&mut self, entry: &PeerEntry) -> Result<(), MapsError> {
+        for cidr in [entry.pod_cidr, Ipv4Net::from(entry.ip)] {
+            self.0.remove(&key(cidr)).map_err(access_err("remove", PEERS, cidr.to_string()))?;
+        }
+        Ok(())
     }
 
-    /// Every peer, sorted by name.
+    /// Every peer, sorted by name (its /32 node-address entry is implied).
     pub fn list(&self) -> Vec<PeerEntry> {
         let mut all: Vec<PeerEntry> = self
             .0
             .iter()
             .flatten()
+            .filter(|(k, v)| !(k.prefix_len() == 32 && k.data() == v.node_ip))
             .map(|(k, v)| {
                 let name = v.name.split(|&b| b == 0).next().unwrap_or_default();
                 PeerEntry {
@@ -156,5 +161,66 @@ impl Counters {
                 Ok((reason, per_cpu.iter().sum()))
             })
             .collect()
+    }
+}
+
+/// The datapath's NAT settings.
+pub struct NatSettings(Array<MapData, NatConfig>);
+
+impl NatSettings {
+    pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
+        open(pins, NAT_CONFIG, Map::Array).map(Self)
+    }
+
+    pub fn set(&mut self, config: &NatConfig) -> Result<(), MapsError> {
+        self.0.set(0, config, 0).map_err(access_err("write", NAT_CONFIG, "0".to_owned()))
+    }
+}
+
+/// Both connection-tracking maps.
+pub struct Conntrack {
+    out: HashMap<MapData, CtKey, CtEntry>,
+    inbound: HashMap<MapData, CtKey, CtEntry>,
+}
+
+/// One translation: the pod-side key and entry, and the reply-side key and entry (the latter
+/// `None` if the LRU evicted it).
+pub type CtPair = (CtKey, CtEntry, CtKey, Option<CtEntry>);
+
+impl Conntrack {
+    pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
+        Ok(Self { out: open(pins, CT_OUT, Map::LruHashMap)?, inbound: open(pins, CT_IN, Map::LruHashMap)? })
+    }
+
+    /// Every translation, from the pod side.
+    pub fn pairs(&self) -> Vec<CtPair> {
+        self.out
+            .iter()
+            .flatten()
+            .map(|(key, entry)| {
+                let reply = key.reply(entry.addr, entry.port);
+                let reply_entry = self.inbound.get(&reply, 0).ok();
+                (key, entry, reply, reply_entry)
+            })
+            .collect()
+    }
+
+    /// Removes one translation (both directions; either may already be gone).
+    pub fn remove(&mut self, out: &CtKey, reply: &CtKey) {
+        let _ = self.out.remove(out);
+        let _ = self.inbound.remove(reply);
+    }
+
+    /// Removes every entry of both maps, including reply entries whose pod side is gone.
+    pub fn flush(&mut self) -> usize {
+        let pairs = self.pairs();
+        for (out, _, reply, _) in &pairs {
+            self.remove(out, reply);
+        }
+        let stray: Vec<CtKey> = self.inbound.keys().flatten().collect();
+        for key in &stray {
+            let _ = self.inbound.remove(key);
+        }
+        pairs.len()
     }
 }

@@ -8,12 +8,15 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use ipnet::Ipv4Net;
-use podnet_common::programs::{FROM_POD, FROM_UPLINK};
+use podnet_common::{
+    NatConfig,
+    programs::{FROM_POD, FROM_UPLINK},
+};
 
 use crate::{
     config::{self, Config, PeerNode},
     datapath::{self, Datapath, DatapathError, PinDir},
-    maps::{Counters, Endpoints, MapsError, PeerEntry, Peers},
+    maps::{Counters, Endpoints, MapsError, NatSettings, PeerEntry, Peers},
     netlink::{Iface, Netlink, NetlinkError, fmt_mac, netns},
     plumbing,
 };
@@ -131,6 +134,17 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
         }
         datapath.attach(FROM_POD, &p.host.name, p.host.index)?;
     }
+    let mut nat = NatConfig {
+        enabled: 0,
+        port_min: config.nat.port_min,
+        port_max: config.nat.port_max,
+        node_ip: [0; 4],
+    };
+    if let (Some(uplink), true) = (&config.uplink, config.nat.enabled) {
+        nat.enabled = 1;
+        nat.node_ip = uplink.ip.octets();
+    }
+    NatSettings::open(&pins)?.set(&nat)?;
     if let Some(uplink) = uplink_iface(config, nl).await? {
         datapath.attach(FROM_UPLINK, &uplink.name, uplink.index)?;
         let mut peers = Peers::open(&pins)?;
@@ -220,7 +234,8 @@ fn entry(peer: &PeerNode) -> PeerEntry {
     PeerEntry { name: peer.name.clone(), ip: peer.ip, pod_cidr: peer.pod_cidr }
 }
 
-fn pins_of_running_node(config: &Config) -> Result<PinDir, NodeError> {
+/// The pin directory of the node `config` describes, which must be up.
+pub fn pins_of_running_node(config: &Config) -> Result<PinDir, NodeError> {
     let pins = PinDir::for_node(&config.node.name);
     if !pins.path().exists() {
         return Err(NodeError::NotUp {
@@ -258,7 +273,7 @@ pub async fn del_peer(config: &Config, name: &str) -> Result<(), NodeError> {
         .into_iter()
         .find(|p| p.name == name)
         .ok_or_else(|| NodeError::UnknownPeer { name: name.to_owned() })?;
-    peers.remove(peer.pod_cidr)?;
+    peers.remove(&peer)?;
     if let Some(uplink) = uplink_iface(config, &nl).await? {
         nl.del_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
     }

@@ -1,6 +1,6 @@
 //! Human-readable rendering of [`Status`]: plain aligned tables.
 
-use crate::node::Status;
+use crate::{nat::Translation, node::Status};
 
 /// Renders rows as a left-aligned table under `header`.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -61,6 +61,34 @@ pub fn render(s: &Status) -> String {
         table(&["NODE", "NODE IP", "POD CIDR"], &peers),
         table(&["PROGRAM", "HOOK", "INTERFACE", "LINK", "PROG"], &programs),
         table(&["REASON", "PACKETS"], &counters),
+    )
+    .trim_end()
+    .to_owned()
+}
+
+/// The `podnet nat list` table.
+pub fn nat_table(translations: &[Translation]) -> String {
+    let rows: Vec<Vec<String>> = translations
+        .iter()
+        .map(|t| {
+            vec![
+                t.protocol.to_owned(),
+                t.pod.clone(),
+                t.node.clone(),
+                t.remote.clone(),
+                serde_json::to_value(t.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                format!("{:.0}s", t.age_s),
+                format!("{:.0}s", t.idle_s),
+            ]
+        })
+        .collect();
+    format!(
+        "{} translation(s)\n{}",
+        translations.len(),
+        table(&["PROTO", "POD", "NODE", "REMOTE", "STATE", "AGE", "IDLE"], &rows)
     )
     .trim_end()
     .to_owned()

@@ -224,17 +224,29 @@ impl Lab {
         })
     }
 
-    /// Starts a long-running process in `ns`; it is killed when the lab is dropped.
-    pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
-        let child = in_ns(ns, program)
-            .args(args)
+    /// Writes the lab's small TCP/UDP peer tool (src/netcat.py) and returns its path.
+    pub fn netcat(&self) -> anyhow::Result<String> {
+        let path = self.dir.join("netcat.py");
+        std::fs::write(&path, include_str!("netcat.py"))?;
+        Ok(path.to_str().context("utf-8 path")?.to_owned())
+    }
+
+    /// Starts `cmd` as is (no namespace switch: podnet's own `--netns`, say); it is killed when
+    /// the lab is dropped.
+    pub fn spawn_command(&mut self, cmd: &mut Command) -> anyhow::Result<()> {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("cannot start {program} in {ns}"))?;
+            .with_context(|| format!("cannot start {cmd:?}"))?;
         self.children.push(child);
         Ok(())
+    }
+
+    /// Starts a long-running process in `ns`; it is killed when the lab is dropped.
+    pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        self.spawn_command(in_ns(ns, program).args(args))
     }
 
     /// Serves `body` over HTTP on `port` in `ns` (all addresses), as one "container".

@@ -9,16 +9,19 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use ipnet::Ipv4Net;
 use podnet::{
     datapath::{Datapath, PinDir},
-    maps::{Counters, Endpoints, PeerEntry, Peers},
+    maps::{Conntrack, Counters, Endpoints, NatSettings, PeerEntry, Peers},
     netlink::netns,
 };
 use podnet_common::{
-    Endpoint, Reason,
+    Endpoint, NatConfig, Reason,
     programs::{FROM_POD, FROM_UPLINK},
 };
 use podnet_tests::{
     FIB_NEIGH_MAC, FibFixture, Lab,
-    packets::{ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, ethernet, inet_checksum, udp4},
+    packets::{
+        ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, TCP_ACK, TCP_SYN, checksums_valid, ethernet, icmp_echo,
+        inet_checksum, tcp4, udp4, udp4_checksummed,
+    },
 };
 
 /// tc actions as the kernel numbers them (include/uapi/linux/pkt_cls.h).
@@ -216,4 +219,75 @@ fn routing_decisions() {
         assert_eq!(dp.run_on(FROM_UPLINK, &f, Some(eth0)), (TC_ACT_OK, f.to_vec()));
         counted(&before, &dp.counters(), reason);
     }
+}
+
+/// Masquerade and its reverse on synthetic TCP, UDP and ICMP packets, with every checksum
+/// recomputed on the host; one node port only, so the second connection finds none.
+#[test]
+fn nat_rewrites() {
+    let mut lab = Lab::new("trn").unwrap();
+    let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
+    netns::enter(&ns).unwrap();
+    let mut dp = Loaded::new("nat");
+    let node = Ipv4Addr::new(192, 168, 50, 1);
+    let config = NatConfig { node_ip: node.octets(), enabled: 1, port_min: 61000, port_max: 61000 };
+    NatSettings::open(&dp.pins).unwrap().set(&config).unwrap();
+    let (pod, remote) = (Ipv4Addr::new(10, 1, 1, 3), Ipv4Addr::new(192, 168, 50, 2));
+    let src = |f: &[u8]| (Ipv4Addr::new(f[26], f[27], f[28], f[29]), u16::from_be_bytes([f[34], f[35]]));
+    let dst = |f: &[u8]| (Ipv4Addr::new(f[30], f[31], f[32], f[33]), u16::from_be_bytes([f[36], f[37]]));
+
+    // TCP SYN out: source becomes node:61000, checksums stay valid, a new translation.
+    let syn = tcp4((pod, 40000), (remote, 80), TCP_SYN);
+    let before = dp.counters();
+    let (action, out) = dp.run_on(FROM_POD, &syn, Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(src(&out), (node, 61000));
+    assert_eq!(dst(&out), (remote, 80));
+    assert!(checksums_valid(&out), "IPv4 and TCP checksums after SNAT");
+    counted(&before, &dp.counters(), Reason::RedirectNatNew);
+
+    // The same connection again reuses its port.
+    let before = dp.counters();
+    let (_, out) = dp.run_on(FROM_POD, &syn, Some(eth0));
+    assert_eq!(src(&out), (node, 61000));
+    counted(&before, &dp.counters(), Reason::RedirectNat);
+
+    // The reply comes back to the pod's address and port and is delivered into it.
+    let synack = tcp4((remote, 80), (node, 61000), TCP_SYN | TCP_ACK);
+    let before = dp.counters();
+    let (action, out) = dp.run_on(FROM_UPLINK, &synack, Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!((src(&out), dst(&out)), ((remote, 80), (pod, 40000)));
+    assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (POD_MAC.to_vec(), HOST_MAC.to_vec()));
+    assert!(checksums_valid(&out), "IPv4 and TCP checksums after reverse NAT");
+    counted(&before, &dp.counters(), Reason::RedirectNatReply);
+
+    // A second TCP connection needs another port: there is none; dropped, counted, and the
+    // existing translation is untouched.
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &tcp4((pod, 40001), (remote, 80), TCP_SYN), Some(eth0)).0, TC_ACT_SHOT);
+    counted(&before, &dp.counters(), Reason::DropNatPortsExhausted);
+    assert_eq!(src(&dp.run_on(FROM_POD, &syn, Some(eth0)).1), (node, 61000));
+
+    // UDP with a checksum (port space is per protocol, so 61000 is free for UDP).
+    let (action, out) =
+        dp.run_on(FROM_POD, &udp4_checksummed((pod, 5353), (remote, 53), b"query"), Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(src(&out), (node, 61000));
+    assert!(checksums_valid(&out), "UDP checksum after SNAT");
+
+    // UDP with checksum 0 ("none") keeps 0; ICMP echo gets its identifier translated.
+    assert_eq!(Conntrack::open(&dp.pins).unwrap().flush(), 2, "one TCP and one UDP translation");
+    let (_, out) = dp.run_on(FROM_POD, &udp4([0xaa; 6], [0xbb; 6], pod, remote, b"x"), Some(eth0));
+    assert_eq!(out[ETH_LEN + 26..ETH_LEN + 28], [0, 0], "a zero UDP checksum stays zero");
+    assert!(checksums_valid(&out));
+    let (action, out) = dp.run_on(FROM_POD, &icmp_echo(pod, remote, 8, 0x1234), Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(u16::from_be_bytes([out[ETH_LEN + 24], out[ETH_LEN + 25]]), 61000, "identifier translated");
+    assert!(checksums_valid(&out), "ICMP checksum after SNAT");
+    let (action, out) = dp.run_on(FROM_UPLINK, &icmp_echo(remote, node, 0, 61000), Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(u16::from_be_bytes([out[ETH_LEN + 24], out[ETH_LEN + 25]]), 0x1234, "identifier restored");
+    assert_eq!(dst(&out).0, pod);
+    assert!(checksums_valid(&out), "ICMP checksum after reverse NAT");
 }

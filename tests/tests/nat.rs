@@ -1,0 +1,149 @@
+//! Masquerade end to end: pods reach an "external host" (a namespace on the node's wire with no
+//! route back to pod addresses) as the node, with podnet's own conntrack and no iptables rules.
+
+use std::{thread, time::Duration};
+
+use podnet_tests::{Lab, Node, node_config, pings, sh};
+
+const EXT: &str = "192.168.50.100";
+
+/// One node with NAT (extra `[nat]` settings appended) and an external host on its wire.
+fn nat_node(lab: &mut Lab, nat: &str) -> anyhow::Result<(Node, String)> {
+    let switch = lab.switch("sw")?;
+    let node = lab.node("node1", &format!("{}\n{nat}", node_config(1, &[])))?;
+    lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
+    let ext = lab.netns("ext")?;
+    lab.plug(&switch, &ext, "portx", &format!("{EXT}/24"))?;
+    node.run_podnet(&["up"])?;
+    Ok((node, ext))
+}
+
+fn translations(node: &Node) -> anyhow::Result<Vec<serde_json::Value>> {
+    let json: serde_json::Value = serde_json::from_str(&node.run_podnet(&["nat", "list", "--json"])?)?;
+    Ok(json.as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn pods_reach_the_outside_as_the_node() -> anyhow::Result<()> {
+    let mut lab = Lab::new("nat")?;
+    let (node, ext) = nat_node(&mut lab, "")?;
+    let nc = lab.netcat()?;
+    let pcap = lab.dir().join("ext.pcap");
+    let pcap = pcap.to_str().unwrap();
+    lab.spawn(&ext, "tcpdump", &["-U", "-n", "-i", "eth0", "-w", pcap, "ip"])?;
+    thread::sleep(Duration::from_millis(500));
+    lab.spawn(&ext, "python3", &[&nc, "http-whoami", EXT, "8080"])?;
+    lab.spawn(&ext, "python3", &[&nc, "udp-echo", EXT, "9999"])?;
+    podnet_tests::wait_listening(&ext, 8080)?;
+    let pod = node.pod_ns("pod1");
+
+    let seen_as = podnet_tests::http_get(&pod, &format!("http://{EXT}:8080/"))?;
+    assert_eq!(seen_as, "192.168.50.1", "the external server sees the node's address");
+    assert_eq!(
+        sh(&pod, "python3", &[&nc, "udp-ask", EXT, "9999", "hello"])?.trim(),
+        "hello from 192.168.50.1"
+    );
+    assert!(pings(&pod, EXT, 2), "ping through NAT");
+
+    let list = translations(&node)?;
+    for proto in ["tcp", "udp", "icmp"] {
+        assert!(
+            list.iter()
+                .any(|t| t["protocol"] == proto && t["node"].as_str().unwrap().starts_with("192.168.50.1:6")),
+            "a {proto} translation to the node address in {list:?}"
+        );
+    }
+    assert!(node.counter("redirect_nat_new")? >= 3 && node.counter("redirect_nat_reply")? >= 3);
+
+    // The wire never carried a pod address; it did carry the node's.
+    thread::sleep(Duration::from_millis(300));
+    let from_pods = sh(&ext, "tcpdump", &["-n", "-r", pcap, "src net 10.1.0.0/16"])?;
+    let from_node = sh(&ext, "tcpdump", &["-n", "-r", pcap, "src host 192.168.50.1"])?;
+    assert_eq!(from_pods.lines().count(), 0, "pod-sourced packets on the wire:\n{from_pods}");
+    assert!(from_node.lines().count() >= 6, "the capture saw the node's packets:\n{from_node}");
+
+    // No iptables or nftables rules anywhere in the node: this was all eBPF.
+    assert_eq!(sh(&node.netns, "iptables-save", &[])?.trim(), "");
+    assert_eq!(sh(&node.netns, "nft", &["list", "ruleset"])?.trim(), "");
+
+    // Pod-to-pod on the node is never translated.
+    assert!(pings(&pod, "10.1.1.3", 1));
+    assert!(translations(&node)?.iter().all(|t| !t["remote"].as_str().unwrap().starts_with("10.1.")));
+
+    node.run_podnet(&["nat", "flush"])?;
+    assert!(translations(&node)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_thousand_connections_get_distinct_node_ports() -> anyhow::Result<()> {
+    let mut lab = Lab::new("nat1k")?;
+    let (node, ext) = nat_node(&mut lab, "")?;
+    let nc = lab.netcat()?;
+    let peers = lab.dir().join("peers.txt");
+    lab.spawn(&ext, "python3", &[&nc, "tcp-record", EXT, "9000", peers.to_str().unwrap()])?;
+    podnet_tests::wait_listening(&ext, 9000)?;
+
+    let clients: Vec<_> = ["pod1", "pod2"]
+        .into_iter()
+        .map(|pod| {
+            let (ns, nc) = (node.pod_ns(pod), nc.clone());
+            thread::spawn(move || sh(&ns, "python3", &[&nc, "tcp-open", EXT, "9000", "500", "4"]))
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.join().unwrap()?.trim(), "500", "every connection succeeded");
+    }
+    let seen = std::fs::read_to_string(&peers)?;
+    let ports: std::collections::HashSet<&str> =
+        seen.lines().map(|l| l.strip_prefix("192.168.50.1:").unwrap()).collect();
+    assert_eq!(seen.lines().count(), 1000, "the server saw 1000 connections, all from the node address");
+    assert_eq!(ports.len(), 1000, "each with its own node port");
+    let tcp = translations(&node)?.iter().filter(|t| t["protocol"] == "tcp").count();
+    assert!(tcp >= 1000, "{tcp} TCP translations listed");
+    Ok(())
+}
+
+#[test]
+fn exhausted_ports_fail_new_flows_cleanly() -> anyhow::Result<()> {
+    let mut lab = Lab::new("natx")?;
+    let (node, ext) = nat_node(&mut lab, "[nat]\nports = \"61000-61003\"\n")?;
+    let nc = lab.netcat()?;
+    lab.spawn(&ext, "python3", &[&nc, "tcp-echo", EXT, "9001"])?;
+    podnet_tests::wait_listening(&ext, 9001)?;
+
+    let out = sh(&node.pod_ns("pod1"), "python3", &[&nc, "tcp-exhaust", EXT, "9001", "4"])?;
+    let result: serde_json::Value = serde_json::from_str(out.trim())?;
+    assert_eq!(result["opened"], 4, "{result}");
+    assert_ne!(result["extra"], "connected", "a fifth connection cannot get a port: {result}");
+    assert_eq!(result["echoed"], 4, "the four existing connections keep working: {result}");
+    assert!(node.counter("drop_nat_ports_exhausted")? > 0);
+    for t in translations(&node)? {
+        let port: u16 = t["node"].as_str().unwrap().rsplit(':').next().unwrap().parse()?;
+        assert!((61000..=61003).contains(&port), "{t}");
+    }
+    Ok(())
+}
+
+#[test]
+fn idle_translations_expire_with_the_agent() -> anyhow::Result<()> {
+    let mut lab = Lab::new("nata")?;
+    let (node, ext) = nat_node(&mut lab, "[nat]\nudp_timeout = 2\nicmp_timeout = 2\n")?;
+    let nc = lab.netcat()?;
+    lab.spawn(&ext, "python3", &[&nc, "udp-echo", EXT, "9999"])?;
+    thread::sleep(Duration::from_millis(300));
+    lab.spawn_command(&mut node.podnet(&["agent", "--interval", "1"]))?;
+
+    let pod = node.pod_ns("pod1");
+    assert_eq!(sh(&pod, "python3", &[&nc, "udp-ask", EXT, "9999", "hi"])?.trim(), "hi from 192.168.50.1");
+    assert!(pings(&pod, EXT, 1));
+    assert_eq!(translations(&node)?.len(), 2, "one UDP and one ICMP translation while active");
+    let mut waited = 0;
+    while !translations(&node)?.is_empty() {
+        assert!(waited < 80, "translations still there after 8 s: {:?}", translations(&node)?);
+        thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    assert!(waited >= 10, "entries vanished before their 2 s timeout");
+    Ok(())
+}
