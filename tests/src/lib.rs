@@ -194,8 +194,8 @@ impl Lab {
     }
 
     /// A node namespace for running programs through `BPF_PROG_TEST_RUN` with real FIB lookups:
-    /// uplink `eth0` (192.168.50.1/24, MTU 1400, forwarding on), a permanent neighbour
-    /// 192.168.50.2 at [`FIB_NEIGH_MAC`], and no neighbour for 192.168.50.4.
+    /// uplink `eth0` (192.168.50.1/24, MTU 1400, forwarding on), permanent neighbours
+    /// 192.168.50.2 (at [`FIB_NEIGH_MAC`]) and 192.168.50.3, and no neighbour for 192.168.50.4.
     pub fn fib_fixture(&mut self) -> anyhow::Result<FibFixture> {
         let ns = self.netns("fib")?;
         let wire = self.netns("fibwire")?;

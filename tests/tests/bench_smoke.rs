@@ -20,13 +20,13 @@ fn quick_bench_runs_end_to_end() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let results = json["results"].as_array().unwrap();
-    for path in ["same-node", "cross-node"] {
+    for path in ["same-node", "cross-node", "nat"] {
         for setup in ["limit", "recipe", "podnet"] {
             let metrics = results.iter().filter(|r| r["setup"] == setup && r["path"] == path).count();
             assert_eq!(metrics, 9, "{path} / {setup} should report all 9 metrics");
         }
     }
     assert!(results.iter().all(|r| r["stat"]["median"].as_f64().is_some_and(f64::is_finite)));
-    assert_eq!(json["costs"].as_array().unwrap().len(), 5);
+    assert_eq!(json["costs"].as_array().unwrap().len(), 9);
     assert!(std::fs::read_to_string(&svg_path).unwrap().starts_with("<svg"));
 }

@@ -5,18 +5,22 @@
 use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
+use bytes::BytesMut;
 use podnet::{
     datapath::{Datapath, PinDir},
-    maps::{Endpoints, PeerEntry, Peers},
+    maps::{Endpoints, NatSettings, PeerEntry, Peers},
     netlink::netns,
 };
 use podnet_common::{
-    Endpoint,
+    Endpoint, NatConfig,
     programs::{FROM_POD, FROM_UPLINK},
 };
 use serde::Serialize;
 
-use crate::{Lab, packets::udp4};
+use crate::{
+    Lab,
+    packets::{ETH_LEN, TCP_ACK, TCP_SYN, inet_checksum, ipv4, tcp4, udp4},
+};
 
 /// Runs per `BPF_PROG_TEST_RUN` call: the TTL (255) must stay above 1 through a whole batch.
 const BATCH: u32 = 200;
@@ -47,58 +51,122 @@ pub fn measure(repeat: u32) -> anyhow::Result<Vec<Cost>> {
     result
 }
 
+/// One timed case: `frames` are run in turn, each `batch` runs per call, until `repeat` runs
+/// (or each frame once, for the new-flow case). NAT cases run once per call: the kernel keeps a
+/// run's edits for the next run of a batch, and a translated packet is a different packet.
+struct Case {
+    program: &'static str,
+    packet: &'static str,
+    frames: Vec<BytesMut>,
+    batch: u32,
+    /// tc action every call must end with (TC_ACT_OK 0, TC_ACT_REDIRECT 7), so a figure never
+    /// times a different path than its label says.
+    expected: u32,
+}
+
 fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Cost>> {
     let mut datapath = Datapath::load(pins)?;
     let local = Ipv4Addr::new(10, 1, 1, 3);
     let endpoint =
         Endpoint { host_ifindex: 1, flags: 0, pod_mac: [2, 0, 0, 0, 0, 3], host_mac: [2, 0, 0, 0, 0, 0xb3] };
     Endpoints::open(pins)?.insert(local, &endpoint)?;
+    // node2 at .3; .2 plays an external host (both neighbours are known in the fixture).
     let peer = PeerEntry {
         name: "node2".into(),
-        ip: Ipv4Addr::new(192, 168, 50, 2),
+        ip: Ipv4Addr::new(192, 168, 50, 3),
         pod_cidr: "10.1.2.0/24".parse()?,
     };
     Peers::open(pins)?.insert(&peer)?;
-    let pod1 = Ipv4Addr::new(10, 1, 1, 2);
+    let node = Ipv4Addr::new(192, 168, 50, 1);
+    let nat = NatConfig { node_ip: node.octets(), enabled: 1, port_min: 1024, port_max: 65535 };
+    NatSettings::open(pins)?.set(&nat)?;
     // The kernel reruns the program on the same packet, keeping its edits: routed cases lower
     // the TTL each run. Start at 255 and run batches of BATCH so that every run is routed.
-    let frame = |dst| {
-        let mut f = udp4([0xaa; 6], [0xbb; 6], pod1, dst, &[0; 18]);
-        f[crate::packets::ETH_LEN + 8] = 255;
+    let ttl255 = |mut f: BytesMut| {
+        f[ETH_LEN + 8] = 255;
+        f[ETH_LEN + 10..ETH_LEN + 12].fill(0);
+        let c = inet_checksum(&f[ETH_LEN..ETH_LEN + 20]);
+        f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
         f
     };
-    // tc actions: TC_ACT_OK 0, TC_ACT_REDIRECT 7. A case that does not end as expected is an
-    // error, so a figure never times a different path than its label says.
-    let cases = [
-        (FROM_POD, "local hit (redirect_peer)", frame(local), 7),
-        (FROM_POD, "remote hit (FIB + redirect)", frame(Ipv4Addr::new(10, 1, 2, 2)), 7),
-        (FROM_POD, "pass-through (not cluster)", frame(Ipv4Addr::new(192, 0, 2, 1)), 0),
-        (FROM_UPLINK, "to local pod (redirect_peer)", frame(local), 7),
-        (FROM_UPLINK, "pass-through (for the node)", frame(Ipv4Addr::new(192, 168, 50, 1)), 0),
-    ];
+    let pod1 = Ipv4Addr::new(10, 1, 1, 2);
+    let frame = |dst| ttl255(udp4([0xaa; 6], [0xbb; 6], pod1, dst, &[0; 18]));
+    let external = Ipv4Addr::new(192, 168, 50, 2);
+    let outbound = ttl255(tcp4((local, 40000), (external, 80), TCP_ACK));
     // struct __sk_buff is 192 bytes; `ifindex` (the input device for the FIB) sits at offset 40.
     let mut skb = [0u8; 192];
     skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    // Create the translation the established cases use, and learn its node port.
+    let mut out = vec![0u8; outbound.len() + 64];
+    datapath.program(FROM_POD)?.test_run(TestRunOptions {
+        data_in: Some(&outbound),
+        data_out: Some(&mut out),
+        ctx_in: Some(&skb),
+        ..Default::default()
+    })?;
+    let node_port = u16::from_be_bytes([out[ETH_LEN + 20], out[ETH_LEN + 21]]);
+    let case = |batch: u32| {
+        move |program, packet, frame, expected| Case { program, packet, frames: vec![frame], batch, expected }
+    };
+    let (one, single) = (case(BATCH), case(1));
+    let cases = [
+        one(FROM_POD, "local hit (redirect_peer)", frame(local), 7),
+        one(FROM_POD, "remote hit (FIB + redirect)", frame(Ipv4Addr::new(10, 1, 2, 2)), 7),
+        single(FROM_POD, "local hit, 1 run per call", frame(local), 7),
+        single(FROM_POD, "NAT established, 1 run per call", outbound, 7),
+        Case {
+            program: FROM_POD,
+            packet: "NAT new flow, 1 run per call",
+            frames: (0..repeat.min(10_000))
+                .map(|i| ttl255(tcp4((local, 1024 + i as u16), (external, 443), TCP_SYN)))
+                .collect(),
+            batch: 1,
+            expected: 7,
+        },
+        one(
+            FROM_POD,
+            "pass-through (GRE, not NATable)",
+            ttl255(ipv4([0xaa; 6], [0xbb; 6], pod1, external, 47, &[0; 24])),
+            0,
+        ),
+        one(FROM_UPLINK, "to local pod (redirect_peer)", frame(local), 7),
+        single(
+            FROM_UPLINK,
+            "NAT reply, 1 run per call",
+            ttl255(tcp4((external, 80), (node, node_port), TCP_ACK)),
+            7,
+        ),
+        one(FROM_UPLINK, "pass-through (for the node)", frame(node), 0),
+    ];
     cases
         .into_iter()
-        .map(|(program, packet, frame, expected)| {
-            let batches = (repeat / BATCH).max(1);
+        .map(|case| {
+            let calls =
+                if case.frames.len() > 1 { case.frames.len() as u32 } else { (repeat / case.batch).max(1) };
             let mut total_ns = 0.0;
-            for _ in 0..batches {
-                let result = datapath.program(program)?.test_run(TestRunOptions {
-                    data_in: Some(&frame),
+            for call in 0..calls {
+                let frame = &case.frames[call as usize % case.frames.len()];
+                let result = datapath.program(case.program)?.test_run(TestRunOptions {
+                    data_in: Some(frame),
                     ctx_in: Some(&skb),
-                    repeat: BATCH,
+                    repeat: case.batch,
                     ..Default::default()
                 })?;
                 anyhow::ensure!(
-                    result.return_value == expected,
-                    "{program} on {packet}: returned {}, expected {expected}",
-                    result.return_value
+                    result.return_value == case.expected,
+                    "{} on {}: returned {}, expected {}",
+                    case.program,
+                    case.packet,
+                    result.return_value,
+                    case.expected
                 );
                 total_ns += result.duration.as_nanos() as f64;
             }
-            Ok(Cost { program, packet, ns_per_packet: total_ns / f64::from(batches) })
+            Ok(Cost {
+                program: case.program,
+                packet: case.packet,
+                ns_per_packet: total_ns / f64::from(calls),
+            })
         })
         .collect()
 }

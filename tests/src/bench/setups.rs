@@ -12,15 +12,18 @@ pub enum Path {
     SameNode,
     /// Pod to pod on two nodes joined by a switch.
     CrossNode,
+    /// Pod to an external host on the node's wire, masqueraded behind the node IP.
+    Nat,
 }
 
 impl Path {
-    pub const ALL: [Path; 2] = [Path::SameNode, Path::CrossNode];
+    pub const ALL: [Path; 3] = [Path::SameNode, Path::CrossNode, Path::Nat];
 
     pub fn name(self) -> &'static str {
         match self {
             Path::SameNode => "same-node",
             Path::CrossNode => "cross-node",
+            Path::Nat => "nat",
         }
     }
 
@@ -34,10 +37,10 @@ impl Path {
 #[serde(rename_all = "kebab-case")]
 pub enum Setup {
     /// The kernel's limit: one direct veth pair between two namespaces (same node), or node to
-    /// node over the wire (cross node).
+    /// node (cross node) or node to external host (NAT) over the wire.
     Limit,
     /// The classic recipe as Kubernetes nodes run it: bridge, br_netfilter on, kernel routes,
-    /// FORWARD accepts.
+    /// FORWARD accepts, MASQUERADE with kernel conntrack.
     Recipe,
     /// podnet's eBPF datapath on the same hardened node.
     Podnet,
@@ -82,6 +85,12 @@ pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Target> 
         }
         (Path::CrossNode, Setup::Recipe) => two_nodes(lab, "xr", false)?,
         (Path::CrossNode, Setup::Podnet) => two_nodes(lab, "xp", true)?,
+        (Path::Nat, Setup::Limit) => {
+            let (node, ext) = node_and_external(lab, "nl")?;
+            Target { client_ns: node.netns, server_ns: ext, server_ip: EXTERNAL.into() }
+        }
+        (Path::Nat, Setup::Recipe) => masquerading_node(lab, "nr", false)?,
+        (Path::Nat, Setup::Podnet) => masquerading_node(lab, "np", true)?,
     };
     anyhow::ensure!(
         pings(&target.client_ns, &target.server_ip, 1),
@@ -129,6 +138,39 @@ fn two_nodes(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> {
         server_ns: nodes[1].pod_ns("pod1"),
         server_ip: "10.1.2.2".into(),
     })
+}
+
+/// The external host's address, on the nodes' wire.
+const EXTERNAL: &str = "192.168.50.100";
+
+/// A node (up, podnet NAT over the whole port range 1024-65535 so connection-rate runs do not
+/// exhaust it) and an external host on its wire; the external host has no route to pod addresses.
+fn node_and_external(lab: &mut Lab, tag: &str) -> anyhow::Result<(Node, String)> {
+    let switch = lab.switch(&format!("{tag}sw"))?;
+    let config = format!("{}\n[nat]\nports = \"1024-65535\"\n", crate::node_config(1, &[]));
+    let node = lab.node(&format!("{tag}node1"), &config)?;
+    lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
+    let ext = lab.netns(&format!("{tag}ext"))?;
+    lab.plug(&switch, &ext, "portx", &format!("{EXTERNAL}/24"))?;
+    node.run_podnet(&["up"])?;
+    Ok((node, ext))
+}
+
+/// Pod to external host through a hardened node: podnet's masquerade (`ebpf`), or the recipe's
+/// iptables MASQUERADE with kernel conntrack (programs detached).
+fn masquerading_node(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> {
+    let (node, ext) = node_and_external(lab, tag)?;
+    harden(&node, ebpf)?;
+    if !ebpf {
+        let ns = &node.netns;
+        sh(
+            ns,
+            "iptables",
+            &["-t", "nat", "-A", "POSTROUTING", "-s", "10.1.0.0/16", "-o", "eth0", "-j", "MASQUERADE"],
+        )?;
+        sh(ns, "iptables", &["-A", "FORWARD", "-i", "br0", "-o", "eth0", "-j", "ACCEPT"])?;
+    }
+    Ok(Target { client_ns: node.pod_ns("pod1"), server_ns: ext, server_ip: EXTERNAL.into() })
 }
 
 /// Hardens a node like a Kubernetes node: br_netfilter sends bridged IPv4 through iptables,

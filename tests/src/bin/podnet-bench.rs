@@ -15,8 +15,8 @@ struct Cli {
     /// Smoke run: 1 repetition of 1 s runs, fewer BPF_PROG_TEST_RUN repeats (under 2 minutes).
     #[arg(long)]
     quick: bool,
-    /// Paths to measure, comma-separated: same-node, cross-node.
-    #[arg(long, value_delimiter = ',', default_value = "same-node,cross-node")]
+    /// Paths to measure, comma-separated: same-node, cross-node, nat.
+    #[arg(long, value_delimiter = ',', default_value = "same-node,cross-node,nat")]
     paths: Vec<String>,
     /// Interleaved repetitions (default 3, or 1 with --quick).
     #[arg(long)]
@@ -37,7 +37,9 @@ fn main() -> anyhow::Result<()> {
     let paths = cli
         .paths
         .iter()
-        .map(|p| Path::parse(p).with_context(|| format!("unknown path {p:?}; known: same-node, cross-node")))
+        .map(|p| {
+            Path::parse(p).with_context(|| format!("unknown path {p:?}; known: same-node, cross-node, nat"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let settings = Settings {
         paths,
