@@ -329,9 +329,17 @@ pub fn node_config(k: u8, peers: &[u8]) -> String {
     c
 }
 
+/// Nodes on one switch, made by [`cluster`].
+#[derive(Debug)]
+pub struct Cluster {
+    /// The switch namespace, to plug more hosts into.
+    pub switch: String,
+    pub nodes: Vec<Node>,
+}
+
 /// Nodes `<tag>node1`, `<tag>node2`, ... on one switch, node k peering with the nodes listed in
 /// `peers[k - 1]`, all up.
-pub fn cluster(lab: &mut Lab, tag: &str, peers: &[&[u8]]) -> anyhow::Result<Vec<Node>> {
+pub fn cluster(lab: &mut Lab, tag: &str, peers: &[&[u8]]) -> anyhow::Result<Cluster> {
     let switch = lab.switch(&format!("{tag}sw"))?;
     let mut nodes = Vec::new();
     for (i, p) in peers.iter().enumerate() {
@@ -341,7 +349,7 @@ pub fn cluster(lab: &mut Lab, tag: &str, peers: &[&[u8]]) -> anyhow::Result<Vec<
         node.run_podnet(&["up"])?;
         nodes.push(node);
     }
-    Ok(nodes)
+    Ok(Cluster { switch, nodes })
 }
 
 /// Namespaces whose name starts with `prefix`.

@@ -12,7 +12,7 @@ fn pods(node: &Node, k: u8) -> [(String, String); 2] {
 #[test]
 fn two_nodes_route_pods_in_ebpf_while_forward_drops() -> anyhow::Result<()> {
     let mut lab = Lab::new("x2")?;
-    let nodes = cluster(&mut lab, "", &[&[2], &[1]])?;
+    let nodes = cluster(&mut lab, "", &[&[2], &[1]])?.nodes;
     for node in &nodes {
         node.forward_drop()?;
     }
@@ -57,7 +57,7 @@ fn two_nodes_route_pods_in_ebpf_while_forward_drops() -> anyhow::Result<()> {
 fn nodes_join_and_leave_at_runtime() -> anyhow::Result<()> {
     let mut lab = Lab::new("x3")?;
     // node1 and node2 know each other; node3 knows both but is not known yet.
-    let nodes = cluster(&mut lab, "", &[&[2], &[1], &[1, 2]])?;
+    let nodes = cluster(&mut lab, "", &[&[2], &[1], &[1, 2]])?.nodes;
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
     let (n1pod, n3pod) = (n1.pod_ns("pod1"), n3.pod_ns("pod1"));
     assert!(pings(&n1pod, "10.1.2.2", 1));
@@ -87,7 +87,7 @@ fn nodes_join_and_leave_at_runtime() -> anyhow::Result<()> {
 #[test]
 fn the_stack_answers_what_the_fast_path_leaves() -> anyhow::Result<()> {
     let mut lab = Lab::new("xs")?;
-    let nodes = cluster(&mut lab, "", &[&[2], &[1]])?;
+    let nodes = cluster(&mut lab, "", &[&[2], &[1]])?.nodes;
     let n1 = &nodes[0];
     let pod = n1.pod_ns("pod1");
 

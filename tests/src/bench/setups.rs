@@ -76,7 +76,7 @@ pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Target> 
         (Path::SameNode, Setup::Recipe) => two_pod_node(lab, "rcp", false)?,
         (Path::SameNode, Setup::Podnet) => two_pod_node(lab, "pn", true)?,
         (Path::CrossNode, Setup::Limit) => {
-            let nodes = cluster(lab, "xl", &[&[], &[]])?;
+            let nodes = cluster(lab, "xl", &[&[], &[]])?.nodes;
             Target {
                 client_ns: nodes[0].netns.clone(),
                 server_ns: nodes[1].netns.clone(),
@@ -129,7 +129,7 @@ fn two_pod_node(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> 
 
 /// Two nodes on a switch (see [`harden`]); client pod1 on node1, server pod1 on node2.
 fn two_nodes(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> {
-    let nodes = cluster(lab, tag, &[&[2], &[1]])?;
+    let nodes = cluster(lab, tag, &[&[2], &[1]])?.nodes;
     for node in &nodes {
         harden(node, ebpf)?;
     }
