@@ -44,7 +44,7 @@ pub mod proto {
 
 /// NAT settings written by `podnet up`.
 ///
-/// Layout: 4 + 4 + 2 + 2 = 12 bytes, 4-byte aligned, no padding.
+/// Layout: 4 + 4 + 4 + 2 + 2 = 16 bytes, 4-byte aligned, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatConfig {
@@ -52,6 +52,8 @@ pub struct NatConfig {
     pub node_ip: [u8; 4],
     /// 1 when masquerading is on, 0 when off.
     pub enabled: u32,
+    /// Only packets the FIB routes out of this interface (the uplink) are masqueraded.
+    pub uplink_ifindex: u32,
     /// First and last source port (host byte order) for translations.
     pub port_min: u16,
     pub port_max: u16,
@@ -304,7 +306,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Endpoint>(), 20);
         assert_eq!(core::mem::align_of::<Endpoint>(), 4);
         assert_eq!(core::mem::size_of::<Peer>(), 36);
-        assert_eq!(core::mem::size_of::<NatConfig>(), 12);
+        assert_eq!(core::mem::size_of::<NatConfig>(), 16);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 24);
     }

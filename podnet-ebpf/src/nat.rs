@@ -149,7 +149,7 @@ fn config() -> Option<NatConfig> {
 
 /// Masquerades a pod's packet to the outside and routes it out of the uplink; `None` when NAT
 /// is off or the destination is the node itself (pod-to-node is never translated). Called only
-/// for destinations that are neither local pods nor other nodes' pods.
+/// for destinations that are neither local pods nor other nodes' pods or addresses.
 #[inline(always)]
 pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malformed> {
     let Some(cfg) = config() else {
@@ -164,9 +164,11 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
     let Some(flow) = Flow::parse(ctx, ip, true)? else {
         return Ok(Some(Verdict::pass(Reason::PassNotNatable)));
     };
-    // Route first: a packet the stack must handle (TTL, MTU, no route) is not translated.
+    // Route first: a packet the stack must handle (TTL, MTU, no route) is not translated, and
+    // only what leaves by the uplink is (never what stays on the node's own networks).
     let route = match routing::lookup(ctx, ip, ip.daddr()) {
-        Ok(route) => route,
+        Ok(route) if route.ifindex == cfg.uplink_ifindex => route,
+        Ok(_) => return Ok(Some(Verdict::pass(Reason::PassNotLocal))),
         Err(reason) => return Ok(Some(Verdict::pass(reason))),
     };
     // SAFETY: a helper without arguments.

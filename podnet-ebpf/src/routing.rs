@@ -9,8 +9,8 @@ use core::mem;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        __sk_buff, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup, bpf_redir_neigh,
+        __sk_buff, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
     },
     btf_maps::{LpmTrie, lpm_trie::Key},
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
@@ -28,7 +28,8 @@ const AF_INET: u8 = 2;
 
 /// How to send a packet out: the FIB's answer for its next hop.
 pub struct Route {
-    ifindex: u32,
+    /// The interface the packet leaves by.
+    pub ifindex: u32,
     next_hop: [u8; 4],
     /// `None` when the next hop's MAC is not cached yet (`bpf_redirect_neigh` resolves it).
     macs: Option<([u8; 6], [u8; 6])>,
@@ -72,6 +73,8 @@ pub fn lookup(ctx: &TcContext, ip: &Ipv4, dst: [u8; 4]) -> Result<Route, Reason>
         BPF_FIB_LKUP_RET_SUCCESS => true,
         BPF_FIB_LKUP_RET_NO_NEIGH => false,
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::PassFragNeeded),
+        // For this node itself (the gateway address, say): the stack's.
+        BPF_FIB_LKUP_RET_NOT_FWDED => return Err(Reason::PassNotLocal),
         _ => return Err(Reason::PassNoRoute),
     };
     if gso {

@@ -1,24 +1,22 @@
-//! What `podnet up`, `down` and `status` do to a node, built from the plumbing, datapath and maps
-//! modules. `up` rolls back what it made when a step fails.
+//! What `podnet up`, `down`, `status` and `node add|del` do to a node, built from the plumbing,
+//! datapath and maps modules. `up` rolls back what it made when a step fails.
 
 use std::net::Ipv4Addr;
 
-use podnet_common::{Endpoint, Reason};
+use ipnet::Ipv4Net;
+use podnet_common::{
+    Endpoint, NatConfig, Reason,
+    programs::{FROM_POD, FROM_UPLINK},
+};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use ipnet::Ipv4Net;
-use podnet_common::{
-    NatConfig,
-    programs::{FROM_POD, FROM_UPLINK},
-};
-
 use crate::{
-    config::{self, Config, PeerNode},
+    config::{self, Config, PeerNode, Pod},
     datapath::{self, Datapath, DatapathError, PinDir},
     maps::{Counters, Endpoints, MapsError, NatSettings, PeerEntry, Peers},
     netlink::{Iface, Netlink, NetlinkError, fmt_mac, netns},
-    plumbing,
+    plumbing::{self, PodPlumbing},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +92,60 @@ pub async fn up(config: &Config) -> Result<(), NodeError> {
 async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result<(), NodeError> {
     let node = &config.node;
     let pins = PinDir::for_node(&node.name);
+    let first_up = !pins.path().exists();
+    let pods = plumb(config, nl, made).await?;
+    plumbing::enable_ip_forward().map_err(NodeError::Forwarding)?;
+
+    if first_up {
+        made.push(Made::PinDir(pins.clone()));
+    }
+    let mut datapath = Datapath::load(&pins)?;
+    for (_, p, new_veth) in &pods {
+        if *new_veth {
+            // A link pinned for an earlier interface of the same name is dead; start afresh.
+            pins.unpin_link(&p.host.name)?;
+        }
+        datapath.attach(FROM_POD, &p.host.name, p.host.index)?;
+    }
+    let uplink = uplink_iface(config, nl).await?;
+    NatSettings::open(&pins)?.set(&nat_settings(config, uplink.as_ref()))?;
+    if let Some(uplink) = uplink {
+        datapath.attach(FROM_UPLINK, &uplink.name, uplink.index)?;
+        let mut peers = Peers::open(&pins)?;
+        for peer in &config.peers {
+            peers.insert(&entry(peer))?;
+            nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+            if first_up {
+                made.push(Made::Route { cidr: peer.pod_cidr, via: peer.ip, link: uplink.clone() });
+            }
+        }
+    }
+    let mut endpoints = Endpoints::open(&pins)?;
+    for (pod, p, _) in &pods {
+        let endpoint =
+            Endpoint { host_ifindex: p.host.index, flags: 0, pod_mac: p.pod_if.mac, host_mac: p.host.mac };
+        endpoints.insert(pod.ip, &endpoint)?;
+    }
+    forget_removed_pods(config, nl, &pins, &mut endpoints).await?;
+    info!(
+        "node {} is up: {} pod(s), {} peer(s), NAT {}, pins in {}",
+        node.name,
+        pods.len(),
+        config.peers.len(),
+        if config.nat.enabled { "on" } else { "off" },
+        pins.path().display()
+    );
+    Ok(())
+}
+
+/// The bridge and every pod's plumbing, recording in `made` what did not exist before. Returns
+/// each pod with its interfaces and whether its veth is new.
+async fn plumb<'c>(
+    config: &'c Config,
+    nl: &Netlink,
+    made: &mut Vec<Made>,
+) -> Result<Vec<(&'c Pod, PodPlumbing, bool)>, NodeError> {
+    let node = &config.node;
     let had_bridge = nl.link(&node.bridge).await?.is_some();
     let bridge = plumbing::ensure_bridge(nl, node).await;
     if !had_bridge && nl.link(&node.bridge).await?.is_some() {
@@ -121,53 +173,19 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
         }
         pods.push((pod, plumbed, !had_veth));
     }
-    plumbing::enable_ip_forward().map_err(NodeError::Forwarding)?;
+    Ok(pods)
+}
 
-    if !pins.path().exists() {
-        made.push(Made::PinDir(pins.clone()));
-    }
-    let mut datapath = Datapath::load(&pins)?;
-    for (_, p, new_veth) in &pods {
-        if *new_veth {
-            // A link pinned for an earlier interface of the same name is dead; start afresh.
-            pins.unpin_link(&p.host.name)?;
-        }
-        datapath.attach(FROM_POD, &p.host.name, p.host.index)?;
-    }
-    let mut nat = NatConfig {
-        enabled: 0,
+/// The datapath's NAT settings for `config`: out of the uplink, as the uplink IP, when NAT is on.
+fn nat_settings(config: &Config, uplink: Option<&Iface>) -> NatConfig {
+    let on = config.uplink.as_ref().zip(uplink).filter(|_| config.nat.enabled);
+    NatConfig {
+        node_ip: on.map(|(u, _)| u.ip.octets()).unwrap_or_default(),
+        enabled: u32::from(on.is_some()),
+        uplink_ifindex: on.map_or(0, |(_, iface)| iface.index),
         port_min: config.nat.port_min,
         port_max: config.nat.port_max,
-        node_ip: [0; 4],
-    };
-    if let (Some(uplink), true) = (&config.uplink, config.nat.enabled) {
-        nat.enabled = 1;
-        nat.node_ip = uplink.ip.octets();
     }
-    NatSettings::open(&pins)?.set(&nat)?;
-    if let Some(uplink) = uplink_iface(config, nl).await? {
-        datapath.attach(FROM_UPLINK, &uplink.name, uplink.index)?;
-        let mut peers = Peers::open(&pins)?;
-        for peer in &config.peers {
-            peers.insert(&entry(peer))?;
-            nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
-            made.push(Made::Route { cidr: peer.pod_cidr, via: peer.ip, link: uplink.clone() });
-        }
-    }
-    let mut endpoints = Endpoints::open(&pins)?;
-    for (pod, p, _) in &pods {
-        let endpoint =
-            Endpoint { host_ifindex: p.host.index, flags: 0, pod_mac: p.pod_if.mac, host_mac: p.host.mac };
-        endpoints.insert(pod.ip, &endpoint)?;
-    }
-    forget_removed_pods(config, nl, &pins, &mut endpoints).await?;
-    info!(
-        "node {} is up: {} pod(s), from_pod attached at tcx ingress, pins in {}",
-        node.name,
-        pods.len(),
-        pins.path().display()
-    );
-    Ok(())
 }
 
 /// Endpoints and links left from pods that are no longer in the config.

@@ -66,9 +66,13 @@ fn pods_reach_the_outside_as_the_node() -> anyhow::Result<()> {
     assert_eq!(sh(&node.netns, "iptables-save", &[])?.trim(), "");
     assert_eq!(sh(&node.netns, "nft", &["list", "ruleset"])?.trim(), "");
 
-    // Pod-to-pod on the node is never translated.
+    // Pod-to-pod and pod-to-node (the gateway on the bridge) are never translated.
     assert!(pings(&pod, "10.1.1.3", 1));
-    assert!(translations(&node)?.iter().all(|t| !t["remote"].as_str().unwrap().starts_with("10.1.")));
+    assert!(pings(&pod, "10.1.1.1", 1));
+    assert!(!pings(&pod, "10.1.1.99", 1), "no such pod");
+    let remotes: Vec<_> =
+        translations(&node)?.iter().map(|t| t["remote"].as_str().unwrap().to_owned()).collect();
+    assert!(remotes.iter().all(|r| r.starts_with(EXT)), "only the external host is translated: {remotes:?}");
 
     node.run_podnet(&["nat", "flush"])?;
     assert!(translations(&node)?.is_empty());

@@ -230,7 +230,13 @@ fn nat_rewrites() {
     netns::enter(&ns).unwrap();
     let mut dp = Loaded::new("nat");
     let node = Ipv4Addr::new(192, 168, 50, 1);
-    let config = NatConfig { node_ip: node.octets(), enabled: 1, port_min: 61000, port_max: 61000 };
+    let config = NatConfig {
+        node_ip: node.octets(),
+        enabled: 1,
+        uplink_ifindex: eth0,
+        port_min: 61000,
+        port_max: 61000,
+    };
     NatSettings::open(&dp.pins).unwrap().set(&config).unwrap();
     let (pod, remote) = (Ipv4Addr::new(10, 1, 1, 3), Ipv4Addr::new(192, 168, 50, 2));
     let src = |f: &[u8]| (Ipv4Addr::new(f[26], f[27], f[28], f[29]), u16::from_be_bytes([f[34], f[35]]));

@@ -78,7 +78,13 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
     };
     Peers::open(pins)?.insert(&peer)?;
     let node = Ipv4Addr::new(192, 168, 50, 1);
-    let nat = NatConfig { node_ip: node.octets(), enabled: 1, port_min: 1024, port_max: 65535 };
+    let nat = NatConfig {
+        node_ip: node.octets(),
+        enabled: 1,
+        uplink_ifindex: ifindex,
+        port_min: 1024,
+        port_max: 65535,
+    };
     NatSettings::open(pins)?.set(&nat)?;
     // The kernel reruns the program on the same packet, keeping its edits: routed cases lower
     // the TTL each run. Start at 255 and run batches of BATCH so that every run is routed.
