@@ -9,7 +9,7 @@ use podnet_common::{
     maps::{COUNTERS, CT_IN, CT_OUT, ENDPOINTS, NAT_CONFIG, PEERS},
 };
 
-use crate::datapath::PinDir;
+use crate::{config::PeerNode, datapath::PinDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -80,14 +80,6 @@ impl Endpoints {
 /// Other nodes' pod CIDRs and the node that owns each.
 pub struct Peers(LpmTrie<MapData, PeerKey, Peer>);
 
-/// A peer as stored in the map.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerEntry {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub pod_cidr: Ipv4Net,
-}
-
 fn key(cidr: Ipv4Net) -> Key<PeerKey> {
     Key::new(u32::from(cidr.prefix_len()), cidr.network().octets())
 }
@@ -100,7 +92,7 @@ impl Peers {
     /// Adds or replaces the peer owning `entry.pod_cidr`, and the peer's own address as a /32,
     /// so that pod-to-node traffic is routed too (and never masqueraded). Names longer than the
     /// map's field are refused by config validation before they get here.
-    pub fn insert(&mut self, entry: &PeerEntry) -> Result<(), MapsError> {
+    pub fn insert(&mut self, entry: &PeerNode) -> Result<(), MapsError> {
         let mut name = [0u8; PEER_NAME_MAX];
         name[..entry.name.len()].copy_from_slice(entry.name.as_bytes());
         let peer = Peer { node_ip: entry.ip.octets(), name };
@@ -111,7 +103,7 @@ impl Peers {
     }
 
     /// Removes a peer (both of its entries).
-    pub fn remove(&mut self, entry: &PeerEntry) -> Result<(), MapsError> {
+    pub fn remove(&mut self, entry: &PeerNode) -> Result<(), MapsError> {
         for cidr in [entry.pod_cidr, Ipv4Net::from(entry.ip)] {
             self.0.remove(&key(cidr)).map_err(access_err("remove", PEERS, cidr.to_string()))?;
         }
@@ -119,15 +111,15 @@ impl Peers {
     }
 
     /// Every peer, sorted by name (its /32 node-address entry is implied).
-    pub fn list(&self) -> Vec<PeerEntry> {
-        let mut all: Vec<PeerEntry> = self
+    pub fn list(&self) -> Vec<PeerNode> {
+        let mut all: Vec<PeerNode> = self
             .0
             .iter()
             .flatten()
             .filter(|(k, v)| !(k.prefix_len() == 32 && k.data() == v.node_ip))
             .map(|(k, v)| {
                 let name = v.name.split(|&b| b == 0).next().unwrap_or_default();
-                PeerEntry {
+                PeerNode {
                     name: String::from_utf8_lossy(name).into_owned(),
                     ip: Ipv4Addr::from(v.node_ip),
                     pod_cidr: Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::{
     config::{self, Config, PeerNode, Pod},
     datapath::{self, Datapath, DatapathError, PinDir},
-    maps::{Counters, Endpoints, MapsError, NatSettings, PeerEntry, Peers},
+    maps::{Counters, Endpoints, MapsError, NatSettings, Peers},
     netlink::{Iface, Netlink, NetlinkError, fmt_mac, netns},
     plumbing::{self, PodPlumbing},
 };
@@ -113,7 +113,7 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
         datapath.attach(FROM_UPLINK, &uplink.name, uplink.index)?;
         let mut peers = Peers::open(&pins)?;
         for peer in &config.peers {
-            peers.insert(&entry(peer))?;
+            peers.insert(peer)?;
             nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
             if first_up {
                 made.push(Made::Route { cidr: peer.pod_cidr, via: peer.ip, link: uplink.clone() });
@@ -248,10 +248,6 @@ async fn uplink_iface(config: &Config, nl: &Netlink) -> Result<Option<Iface>, No
     Ok(Some(iface))
 }
 
-fn entry(peer: &PeerNode) -> PeerEntry {
-    PeerEntry { name: peer.name.clone(), ip: peer.ip, pod_cidr: peer.pod_cidr }
-}
-
 /// The pin directory of the node `config` describes, which must be up.
 pub fn pins_of_running_node(config: &Config) -> Result<PinDir, NodeError> {
     let pins = PinDir::for_node(&config.node.name);
@@ -271,11 +267,10 @@ pub async fn add_peer(config: &Config, peer: PeerNode) -> Result<(), NodeError> 
     let nl = Netlink::current()?;
     let uplink = uplink_iface(config, &nl).await?.ok_or(NodeError::NoUplinkConfigured)?;
     let mut peers = Peers::open(&pins)?;
-    let known: Vec<PeerNode> =
-        peers.list().into_iter().map(|p| PeerNode { name: p.name, ip: p.ip, pod_cidr: p.pod_cidr }).collect();
+    let known = peers.list();
     config::check_peer(&config.node, config.uplink.as_ref(), &known, &peer)
         .map_err(|(field, problem)| NodeError::InvalidPeer { field, problem })?;
-    peers.insert(&entry(&peer))?;
+    peers.insert(&peer)?;
     nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
     info!("peer {} added: {} via {}", peer.name, peer.pod_cidr, peer.ip);
     Ok(())
@@ -343,13 +338,7 @@ pub struct CounterStatus {
 
 /// Reads the node's pinned state.
 pub fn status(config: &Config) -> Result<Status, NodeError> {
-    let pins = PinDir::for_node(&config.node.name);
-    if !pins.path().exists() {
-        return Err(NodeError::NotUp {
-            node: config.node.name.clone(),
-            path: pins.path().display().to_string(),
-        });
-    }
+    let pins = pins_of_running_node(config)?;
     let endpoints = Endpoints::open(&pins)?
         .list()
         .into_iter()

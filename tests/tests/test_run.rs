@@ -8,8 +8,9 @@ use std::net::Ipv4Addr;
 use aya::programs::{TestRun as _, TestRunOptions};
 use ipnet::Ipv4Net;
 use podnet::{
+    config::PeerNode,
     datapath::{Datapath, PinDir},
-    maps::{Conntrack, Counters, Endpoints, NatSettings, PeerEntry, Peers},
+    maps::{Conntrack, Counters, Endpoints, NatSettings, Peers},
     netlink::netns,
 };
 use podnet_common::{
@@ -154,7 +155,7 @@ fn routing_decisions() {
         [("node2", [192, 168, 50, 2], "10.1.2.0/24"), ("node4", [192, 168, 50, 4], "10.1.4.0/24")]
     {
         let pod_cidr: Ipv4Net = cidr.parse().unwrap();
-        peers.insert(&PeerEntry { name: name.into(), ip: Ipv4Addr::from(ip), pod_cidr }).unwrap();
+        peers.insert(&PeerNode { name: name.into(), ip: Ipv4Addr::from(ip), pod_cidr }).unwrap();
     }
     let pod1 = Ipv4Addr::new(10, 1, 1, 2);
     let frame = |dst: Ipv4Addr, ttl: u8, payload: usize| {

@@ -7,8 +7,9 @@ use std::net::Ipv4Addr;
 use aya::programs::{TestRun as _, TestRunOptions};
 use bytes::BytesMut;
 use podnet::{
+    config::PeerNode,
     datapath::{Datapath, PinDir},
-    maps::{Endpoints, NatSettings, PeerEntry, Peers},
+    maps::{Endpoints, NatSettings, Peers},
     netlink::netns,
 };
 use podnet_common::{
@@ -71,7 +72,7 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
         Endpoint { host_ifindex: 1, flags: 0, pod_mac: [2, 0, 0, 0, 0, 3], host_mac: [2, 0, 0, 0, 0, 0xb3] };
     Endpoints::open(pins)?.insert(local, &endpoint)?;
     // node2 at .3; .2 plays an external host (both neighbours are known in the fixture).
-    let peer = PeerEntry {
+    let peer = PeerNode {
         name: "node2".into(),
         ip: Ipv4Addr::new(192, 168, 50, 3),
         pod_cidr: "10.1.2.0/24".parse()?,
