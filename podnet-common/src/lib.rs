@@ -9,6 +9,8 @@ pub mod programs {
     pub const FROM_POD: &str = "from_pod";
     /// tc (tcx) ingress on the node's uplink: packets from other nodes and the outside.
     pub const FROM_UPLINK: &str = "from_uplink";
+    /// XDP on the node's uplink: drops deny-listed sources and malformed frames first.
+    pub const UPLINK_FILTER: &str = "uplink_filter";
 }
 
 /// Map names (as the kernel and bpftool show them, at most 15 bytes) and sizes.
@@ -19,7 +21,7 @@ pub mod maps {
     pub const ENDPOINTS_MAX: usize = 1024;
     /// Per-CPU packet counters indexed by [`crate::Reason`].
     pub const COUNTERS: &str = "COUNTERS";
-    /// Other nodes' pod CIDRs (LPM trie): [`crate::PeerKey`] -> [`crate::Peer`].
+    /// Other nodes' pod CIDRs (LPM trie): [`crate::Ipv4LpmData`] -> [`crate::Peer`].
     pub const PEERS: &str = "PEERS";
     /// Capacity of [`PEERS`]: nodes in one cluster.
     pub const PEERS_MAX: usize = 1024;
@@ -33,6 +35,10 @@ pub mod maps {
     pub const CT_IN: &str = "CT_IN";
     /// Capacity of each connection-tracking map.
     pub const CT_MAX: usize = 65536;
+    /// Denied source CIDRs (LPM trie): [`crate::Ipv4LpmData`] key -> `u32` (reserved, 0).
+    pub const DENY: &str = "DENY";
+    /// Capacity of [`DENY`].
+    pub const DENY_MAX: usize = 4096;
 }
 
 /// IP protocol numbers podnet translates.
@@ -147,9 +153,9 @@ pub struct Endpoint {
     pub host_mac: [u8; 6],
 }
 
-/// The data of a peer-map key: another node's pod CIDR network address (network byte order).
-/// The LPM-trie key wraps it with the prefix length in bits (`{prefix_len, data}`, 8 bytes).
-pub type PeerKey = [u8; 4];
+/// The data of an IPv4 LPM-trie key (peer and deny maps): a network address in network byte
+/// order. The key wraps it with the prefix length in bits (`{prefix_len, data}`, 8 bytes).
+pub type Ipv4LpmData = [u8; 4];
 
 /// Longest peer name kept in the map (longer names are rejected by the loader).
 pub const PEER_NAME_MAX: usize = 32;
@@ -168,7 +174,8 @@ pub struct Peer {
 
 /// Why the datapath did what it did with a packet; the index into the counters map.
 ///
-/// Every program decision counts exactly one reason, so the counters add up to the packets seen.
+/// Every program run counts exactly one reason, so each program's counters add up to the packets
+/// it saw (a frame that XDP passes on the uplink is counted again by `from_uplink`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -206,11 +213,17 @@ pub enum Reason {
     DropNatPortsExhausted = 14,
     /// Outbound but not translatable (fragment, or neither TCP, UDP nor ICMP echo): to the stack.
     PassNotNatable = 15,
+    /// XDP on the uplink let the frame through to tc and the stack.
+    XdpPass = 16,
+    /// XDP on the uplink dropped a frame from a deny-listed source.
+    XdpDropDenied = 17,
+    /// XDP on the uplink dropped a truncated or malformed frame.
+    XdpDropMalformed = 18,
 }
 
 impl Reason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 19] = [
         Reason::RedirectLocal,
         Reason::PassNotIpv4,
         Reason::PassNotLocal,
@@ -227,6 +240,9 @@ impl Reason {
         Reason::RedirectNatReply,
         Reason::DropNatPortsExhausted,
         Reason::PassNotNatable,
+        Reason::XdpPass,
+        Reason::XdpDropDenied,
+        Reason::XdpDropMalformed,
     ];
     /// Number of counter slots.
     pub const COUNT: usize = Self::ALL.len();
@@ -250,6 +266,9 @@ impl Reason {
             Reason::RedirectNatReply => "redirect_nat_reply",
             Reason::DropNatPortsExhausted => "drop_nat_ports_exhausted",
             Reason::PassNotNatable => "pass_not_natable",
+            Reason::XdpPass => "xdp_pass",
+            Reason::XdpDropDenied => "xdp_drop_denied",
+            Reason::XdpDropMalformed => "xdp_drop_malformed",
         }
     }
 }

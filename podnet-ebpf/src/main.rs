@@ -11,10 +11,14 @@ mod counters;
 mod endpoints;
 mod nat;
 mod packet;
+mod prefilter;
 mod routing;
 mod verdict;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use podnet_common::Reason;
 
 use crate::{
@@ -65,6 +69,19 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
         return Ok(verdict);
     }
     Ok(endpoints::deliver(&ip, Hop::Routed).unwrap_or(Verdict::pass(Reason::PassUplinkNotLocal)))
+}
+
+/// XDP on the node's uplink (native or generic mode): drops frames from deny-listed sources and
+/// malformed frames before the stack or tc spend anything on them; the rest goes on to tc.
+///
+/// Not declared multi-buffer aware (`frags`): it reads headers with direct packet access, which
+/// only covers the first buffer, and generic-mode frames from veths can keep their headers in a
+/// later one. Note that native XDP on a veth uplink makes the kernel strip the veth peer's
+/// software GSO, which on the veth labs here costs cross-node TCP most of its throughput (see
+/// BENCHMARKS.md); hence XDP is off by default.
+#[xdp]
+pub fn uplink_filter(ctx: XdpContext) -> u32 {
+    prefilter::filter(&ctx).unwrap_or(Verdict::xdp_drop(Reason::XdpDropMalformed)).finish() as u32
 }
 
 #[cfg(not(test))]

@@ -3,7 +3,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use podnet_common::checksum_after_ttl_decrement;
 
 /// The packet is shorter than a header it claims to carry, or a header field is impossible.
@@ -44,9 +44,60 @@ impl Ipv4Hdr {
     pub const LEN: usize = size_of::<Self>();
 }
 
+/// A program context with packet data: tc's skb or XDP's frame.
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Makes sure the first `len` bytes are directly accessible; fails only when the packet
+    /// itself is shorter than `len`.
+    fn ensure_linear(&self, len: usize) -> Result<(), Malformed>;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    /// A GSO packet from a socket may hold headers in fragments: pull them in.
+    #[inline(always)]
+    fn ensure_linear(&self, len: usize) -> Result<(), Malformed> {
+        if self.data() + len <= self.data_end() {
+            return Ok(());
+        }
+        if (self.len() as usize) < len {
+            return Err(Malformed);
+        }
+        self.pull_data(len as u32).map_err(|_| Malformed)
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    /// An XDP frame's headers are always in its first buffer.
+    #[inline(always)]
+    fn ensure_linear(&self, len: usize) -> Result<(), Malformed> {
+        if self.data() + len <= self.data_end() { Ok(()) } else { Err(Malformed) }
+    }
+}
+
 /// A copy of the `T` at `offset` from the start of the packet, bounds-checked.
 #[inline(always)]
-pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Malformed> {
+pub fn read<T: Copy>(ctx: &impl Packet, offset: usize) -> Result<T, Malformed> {
     let p = ptr_at::<T>(ctx, offset)?;
     // SAFETY: `ptr_at` checked that the whole `T` lies inside the packet; unaligned because
     // packet headers follow no alignment.
@@ -56,26 +107,13 @@ pub fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Malformed> {
 /// A pointer to a `T` at `offset` from the start of the packet, if it lies entirely inside the
 /// packet's linear data.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, Malformed> {
+pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Result<*mut T, Malformed> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
         return Err(Malformed);
     }
     Ok((start + offset) as *mut T)
-}
-
-/// Makes sure the first `len` bytes are in the linear part of the skb (a GSO packet from a socket
-/// may hold headers in fragments). Fails only when the packet itself is shorter than `len`.
-#[inline(always)]
-fn ensure_linear(ctx: &TcContext, len: usize) -> Result<(), Malformed> {
-    if ctx.data() + len <= ctx.data_end() {
-        return Ok(());
-    }
-    if (ctx.len() as usize) < len {
-        return Err(Malformed);
-    }
-    ctx.pull_data(len as u32).map_err(|_| Malformed)
 }
 
 /// An Ethernet + IPv4 packet, its headers checked and in linear data.
@@ -88,13 +126,13 @@ impl Ipv4 {
     /// `None` for anything but IPv4 over Ethernet; `Malformed` for a truncated frame or an IPv4
     /// header with a version other than 4 or an IHL below 5.
     #[inline(always)]
-    pub fn parse(ctx: &TcContext) -> Result<Option<Self>, Malformed> {
+    pub fn parse(ctx: &impl Packet) -> Result<Option<Self>, Malformed> {
         let eth = ptr_at::<EthHdr>(ctx, 0)?;
         // SAFETY: `ptr_at` checked that the whole Ethernet header lies inside the packet.
         if unsafe { (*eth).ether_type } != EthHdr::TYPE_IPV4 {
             return Ok(None);
         }
-        ensure_linear(ctx, EthHdr::LEN + Ipv4Hdr::LEN)?;
+        ctx.ensure_linear(EthHdr::LEN + Ipv4Hdr::LEN)?;
         // Pulling data moves the packet: take both pointers afresh.
         let eth = ptr_at::<EthHdr>(ctx, 0)?;
         let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)?;

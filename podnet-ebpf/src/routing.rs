@@ -17,12 +17,12 @@ use aya_ebpf::{
     macros::btf_map,
     programs::TcContext,
 };
-use podnet_common::{Peer, PeerKey, Reason, maps::PEERS_MAX};
+use podnet_common::{Ipv4LpmData, Peer, Reason, maps::PEERS_MAX};
 
 use crate::{packet::Ipv4, verdict::Verdict};
 
 #[btf_map(pin_by_name)]
-static PEERS: LpmTrie<PeerKey, Peer, PEERS_MAX> = LpmTrie::new();
+static PEERS: LpmTrie<Ipv4LpmData, Peer, PEERS_MAX> = LpmTrie::new();
 
 const AF_INET: u8 = 2;
 

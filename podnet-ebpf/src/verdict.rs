@@ -1,6 +1,6 @@
-//! What a program decided about a packet: the tc action to return and the reason to count.
+//! What a program decided about a packet: the tc or XDP action to return and the reason to count.
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action};
 use podnet_common::Reason;
 
 use crate::counters;
@@ -23,6 +23,18 @@ impl Verdict {
     #[inline(always)]
     pub const fn drop(reason: Reason) -> Self {
         Self { action: TC_ACT_SHOT, reason }
+    }
+
+    /// XDP: on to tc and the stack.
+    #[inline(always)]
+    pub const fn xdp_pass(reason: Reason) -> Self {
+        Self { action: xdp_action::XDP_PASS as i32, reason }
+    }
+
+    /// XDP: drop before any other work.
+    #[inline(always)]
+    pub const fn xdp_drop(reason: Reason) -> Self {
+        Self { action: xdp_action::XDP_DROP as i32, reason }
     }
 
     /// The packet was handed to a redirect helper, which returned `action`.

@@ -77,6 +77,10 @@ pub enum Command {
     /// Inspect and clear masquerade translations (pod traffic to the outside, SNAT to the node IP).
     #[command(subcommand)]
     Nat(NatCommand),
+    /// Manage the uplink's deny list: sources dropped by the XDP prefilter before any other work
+    /// (needs [uplink] xdp = "native" or "generic").
+    #[command(subcommand)]
+    Deny(DenyCommand),
     /// Expire idle translations, in a loop: run it on every node where NAT is on.
     ///
     /// The datapath keeps translations in LRU maps, which only evict when full; idle ones are
@@ -87,6 +91,26 @@ pub enum Command {
         /// Seconds between sweeps.
         #[arg(long, default_value_t = 5)]
         interval: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DenyCommand {
+    /// Drop everything from CIDR on the uplink: `podnet deny add 203.0.113.0/24`.
+    Add {
+        #[arg(value_name = "CIDR", value_parser = parse_cidr)]
+        cidr: Ipv4Net,
+    },
+    /// Stop dropping CIDR.
+    Del {
+        #[arg(value_name = "CIDR", value_parser = parse_cidr)]
+        cidr: Ipv4Net,
+    },
+    /// The denied CIDRs.
+    List {
+        /// Print JSON instead of one CIDR a line.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -96,6 +96,34 @@ pub struct Timeouts {
 pub struct Uplink {
     pub interface: String,
     pub ip: Ipv4Addr,
+    /// How the XDP prefilter (deny list, malformed drops) attaches to the uplink.
+    pub xdp: XdpMode,
+}
+
+/// XDP attachment of the uplink prefilter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// No XDP program; the deny list has no effect.
+    Off,
+    /// In the driver (veth and most NICs support it); `up` fails where it is not supported.
+    Native,
+    /// In the stack (works everywhere, after the skb is built).
+    Generic,
+}
+
+impl XdpMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpMode::Off => "off",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+
+    /// The mode called `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [XdpMode::Off, XdpMode::Native, XdpMode::Generic].into_iter().find(|m| m.name() == name)
+    }
 }
 
 /// Another node: where its pods live and how to reach it.
@@ -168,6 +196,7 @@ struct RawNat {
 struct RawUplink {
     interface: String,
     ip: String,
+    xdp: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -294,7 +323,13 @@ impl Validator {
     fn uplink(&self, raw: RawUplink) -> Result<Uplink, ConfigError> {
         check_ifname(&raw.interface).map_err(|p| self.invalid("uplink.interface", p))?;
         let ip = self.ipv4("uplink.ip", &raw.ip)?;
-        Ok(Uplink { interface: raw.interface, ip })
+        let xdp = match raw.xdp.as_deref() {
+            None => XdpMode::Off,
+            Some(name) => XdpMode::parse(name).ok_or_else(|| {
+                self.invalid("uplink.xdp", format!("{name:?} is not one of off, native, generic"))
+            })?,
+        };
+        Ok(Uplink { interface: raw.interface, ip, xdp })
     }
 
     fn cidr(&self, field: &str, text: &str) -> Result<Ipv4Net, ConfigError> {
@@ -516,8 +551,19 @@ mod tests {
             "{NODE}{UPLINK}[[peer]]\nname = \"n2\"\nip = \"192.168.50.2\"\npod_cidr = \"10.1.2.0/24\"\n"
         ))
         .unwrap();
-        assert_eq!(c.uplink, Some(Uplink { interface: "eth0".into(), ip: Ipv4Addr::new(192, 168, 50, 1) }));
+        assert_eq!(
+            c.uplink,
+            Some(Uplink { interface: "eth0".into(), ip: Ipv4Addr::new(192, 168, 50, 1), xdp: XdpMode::Off })
+        );
         assert_eq!(c.peers[0].pod_cidr.to_string(), "10.1.2.0/24");
+    }
+
+    #[test]
+    fn xdp_mode_is_checked() {
+        let c = parse(&format!("{NODE}{UPLINK}xdp = \"generic\"\n")).unwrap();
+        assert_eq!(c.uplink.unwrap().xdp, XdpMode::Generic);
+        let err = parse(&format!("{NODE}{UPLINK}xdp = \"fast\"\n")).unwrap_err();
+        assert_eq!(err, "test.toml: uplink.xdp: \"fast\" is not one of off, native, generic");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! /sys/fs/bpf/podnet/<node>/ENDPOINTS        pod IP -> endpoint
 //! /sys/fs/bpf/podnet/<node>/COUNTERS         per-CPU counters by reason
 //! /sys/fs/bpf/podnet/<node>/PEERS            other nodes' pod CIDRs (LPM trie) -> node
+//! /sys/fs/bpf/podnet/<node>/DENY, NAT_CONFIG, CT_OUT, CT_IN
 //! /sys/fs/bpf/podnet/<node>/links/<ifname>   tcx link on an interface: from_pod on host
 //!                                            veths, from_uplink on the uplink
+//! /sys/fs/bpf/podnet/<node>/links/<ifname>@xdp-<mode>   XDP link of uplink_filter
 //! ```
 //! Maps are pinned by name (aya reuses a pinned map on the next load), links are pinned so the
 //! programs stay attached after `podnet up` exits, and re-running `up` swaps the program inside
@@ -20,7 +22,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        LinkOrder, SchedClassifier, TcAttach, TcAttachType,
+        LinkOrder, SchedClassifier, TcAttach, TcAttachType, Xdp,
         links::{FdLink, LinkError, PinnedLink},
         tc::SchedClassifierLink,
     },
@@ -28,8 +30,10 @@ use aya::{
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 use podnet_common::{
     PIN_ROOT,
-    programs::{FROM_POD, FROM_UPLINK},
+    programs::{FROM_POD, FROM_UPLINK, UPLINK_FILTER},
 };
+
+use crate::config::XdpMode;
 
 /// The compiled kernel programs, embedded at build time (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PODNET_EBPF_OBJECT"));
@@ -71,6 +75,14 @@ pub enum DatapathError {
         ifname: String,
         #[source]
         source: aya::programs::ProgramError,
+    },
+    #[error("could not attach XDP in {mode} mode to {ifname}; {hint}")]
+    Xdp {
+        mode: &'static str,
+        ifname: String,
+        hint: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("could not open pinned link {path}")]
     Link {
@@ -114,12 +126,26 @@ impl PinDir {
         self.0.join("links")
     }
 
-    /// Where the link of the program on interface `ifname` is pinned.
+    /// Where the tc link of the program on interface `ifname` is pinned.
     pub fn link(&self, ifname: &str) -> PathBuf {
         self.links().join(ifname)
     }
 
-    /// Interfaces that have a pinned link, sorted by name.
+    /// Where the XDP link on `ifname` is pinned; the name records the mode.
+    fn xdp_link(&self, ifname: &str, mode: XdpMode) -> PathBuf {
+        self.links().join(format!("{ifname}@xdp-{}", mode.name()))
+    }
+
+    /// Removes any XDP link pinned for `ifname`, which detaches the program.
+    pub fn unpin_xdp(&self, ifname: &str) -> Result<(), DatapathError> {
+        for mode in [XdpMode::Native, XdpMode::Generic] {
+            remove_file(&self.xdp_link(ifname, mode))?;
+        }
+        Ok(())
+    }
+
+    /// Names of the pinned links, sorted: an interface name for tc links, `<ifname>@xdp-<mode>`
+    /// for XDP links (see [`parse_link_name`]).
     pub fn linked_interfaces(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.links())
             .into_iter()
@@ -155,6 +181,14 @@ impl PinDir {
             let _ = std::fs::remove_dir(root);
         }
         Ok(())
+    }
+}
+
+/// Splits a pinned link's name into the interface and the hook it is attached at.
+pub fn parse_link_name(name: &str) -> (&str, String) {
+    match name.split_once("@xdp-") {
+        Some((ifname, mode)) => (ifname, format!("xdp {mode}")),
+        None => (name, "tcx ingress".to_owned()),
     }
 }
 
@@ -215,6 +249,7 @@ impl Datapath {
         for name in [FROM_POD, FROM_UPLINK] {
             classifier(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
         }
+        xdp(&mut ebpf)?.load().map_err(|source| DatapathError::Program { name: UPLINK_FILTER, source })?;
         Ok(Self { ebpf, pins: pins.clone() })
     }
 
@@ -252,6 +287,45 @@ impl Datapath {
     }
 }
 
+impl Datapath {
+    /// The loaded XDP prefilter (for `BPF_PROG_TEST_RUN`).
+    pub fn uplink_filter(&mut self) -> Result<&mut Xdp, DatapathError> {
+        xdp(&mut self.ebpf)
+    }
+
+    /// Attaches the XDP prefilter to `ifname` in `mode` (not `Off`), replacing any XDP link
+    /// pinned there before (the mode cannot change inside a link).
+    pub fn attach_xdp(&mut self, ifname: &str, ifindex: u32, mode: XdpMode) -> Result<(), DatapathError> {
+        self.pins.unpin_xdp(ifname)?;
+        let (aya_mode, hint) = match mode {
+            XdpMode::Native => (
+                aya::programs::XdpMode::Driver,
+                "the driver may not support native XDP: set [uplink] xdp = \"generic\" (or \"off\")",
+            ),
+            _ => (aya::programs::XdpMode::Skb, "set [uplink] xdp = \"off\" to run without the prefilter"),
+        };
+        let err = |source: aya::programs::ProgramError| DatapathError::Xdp {
+            mode: mode.name(),
+            ifname: ifname.to_owned(),
+            hint,
+            source: source.into(),
+        };
+        let prog = xdp(&mut self.ebpf)?;
+        let id = prog.attach(ifindex, aya_mode).map_err(err)?;
+        let path = self.pins.xdp_link(ifname, mode);
+        let link = FdLink::try_from(prog.take_link(id).map_err(err)?)
+            .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
+        link.pin(&path).map_err(|source| DatapathError::Pin { path, source })?;
+        Ok(())
+    }
+}
+
+fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
+    ebpf.program_mut(UPLINK_FILTER)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DatapathError::MissingProgram { name: UPLINK_FILTER })
+}
+
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
     ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(DatapathError::MissingProgram { name })
 }
@@ -264,9 +338,10 @@ pub fn program_name(prog_id: u32) -> Option<String> {
         .and_then(|p| p.name_as_str().map(str::to_owned))
 }
 
-/// Kernel information (link and program ids) about the link pinned for `ifname`.
-pub fn link_info(pins: &PinDir, ifname: &str) -> Result<aya::programs::links::LinkInfo, DatapathError> {
-    let path = pins.link(ifname);
+/// Kernel information (link and program ids) about the link pinned as `name` (see
+/// [`PinDir::linked_interfaces`]).
+pub fn link_info(pins: &PinDir, name: &str) -> Result<aya::programs::links::LinkInfo, DatapathError> {
+    let path = pins.link(name);
     PinnedLink::from_pin(&path)
         .and_then(|pinned| FdLink::from(pinned).info())
         .map_err(|source| DatapathError::Link { path, source })

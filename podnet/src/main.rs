@@ -3,7 +3,8 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use anyhow::Context as _;
 use clap::Parser as _;
 use podnet::{
-    config::{Config, PeerNode},
+    config::{Config, PeerNode, XdpMode},
+    maps::Deny,
     nat,
     netlink::netns,
     node, status,
@@ -12,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 mod cli;
 
-use cli::{Cli, Command, NatCommand, NodeCommand};
+use cli::{Cli, Command, DenyCommand, NatCommand, NodeCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -65,6 +66,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     status::nat_table(&translations)
                 };
                 println!("{out}");
+            }
+            Command::Deny(cmd) => {
+                let mut deny = Deny::open(&node::pins_of_running_node(&config)?)?;
+                if config.uplink.as_ref().is_none_or(|u| u.xdp == XdpMode::Off) {
+                    tracing::warn!(
+                        "[uplink] xdp is off on this node: the deny list has no effect until it is on"
+                    );
+                }
+                match cmd {
+                    DenyCommand::Add { cidr } => deny.insert(cidr)?,
+                    DenyCommand::Del { cidr } => deny.remove(cidr)?,
+                    DenyCommand::List { json: true } => {
+                        println!("{}", serde_json::to_string_pretty(&deny.list())?)
+                    }
+                    DenyCommand::List { json: false } => deny.list().iter().for_each(|c| println!("{c}")),
+                }
             }
             Command::Nat(NatCommand::Flush) => {
                 println!("removed {} translation(s)", nat::flush(&node::pins_of_running_node(&config)?)?);

@@ -5,8 +5,8 @@ use std::net::Ipv4Addr;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use podnet_common::{
-    CtEntry, CtKey, Endpoint, EndpointKey, NatConfig, PEER_NAME_MAX, Peer, PeerKey, Reason,
-    maps::{COUNTERS, CT_IN, CT_OUT, ENDPOINTS, NAT_CONFIG, PEERS},
+    CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, Reason,
+    maps::{COUNTERS, CT_IN, CT_OUT, DENY, ENDPOINTS, NAT_CONFIG, PEERS},
 };
 
 use crate::{config::PeerNode, datapath::PinDir};
@@ -78,9 +78,9 @@ impl Endpoints {
 }
 
 /// Other nodes' pod CIDRs and the node that owns each.
-pub struct Peers(LpmTrie<MapData, PeerKey, Peer>);
+pub struct Peers(LpmTrie<MapData, Ipv4LpmData, Peer>);
 
-fn key(cidr: Ipv4Net) -> Key<PeerKey> {
+fn key(cidr: Ipv4Net) -> Key<Ipv4LpmData> {
     Key::new(u32::from(cidr.prefix_len()), cidr.network().octets())
 }
 
@@ -128,6 +128,35 @@ impl Peers {
             })
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}
+
+/// Source CIDRs the uplink's XDP prefilter drops.
+pub struct Deny(LpmTrie<MapData, Ipv4LpmData, u32>);
+
+impl Deny {
+    pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
+        open(pins, DENY, Map::LpmTrie).map(Self)
+    }
+
+    pub fn insert(&mut self, cidr: Ipv4Net) -> Result<(), MapsError> {
+        self.0.insert(&key(cidr), &0, 0).map_err(access_err("insert", DENY, cidr.to_string()))
+    }
+
+    pub fn remove(&mut self, cidr: Ipv4Net) -> Result<(), MapsError> {
+        self.0.remove(&key(cidr)).map_err(access_err("remove", DENY, cidr.to_string()))
+    }
+
+    /// Every denied CIDR, sorted.
+    pub fn list(&self) -> Vec<Ipv4Net> {
+        let mut all: Vec<Ipv4Net> = self
+            .0
+            .keys()
+            .flatten()
+            .filter_map(|k| Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8).ok())
+            .collect();
+        all.sort();
         all
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::{
-    config::{self, Config, PeerNode, Pod},
+    config::{self, Config, PeerNode, Pod, XdpMode},
     datapath::{self, Datapath, DatapathError, PinDir},
     maps::{Counters, Endpoints, MapsError, NatSettings, Peers},
     netlink::{Iface, Netlink, NetlinkError, fmt_mac, netns},
@@ -111,6 +111,10 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
     NatSettings::open(&pins)?.set(&nat_settings(config, uplink.as_ref()))?;
     if let Some(uplink) = uplink {
         datapath.attach(FROM_UPLINK, &uplink.name, uplink.index)?;
+        match config.uplink.as_ref().map_or(XdpMode::Off, |u| u.xdp) {
+            XdpMode::Off => pins.unpin_xdp(&uplink.name)?,
+            mode => datapath.attach_xdp(&uplink.name, uplink.index, mode)?,
+        }
         let mut peers = Peers::open(&pins)?;
         for peer in &config.peers {
             peers.insert(peer)?;
@@ -203,7 +207,8 @@ async fn forget_removed_pods(
     }
     let uplink = config.uplink.as_ref().map(|u| u.interface.as_str());
     for ifname in pins.linked_interfaces() {
-        if Some(ifname.as_str()) != uplink && !config.pods.iter().any(|p| p.host_ifname() == ifname) {
+        let (name, _) = datapath::parse_link_name(&ifname);
+        if Some(name) != uplink && !config.pods.iter().any(|p| p.host_ifname() == name) {
             info!("removing {ifname}: its pod is no longer in the config");
             pins.unpin_link(&ifname)?;
             nl.del_link(&ifname).await?;
@@ -324,7 +329,7 @@ pub struct EndpointStatus {
 #[derive(Debug, Serialize)]
 pub struct ProgramStatus {
     pub program: String,
-    pub hook: &'static str,
+    pub hook: String,
     pub ifname: String,
     pub link_id: u32,
     pub prog_id: u32,
@@ -356,12 +361,13 @@ pub fn status(config: &Config) -> Result<Status, NodeError> {
     let programs = pins
         .linked_interfaces()
         .into_iter()
-        .map(|ifname| {
-            let info = datapath::link_info(&pins, &ifname)?;
+        .map(|link| {
+            let info = datapath::link_info(&pins, &link)?;
+            let (ifname, hook) = datapath::parse_link_name(&link);
             Ok(ProgramStatus {
                 program: datapath::program_name(info.program_id()).unwrap_or_else(|| "?".to_owned()),
-                hook: "tcx ingress",
-                ifname,
+                hook,
+                ifname: ifname.to_owned(),
                 link_id: info.id(),
                 prog_id: info.program_id(),
             })

@@ -314,11 +314,14 @@ impl Node {
     }
 }
 
+/// The uplink XDP modes every cross-node and NAT scenario runs in.
+pub const XDP_MODES: [&str; 3] = ["off", "native", "generic"];
+
 /// Config body of node `k` of a lab cluster: pods 10.1.k.2 and 10.1.k.3, uplink `eth0` with
-/// 192.168.50.k, peering with the nodes numbered in `peers`.
-pub fn node_config(k: u8, peers: &[u8]) -> String {
+/// 192.168.50.k and XDP mode `xdp`, peering with the nodes numbered in `peers`.
+pub fn node_config(k: u8, peers: &[u8], xdp: &str) -> String {
     let mut c = format!(
-        "pod_cidr = \"10.1.{k}.0/24\"\n\n[uplink]\ninterface = \"eth0\"\nip = \"192.168.50.{k}\"\n\n\
+        "pod_cidr = \"10.1.{k}.0/24\"\n\n[uplink]\ninterface = \"eth0\"\nip = \"192.168.50.{k}\"\nxdp = \"{xdp}\"\n\n\
          [[pod]]\nname = \"pod1\"\nip = \"10.1.{k}.2\"\n\n[[pod]]\nname = \"pod2\"\nip = \"10.1.{k}.3\"\n"
     );
     for p in peers {
@@ -338,13 +341,13 @@ pub struct Cluster {
 }
 
 /// Nodes `<tag>node1`, `<tag>node2`, ... on one switch, node k peering with the nodes listed in
-/// `peers[k - 1]`, all up.
-pub fn cluster(lab: &mut Lab, tag: &str, peers: &[&[u8]]) -> anyhow::Result<Cluster> {
+/// `peers[k - 1]`, uplink XDP in mode `xdp`, all up.
+pub fn cluster(lab: &mut Lab, tag: &str, peers: &[&[u8]], xdp: &str) -> anyhow::Result<Cluster> {
     let switch = lab.switch(&format!("{tag}sw"))?;
     let mut nodes = Vec::new();
     for (i, p) in peers.iter().enumerate() {
         let k = i as u8 + 1;
-        let node = lab.node(&format!("{tag}node{k}"), &node_config(k, p))?;
+        let node = lab.node(&format!("{tag}node{k}"), &node_config(k, p, xdp))?;
         lab.plug(&switch, &node.netns, &format!("port{k}"), &format!("192.168.50.{k}/24"))?;
         node.run_podnet(&["up"])?;
         nodes.push(node);

@@ -21,8 +21,9 @@ fn quick_bench_runs_end_to_end() {
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let results = json["results"].as_array().unwrap();
     for path in ["same-node", "cross-node", "nat"] {
-        for setup in ["limit", "recipe", "podnet"] {
-            let metrics = results.iter().filter(|r| r["setup"] == setup && r["path"] == path).count();
+        let xdp: &[&str] = if path == "same-node" { &[] } else { &["podnet+xdp"] };
+        for setup in ["limit", "recipe", "podnet"].iter().chain(xdp) {
+            let metrics = results.iter().filter(|r| r["setup"] == *setup && r["path"] == path).count();
             assert_eq!(metrics, 9, "{path} / {setup} should report all 9 metrics");
         }
     }

@@ -2,7 +2,8 @@
 //! through podnet's eBPF routing, nodes are added and removed at runtime, and what the fast path
 //! leaves to the kernel (TTL expiry, oversized packets) still gets the right ICMP answer.
 
-use podnet_tests::{Lab, Node, cluster, http_get, iperf3_tcp, pings, sh};
+use anyhow::Context as _;
+use podnet_tests::{Lab, Node, XDP_MODES, cluster, http_get, iperf3_tcp, pings, sh};
 
 /// (namespace, address) of both pods of `node` number `k`.
 fn pods(node: &Node, k: u8) -> [(String, String); 2] {
@@ -11,8 +12,16 @@ fn pods(node: &Node, k: u8) -> [(String, String); 2] {
 
 #[test]
 fn two_nodes_route_pods_in_ebpf_while_forward_drops() -> anyhow::Result<()> {
+    for xdp in XDP_MODES {
+        two_nodes_route_pods_in_ebpf_while_forward_drops_with(xdp)
+            .with_context(|| format!("uplink xdp = {xdp}"))?;
+    }
+    Ok(())
+}
+
+fn two_nodes_route_pods_in_ebpf_while_forward_drops_with(xdp: &str) -> anyhow::Result<()> {
     let mut lab = Lab::new("x2")?;
-    let nodes = cluster(&mut lab, "", &[&[2], &[1]])?.nodes;
+    let nodes = cluster(&mut lab, "", &[&[2], &[1]], xdp)?.nodes;
     for node in &nodes {
         node.forward_drop()?;
     }
@@ -55,9 +64,16 @@ fn two_nodes_route_pods_in_ebpf_while_forward_drops() -> anyhow::Result<()> {
 
 #[test]
 fn nodes_join_and_leave_at_runtime() -> anyhow::Result<()> {
+    for xdp in XDP_MODES {
+        nodes_join_and_leave_at_runtime_with(xdp).with_context(|| format!("uplink xdp = {xdp}"))?;
+    }
+    Ok(())
+}
+
+fn nodes_join_and_leave_at_runtime_with(xdp: &str) -> anyhow::Result<()> {
     let mut lab = Lab::new("x3")?;
     // node1 and node2 know each other; node3 knows both but is not known yet.
-    let nodes = cluster(&mut lab, "", &[&[2], &[1], &[1, 2]])?.nodes;
+    let nodes = cluster(&mut lab, "", &[&[2], &[1], &[1, 2]], xdp)?.nodes;
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
     let (n1pod, n3pod) = (n1.pod_ns("pod1"), n3.pod_ns("pod1"));
     assert!(pings(&n1pod, "10.1.2.2", 1));
@@ -86,8 +102,16 @@ fn nodes_join_and_leave_at_runtime() -> anyhow::Result<()> {
 
 #[test]
 fn the_stack_answers_what_the_fast_path_leaves() -> anyhow::Result<()> {
+    for xdp in XDP_MODES {
+        the_stack_answers_what_the_fast_path_leaves_with(xdp)
+            .with_context(|| format!("uplink xdp = {xdp}"))?;
+    }
+    Ok(())
+}
+
+fn the_stack_answers_what_the_fast_path_leaves_with(xdp: &str) -> anyhow::Result<()> {
     let mut lab = Lab::new("xs")?;
-    let nodes = cluster(&mut lab, "", &[&[2], &[1]])?.nodes;
+    let nodes = cluster(&mut lab, "", &[&[2], &[1]], xdp)?.nodes;
     let n1 = &nodes[0];
     let pod = n1.pod_ns("pod1");
 

@@ -3,14 +3,16 @@
 
 use std::{thread, time::Duration};
 
-use podnet_tests::{Lab, Node, node_config, pings, sh};
+use anyhow::Context as _;
+use podnet_tests::{Lab, Node, XDP_MODES, node_config, pings, sh};
 
 const EXT: &str = "192.168.50.100";
 
-/// One node with NAT (extra `[nat]` settings appended) and an external host on its wire.
-fn nat_node(lab: &mut Lab, nat: &str) -> anyhow::Result<(Node, String)> {
+/// One node with NAT (extra `[nat]` settings appended), uplink XDP in mode `xdp`, and an external
+/// host on its wire.
+fn nat_node(lab: &mut Lab, nat: &str, xdp: &str) -> anyhow::Result<(Node, String)> {
     let switch = lab.switch("sw")?;
-    let node = lab.node("node1", &format!("{}\n{nat}", node_config(1, &[])))?;
+    let node = lab.node("node1", &format!("{}\n{nat}", node_config(1, &[], xdp)))?;
     lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
     let ext = lab.netns("ext")?;
     lab.plug(&switch, &ext, "portx", &format!("{EXT}/24"))?;
@@ -25,13 +27,26 @@ fn translations(node: &Node) -> anyhow::Result<Vec<serde_json::Value>> {
 
 #[test]
 fn pods_reach_the_outside_as_the_node() -> anyhow::Result<()> {
+    for xdp in XDP_MODES {
+        pods_reach_the_outside_as_the_node_with(xdp).with_context(|| format!("uplink xdp = {xdp}"))?;
+    }
+    Ok(())
+}
+
+fn pods_reach_the_outside_as_the_node_with(xdp: &str) -> anyhow::Result<()> {
     let mut lab = Lab::new("nat")?;
-    let (node, ext) = nat_node(&mut lab, "")?;
+    let (node, ext) = nat_node(&mut lab, "", xdp)?;
     let nc = lab.netcat()?;
     let pcap = lab.dir().join("ext.pcap");
     let pcap = pcap.to_str().unwrap();
     lab.spawn(&ext, "tcpdump", &["-U", "-n", "-i", "eth0", "-w", pcap, "ip"])?;
-    thread::sleep(Duration::from_millis(500));
+    // tcpdump writes the file header once it captures.
+    for _ in 0..100 {
+        if std::fs::metadata(pcap).is_ok_and(|m| m.len() >= 24) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
     lab.spawn(&ext, "python3", &[&nc, "http-whoami", EXT, "8080"])?;
     lab.spawn(&ext, "python3", &[&nc, "udp-echo", EXT, "9999"])?;
     podnet_tests::wait_listening(&ext, 8080)?;
@@ -56,11 +71,18 @@ fn pods_reach_the_outside_as_the_node() -> anyhow::Result<()> {
     assert!(node.counter("redirect_nat_new")? >= 3 && node.counter("redirect_nat_reply")? >= 3);
 
     // The wire never carried a pod address; it did carry the node's.
-    thread::sleep(Duration::from_millis(300));
+    // tcpdump may lag behind on a busy machine: wait (at most 10 s) for the node's packets.
+    let mut from_node = String::new();
+    for _ in 0..100 {
+        from_node = sh(&ext, "tcpdump", &["-n", "-r", pcap, "src host 192.168.50.1"])?;
+        if from_node.lines().count() >= 6 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
     let from_pods = sh(&ext, "tcpdump", &["-n", "-r", pcap, "src net 10.1.0.0/16"])?;
-    let from_node = sh(&ext, "tcpdump", &["-n", "-r", pcap, "src host 192.168.50.1"])?;
-    assert_eq!(from_pods.lines().count(), 0, "pod-sourced packets on the wire:\n{from_pods}");
-    assert!(from_node.lines().count() >= 6, "the capture saw the node's packets:\n{from_node}");
+    assert_eq!(from_pods.lines().count(), 0, "xdp {xdp}: pod-sourced packets on the wire:\n{from_pods}");
+    assert!(from_node.lines().count() >= 6, "xdp {xdp}: the capture saw the node's packets:\n{from_node}");
 
     // No iptables or nftables rules anywhere in the node: this was all eBPF.
     assert_eq!(sh(&node.netns, "iptables-save", &[])?.trim(), "");
@@ -81,8 +103,16 @@ fn pods_reach_the_outside_as_the_node() -> anyhow::Result<()> {
 
 #[test]
 fn a_thousand_connections_get_distinct_node_ports() -> anyhow::Result<()> {
+    for xdp in XDP_MODES {
+        a_thousand_connections_get_distinct_node_ports_with(xdp)
+            .with_context(|| format!("uplink xdp = {xdp}"))?;
+    }
+    Ok(())
+}
+
+fn a_thousand_connections_get_distinct_node_ports_with(xdp: &str) -> anyhow::Result<()> {
     let mut lab = Lab::new("nat1k")?;
-    let (node, ext) = nat_node(&mut lab, "")?;
+    let (node, ext) = nat_node(&mut lab, "", xdp)?;
     let nc = lab.netcat()?;
     let peers = lab.dir().join("peers.txt");
     lab.spawn(&ext, "python3", &[&nc, "tcp-record", EXT, "9000", peers.to_str().unwrap()])?;
@@ -110,8 +140,15 @@ fn a_thousand_connections_get_distinct_node_ports() -> anyhow::Result<()> {
 
 #[test]
 fn exhausted_ports_fail_new_flows_cleanly() -> anyhow::Result<()> {
+    for xdp in XDP_MODES {
+        exhausted_ports_fail_new_flows_cleanly_with(xdp).with_context(|| format!("uplink xdp = {xdp}"))?;
+    }
+    Ok(())
+}
+
+fn exhausted_ports_fail_new_flows_cleanly_with(xdp: &str) -> anyhow::Result<()> {
     let mut lab = Lab::new("natx")?;
-    let (node, ext) = nat_node(&mut lab, "[nat]\nports = \"61000-61003\"\n")?;
+    let (node, ext) = nat_node(&mut lab, "[nat]\nports = \"61000-61003\"\n", xdp)?;
     let nc = lab.netcat()?;
     lab.spawn(&ext, "python3", &[&nc, "tcp-echo", EXT, "9001"])?;
     podnet_tests::wait_listening(&ext, 9001)?;
@@ -131,8 +168,15 @@ fn exhausted_ports_fail_new_flows_cleanly() -> anyhow::Result<()> {
 
 #[test]
 fn idle_translations_expire_with_the_agent() -> anyhow::Result<()> {
+    for xdp in XDP_MODES {
+        idle_translations_expire_with_the_agent_with(xdp).with_context(|| format!("uplink xdp = {xdp}"))?;
+    }
+    Ok(())
+}
+
+fn idle_translations_expire_with_the_agent_with(xdp: &str) -> anyhow::Result<()> {
     let mut lab = Lab::new("nata")?;
-    let (node, ext) = nat_node(&mut lab, "[nat]\nudp_timeout = 2\nicmp_timeout = 2\n")?;
+    let (node, ext) = nat_node(&mut lab, "[nat]\nudp_timeout = 2\nicmp_timeout = 2\n", xdp)?;
     let nc = lab.netcat()?;
     lab.spawn(&ext, "python3", &[&nc, "udp-echo", EXT, "9999"])?;
     thread::sleep(Duration::from_millis(300));

@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use podnet::{
     config::PeerNode,
     datapath::{Datapath, PinDir},
-    maps::{Conntrack, Counters, Endpoints, NatSettings, Peers},
+    maps::{Conntrack, Counters, Deny, Endpoints, NatSettings, Peers},
     netlink::netns,
 };
 use podnet_common::{
@@ -297,4 +297,92 @@ fn nat_rewrites() {
     assert_eq!(u16::from_be_bytes([out[ETH_LEN + 24], out[ETH_LEN + 25]]), 0x1234, "identifier restored");
     assert_eq!(dst(&out).0, pod);
     assert!(checksums_valid(&out), "ICMP checksum after reverse NAT");
+}
+
+/// The uplink's XDP prefilter: deny-listed sources and malformed frames dropped (and counted),
+/// everything else passed on to tc.
+#[test]
+fn uplink_filter_decisions() {
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    let mut dp = Loaded::new("xdp");
+    Deny::open(&dp.pins).unwrap().insert("203.0.113.0/24".parse().unwrap()).unwrap();
+    let mut run = |frame: &[u8]| {
+        let result = dp
+            .datapath
+            .uplink_filter()
+            .unwrap()
+            .test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN");
+        result.return_value
+    };
+    let (pod, node) = (Ipv4Addr::new(10, 1, 1, 2), Ipv4Addr::new(192, 168, 50, 1));
+    let cases: Vec<(&str, Vec<u8>, u32, Reason)> = vec![
+        (
+            "denied source",
+            tcp4((Ipv4Addr::new(203, 0, 113, 7), 5555), (pod, 80), TCP_SYN).to_vec(),
+            XDP_DROP,
+            Reason::XdpDropDenied,
+        ),
+        (
+            "allowed source",
+            tcp4((Ipv4Addr::new(192, 168, 50, 2), 5555), (pod, 80), TCP_SYN).to_vec(),
+            XDP_PASS,
+            Reason::XdpPass,
+        ),
+        (
+            "reply to the node",
+            icmp_echo(Ipv4Addr::new(198, 51, 100, 1), node, 0, 61000).to_vec(),
+            XDP_PASS,
+            Reason::XdpPass,
+        ),
+        (
+            "ARP",
+            {
+                let mut f = ethernet([0xff; 6], [0xbb; 6], ETHERTYPE_ARP);
+                f.extend_from_slice(&[0; 46]);
+                f.to_vec()
+            },
+            XDP_PASS,
+            Reason::XdpPass,
+        ),
+        (
+            "bad IHL",
+            {
+                let mut f = udp4([0xaa; 6], [0xbb; 6], pod, node, b"x");
+                f[ETH_LEN] = 0x43;
+                f.to_vec()
+            },
+            XDP_DROP,
+            Reason::XdpDropMalformed,
+        ),
+        (
+            "truncated IPv4",
+            {
+                let mut f = ethernet([0xaa; 6], [0xbb; 6], 0x0800);
+                f.extend_from_slice(&[0x45, 0, 0, 20, 0, 0]);
+                f.to_vec()
+            },
+            XDP_DROP,
+            Reason::XdpDropMalformed,
+        ),
+    ];
+    for (what, frame, action, reason) in cases {
+        let before = Counters::open(&dp.pins)
+            .unwrap()
+            .totals()
+            .unwrap()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect::<Vec<_>>();
+        assert_eq!(run(&frame), action, "{what}");
+        let after = Counters::open(&dp.pins)
+            .unwrap()
+            .totals()
+            .unwrap()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect::<Vec<_>>();
+        counted(&before, &after, reason);
+    }
 }

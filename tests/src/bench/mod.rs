@@ -38,7 +38,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     for &path in &settings.paths {
         for setup in Setup::ALL {
             eprintln!("bench: building {} / {}", path.name(), setup.name());
-            targets.push((path, setup, setups::build(&mut lab, path, setup)?));
+            if let Some(target) = setups::build(&mut lab, path, setup)? {
+                targets.push((path, setup, target));
+            }
         }
     }
     let total = settings.reps as usize * targets.len() * Metric::RUNS.len();

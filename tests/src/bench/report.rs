@@ -51,11 +51,11 @@ impl Report {
         metrics
     }
 
-    /// `podnet / other` of the medians.
-    pub fn ratio(&self, path: Path, metric: Metric, other: Setup) -> Option<f64> {
-        let podnet = self.stat(path, metric, Setup::Podnet)?.median;
-        let other = self.stat(path, metric, other)?.median;
-        (other != 0.0).then(|| podnet / other)
+    /// `num / den` of the medians.
+    pub fn ratio(&self, path: Path, metric: Metric, num: Setup, den: Setup) -> Option<f64> {
+        let num = self.stat(path, metric, num)?.median;
+        let den = self.stat(path, metric, den)?.median;
+        (den != 0.0).then(|| num / den)
     }
 
     /// The human-readable report: per path, medians (min-max) and ratios.
@@ -71,30 +71,34 @@ impl Report {
             super::tools::CPU
         );
         for &path in &s.paths {
+            let setups: Vec<Setup> = Setup::ALL
+                .into_iter()
+                .filter(|&st| self.samples.keys().any(|k| k.0 == path && k.2 == st))
+                .collect();
+            let xdp = setups.contains(&Setup::PodnetXdp);
             let _ = writeln!(out, "path: {}", path.name());
-            let _ = writeln!(
-                out,
-                "| metric | unit | limit | recipe | podnet | podnet/recipe | podnet/limit |\n|---|---|---|---|---|---|---|"
-            );
+            let mut header = vec!["metric", "unit"];
+            header.extend(setups.iter().map(|st| st.name()));
+            header.extend(["podnet/recipe", "podnet/limit"]);
+            if xdp {
+                header.push("xdp/tc-only");
+            }
+            let _ = writeln!(out, "| {} |\n|{}", header.join(" | "), "---|".repeat(header.len()));
             for metric in self.metrics(path) {
-                let cell = |setup| {
+                let mut row = vec![metric.name().to_owned(), metric.unit().to_owned()];
+                row.extend(setups.iter().map(|&setup| {
                     self.stat(path, metric, setup)
                         .map(|st| format!("{:.2} ({:.2}-{:.2})", st.median, st.min, st.max))
                         .unwrap_or_else(|| "-".into())
-                };
+                }));
                 let ratio =
-                    |setup| self.ratio(path, metric, setup).map_or("-".into(), |r| format!("{r:.2}x"));
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {} | {} | {} | {} |",
-                    metric.name(),
-                    metric.unit(),
-                    cell(Setup::Limit),
-                    cell(Setup::Recipe),
-                    cell(Setup::Podnet),
-                    ratio(Setup::Recipe),
-                    ratio(Setup::Limit)
-                );
+                    |num, den| self.ratio(path, metric, num, den).map_or("-".into(), |r| format!("{r:.2}x"));
+                row.push(ratio(Setup::Podnet, Setup::Recipe));
+                row.push(ratio(Setup::Podnet, Setup::Limit));
+                if xdp {
+                    row.push(ratio(Setup::PodnetXdp, Setup::Podnet));
+                }
+                let _ = writeln!(out, "| {} |", row.join(" | "));
             }
             out.push('\n');
         }
@@ -130,7 +134,12 @@ impl Report {
         const TOP: f64 = 50.0;
         const LEFT: f64 = 60.0;
         const HEIGHT: f64 = 220.0;
-        let colors = [(Setup::Limit, "#9e9e9e"), (Setup::Recipe, "#e07b39"), (Setup::Podnet, "#2a7ab9")];
+        let colors = [
+            (Setup::Limit, "#9e9e9e"),
+            (Setup::Recipe, "#e07b39"),
+            (Setup::Podnet, "#2a7ab9"),
+            (Setup::PodnetXdp, "#5bb5a2"),
+        ];
         let groups: Vec<(Path, Metric)> = self
             .settings
             .paths
@@ -147,7 +156,7 @@ impl Report {
             .flat_map(|&(p, m)| colors.iter().filter_map(move |&(s, _)| rel(p, m, s)))
             .fold(1.0_f64, f64::max)
             * 1.1;
-        let group_w = 3.0 * BAR + GAP;
+        let group_w = colors.len() as f64 * BAR + GAP;
         let width = LEFT + group_w * groups.len() as f64 + 20.0;
         let total_h = TOP + HEIGHT + 90.0;
         let y = |v: f64| TOP + HEIGHT * (1.0 - v / max);
@@ -222,8 +231,13 @@ mod tests {
         r.add(Path::SameNode, Setup::Recipe, Metric::Tcp1Stream, 20.0);
         r.add(Path::SameNode, Setup::Podnet, Metric::Tcp1Stream, 25.0);
         r.add(Path::SameNode, Setup::Limit, Metric::Tcp1Stream, 30.0);
-        assert_eq!(r.ratio(Path::SameNode, Metric::Tcp1Stream, Setup::Recipe), Some(1.25));
-        assert!(r.table().contains("| TCP 1 stream | Gbit/s | 30.00 (30.00-30.00) | 20.00"));
+        assert_eq!(r.ratio(Path::SameNode, Metric::Tcp1Stream, Setup::Podnet, Setup::Recipe), Some(1.25));
+        let table = r.table();
+        assert!(
+            table.contains("| metric | unit | limit | recipe | podnet | podnet/recipe | podnet/limit |"),
+            "{table}"
+        );
+        assert!(table.contains("| TCP 1 stream | Gbit/s | 30.00 (30.00-30.00) | 20.00"), "{table}");
         assert!(r.svg().starts_with("<svg"));
     }
 }

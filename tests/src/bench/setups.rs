@@ -42,18 +42,22 @@ pub enum Setup {
     /// The classic recipe as Kubernetes nodes run it: bridge, br_netfilter on, kernel routes,
     /// FORWARD accepts, MASQUERADE with kernel conntrack.
     Recipe,
-    /// podnet's eBPF datapath on the same hardened node.
+    /// podnet's eBPF datapath on the same hardened node (tc only).
     Podnet,
+    /// podnet with the XDP prefilter in native mode on the uplink (paths that cross it).
+    #[serde(rename = "podnet+xdp")]
+    PodnetXdp,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 3] = [Setup::Limit, Setup::Recipe, Setup::Podnet];
+    pub const ALL: [Setup; 4] = [Setup::Limit, Setup::Recipe, Setup::Podnet, Setup::PodnetXdp];
 
     pub fn name(self) -> &'static str {
         match self {
             Setup::Limit => "limit",
             Setup::Recipe => "recipe",
             Setup::Podnet => "podnet",
+            Setup::PodnetXdp => "podnet+xdp",
         }
     }
 }
@@ -69,28 +73,32 @@ pub struct Target {
 const TWO_PODS: &str = "pod_cidr = \"10.1.1.0/24\"\n\n[[pod]]\nname = \"pod1\"\nip = \"10.1.1.2\"\n\n\
                         [[pod]]\nname = \"pod2\"\nip = \"10.1.1.3\"\n";
 
-/// Builds `setup` for `path`, starts the measurement servers, and checks traffic flows.
-pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Target> {
+/// Builds `setup` for `path`, starts the measurement servers, and checks traffic flows; `None`
+/// where the setup does not apply (XDP on the uplink for same-node traffic).
+pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Option<Target>> {
     let target = match (path, setup) {
+        (Path::SameNode, Setup::PodnetXdp) => return Ok(None),
         (Path::SameNode, Setup::Limit) => direct_pair(lab, "lim")?,
         (Path::SameNode, Setup::Recipe) => two_pod_node(lab, "rcp", false)?,
         (Path::SameNode, Setup::Podnet) => two_pod_node(lab, "pn", true)?,
         (Path::CrossNode, Setup::Limit) => {
-            let nodes = cluster(lab, "xl", &[&[], &[]])?.nodes;
+            let nodes = cluster(lab, "xl", &[&[], &[]], "off")?.nodes;
             Target {
                 client_ns: nodes[0].netns.clone(),
                 server_ns: nodes[1].netns.clone(),
                 server_ip: "192.168.50.2".into(),
             }
         }
-        (Path::CrossNode, Setup::Recipe) => two_nodes(lab, "xr", false)?,
-        (Path::CrossNode, Setup::Podnet) => two_nodes(lab, "xp", true)?,
+        (Path::CrossNode, Setup::Recipe) => two_nodes(lab, "xr", None)?,
+        (Path::CrossNode, Setup::Podnet) => two_nodes(lab, "xp", Some("off"))?,
+        (Path::CrossNode, Setup::PodnetXdp) => two_nodes(lab, "xx", Some("native"))?,
         (Path::Nat, Setup::Limit) => {
-            let (node, ext) = node_and_external(lab, "nl")?;
+            let (node, ext) = node_and_external(lab, "nl", "off")?;
             Target { client_ns: node.netns, server_ns: ext, server_ip: EXTERNAL.into() }
         }
-        (Path::Nat, Setup::Recipe) => masquerading_node(lab, "nr", false)?,
-        (Path::Nat, Setup::Podnet) => masquerading_node(lab, "np", true)?,
+        (Path::Nat, Setup::Recipe) => masquerading_node(lab, "nr", None)?,
+        (Path::Nat, Setup::Podnet) => masquerading_node(lab, "np", Some("off"))?,
+        (Path::Nat, Setup::PodnetXdp) => masquerading_node(lab, "nx", Some("native"))?,
     };
     anyhow::ensure!(
         pings(&target.client_ns, &target.server_ip, 1),
@@ -100,7 +108,7 @@ pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Target> 
         target.server_ip
     );
     crate::bench::tools::start_servers(lab, &target)?;
-    Ok(target)
+    Ok(Some(target))
 }
 
 /// Two namespaces joined by one veth pair: nothing between them but the veth.
@@ -127,11 +135,12 @@ fn two_pod_node(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> 
     })
 }
 
-/// Two nodes on a switch (see [`harden`]); client pod1 on node1, server pod1 on node2.
-fn two_nodes(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> {
-    let nodes = cluster(lab, tag, &[&[2], &[1]])?.nodes;
+/// Two nodes on a switch (see [`harden`]); client pod1 on node1, server pod1 on node2. `xdp` is
+/// podnet's uplink XDP mode, or `None` for the recipe (programs detached).
+fn two_nodes(lab: &mut Lab, tag: &str, xdp: Option<&str>) -> anyhow::Result<Target> {
+    let nodes = cluster(lab, tag, &[&[2], &[1]], xdp.unwrap_or("off"))?.nodes;
     for node in &nodes {
-        harden(node, ebpf)?;
+        harden(node, xdp.is_some())?;
     }
     Ok(Target {
         client_ns: nodes[0].pod_ns("pod1"),
@@ -145,9 +154,9 @@ const EXTERNAL: &str = "192.168.50.100";
 
 /// A node (up, podnet NAT over the whole port range 1024-65535 so connection-rate runs do not
 /// exhaust it) and an external host on its wire; the external host has no route to pod addresses.
-fn node_and_external(lab: &mut Lab, tag: &str) -> anyhow::Result<(Node, String)> {
+fn node_and_external(lab: &mut Lab, tag: &str, xdp: &str) -> anyhow::Result<(Node, String)> {
     let switch = lab.switch(&format!("{tag}sw"))?;
-    let config = format!("{}\n[nat]\nports = \"1024-65535\"\n", crate::node_config(1, &[]));
+    let config = format!("{}\n[nat]\nports = \"1024-65535\"\n", crate::node_config(1, &[], xdp));
     let node = lab.node(&format!("{tag}node1"), &config)?;
     lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
     let ext = lab.netns(&format!("{tag}ext"))?;
@@ -156,12 +165,12 @@ fn node_and_external(lab: &mut Lab, tag: &str) -> anyhow::Result<(Node, String)>
     Ok((node, ext))
 }
 
-/// Pod to external host through a hardened node: podnet's masquerade (`ebpf`), or the recipe's
-/// iptables MASQUERADE with kernel conntrack (programs detached).
-fn masquerading_node(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> {
-    let (node, ext) = node_and_external(lab, tag)?;
-    harden(&node, ebpf)?;
-    if !ebpf {
+/// Pod to external host through a hardened node: podnet's masquerade with uplink XDP mode `xdp`,
+/// or (`None`) the recipe's iptables MASQUERADE with kernel conntrack (programs detached).
+fn masquerading_node(lab: &mut Lab, tag: &str, xdp: Option<&str>) -> anyhow::Result<Target> {
+    let (node, ext) = node_and_external(lab, tag, xdp.unwrap_or("off"))?;
+    harden(&node, xdp.is_some())?;
+    if xdp.is_none() {
         let ns = &node.netns;
         sh(
             ns,

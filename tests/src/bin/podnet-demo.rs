@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
         let mut lab = Lab::new("demo")?;
         prefix = lab.prefix().to_owned();
         title("Two nodes (namespaces) on a switch, two pods each, built by `podnet up` on each node");
-        let cluster = cluster(&mut lab, "", &[&[2], &[1]])?;
+        let cluster = cluster(&mut lab, "", &[&[2], &[1]], "off")?;
         let nodes = &cluster.nodes;
         let (n1, n2) = (&nodes[0], &nodes[1]);
         let ext = lab.netns("external")?;
