@@ -224,6 +224,21 @@ impl Lab {
         })
     }
 
+    /// Starts tcpdump on `iface` in `ns`, writing packets matching `filter` to a file in the lab
+    /// (unbuffered), and waits until it captures. Returns the file's path.
+    pub fn capture(&mut self, ns: &str, iface: &str, filter: &str) -> anyhow::Result<String> {
+        let path = self.dir.join(format!("{ns}-{iface}.pcap"));
+        let path = path.to_str().context("utf-8 path")?.to_owned();
+        self.spawn(ns, "tcpdump", &["-U", "-n", "-i", iface, "-w", &path, filter])?;
+        // tcpdump writes the file header once it captures.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::metadata(&path).is_ok_and(|m| m.len() >= 24) {
+            anyhow::ensure!(Instant::now() < deadline, "tcpdump in {ns} did not start within 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(path)
+    }
+
     /// Writes the lab's small TCP/UDP peer tool (src/netcat.py) and returns its path.
     pub fn netcat(&self) -> anyhow::Result<String> {
         let path = self.dir.join("netcat.py");
@@ -316,6 +331,11 @@ impl Node {
 
 /// The uplink XDP modes every cross-node and NAT scenario runs in.
 pub const XDP_MODES: [&str; 3] = ["off", "native", "generic"];
+
+/// Runs `scenario` once in each of [`XDP_MODES`], naming the mode in any failure.
+pub fn in_every_xdp_mode(scenario: impl Fn(&str) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    XDP_MODES.iter().try_for_each(|xdp| scenario(xdp).with_context(|| format!("uplink xdp = {xdp}")))
+}
 
 /// Config body of node `k` of a lab cluster: pods 10.1.k.2 and 10.1.k.3, uplink `eth0` with
 /// 192.168.50.k and XDP mode `xdp`, peering with the nodes numbered in `peers`.

@@ -2,8 +2,7 @@
 //! through podnet's eBPF routing, nodes are added and removed at runtime, and what the fast path
 //! leaves to the kernel (TTL expiry, oversized packets) still gets the right ICMP answer.
 
-use anyhow::Context as _;
-use podnet_tests::{Lab, Node, XDP_MODES, cluster, http_get, iperf3_tcp, pings, sh};
+use podnet_tests::{Lab, Node, cluster, http_get, in_every_xdp_mode, iperf3_tcp, pings, sh};
 
 /// (namespace, address) of both pods of `node` number `k`.
 fn pods(node: &Node, k: u8) -> [(String, String); 2] {
@@ -12,11 +11,7 @@ fn pods(node: &Node, k: u8) -> [(String, String); 2] {
 
 #[test]
 fn two_nodes_route_pods_in_ebpf_while_forward_drops() -> anyhow::Result<()> {
-    for xdp in XDP_MODES {
-        two_nodes_route_pods_in_ebpf_while_forward_drops_with(xdp)
-            .with_context(|| format!("uplink xdp = {xdp}"))?;
-    }
-    Ok(())
+    in_every_xdp_mode(two_nodes_route_pods_in_ebpf_while_forward_drops_with)
 }
 
 fn two_nodes_route_pods_in_ebpf_while_forward_drops_with(xdp: &str) -> anyhow::Result<()> {
@@ -64,10 +59,7 @@ fn two_nodes_route_pods_in_ebpf_while_forward_drops_with(xdp: &str) -> anyhow::R
 
 #[test]
 fn nodes_join_and_leave_at_runtime() -> anyhow::Result<()> {
-    for xdp in XDP_MODES {
-        nodes_join_and_leave_at_runtime_with(xdp).with_context(|| format!("uplink xdp = {xdp}"))?;
-    }
-    Ok(())
+    in_every_xdp_mode(nodes_join_and_leave_at_runtime_with)
 }
 
 fn nodes_join_and_leave_at_runtime_with(xdp: &str) -> anyhow::Result<()> {
@@ -102,11 +94,7 @@ fn nodes_join_and_leave_at_runtime_with(xdp: &str) -> anyhow::Result<()> {
 
 #[test]
 fn the_stack_answers_what_the_fast_path_leaves() -> anyhow::Result<()> {
-    for xdp in XDP_MODES {
-        the_stack_answers_what_the_fast_path_leaves_with(xdp)
-            .with_context(|| format!("uplink xdp = {xdp}"))?;
-    }
-    Ok(())
+    in_every_xdp_mode(the_stack_answers_what_the_fast_path_leaves_with)
 }
 
 fn the_stack_answers_what_the_fast_path_leaves_with(xdp: &str) -> anyhow::Result<()> {

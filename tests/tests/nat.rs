@@ -3,8 +3,7 @@
 
 use std::{thread, time::Duration};
 
-use anyhow::Context as _;
-use podnet_tests::{Lab, Node, XDP_MODES, node_config, pings, sh};
+use podnet_tests::{Lab, Node, in_every_xdp_mode, node_config, pings, sh};
 
 const EXT: &str = "192.168.50.100";
 
@@ -27,26 +26,15 @@ fn translations(node: &Node) -> anyhow::Result<Vec<serde_json::Value>> {
 
 #[test]
 fn pods_reach_the_outside_as_the_node() -> anyhow::Result<()> {
-    for xdp in XDP_MODES {
-        pods_reach_the_outside_as_the_node_with(xdp).with_context(|| format!("uplink xdp = {xdp}"))?;
-    }
-    Ok(())
+    in_every_xdp_mode(pods_reach_the_outside_as_the_node_with)
 }
 
 fn pods_reach_the_outside_as_the_node_with(xdp: &str) -> anyhow::Result<()> {
     let mut lab = Lab::new("nat")?;
     let (node, ext) = nat_node(&mut lab, "", xdp)?;
     let nc = lab.netcat()?;
-    let pcap = lab.dir().join("ext.pcap");
-    let pcap = pcap.to_str().unwrap();
-    lab.spawn(&ext, "tcpdump", &["-U", "-n", "-i", "eth0", "-w", pcap, "ip"])?;
-    // tcpdump writes the file header once it captures.
-    for _ in 0..100 {
-        if std::fs::metadata(pcap).is_ok_and(|m| m.len() >= 24) {
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    let pcap = lab.capture(&ext, "eth0", "ip")?;
+    let pcap = pcap.as_str();
     lab.spawn(&ext, "python3", &[&nc, "http-whoami", EXT, "8080"])?;
     lab.spawn(&ext, "python3", &[&nc, "udp-echo", EXT, "9999"])?;
     podnet_tests::wait_listening(&ext, 8080)?;
@@ -103,11 +91,7 @@ fn pods_reach_the_outside_as_the_node_with(xdp: &str) -> anyhow::Result<()> {
 
 #[test]
 fn a_thousand_connections_get_distinct_node_ports() -> anyhow::Result<()> {
-    for xdp in XDP_MODES {
-        a_thousand_connections_get_distinct_node_ports_with(xdp)
-            .with_context(|| format!("uplink xdp = {xdp}"))?;
-    }
-    Ok(())
+    in_every_xdp_mode(a_thousand_connections_get_distinct_node_ports_with)
 }
 
 fn a_thousand_connections_get_distinct_node_ports_with(xdp: &str) -> anyhow::Result<()> {
@@ -140,10 +124,7 @@ fn a_thousand_connections_get_distinct_node_ports_with(xdp: &str) -> anyhow::Res
 
 #[test]
 fn exhausted_ports_fail_new_flows_cleanly() -> anyhow::Result<()> {
-    for xdp in XDP_MODES {
-        exhausted_ports_fail_new_flows_cleanly_with(xdp).with_context(|| format!("uplink xdp = {xdp}"))?;
-    }
-    Ok(())
+    in_every_xdp_mode(exhausted_ports_fail_new_flows_cleanly_with)
 }
 
 fn exhausted_ports_fail_new_flows_cleanly_with(xdp: &str) -> anyhow::Result<()> {
@@ -168,10 +149,7 @@ fn exhausted_ports_fail_new_flows_cleanly_with(xdp: &str) -> anyhow::Result<()> 
 
 #[test]
 fn idle_translations_expire_with_the_agent() -> anyhow::Result<()> {
-    for xdp in XDP_MODES {
-        idle_translations_expire_with_the_agent_with(xdp).with_context(|| format!("uplink xdp = {xdp}"))?;
-    }
-    Ok(())
+    in_every_xdp_mode(idle_translations_expire_with_the_agent_with)
 }
 
 fn idle_translations_expire_with_the_agent_with(xdp: &str) -> anyhow::Result<()> {

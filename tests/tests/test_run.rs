@@ -50,6 +50,14 @@ impl Loaded {
         Self { datapath, pins }
     }
 
+    /// Runs the XDP prefilter once on `frame`; returns its action.
+    fn run_xdp(&mut self, frame: &[u8]) -> u32 {
+        let prog = self.datapath.uplink_filter().unwrap();
+        prog.test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
     /// Runs `from_pod` once on `frame`; returns the action and the frame as the program left it.
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.run_on(FROM_POD, frame, None)
@@ -307,15 +315,6 @@ fn uplink_filter_decisions() {
     const XDP_PASS: u32 = 2;
     let mut dp = Loaded::new("xdp");
     Deny::open(&dp.pins).unwrap().insert("203.0.113.0/24".parse().unwrap()).unwrap();
-    let mut run = |frame: &[u8]| {
-        let result = dp
-            .datapath
-            .uplink_filter()
-            .unwrap()
-            .test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
-            .expect("BPF_PROG_TEST_RUN");
-        result.return_value
-    };
     let (pod, node) = (Ipv4Addr::new(10, 1, 1, 2), Ipv4Addr::new(192, 168, 50, 1));
     let cases: Vec<(&str, Vec<u8>, u32, Reason)> = vec![
         (
@@ -368,21 +367,8 @@ fn uplink_filter_decisions() {
         ),
     ];
     for (what, frame, action, reason) in cases {
-        let before = Counters::open(&dp.pins)
-            .unwrap()
-            .totals()
-            .unwrap()
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect::<Vec<_>>();
-        assert_eq!(run(&frame), action, "{what}");
-        let after = Counters::open(&dp.pins)
-            .unwrap()
-            .totals()
-            .unwrap()
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect::<Vec<_>>();
-        counted(&before, &after, reason);
+        let before = dp.counters();
+        assert_eq!(dp.run_xdp(&frame), action, "{what}");
+        counted(&before, &dp.counters(), reason);
     }
 }

@@ -36,15 +36,8 @@ fn deny_list_with(xdp: &str) -> anyhow::Result<()> {
     node.run_podnet(&["deny", "add", "192.168.50.100/32"])?;
     assert_eq!(node.run_podnet(&["deny", "list"])?.trim(), "192.168.50.100/32");
     let pod = node.pod_ns("pod1");
-    let pcap = lab.dir().join("pod.pcap");
-    let pcap = pcap.to_str().unwrap();
-    lab.spawn(&pod, "tcpdump", &["-U", "-n", "-i", "veth_pod1", "-w", pcap, "src host 192.168.50.100"])?;
-    for _ in 0..100 {
-        if std::fs::metadata(pcap).is_ok_and(|m| m.len() >= 24) {
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    let pcap = lab.capture(&pod, "veth_pod1", "src host 192.168.50.100")?;
+    let pcap = pcap.as_str();
 
     let dropped_before = node.counter("xdp_drop_denied")?;
     // A flood ping for 3 s (no answer will come, so ping paces itself at 100-1000 per second).
