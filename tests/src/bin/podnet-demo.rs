@@ -122,8 +122,13 @@ fn main() -> anyhow::Result<()> {
             .context("bpftool")?;
         print!("{}", String::from_utf8_lossy(&dump.stdout));
 
-        title("Not in this demo yet");
-        println!("  The XDP uplink program (deny list, fast path) is an open issue; see README.");
+        title("Also there, not shown here");
+        println!(
+            "  The XDP prefilter on the uplink (`[uplink] xdp = \"native\"`, `podnet deny add CIDR`) is off by"
+        );
+        println!(
+            "  default: on veth uplinks it costs more than it saves (BENCHMARKS.md). An XDP fast path is open work."
+        );
         title("Cleaning up");
     }
     let left = namespaces_with_prefix(&prefix);
