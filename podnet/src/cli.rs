@@ -8,12 +8,15 @@ use ipnet::Ipv4Net;
 /// podnet: Kubernetes-style pod networking with an eBPF datapath.
 ///
 /// podnet builds the classic pod plumbing over netlink (a namespace per pod, a veth pair into the
-/// node bridge, addresses, a default route via the bridge gateway, ip_forward) and then forwards
-/// pod traffic in the kernel with a tc (tcx) program on every pod veth: packets between pods on
-/// the node never cross the bridge or iptables, and pods on other nodes are reached by routing
-/// in eBPF from the pod veth straight out of the uplink (and back in with a program on the
-/// uplink). State lives in BPF maps pinned under
-/// /sys/fs/bpf/podnet/<node>/, so the datapath keeps running after `podnet up` exits.
+/// node bridge, addresses, a default route via the bridge gateway, routes to other nodes' pods,
+/// ip_forward) and then forwards pod traffic in the kernel:
+///   - a tc (tcx) program on every pod veth delivers to pods on the node with bpf_redirect_peer,
+///     routes to pods on other nodes straight out of the uplink, and masquerades traffic to the
+///     outside behind the node IP (its own connection tracking, no iptables);
+///   - a tc program on the uplink delivers arriving traffic and NAT replies into the pods;
+///   - an optional XDP program on the uplink drops deny-listed sources early.
+/// State lives in BPF maps pinned under /sys/fs/bpf/podnet/<node>/, so the datapath keeps
+/// running after `podnet up` exits.
 ///
 /// Typical use on a node (see `podnet config` for the config format, with [uplink] and
 /// [[peer]] for several nodes):
@@ -57,10 +60,12 @@ pub enum Command {
     /// nothing changes; programs are swapped atomically inside their existing links. If a step
     /// fails, everything this run created is removed again.
     Up,
-    /// Remove everything `up` made: pinned links (detaching the programs) and maps, pod veths
-    /// and namespaces, and the bridge. Safe to run twice or after a failed `up`.
+    /// Remove everything `up` made, and nothing else.
+    ///
+    /// Pinned links (detaching the programs) and maps, peer routes, pod veths and namespaces,
+    /// and the bridge. Safe to run twice or after a failed `up`. ip_forward is left as it is.
     Down,
-    /// Show endpoints, attached programs and per-reason packet counters.
+    /// Show endpoints, peers, attached programs and per-reason packet counters.
     Status {
         /// Print JSON instead of tables.
         #[arg(long)]
