@@ -15,6 +15,7 @@ use ipnet::Ipv4Net;
 ///     outside behind the node IP (its own connection tracking, no iptables);
 ///   - a tc program on the uplink delivers arriving traffic and NAT replies into the pods;
 ///   - an optional XDP program on the uplink drops deny-listed sources early.
+///
 /// State lives in BPF maps pinned under /sys/fs/bpf/podnet/<node>/, so the datapath keeps
 /// running after `podnet up` exits.
 ///
