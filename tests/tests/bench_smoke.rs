@@ -28,6 +28,12 @@ fn quick_bench_runs_end_to_end() {
         }
     }
     assert!(results.iter().all(|r| r["stat"]["median"].as_f64().is_some_and(f64::is_finite)));
-    assert_eq!(json["costs"].as_array().unwrap().len(), 9);
+    assert_eq!(json["costs"].as_array().unwrap().len(), 11);
+    let floods = json["floods"].as_array().unwrap();
+    assert_eq!(floods.len(), 3, "xdp native, xdp generic, iptables raw");
+    assert!(
+        floods.iter().all(|f| f["dropped_kpps"].as_f64().unwrap() > 0.0),
+        "every dropper dropped: {floods:?}"
+    );
     assert!(std::fs::read_to_string(&svg_path).unwrap().starts_with("<svg"));
 }

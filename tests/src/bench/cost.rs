@@ -9,12 +9,12 @@ use bytes::BytesMut;
 use podnet::{
     config::PeerNode,
     datapath::{Datapath, PinDir},
-    maps::{Endpoints, NatSettings, Peers},
+    maps::{Deny, Endpoints, NatSettings, Peers},
     netlink::netns,
 };
 use podnet_common::{
     Endpoint, NatConfig,
-    programs::{FROM_POD, FROM_UPLINK},
+    programs::{FROM_POD, FROM_UPLINK, UPLINK_FILTER},
 };
 use serde::Serialize;
 
@@ -87,6 +87,8 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
         port_max: 65535,
     };
     NatSettings::open(pins)?.set(&nat)?;
+    let denied = Ipv4Addr::new(203, 0, 113, 7);
+    Deny::open(pins)?.insert("203.0.113.0/24".parse()?)?;
     // The kernel reruns the program on the same packet, keeping its edits: routed cases lower
     // the TTL each run. Start at 255 and run batches of BATCH so that every run is routed.
     let ttl255 = |mut f: BytesMut| {
@@ -144,6 +146,14 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
             7,
         ),
         one(FROM_UPLINK, "pass-through (for the node)", frame(node), 0),
+        // XDP actions: XDP_DROP 1, XDP_PASS 2.
+        one(
+            UPLINK_FILTER,
+            "deny-listed source (drop)",
+            ttl255(udp4([0xaa; 6], [0xbb; 6], denied, local, &[0; 18])),
+            1,
+        ),
+        one(UPLINK_FILTER, "allowed source (pass)", frame(local), 2),
     ];
     cases
         .into_iter()
@@ -153,12 +163,19 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
             let mut total_ns = 0.0;
             for call in 0..calls {
                 let frame = &case.frames[call as usize % case.frames.len()];
-                let result = datapath.program(case.program)?.test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    ctx_in: Some(&skb),
-                    repeat: case.batch,
-                    ..Default::default()
-                })?;
+                let result = if case.program == UPLINK_FILTER {
+                    // XDP takes no skb context.
+                    let opts =
+                        TestRunOptions { data_in: Some(frame), repeat: case.batch, ..Default::default() };
+                    datapath.uplink_filter()?.test_run(opts)?
+                } else {
+                    datapath.program(case.program)?.test_run(TestRunOptions {
+                        data_in: Some(frame),
+                        ctx_in: Some(&skb),
+                        repeat: case.batch,
+                        ..Default::default()
+                    })?
+                };
                 anyhow::ensure!(
                     result.return_value == case.expected,
                     "{} on {}: returned {}, expected {}",

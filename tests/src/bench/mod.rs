@@ -4,6 +4,7 @@
 //! every setup alike. See ../../../BENCHMARKS.md for what the numbers mean and their traps.
 
 pub mod cost;
+pub mod flood;
 pub mod report;
 pub mod setups;
 pub mod tools;
@@ -64,6 +65,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             }
         }
     }
+    eprintln!("bench: deny-listed flood, {} s per dropper", settings.seconds);
+    report.floods = flood::measure(&mut lab, settings.seconds)?;
     drop(lab);
     eprintln!("bench: BPF_PROG_TEST_RUN per-packet cost ({} runs each)", settings.cost_repeat);
     report.costs = cost::measure(settings.cost_repeat)?;

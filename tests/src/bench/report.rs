@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use super::{Path, Settings, Setup, cost::Cost, tools::Metric};
+use super::{Path, Settings, Setup, cost::Cost, flood::Flood, tools::Metric};
 
 /// Every sample of one run.
 #[derive(Debug, Serialize)]
@@ -12,6 +12,7 @@ pub struct Report {
     pub settings: Settings,
     pub elapsed_seconds: f64,
     pub costs: Vec<Cost>,
+    pub floods: Vec<Flood>,
     #[serde(skip)]
     samples: BTreeMap<(Path, Metric, Setup), Vec<f64>>,
 }
@@ -34,7 +35,13 @@ fn stat(values: &[f64]) -> Stat {
 
 impl Report {
     pub fn new(settings: Settings) -> Self {
-        Self { settings, elapsed_seconds: 0.0, costs: Vec::new(), samples: BTreeMap::new() }
+        Self {
+            settings,
+            elapsed_seconds: 0.0,
+            costs: Vec::new(),
+            floods: Vec::new(),
+            samples: BTreeMap::new(),
+        }
     }
 
     pub fn add(&mut self, path: Path, setup: Setup, metric: Metric, value: f64) {
@@ -99,6 +106,21 @@ impl Report {
                     row.push(ratio(Setup::PodnetXdp, Setup::Podnet));
                 }
                 let _ = writeln!(out, "| {} |", row.join(" | "));
+            }
+            out.push('\n');
+        }
+        if !self.floods.is_empty() {
+            let _ = writeln!(
+                out,
+                "deny-listed flood (64 B UDP from one external host to a pod, {} s):\n| dropper | sent kpps | dropped kpps | CPU idle % |\n|---|---|---|---|",
+                s.seconds
+            );
+            for f in &self.floods {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.1} | {:.1} | {:.1} |",
+                    f.dropper, f.sent_kpps, f.dropped_kpps, f.cpu_idle_percent
+                );
             }
             out.push('\n');
         }

@@ -154,7 +154,7 @@ const EXTERNAL: &str = "192.168.50.100";
 
 /// A node (up, podnet NAT over the whole port range 1024-65535 so connection-rate runs do not
 /// exhaust it) and an external host on its wire; the external host has no route to pod addresses.
-fn node_and_external(lab: &mut Lab, tag: &str, xdp: &str) -> anyhow::Result<(Node, String)> {
+pub fn node_and_external(lab: &mut Lab, tag: &str, xdp: &str) -> anyhow::Result<(Node, String)> {
     let switch = lab.switch(&format!("{tag}sw"))?;
     let config = format!("{}\n[nat]\nports = \"1024-65535\"\n", crate::node_config(1, &[], xdp));
     let node = lab.node(&format!("{tag}node1"), &config)?;
