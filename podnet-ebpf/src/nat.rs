@@ -130,13 +130,19 @@ impl Flow {
     }
 }
 
-/// Marks a conntrack entry as seen now, with this packet's flags.
+/// How stale `seen_ns` may get: refreshing it at most this often keeps busy flows from writing
+/// (and bouncing between CPUs) the entry's cache line on every packet. Idle timeouts are seconds.
+const SEEN_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Marks a conntrack entry as seen now (to within [`SEEN_REFRESH_NS`]), with this packet's flags.
 #[inline(always)]
 fn touch(entry: *mut CtEntry, now: u64, flags: u8) {
     // SAFETY: `entry` comes from a successful lookup in an LRU hash; concurrent writers only
     // store timestamps and OR flags, so a lost update is harmless.
     unsafe {
-        (*entry).seen_ns = now;
+        if now.saturating_sub((*entry).seen_ns) >= SEEN_REFRESH_NS {
+            (*entry).seen_ns = now;
+        }
         if (*entry).flags | flags != (*entry).flags {
             (*entry).flags |= flags;
         }

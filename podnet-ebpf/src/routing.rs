@@ -41,7 +41,11 @@ pub struct Route {
 pub fn to_peer(ctx: &TcContext, ip: &Ipv4) -> Option<Verdict> {
     let peer = PEERS.get(&Key::new(32, ip.daddr()))?;
     Some(match lookup(ctx, ip, peer.node_ip) {
-        Ok(route) => transmit(ip, &route, Reason::RedirectRemote),
+        Ok(route) => {
+            let reason =
+                if route.macs.is_some() { Reason::RedirectRemote } else { Reason::RedirectRemoteResolve };
+            transmit(ip, &route, reason)
+        }
         Err(reason) => Verdict::pass(reason),
     })
 }
@@ -93,7 +97,8 @@ pub fn lookup(ctx: &TcContext, ip: &Ipv4, dst: [u8; 4]) -> Result<Route, Reason>
     Ok(Route { ifindex: fib.ifindex, next_hop, macs: neighbour_known.then_some(macs) })
 }
 
-/// Forwards `ip` along `route`: one routed hop (TTL - 1), then out of the route's interface.
+/// Forwards `ip` along `route`: one routed hop (TTL - 1), then out of the route's interface,
+/// counting `reason`.
 #[inline(always)]
 pub fn transmit(ip: &Ipv4, route: &Route, reason: Reason) -> Verdict {
     ip.decrement_ttl();
@@ -107,7 +112,6 @@ pub fn transmit(ip: &Ipv4, route: &Route, reason: Reason) -> Verdict {
         let action = unsafe {
             bpf_redirect_neigh(route.ifindex, &mut nh, mem::size_of::<bpf_redir_neigh>() as i32, 0)
         };
-        let reason = if reason == Reason::RedirectRemote { Reason::RedirectRemoteResolve } else { reason };
         return Verdict::redirected(action as i32, reason);
     };
     ip.set_macs(smac, dmac);

@@ -108,11 +108,6 @@ impl PinDir {
         Self(Path::new(PIN_ROOT).join(node))
     }
 
-    /// A pin directory at an arbitrary path on bpffs (tests use their own).
-    pub fn at(path: impl Into<PathBuf>) -> Self {
-        Self(path.into())
-    }
-
     pub fn path(&self) -> &Path {
         &self.0
     }
