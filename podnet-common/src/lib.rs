@@ -11,6 +11,9 @@ pub mod programs {
     pub const FROM_UPLINK: &str = "from_uplink";
     /// XDP on the node's uplink: drops deny-listed sources and malformed frames first.
     pub const UPLINK_FILTER: &str = "uplink_filter";
+    /// XDP on the node's uplink, `[uplink] xdp_deliver = true`: the prefilter, then frames for
+    /// local pods are redirected to the pod's veth at XDP instead of going on to tc.
+    pub const UPLINK_DELIVER: &str = "uplink_deliver";
 }
 
 /// Map names (as the kernel and bpftool show them, at most 15 bytes) and sizes.
@@ -19,6 +22,9 @@ pub mod maps {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     /// Capacity of [`ENDPOINTS`]: pods one node can hold.
     pub const ENDPOINTS_MAX: usize = 1024;
+    /// Host-side veths of local pods (devmap hash): ifindex -> the same ifindex; the targets of
+    /// XDP redirects from the uplink (`uplink_deliver`).
+    pub const POD_DEVS: &str = "POD_DEVS";
     /// Per-CPU packet counters indexed by [`crate::Reason`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Other nodes' pod CIDRs (LPM trie): [`crate::Ipv4LpmData`] -> [`crate::Peer`].
@@ -219,11 +225,13 @@ pub enum Reason {
     XdpDropDenied = 17,
     /// XDP on the uplink dropped a truncated or malformed frame.
     XdpDropMalformed = 18,
+    /// XDP on the uplink (`uplink_deliver`) sent a frame for a local pod straight to its veth.
+    XdpRedirectLocal = 19,
 }
 
 impl Reason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::RedirectLocal,
         Reason::PassNotIpv4,
         Reason::PassNotLocal,
@@ -243,6 +251,7 @@ impl Reason {
         Reason::XdpPass,
         Reason::XdpDropDenied,
         Reason::XdpDropMalformed,
+        Reason::XdpRedirectLocal,
     ];
     /// Number of counter slots.
     pub const COUNT: usize = Self::ALL.len();
@@ -269,6 +278,7 @@ impl Reason {
             Reason::XdpPass => "xdp_pass",
             Reason::XdpDropDenied => "xdp_drop_denied",
             Reason::XdpDropMalformed => "xdp_drop_malformed",
+            Reason::XdpRedirectLocal => "xdp_redirect_local",
         }
     }
 }

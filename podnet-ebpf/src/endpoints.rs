@@ -1,12 +1,24 @@
-//! Pods on this node and delivery into them.
+//! Pods on this node and delivery into them: from tc straight into the pod's namespace, or from
+//! the uplink's XDP program out of the pod's host veth.
 
-use aya_ebpf::{btf_maps::HashMap, helpers::generated::bpf_redirect_peer, macros::btf_map};
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::xdp_action,
+    btf_maps::{DevMapHash, HashMap},
+    helpers::generated::{bpf_check_mtu, bpf_redirect_peer},
+    macros::btf_map,
+    programs::XdpContext,
+};
 use podnet_common::{Endpoint, EndpointKey, Reason, maps::ENDPOINTS_MAX};
 
 use crate::{packet::Ipv4, verdict::Verdict};
 
 #[btf_map(pin_by_name)]
 static ENDPOINTS: HashMap<EndpointKey, Endpoint, ENDPOINTS_MAX> = HashMap::new();
+/// The pods' host veths, keyed by ifindex: XDP can only redirect to another device through a map
+/// (or `bpf_redirect`, whose generic-mode path refuses GSO frames even when they would fit).
+#[btf_map(pin_by_name)]
+static POD_DEVS: DevMapHash<ENDPOINTS_MAX> = DevMapHash::new();
 
 /// How the packet reaches the pod.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -23,10 +35,7 @@ pub enum Hop {
 /// the pod's namespace; `None` when it is not a local pod.
 #[inline(always)]
 pub fn deliver(ip: &Ipv4, hop: Hop) -> Option<Verdict> {
-    let ep = ENDPOINTS.get_ptr(&EndpointKey { ip: ip.daddr() })?;
-    // SAFETY: the pointer comes from a successful lookup; the value is plain data, copied out
-    // before any other map operation.
-    let ep = unsafe { *ep };
+    let ep = lookup(ip)?;
     let reason = match hop {
         Hop::SameSegment => Reason::RedirectLocal,
         Hop::Routed | Hop::NatReply => {
@@ -41,4 +50,38 @@ pub fn deliver(ip: &Ipv4, hop: Hop) -> Option<Verdict> {
     // SAFETY: a helper call with plain integer arguments; valid from tc ingress.
     let action = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) };
     Some(Verdict::redirected(action as i32, reason))
+}
+
+/// XDP: a frame from another node for a local pod leaves by the pod's host veth and arrives on
+/// the pod side (a routed hop: TTL decremented); `None` for anything tc should handle instead.
+///
+/// What stays with tc: frames for no local pod, TTL expiring, and frames longer than the pod
+/// veth's MTU (generic-mode XDP sees GSO super-packets, which a devmap redirect refuses).
+#[inline(always)]
+pub fn deliver_xdp(ctx: &XdpContext, ip: &Ipv4) -> Option<Verdict> {
+    let ep = lookup(ip)?;
+    if ip.ttl() <= 1 {
+        return None;
+    }
+    let mut mtu = 0u32;
+    // SAFETY: the helper reads the frame and writes `mtu`, on our stack for the whole call.
+    if unsafe { bpf_check_mtu(ctx.as_ptr(), ep.host_ifindex, &mut mtu, 0, 0) } != 0 {
+        return None;
+    }
+    ip.decrement_ttl();
+    ip.set_macs(ep.host_mac, ep.pod_mac);
+    // A pod whose device entry is missing (never, while `up` keeps both maps) goes on to tc.
+    Some(match POD_DEVS.redirect(ep.host_ifindex, u64::from(xdp_action::XDP_PASS)) {
+        Ok(action) => Verdict::redirected(action as i32, Reason::XdpRedirectLocal),
+        Err(action) => Verdict::redirected(action as i32, Reason::XdpPass),
+    })
+}
+
+/// The local pod `ip` is addressed to, if any.
+#[inline(always)]
+fn lookup(ip: &Ipv4) -> Option<Endpoint> {
+    let ep = ENDPOINTS.get_ptr(&EndpointKey { ip: ip.daddr() })?;
+    // SAFETY: the pointer comes from a successful lookup; the value is plain data, copied out
+    // before any other map operation.
+    Some(unsafe { *ep })
 }

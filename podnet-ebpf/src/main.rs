@@ -81,7 +81,31 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
 /// BENCHMARKS.md); hence XDP is off by default.
 #[xdp]
 pub fn uplink_filter(ctx: XdpContext) -> u32 {
-    prefilter::filter(&ctx).unwrap_or(Verdict::xdp_drop(Reason::XdpDropMalformed)).finish() as u32
+    try_uplink_xdp(&ctx, false).unwrap_or(Verdict::xdp_drop(Reason::XdpDropMalformed)).finish() as u32
+}
+
+/// `uplink_filter`, then frames from other nodes for local pods are redirected at XDP to the
+/// pod's host veth (through the `POD_DEVS` devmap) instead of going on to tc's `from_uplink`.
+/// Chosen with `[uplink] xdp_deliver = true`; BENCHMARKS.md has why it is not the default. NAT
+/// replies still go to tc: XDP cannot tell a complete L4 checksum from a partial one (offloaded
+/// by a sender on the same host), so it cannot rewrite ports safely.
+#[xdp]
+pub fn uplink_deliver(ctx: XdpContext) -> u32 {
+    try_uplink_xdp(&ctx, true).unwrap_or(Verdict::xdp_drop(Reason::XdpDropMalformed)).finish() as u32
+}
+
+#[inline(always)]
+fn try_uplink_xdp(ctx: &XdpContext, deliver: bool) -> Result<Verdict, Malformed> {
+    let Some(ip) = Ipv4::parse(ctx)? else {
+        return Ok(Verdict::xdp_pass(Reason::XdpPass));
+    };
+    if prefilter::denied(&ip) {
+        return Ok(Verdict::xdp_drop(Reason::XdpDropDenied));
+    }
+    if deliver && let Some(verdict) = endpoints::deliver_xdp(ctx, &ip) {
+        return Ok(verdict);
+    }
+    Ok(Verdict::xdp_pass(Reason::XdpPass))
 }
 
 #[cfg(not(test))]

@@ -3,26 +3,16 @@
 use aya_ebpf::{
     btf_maps::{LpmTrie, lpm_trie::Key},
     macros::btf_map,
-    programs::XdpContext,
 };
-use podnet_common::{Ipv4LpmData, Reason, maps::DENY_MAX};
+use podnet_common::{Ipv4LpmData, maps::DENY_MAX};
 
-use crate::{
-    packet::{Ipv4, Malformed},
-    verdict::Verdict,
-};
+use crate::packet::Ipv4;
 
 #[btf_map(pin_by_name)]
 static DENY: LpmTrie<Ipv4LpmData, u32, DENY_MAX> = LpmTrie::new();
 
-/// Drops IPv4 from a denied source; passes everything else that parses.
+/// Whether the packet's source is in a denied CIDR.
 #[inline(always)]
-pub fn filter(ctx: &XdpContext) -> Result<Verdict, Malformed> {
-    let Some(ip) = Ipv4::parse(ctx)? else {
-        return Ok(Verdict::xdp_pass(Reason::XdpPass));
-    };
-    if DENY.get(&Key::new(32, ip.saddr())).is_some() {
-        return Ok(Verdict::xdp_drop(Reason::XdpDropDenied));
-    }
-    Ok(Verdict::xdp_pass(Reason::XdpPass))
+pub fn denied(ip: &Ipv4) -> bool {
+    DENY.get(&Key::new(32, ip.saddr())).is_some()
 }

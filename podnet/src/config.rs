@@ -98,6 +98,9 @@ pub struct Uplink {
     pub ip: Ipv4Addr,
     /// How the XDP prefilter (deny list, malformed drops) attaches to the uplink.
     pub xdp: XdpMode,
+    /// Whether the uplink's XDP program also delivers frames from other nodes to local pods
+    /// itself (XDP_REDIRECT to the pod's veth) instead of leaving them to tc. Needs `xdp` on.
+    pub xdp_deliver: bool,
 }
 
 /// XDP attachment of the uplink prefilter.
@@ -197,6 +200,7 @@ struct RawUplink {
     interface: String,
     ip: String,
     xdp: Option<String>,
+    xdp_deliver: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -329,7 +333,14 @@ impl Validator {
                 self.invalid("uplink.xdp", format!("{name:?} is not one of off, native, generic"))
             })?,
         };
-        Ok(Uplink { interface: raw.interface, ip, xdp })
+        let xdp_deliver = raw.xdp_deliver.unwrap_or(false);
+        if xdp_deliver && xdp == XdpMode::Off {
+            return Err(self.invalid(
+                "uplink.xdp_deliver",
+                "needs the XDP program: set uplink.xdp = \"generic\" or \"native\"",
+            ));
+        }
+        Ok(Uplink { interface: raw.interface, ip, xdp, xdp_deliver })
     }
 
     fn cidr(&self, field: &str, text: &str) -> Result<Ipv4Net, ConfigError> {
@@ -553,7 +564,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.uplink,
-            Some(Uplink { interface: "eth0".into(), ip: Ipv4Addr::new(192, 168, 50, 1), xdp: XdpMode::Off })
+            Some(Uplink {
+                interface: "eth0".into(),
+                ip: Ipv4Addr::new(192, 168, 50, 1),
+                xdp: XdpMode::Off,
+                xdp_deliver: false
+            })
         );
         assert_eq!(c.peers[0].pod_cidr.to_string(), "10.1.2.0/24");
     }
@@ -564,6 +580,13 @@ mod tests {
         assert_eq!(c.uplink.unwrap().xdp, XdpMode::Generic);
         let err = parse(&format!("{NODE}{UPLINK}xdp = \"fast\"\n")).unwrap_err();
         assert_eq!(err, "test.toml: uplink.xdp: \"fast\" is not one of off, native, generic");
+        let c = parse(&format!("{NODE}{UPLINK}xdp = \"generic\"\nxdp_deliver = true\n")).unwrap();
+        assert!(c.uplink.unwrap().xdp_deliver);
+        let err = parse(&format!("{NODE}{UPLINK}xdp_deliver = true\n")).unwrap_err();
+        assert_eq!(
+            err,
+            "test.toml: uplink.xdp_deliver: needs the XDP program: set uplink.xdp = \"generic\" or \"native\""
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! /sys/fs/bpf/podnet/<node>/DENY, NAT_CONFIG, CT_OUT, CT_IN
 //! /sys/fs/bpf/podnet/<node>/links/<ifname>   tcx link on an interface: from_pod on host
 //!                                            veths, from_uplink on the uplink
-//! /sys/fs/bpf/podnet/<node>/links/<ifname>@xdp-<mode>   XDP link of uplink_filter
+//! /sys/fs/bpf/podnet/<node>/POD_DEVS         pod host veths (devmap) for uplink_deliver
+//! /sys/fs/bpf/podnet/<node>/links/<ifname>@xdp-<mode>   XDP link: uplink_filter, or
+//!                                            uplink_deliver with [uplink] xdp_deliver
 //! ```
 //! Maps are pinned by name (aya reuses a pinned map on the next load), links are pinned so the
 //! programs stay attached after `podnet up` exits, and re-running `up` swaps the program inside
@@ -30,7 +32,7 @@ use aya::{
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 use podnet_common::{
     PIN_ROOT,
-    programs::{FROM_POD, FROM_UPLINK, UPLINK_FILTER},
+    programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
 };
 
 use crate::config::XdpMode;
@@ -244,7 +246,9 @@ impl Datapath {
         for name in [FROM_POD, FROM_UPLINK] {
             classifier(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
         }
-        xdp(&mut ebpf)?.load().map_err(|source| DatapathError::Program { name: UPLINK_FILTER, source })?;
+        for name in [UPLINK_FILTER, UPLINK_DELIVER] {
+            xdp(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
         Ok(Self { ebpf, pins: pins.clone() })
     }
 
@@ -283,14 +287,20 @@ impl Datapath {
 }
 
 impl Datapath {
-    /// The loaded XDP prefilter (for `BPF_PROG_TEST_RUN`).
-    pub fn uplink_filter(&mut self) -> Result<&mut Xdp, DatapathError> {
-        xdp(&mut self.ebpf)
+    /// A loaded XDP program (for `BPF_PROG_TEST_RUN`).
+    pub fn xdp_program(&mut self, name: &'static str) -> Result<&mut Xdp, DatapathError> {
+        xdp(&mut self.ebpf, name)
     }
 
-    /// Attaches the XDP prefilter to `ifname` in `mode` (not `Off`), replacing any XDP link
+    /// Attaches XDP program `name` to `ifname` in `mode` (not `Off`), replacing any XDP link
     /// pinned there before (the mode cannot change inside a link).
-    pub fn attach_xdp(&mut self, ifname: &str, ifindex: u32, mode: XdpMode) -> Result<(), DatapathError> {
+    pub fn attach_xdp(
+        &mut self,
+        name: &'static str,
+        ifname: &str,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<(), DatapathError> {
         self.pins.unpin_xdp(ifname)?;
         let (aya_mode, hint) = match mode {
             XdpMode::Native => (
@@ -305,7 +315,7 @@ impl Datapath {
             hint,
             source: source.into(),
         };
-        let prog = xdp(&mut self.ebpf)?;
+        let prog = xdp(&mut self.ebpf, name)?;
         let id = prog.attach(ifindex, aya_mode).map_err(err)?;
         let path = self.pins.xdp_link(ifname, mode);
         let link = FdLink::try_from(prog.take_link(id).map_err(err)?)
@@ -315,10 +325,8 @@ impl Datapath {
     }
 }
 
-fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
-    ebpf.program_mut(UPLINK_FILTER)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(DatapathError::MissingProgram { name: UPLINK_FILTER })
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(DatapathError::MissingProgram { name })
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {

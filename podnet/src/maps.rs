@@ -2,11 +2,13 @@
 
 use std::net::Ipv4Addr;
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use aya::maps::{
+    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key, xdp::XdpMapError,
+};
 use ipnet::Ipv4Net;
 use podnet_common::{
     CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, Reason,
-    maps::{COUNTERS, CT_IN, CT_OUT, DENY, ENDPOINTS, NAT_CONFIG, PEERS},
+    maps::{COUNTERS, CT_IN, CT_OUT, DENY, ENDPOINTS, NAT_CONFIG, PEERS, POD_DEVS},
 };
 
 use crate::{config::PeerNode, datapath::PinDir};
@@ -45,16 +47,27 @@ fn open<T: TryFrom<Map, Error = MapError>>(
         .map_err(|source| MapsError::Open { path: path.display().to_string(), source: source.into() })
 }
 
-/// The local pods the datapath delivers to, by IPv4 address.
-pub struct Endpoints(HashMap<MapData, EndpointKey, Endpoint>);
+/// The local pods the datapath delivers to, by IPv4 address, and their host veths as XDP
+/// redirect targets; the two maps always change together.
+pub struct Endpoints {
+    by_ip: HashMap<MapData, EndpointKey, Endpoint>,
+    devs: DevMapHash<MapData>,
+}
 
 impl Endpoints {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
-        open(pins, ENDPOINTS, Map::HashMap).map(Self)
+        Ok(Self { by_ip: open(pins, ENDPOINTS, Map::HashMap)?, devs: open(pins, POD_DEVS, Map::DevMapHash)? })
     }
 
+    /// Adds or replaces a pod. Call it in the node's network namespace: the kernel resolves
+    /// the devmap's ifindex there.
     pub fn insert(&mut self, ip: Ipv4Addr, endpoint: &Endpoint) -> Result<(), MapsError> {
-        self.0.insert(&EndpointKey { ip: ip.octets() }, endpoint, 0).map_err(access_err(
+        let ifindex = endpoint.host_ifindex;
+        self.devs.insert(ifindex, ifindex, None, 0).map_err(|e| match e {
+            XdpMapError::MapError(e) => access_err("insert", POD_DEVS, ifindex.to_string())(e),
+            XdpMapError::ChainedProgramNotSupported => unreachable!("no chained program is passed"),
+        })?;
+        self.by_ip.insert(&EndpointKey { ip: ip.octets() }, endpoint, 0).map_err(access_err(
             "insert",
             ENDPOINTS,
             ip.to_string(),
@@ -62,16 +75,19 @@ impl Endpoints {
     }
 
     pub fn remove(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
-        self.0.remove(&EndpointKey { ip: ip.octets() }).map_err(access_err(
-            "remove",
-            ENDPOINTS,
-            ip.to_string(),
-        ))
+        let key = EndpointKey { ip: ip.octets() };
+        let ifindex =
+            self.by_ip.get(&key, 0).map_err(access_err("look up", ENDPOINTS, ip.to_string()))?.host_ifindex;
+        self.by_ip.remove(&key).map_err(access_err("remove", ENDPOINTS, ip.to_string()))?;
+        match self.devs.remove(ifindex) {
+            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(access_err("remove", POD_DEVS, ifindex.to_string())(e)),
+        }
     }
 
     /// Every endpoint, sorted by address.
     pub fn list(&self) -> Vec<(Ipv4Addr, Endpoint)> {
-        let mut all: Vec<_> = self.0.iter().flatten().map(|(k, v)| (Ipv4Addr::from(k.ip), v)).collect();
+        let mut all: Vec<_> = self.by_ip.iter().flatten().map(|(k, v)| (Ipv4Addr::from(k.ip), v)).collect();
         all.sort_by_key(|(ip, _)| *ip);
         all
     }

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use podnet_common::{
     Endpoint, NatConfig, Reason,
-    programs::{FROM_POD, FROM_UPLINK},
+    programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
 };
 use serde::Serialize;
 use tracing::{info, warn};
@@ -45,6 +45,12 @@ pub enum NodeError {
     InvalidPeer { field: &'static str, problem: String },
     #[error("no peer node called {name:?} (see `podnet status`)")]
     UnknownPeer { name: String },
+    #[error(
+        "uplink {ifname} is a veth: native XDP cannot deliver to pods from it, because a frame \
+         redirected at native XDP loses the checksum-offload state the veth carries and pods drop \
+         its TCP and UDP as bad checksums. Set [uplink] xdp = \"generic\", or xdp_deliver = false"
+    )]
+    NativeDeliverOnVeth { ifname: String },
 }
 
 /// Something `up` created, undone in reverse order if a later step fails.
@@ -111,10 +117,7 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
     NatSettings::open(&pins)?.set(&nat_settings(config, uplink.as_ref()))?;
     if let Some(uplink) = uplink {
         datapath.attach(FROM_UPLINK, &uplink.name, uplink.index)?;
-        match config.uplink.as_ref().map_or(XdpMode::Off, |u| u.xdp) {
-            XdpMode::Off => pins.unpin_xdp(&uplink.name)?,
-            mode => datapath.attach_xdp(&uplink.name, uplink.index, mode)?,
-        }
+        attach_uplink_xdp(config, &mut datapath, &pins, &uplink)?;
         let mut peers = Peers::open(&pins)?;
         for peer in &config.peers {
             peers.insert(peer)?;
@@ -140,6 +143,26 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
         pins.path().display()
     );
     Ok(())
+}
+
+/// The uplink's XDP program as `[uplink]` asks: none, the prefilter, or the prefilter with
+/// delivery to local pods.
+fn attach_uplink_xdp(
+    config: &Config,
+    datapath: &mut Datapath,
+    pins: &PinDir,
+    uplink: &Iface,
+) -> Result<(), NodeError> {
+    let Some(settings) = config.uplink.as_ref().filter(|u| u.xdp != XdpMode::Off) else {
+        return Ok(pins.unpin_xdp(&uplink.name)?);
+    };
+    if !settings.xdp_deliver {
+        return Ok(datapath.attach_xdp(UPLINK_FILTER, &uplink.name, uplink.index, settings.xdp)?);
+    }
+    if settings.xdp == XdpMode::Native && uplink.is_veth {
+        return Err(NodeError::NativeDeliverOnVeth { ifname: uplink.name.clone() });
+    }
+    Ok(datapath.attach_xdp(UPLINK_DELIVER, &uplink.name, uplink.index, settings.xdp)?)
 }
 
 /// The bridge and every pod's plumbing, recording in `made` what did not exist before. Returns

@@ -1,12 +1,13 @@
 //! The classic pod recipe, over netlink: a node bridge with the gateway address, and per pod a
-//! namespace, a veth pair (host end in the bridge), the pod address, `lo` up and a default route.
+//! namespace, a veth pair (host end in the bridge), the pod address, `lo` up and a default route;
+//! GRO on the pod end (see [`gro`]).
 //! Every step is "ensure": it leaves what already exists alone.
 
 use std::io;
 
 use crate::{
     config::{Node, Pod},
-    netlink::{Iface, Netlink, NetlinkError, netns},
+    netlink::{Iface, Netlink, NetlinkError, gro, netns},
 };
 
 /// A pod whose plumbing is in place.
@@ -51,6 +52,8 @@ pub async fn ensure_pod(
     let pod_if = inside.existing_link(&pod.pod_ifname()).await?;
     inside.add_address(&pod_if, pod.ip, node.pod_cidr.prefix_len()).await?;
     inside.set_up(&pod_if).await?;
+    // Lets the pod side take frames that the uplink's XDP program redirects to the pod.
+    gro::enable(&pod.netns, &pod.pod_ifname())?;
     inside.add_default_route(node.gateway).await?;
     Ok(PodPlumbing { host, pod_if })
 }

@@ -329,8 +329,10 @@ impl Node {
     }
 }
 
-/// The uplink XDP modes every cross-node and NAT scenario runs in.
-pub const XDP_MODES: [&str; 3] = ["off", "native", "generic"];
+/// The uplink XDP modes every cross-node and NAT scenario runs in: `[uplink] xdp`, and
+/// "generic+deliver" for `xdp = "generic"` with `xdp_deliver = true` (native delivery is refused
+/// on veth uplinks, which is all a lab has).
+pub const XDP_MODES: [&str; 4] = ["off", "native", "generic", "generic+deliver"];
 
 /// Runs `scenario` once in each of [`XDP_MODES`], naming the mode in any failure.
 pub fn in_every_xdp_mode(scenario: impl Fn(&str) -> anyhow::Result<()>) -> anyhow::Result<()> {
@@ -338,10 +340,13 @@ pub fn in_every_xdp_mode(scenario: impl Fn(&str) -> anyhow::Result<()>) -> anyho
 }
 
 /// Config body of node `k` of a lab cluster: pods 10.1.k.2 and 10.1.k.3, uplink `eth0` with
-/// 192.168.50.k and XDP mode `xdp`, peering with the nodes numbered in `peers`.
+/// 192.168.50.k and XDP mode `xdp` (one of [`XDP_MODES`]), peering with the nodes numbered in
+/// `peers`.
 pub fn node_config(k: u8, peers: &[u8], xdp: &str) -> String {
+    let (xdp, deliver) = xdp.split_once("+deliver").map_or((xdp, false), |(mode, _)| (mode, true));
     let mut c = format!(
-        "pod_cidr = \"10.1.{k}.0/24\"\n\n[uplink]\ninterface = \"eth0\"\nip = \"192.168.50.{k}\"\nxdp = \"{xdp}\"\n\n\
+        "pod_cidr = \"10.1.{k}.0/24\"\n\n[uplink]\ninterface = \"eth0\"\nip = \"192.168.50.{k}\"\nxdp = \"{xdp}\"\n\
+         xdp_deliver = {deliver}\n\n\
          [[pod]]\nname = \"pod1\"\nip = \"10.1.{k}.2\"\n\n[[pod]]\nname = \"pod2\"\nip = \"10.1.{k}.3\"\n"
     );
     for p in peers {

@@ -15,7 +15,7 @@ use podnet::{
 };
 use podnet_common::{
     Endpoint, NatConfig, Reason,
-    programs::{FROM_POD, FROM_UPLINK},
+    programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
 };
 use podnet_tests::{
     FIB_NEIGH_MAC, FibFixture, Lab,
@@ -45,17 +45,21 @@ impl Loaded {
         let pins = PinDir::for_node(&format!("testrun-{tag}{}", std::process::id()));
         let datapath = Datapath::load(&pins).expect("load the embedded eBPF object");
         let mut endpoints = Endpoints::open(&pins).unwrap();
-        let endpoint = Endpoint { host_ifindex: 42, flags: 0, pod_mac: POD_MAC, host_mac: HOST_MAC };
+        // The pod's "host veth" is `lo` (ifindex 1): the devmap takes only devices that exist.
+        let endpoint = Endpoint { host_ifindex: 1, flags: 0, pod_mac: POD_MAC, host_mac: HOST_MAC };
         endpoints.insert(LOCAL, &endpoint).unwrap();
         Self { datapath, pins }
     }
 
-    /// Runs the XDP prefilter once on `frame`; returns its action.
-    fn run_xdp(&mut self, frame: &[u8]) -> u32 {
-        let prog = self.datapath.uplink_filter().unwrap();
-        prog.test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
+    /// Runs XDP program `name` once on `frame`; returns its action and the frame it left.
+    fn run_xdp(&mut self, name: &'static str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let prog = self.datapath.xdp_program(name).unwrap();
+        let result = prog
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
     }
 
     /// Runs `from_pod` once on `frame`; returns the action and the frame as the program left it.
@@ -307,12 +311,15 @@ fn nat_rewrites() {
     assert!(checksums_valid(&out), "ICMP checksum after reverse NAT");
 }
 
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
 /// The uplink's XDP prefilter: deny-listed sources and malformed frames dropped (and counted),
-/// everything else passed on to tc.
+/// everything else passed on to tc. `uplink_deliver` makes the same decisions for these frames
+/// (none is a routable frame for a local pod).
 #[test]
 fn uplink_filter_decisions() {
-    const XDP_DROP: u32 = 1;
-    const XDP_PASS: u32 = 2;
     let mut dp = Loaded::new("xdp");
     Deny::open(&dp.pins).unwrap().insert("203.0.113.0/24".parse().unwrap()).unwrap();
     let (pod, node) = (Ipv4Addr::new(10, 1, 1, 2), Ipv4Addr::new(192, 168, 50, 1));
@@ -366,9 +373,42 @@ fn uplink_filter_decisions() {
             Reason::XdpDropMalformed,
         ),
     ];
-    for (what, frame, action, reason) in cases {
-        let before = dp.counters();
-        assert_eq!(dp.run_xdp(&frame), action, "{what}");
-        counted(&before, &dp.counters(), reason);
+    for program in [UPLINK_FILTER, UPLINK_DELIVER] {
+        for (what, frame, action, reason) in &cases {
+            let before = dp.counters();
+            assert_eq!(dp.run_xdp(program, frame).0, *action, "{program}: {what}");
+            counted(&before, &dp.counters(), *reason);
+        }
     }
+}
+
+/// `uplink_deliver`: a frame from another node for a local pod is redirected at XDP (a routed
+/// hop: TTL - 1 with a valid header checksum, MACs for the pod); what tc must handle passes.
+#[test]
+fn uplink_deliver_decisions() {
+    let mut dp = Loaded::new("deliver");
+    let remote = Ipv4Addr::new(10, 1, 2, 2);
+    let frame = udp4([0xaa; 6], [0xbb; 6], remote, LOCAL, b"hello");
+    let before = dp.counters();
+    let (action, out) = dp.run_xdp(UPLINK_DELIVER, &frame);
+    assert_eq!(action, XDP_REDIRECT);
+    counted(&before, &dp.counters(), Reason::XdpRedirectLocal);
+    assert_eq!(out[..6], POD_MAC, "destination MAC is the pod's");
+    assert_eq!(out[6..12], HOST_MAC, "source MAC is the host veth's");
+    assert_eq!(out[ETH_LEN + 8], frame[ETH_LEN + 8] - 1, "TTL decremented");
+    assert_eq!(inet_checksum(&out[ETH_LEN..ETH_LEN + 20]), 0, "IPv4 header checksum still valid");
+    assert_eq!(out[ETH_LEN..ETH_LEN + 8], frame[ETH_LEN..ETH_LEN + 8], "rest of the header unchanged");
+    assert_eq!(out[ETH_LEN + 12..], frame[ETH_LEN + 12..], "addresses and payload unchanged");
+
+    let mut ttl_one = frame.to_vec();
+    ttl_one[ETH_LEN + 8] = 1;
+    let other = udp4([0xaa; 6], [0xbb; 6], remote, Ipv4Addr::new(10, 1, 1, 99), b"hello");
+    for (what, f) in [("TTL 1 (the stack answers)", ttl_one), ("no such pod", other.to_vec())] {
+        let before = dp.counters();
+        assert_eq!(dp.run_xdp(UPLINK_DELIVER, &f), (XDP_PASS, f.clone()), "{what}: passed untouched");
+        counted(&before, &dp.counters(), Reason::XdpPass);
+    }
+    // The prefilter comes first: a denied source is dropped even when it is for a local pod.
+    Deny::open(&dp.pins).unwrap().insert("10.1.2.0/24".parse().unwrap()).unwrap();
+    assert_eq!(dp.run_xdp(UPLINK_DELIVER, &frame).0, XDP_DROP);
 }

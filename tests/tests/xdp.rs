@@ -4,6 +4,7 @@
 use std::{thread, time::Duration};
 
 use anyhow::Context as _;
+use podnet::netlink::netns;
 use podnet_tests::{Lab, in_ns, node_config, pings, sh};
 
 #[test]
@@ -60,5 +61,21 @@ fn deny_list_with(xdp: &str) -> anyhow::Result<()> {
     node.run_podnet(&["deny", "del", "192.168.50.100/32"])?;
     assert!(node.run_podnet(&["deny", "list"])?.trim().is_empty());
     assert!(pings(&bad, "10.1.1.2", 1), "deny del restores the host");
+    Ok(())
+}
+
+/// Native XDP delivery from a veth uplink would hand pods frames whose offloaded checksums were
+/// never filled in: `up` refuses it, says what to do instead, and leaves nothing behind.
+#[test]
+fn native_delivery_on_a_veth_uplink_is_refused() -> anyhow::Result<()> {
+    let mut lab = Lab::new("xdpveth")?;
+    let switch = lab.switch("sw")?;
+    let node = lab.node("node1", &node_config(1, &[], "native+deliver"))?;
+    lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
+    let err = node.run_podnet(&["up"]).expect_err("native delivery on a veth uplink must fail");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("eth0 is a veth") && msg.contains("xdp = \"generic\""), "{msg}");
+    assert!(!node.pin_dir().exists(), "a refused `up` rolled back its pins");
+    assert!(!netns::exists(&node.pod_ns("pod1")), "a refused `up` rolled back its pods");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Links, addresses and routes over rtnetlink, in the current namespace or a named one.
 
+pub mod gro;
 pub mod netns;
 
 use std::{
@@ -14,7 +15,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
-        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
         route::RouteMessage,
     },
 };
@@ -43,6 +44,8 @@ pub enum NetlinkError {
     },
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Gro(#[from] gro::GroError),
 }
 
 /// A network interface as podnet needs to know it.
@@ -51,6 +54,8 @@ pub struct Iface {
     pub index: u32,
     pub name: String,
     pub mac: [u8; 6],
+    /// Whether it is one end of a veth pair.
+    pub is_veth: bool,
 }
 
 /// An rtnetlink connection bound to one network namespace.
@@ -271,11 +276,14 @@ impl Netlink {
 }
 
 fn iface(msg: &LinkMessage) -> Iface {
-    let mut iface = Iface { index: msg.header.index, name: String::new(), mac: [0; 6] };
+    let mut iface = Iface { index: msg.header.index, name: String::new(), mac: [0; 6], is_veth: false };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(name) => iface.name.clone_from(name),
             LinkAttribute::Address(mac) if mac.len() == 6 => iface.mac.copy_from_slice(mac),
+            LinkAttribute::LinkInfo(info) => {
+                iface.is_veth = info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+            }
             _ => {}
         }
     }

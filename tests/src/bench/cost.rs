@@ -167,7 +167,7 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
                     // XDP takes no skb context.
                     let opts =
                         TestRunOptions { data_in: Some(frame), repeat: case.batch, ..Default::default() };
-                    datapath.uplink_filter()?.test_run(opts)?
+                    datapath.xdp_program(UPLINK_FILTER)?.test_run(opts)?
                 } else {
                     datapath.program(case.program)?.test_run(TestRunOptions {
                         data_in: Some(frame),
