@@ -182,11 +182,12 @@ async fn plumb<'c>(
     if !had_bridge {
         info!("created bridge {} with gateway {}/{}", node.bridge, node.gateway, node.pod_cidr.prefix_len());
     }
+    let native_delivery = config.uplink.as_ref().is_some_and(|u| u.xdp == XdpMode::Native && u.xdp_deliver);
     let mut pods = Vec::with_capacity(config.pods.len());
     for pod in &config.pods {
         let had_netns = netns::exists(&pod.netns);
         let had_veth = nl.link(&pod.host_ifname()).await?.is_some();
-        let plumbed = plumbing::ensure_pod(nl, &bridge, node, pod).await;
+        let plumbed = plumbing::ensure_pod(nl, &bridge, node, pod, native_delivery).await;
         // Record what was made before looking at the result, so a half-made pod is undone too.
         if !had_netns && netns::exists(&pod.netns) {
             made.push(Made::Netns(pod.netns.clone()));

@@ -1,6 +1,6 @@
 //! The classic pod recipe, over netlink: a node bridge with the gateway address, and per pod a
 //! namespace, a veth pair (host end in the bridge), the pod address, `lo` up and a default route;
-//! GRO on the pod end (see [`gro`]).
+//! GRO on the pod end only when native XDP delivers to pods (see [`gro`]).
 //! Every step is "ensure": it leaves what already exists alone.
 
 use std::io;
@@ -30,12 +30,14 @@ pub async fn ensure_bridge(nl: &Netlink, node: &Node) -> Result<Iface, NetlinkEr
     Ok(bridge)
 }
 
-/// Makes sure `pod` has its namespace, veth pair, address and default route.
+/// Makes sure `pod` has its namespace, veth pair, address and default route, and GRO on its
+/// end of the veth exactly when `xdp_frames` (native XDP redirects to the pod).
 pub async fn ensure_pod(
     nl: &Netlink,
     bridge: &Iface,
     node: &Node,
     pod: &Pod,
+    xdp_frames: bool,
 ) -> Result<PodPlumbing, NetlinkError> {
     netns::create(&pod.netns)?;
     let host_name = pod.host_ifname();
@@ -52,8 +54,7 @@ pub async fn ensure_pod(
     let pod_if = inside.existing_link(&pod.pod_ifname()).await?;
     inside.add_address(&pod_if, pod.ip, node.pod_cidr.prefix_len()).await?;
     inside.set_up(&pod_if).await?;
-    // Lets the pod side take frames that the uplink's XDP program redirects to the pod.
-    gro::enable(&pod.netns, &pod.pod_ifname())?;
+    gro::set(&pod.netns, &pod.pod_ifname(), xdp_frames)?;
     inside.add_default_route(node.gateway).await?;
     Ok(PodPlumbing { host, pod_if })
 }

@@ -21,14 +21,20 @@ fn quick_bench_runs_end_to_end() {
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let results = json["results"].as_array().unwrap();
     for path in ["same-node", "cross-node", "nat"] {
-        let xdp: &[&str] = if path == "same-node" { &[] } else { &["podnet+xdp"] };
+        let xdp: &[&str] = match path {
+            "same-node" => &[],
+            "nat" => &["podnet+xdp", "podnet+xdp-generic"],
+            _ => &["podnet+xdp", "podnet+xdp-generic", "podnet+xdp-deliver"],
+        };
         for setup in ["limit", "recipe", "podnet"].iter().chain(xdp) {
             let metrics = results.iter().filter(|r| r["setup"] == *setup && r["path"] == path).count();
-            assert_eq!(metrics, 9, "{path} / {setup} should report all 9 metrics");
+            // NAT adds the reply direction: TCP 1 stream, UDP 64 B rate and loss.
+            let expected = if path == "nat" { 12 } else { 9 };
+            assert_eq!(metrics, expected, "{path} / {setup} should report all {expected} metrics");
         }
     }
     assert!(results.iter().all(|r| r["stat"]["median"].as_f64().is_some_and(f64::is_finite)));
-    assert_eq!(json["costs"].as_array().unwrap().len(), 11);
+    assert_eq!(json["costs"].as_array().unwrap().len(), 12);
     let floods = json["floods"].as_array().unwrap();
     assert_eq!(floods.len(), 3, "xdp native, xdp generic, iptables raw");
     assert!(

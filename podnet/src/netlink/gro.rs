@@ -24,7 +24,7 @@ struct EthtoolValue {
 pub enum GroError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("could not turn on GRO on {ifname:?} in namespace {ns:?}")]
+    #[error("could not set GRO on {ifname:?} in namespace {ns:?}")]
     Ioctl {
         ifname: String,
         ns: String,
@@ -33,14 +33,14 @@ pub enum GroError {
     },
 }
 
-/// Turns GRO on for `ifname` inside the namespace `ns` (idempotent).
-pub fn enable(ns: &str, ifname: &str) -> Result<(), GroError> {
+/// Turns GRO on or off for `ifname` inside the namespace `ns` (idempotent).
+pub fn set(ns: &str, ifname: &str, on: bool) -> Result<(), GroError> {
     let fd = netns::open(ns)?;
     let ioctl_err = |source| GroError::Ioctl { ifname: ifname.to_owned(), ns: ns.to_owned(), source };
     std::thread::scope(|s| {
         s.spawn(|| {
             setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| ioctl_err(e.into()))?;
-            set_gro(ifname, true).map_err(ioctl_err)
+            set_gro(ifname, on).map_err(ioctl_err)
         })
         .join()
         .expect("GRO thread does not panic")

@@ -14,7 +14,7 @@ use podnet::{
 };
 use podnet_common::{
     Endpoint, NatConfig,
-    programs::{FROM_POD, FROM_UPLINK, UPLINK_FILTER},
+    programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
 };
 use serde::Serialize;
 
@@ -146,7 +146,7 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
             7,
         ),
         one(FROM_UPLINK, "pass-through (for the node)", frame(node), 0),
-        // XDP actions: XDP_DROP 1, XDP_PASS 2.
+        // XDP actions: XDP_DROP 1, XDP_PASS 2, XDP_REDIRECT 4.
         one(
             UPLINK_FILTER,
             "deny-listed source (drop)",
@@ -154,6 +154,7 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
             1,
         ),
         one(UPLINK_FILTER, "allowed source (pass)", frame(local), 2),
+        one(UPLINK_DELIVER, "to local pod (devmap redirect)", frame(local), 4),
     ];
     cases
         .into_iter()
@@ -163,11 +164,11 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
             let mut total_ns = 0.0;
             for call in 0..calls {
                 let frame = &case.frames[call as usize % case.frames.len()];
-                let result = if case.program == UPLINK_FILTER {
+                let result = if [UPLINK_FILTER, UPLINK_DELIVER].contains(&case.program) {
                     // XDP takes no skb context.
                     let opts =
                         TestRunOptions { data_in: Some(frame), repeat: case.batch, ..Default::default() };
-                    datapath.xdp_program(UPLINK_FILTER)?.test_run(opts)?
+                    datapath.xdp_program(case.program)?.test_run(opts)?
                 } else {
                     datapath.program(case.program)?.test_run(TestRunOptions {
                         data_in: Some(frame),

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::Lab;
 pub use report::Report;
 pub use setups::{Path, Setup};
-pub use tools::Metric;
+pub use tools::{Metric, Run};
 
 /// How long and how often to measure.
 #[derive(Debug, Clone, Serialize)]
@@ -44,11 +44,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             }
         }
     }
-    let total = settings.reps as usize * targets.len() * Metric::RUNS.len();
+    let runs = |path: Path| Run::ALL.into_iter().filter(move |run| run.applies_to(path));
+    let total = settings.reps as usize * targets.iter().map(|(path, ..)| runs(*path).count()).sum::<usize>();
     let mut done = 0;
     for rep in 1..=settings.reps {
-        for run in Metric::RUNS {
-            for (path, setup, target) in &targets {
+        for run in Run::ALL {
+            for (path, setup, target) in targets.iter().filter(|(path, ..)| run.applies_to(*path)) {
                 done += 1;
                 let values = tools::measure(target, run, settings.seconds)?;
                 let shown: Vec<String> =

@@ -82,14 +82,12 @@ impl Report {
                 .into_iter()
                 .filter(|&st| self.samples.keys().any(|k| k.0 == path && k.2 == st))
                 .collect();
-            let xdp = setups.contains(&Setup::PodnetXdp);
+            let xdp: Vec<Setup> = setups.iter().copied().filter(|st| st.xdp_mode().is_some()).collect();
             let _ = writeln!(out, "path: {}", path.name());
-            let mut header = vec!["metric", "unit"];
-            header.extend(setups.iter().map(|st| st.name()));
-            header.extend(["podnet/recipe", "podnet/limit"]);
-            if xdp {
-                header.push("xdp/tc-only");
-            }
+            let mut header: Vec<String> = ["metric", "unit"].map(String::from).to_vec();
+            header.extend(setups.iter().map(|st| st.name().to_owned()));
+            header.extend(["podnet/recipe", "podnet/limit"].map(String::from));
+            header.extend(xdp.iter().map(|st| format!("{}/podnet", st.name())));
             let _ = writeln!(out, "| {} |\n|{}", header.join(" | "), "---|".repeat(header.len()));
             for metric in self.metrics(path) {
                 let mut row = vec![metric.name().to_owned(), metric.unit().to_owned()];
@@ -102,9 +100,7 @@ impl Report {
                     |num, den| self.ratio(path, metric, num, den).map_or("-".into(), |r| format!("{r:.2}x"));
                 row.push(ratio(Setup::Podnet, Setup::Recipe));
                 row.push(ratio(Setup::Podnet, Setup::Limit));
-                if xdp {
-                    row.push(ratio(Setup::PodnetXdp, Setup::Podnet));
-                }
+                row.extend(xdp.iter().map(|&st| ratio(st, Setup::Podnet)));
                 let _ = writeln!(out, "| {} |", row.join(" | "));
             }
             out.push('\n');
@@ -161,13 +157,15 @@ impl Report {
             (Setup::Recipe, "#e07b39"),
             (Setup::Podnet, "#2a7ab9"),
             (Setup::PodnetXdp, "#5bb5a2"),
+            (Setup::PodnetXdpGeneric, "#9c6ade"),
+            (Setup::PodnetXdpDeliver, "#d4a017"),
         ];
         let groups: Vec<(Path, Metric)> = self
             .settings
             .paths
             .iter()
             .flat_map(|&p| self.metrics(p).into_iter().map(move |m| (p, m)))
-            .filter(|(_, m)| *m != Metric::Udp64LossPercent)
+            .filter(|(_, m)| !matches!(m, Metric::Udp64LossPercent | Metric::UdpReply64LossPercent))
             .collect();
         let rel = |p, m, s| -> Option<f64> {
             let base = self.stat(p, m, Setup::Recipe)?.median;

@@ -47,10 +47,24 @@ pub enum Setup {
     /// podnet with the XDP prefilter in native mode on the uplink (paths that cross it).
     #[serde(rename = "podnet+xdp")]
     PodnetXdp,
+    /// podnet with the XDP prefilter in generic mode on the uplink.
+    #[serde(rename = "podnet+xdp-generic")]
+    PodnetXdpGeneric,
+    /// podnet with `uplink_deliver` in generic mode: frames for local pods redirected at XDP
+    /// (cross node only; NAT replies go to tc in every mode).
+    #[serde(rename = "podnet+xdp-deliver")]
+    PodnetXdpDeliver,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 4] = [Setup::Limit, Setup::Recipe, Setup::Podnet, Setup::PodnetXdp];
+    pub const ALL: [Setup; 6] = [
+        Setup::Limit,
+        Setup::Recipe,
+        Setup::Podnet,
+        Setup::PodnetXdp,
+        Setup::PodnetXdpGeneric,
+        Setup::PodnetXdpDeliver,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -58,6 +72,18 @@ impl Setup {
             Setup::Recipe => "recipe",
             Setup::Podnet => "podnet",
             Setup::PodnetXdp => "podnet+xdp",
+            Setup::PodnetXdpGeneric => "podnet+xdp-generic",
+            Setup::PodnetXdpDeliver => "podnet+xdp-deliver",
+        }
+    }
+
+    /// The node config's XDP mode (see `crate::XDP_MODES`) of a podnet setup with XDP.
+    pub fn xdp_mode(self) -> Option<&'static str> {
+        match self {
+            Setup::PodnetXdp => Some("native"),
+            Setup::PodnetXdpGeneric => Some("generic"),
+            Setup::PodnetXdpDeliver => Some("generic+deliver"),
+            Setup::Limit | Setup::Recipe | Setup::Podnet => None,
         }
     }
 }
@@ -74,10 +100,13 @@ const TWO_PODS: &str = "pod_cidr = \"10.1.1.0/24\"\n\n[[pod]]\nname = \"pod1\"\n
                         [[pod]]\nname = \"pod2\"\nip = \"10.1.1.3\"\n";
 
 /// Builds `setup` for `path`, starts the measurement servers, and checks traffic flows; `None`
-/// where the setup does not apply (XDP on the uplink for same-node traffic).
+/// where the setup does not apply (XDP on the uplink for same-node traffic, XDP delivery for
+/// NAT replies).
 pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Option<Target>> {
+    let xdp = setup.xdp_mode();
     let target = match (path, setup) {
-        (Path::SameNode, Setup::PodnetXdp) => return Ok(None),
+        (Path::SameNode, Setup::PodnetXdp | Setup::PodnetXdpGeneric | Setup::PodnetXdpDeliver)
+        | (Path::Nat, Setup::PodnetXdpDeliver) => return Ok(None),
         (Path::SameNode, Setup::Limit) => direct_pair(lab, "lim")?,
         (Path::SameNode, Setup::Recipe) => two_pod_node(lab, "rcp", false)?,
         (Path::SameNode, Setup::Podnet) => two_pod_node(lab, "pn", true)?,
@@ -90,15 +119,13 @@ pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Option<T
             }
         }
         (Path::CrossNode, Setup::Recipe) => two_nodes(lab, "xr", None)?,
-        (Path::CrossNode, Setup::Podnet) => two_nodes(lab, "xp", Some("off"))?,
-        (Path::CrossNode, Setup::PodnetXdp) => two_nodes(lab, "xx", Some("native"))?,
+        (Path::CrossNode, _) => two_nodes(lab, &format!("x{}", setup as u8), Some(xdp.unwrap_or("off")))?,
         (Path::Nat, Setup::Limit) => {
             let (node, ext) = node_and_external(lab, "nl", "off")?;
             Target { client_ns: node.netns, server_ns: ext, server_ip: EXTERNAL.into() }
         }
         (Path::Nat, Setup::Recipe) => masquerading_node(lab, "nr", None)?,
-        (Path::Nat, Setup::Podnet) => masquerading_node(lab, "np", Some("off"))?,
-        (Path::Nat, Setup::PodnetXdp) => masquerading_node(lab, "nx", Some("native"))?,
+        (Path::Nat, _) => masquerading_node(lab, &format!("n{}", setup as u8), Some(xdp.unwrap_or("off")))?,
     };
     anyhow::ensure!(
         pings(&target.client_ns, &target.server_ip, 1),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::setups::Target;
+use super::setups::{Path, Target};
 use crate::{Lab, sh, wait_listening};
 
 const IPERF_PORT: u16 = 5201;
@@ -32,6 +32,10 @@ pub enum Metric {
     UdpRttAvg,
     UdpRttP99,
     ConnectRate,
+    /// NAT path only: the external host sends to the pod (replies to the pod's connection).
+    TcpReply1Stream,
+    UdpReply64Kpps,
+    UdpReply64LossPercent,
 }
 
 /// One tool run; some runs yield two metrics.
@@ -43,13 +47,32 @@ pub enum Run {
     TcpPingPong,
     UdpPingPong,
     Connect,
+    /// iperf3 -R: the server sends (on the NAT path, through the reply translation).
+    TcpReply1,
+    UdpReply64,
+}
+
+impl Run {
+    /// Every tool run, in the order each repetition performs them.
+    pub const ALL: [Run; 8] = [
+        Run::Tcp1,
+        Run::Tcp2,
+        Run::Udp64,
+        Run::TcpPingPong,
+        Run::UdpPingPong,
+        Run::Connect,
+        Run::TcpReply1,
+        Run::UdpReply64,
+    ];
+
+    /// Whether this run is made on `path`: reply-direction streams only where the reply
+    /// direction takes another path through the node (NAT's reverse translation).
+    pub fn applies_to(self, path: Path) -> bool {
+        !matches!(self, Run::TcpReply1 | Run::UdpReply64) || path == Path::Nat
+    }
 }
 
 impl Metric {
-    /// Every tool run, in the order each repetition performs them.
-    pub const RUNS: [Run; 6] =
-        [Run::Tcp1, Run::Tcp2, Run::Udp64, Run::TcpPingPong, Run::UdpPingPong, Run::Connect];
-
     pub fn name(self) -> &'static str {
         match self {
             Metric::Tcp1Stream => "TCP 1 stream",
@@ -61,14 +84,17 @@ impl Metric {
             Metric::UdpRttAvg => "UDP RTT avg",
             Metric::UdpRttP99 => "UDP RTT p99",
             Metric::ConnectRate => "TCP connect/close",
+            Metric::TcpReply1Stream => "TCP 1 stream, reply",
+            Metric::UdpReply64Kpps => "UDP 64 B rate, reply",
+            Metric::UdpReply64LossPercent => "UDP 64 B loss, reply",
         }
     }
 
     pub fn unit(self) -> &'static str {
         match self {
-            Metric::Tcp1Stream | Metric::Tcp2Streams => "Gbit/s",
-            Metric::Udp64Kpps => "kpps",
-            Metric::Udp64LossPercent => "%",
+            Metric::Tcp1Stream | Metric::Tcp2Streams | Metric::TcpReply1Stream => "Gbit/s",
+            Metric::Udp64Kpps | Metric::UdpReply64Kpps => "kpps",
+            Metric::Udp64LossPercent | Metric::UdpReply64LossPercent => "%",
             Metric::TcpRttAvg | Metric::TcpRttP99 | Metric::UdpRttAvg | Metric::UdpRttP99 => "us",
             Metric::ConnectRate => "conn/s",
         }
@@ -76,7 +102,15 @@ impl Metric {
 
     /// Whether a larger value is better (throughput, rates) or worse (latency, loss).
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Metric::Tcp1Stream | Metric::Tcp2Streams | Metric::Udp64Kpps | Metric::ConnectRate)
+        matches!(
+            self,
+            Metric::Tcp1Stream
+                | Metric::Tcp2Streams
+                | Metric::Udp64Kpps
+                | Metric::ConnectRate
+                | Metric::TcpReply1Stream
+                | Metric::UdpReply64Kpps
+        )
     }
 }
 
@@ -123,21 +157,39 @@ pub fn measure(t: &Target, run: Run, seconds: u32) -> anyhow::Result<Vec<(Metric
         json(&sh(&t.client_ns, "iperf3", &args)?)
     };
     Ok(match run {
-        Run::Tcp1 | Run::Tcp2 => {
-            let streams = if run == Run::Tcp1 { "1" } else { "2" };
-            let out = iperf(&["-C", "cubic", "-P", streams, "-A", &affinity])?;
+        Run::Tcp1 | Run::Tcp2 | Run::TcpReply1 => {
+            let streams = if run == Run::Tcp2 { "2" } else { "1" };
+            let mut args = vec!["-C", "cubic", "-P", streams, "-A", &affinity];
+            if run == Run::TcpReply1 {
+                args.push("-R");
+            }
+            let out = iperf(&args)?;
             let bps = out["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 TCP result")?;
-            let metric = if run == Run::Tcp1 { Metric::Tcp1Stream } else { Metric::Tcp2Streams };
+            let metric = match run {
+                Run::Tcp1 => Metric::Tcp1Stream,
+                Run::Tcp2 => Metric::Tcp2Streams,
+                _ => Metric::TcpReply1Stream,
+            };
             vec![(metric, bps / 1e9)]
         }
-        Run::Udp64 => {
+        Run::Udp64 | Run::UdpReply64 => {
             // Unpinned: a flooding sender on the receiver's CPU would measure CPU starvation.
-            let out = iperf(&["-u", "-b", "0", "-l", "64"])?;
+            let reply = run == Run::UdpReply64;
+            let out = iperf(if reply {
+                &["-u", "-b", "0", "-l", "64", "-R"]
+            } else {
+                &["-u", "-b", "0", "-l", "64"]
+            })?;
             let rx = &out["end"]["sum_received"];
             let bytes = rx["bytes"].as_f64().context("iperf3 UDP bytes")?;
             let secs = rx["seconds"].as_f64().context("iperf3 UDP seconds")?;
             let loss = rx["lost_percent"].as_f64().unwrap_or(0.0);
-            vec![(Metric::Udp64Kpps, bytes / 64.0 / secs / 1e3), (Metric::Udp64LossPercent, loss)]
+            let (rate, lost) = if reply {
+                (Metric::UdpReply64Kpps, Metric::UdpReply64LossPercent)
+            } else {
+                (Metric::Udp64Kpps, Metric::Udp64LossPercent)
+            };
+            vec![(rate, bytes / 64.0 / secs / 1e3), (lost, loss)]
         }
         Run::TcpPingPong | Run::UdpPingPong => {
             let tcp = run == Run::TcpPingPong;
