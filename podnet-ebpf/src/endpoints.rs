@@ -15,8 +15,8 @@ use crate::{packet::Ipv4, verdict::Verdict};
 
 #[btf_map(pin_by_name)]
 static ENDPOINTS: HashMap<EndpointKey, Endpoint, ENDPOINTS_MAX> = HashMap::new();
-/// The pods' host veths, keyed by ifindex: XDP can only redirect to another device through a map
-/// (or `bpf_redirect`, whose generic-mode path refuses GSO frames even when they would fit).
+/// The pods' host veths, keyed by ifindex: the targets of XDP delivery. A devmap holds each
+/// device, so a redirect needs no per-packet ifindex lookup, and only live devices are targets.
 #[btf_map(pin_by_name)]
 static POD_DEVS: DevMapHash<ENDPOINTS_MAX> = DevMapHash::new();
 

@@ -14,7 +14,9 @@ use ipnet::Ipv4Net;
 ///     routes to pods on other nodes straight out of the uplink, and masquerades traffic to the
 ///     outside behind the node IP (its own connection tracking, no iptables);
 ///   - a tc program on the uplink delivers arriving traffic and NAT replies into the pods;
-///   - an optional XDP program on the uplink drops deny-listed sources early.
+///   - an optional XDP program on the uplink drops deny-listed sources early ([uplink] xdp), and
+///     can deliver traffic from other nodes to local pods itself ([uplink] xdp_deliver); both
+///     are off by default, because on veth uplinks tc is faster (BENCHMARKS.md).
 ///
 /// State lives in BPF maps pinned under /sys/fs/bpf/podnet/<node>/, so the datapath keeps
 /// running after `podnet up` exits.
