@@ -1,5 +1,7 @@
-//! The uplink's XDP prefilter end to end: a flood from a deny-listed external host dies at XDP
-//! (the counter moves, the pod sees nothing) while allowed traffic flows; `deny del` restores it.
+//! The uplink's XDP programs end to end: a flood from a deny-listed external host dies at XDP
+//! (the counter moves, the pod sees nothing) while allowed traffic flows, and `deny del` restores
+//! it; native delivery is refused on a veth uplink; XDP settings change in place on `up`.
+//! (Delivery at XDP itself runs in every cross-node and NAT scenario, mode "generic+deliver".)
 
 use std::{thread, time::Duration};
 
@@ -77,5 +79,39 @@ fn native_delivery_on_a_veth_uplink_is_refused() -> anyhow::Result<()> {
     assert!(msg.contains("eth0 is a veth") && msg.contains("xdp = \"generic\""), "{msg}");
     assert!(!node.pin_dir().exists(), "a refused `up` rolled back its pins");
     assert!(!netns::exists(&node.pod_ns("pod1")), "a refused `up` rolled back its pods");
+    Ok(())
+}
+
+/// Re-running `up` with another `[uplink] xdp` / `xdp_deliver` swaps the uplink's XDP program in
+/// place (prefilter, prefilter + delivery, none) and traffic keeps flowing in each.
+#[test]
+fn xdp_settings_change_in_place() -> anyhow::Result<()> {
+    let mut lab = Lab::new("xdpswap")?;
+    let switch = lab.switch("sw")?;
+    let node = lab.node("node1", &node_config(1, &[], "generic"))?;
+    lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
+    let host = lab.netns("host")?;
+    lab.plug(&switch, &host, "porth", "192.168.50.100/24")?;
+    sh(&host, "ip", &["route", "add", "10.1.1.0/24", "via", "192.168.50.1"])?;
+    let body = std::fs::read_to_string(&node.config)?;
+    for (mode, program) in
+        [("generic", Some("uplink_filter")), ("generic+deliver", Some("uplink_deliver")), ("off", None)]
+    {
+        std::fs::write(
+            &node.config,
+            body.replace(&node_config(1, &[], "generic"), &node_config(1, &[], mode)),
+        )?;
+        node.run_podnet(&["up"])?;
+        let status = node.status()?;
+        let xdp: Vec<&serde_json::Value> = status["programs"]
+            .as_array()
+            .context("status lists programs")?
+            .iter()
+            .filter(|p| p["hook"].as_str().is_some_and(|h| h.starts_with("xdp")))
+            .collect();
+        let attached: Vec<&str> = xdp.iter().filter_map(|p| p["program"].as_str()).collect();
+        assert_eq!(attached, program.into_iter().collect::<Vec<_>>(), "{mode}: {status}");
+        assert!(pings(&host, "10.1.1.2", 1), "{mode}: the host reaches the pod");
+    }
     Ok(())
 }
