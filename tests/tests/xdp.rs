@@ -7,7 +7,15 @@ use std::{thread, time::Duration};
 
 use anyhow::Context as _;
 use podnet::netlink::netns;
-use podnet_tests::{Lab, in_ns, node_config, pings, sh};
+use podnet_tests::{Lab, Node, in_ns, node_config, pings, sh};
+
+/// Node 1 (XDP mode `xdp`, one of `XDP_MODES`) on a new switch, not up yet.
+fn node_on_a_switch(lab: &mut Lab, xdp: &str) -> anyhow::Result<(String, Node)> {
+    let switch = lab.switch("sw")?;
+    let node = lab.node("node1", &node_config(1, &[], xdp))?;
+    lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
+    Ok((switch, node))
+}
 
 #[test]
 fn deny_list_drops_a_flood_at_xdp() -> anyhow::Result<()> {
@@ -19,9 +27,7 @@ fn deny_list_drops_a_flood_at_xdp() -> anyhow::Result<()> {
 
 fn deny_list_with(xdp: &str) -> anyhow::Result<()> {
     let mut lab = Lab::new("xdp")?;
-    let switch = lab.switch("sw")?;
-    let node = lab.node("node1", &node_config(1, &[], xdp))?;
-    lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
+    let (switch, node) = node_on_a_switch(&mut lab, xdp)?;
     let (bad, good) = (lab.netns("bad")?, lab.netns("good")?);
     for (ns, ip, port) in [(&bad, "192.168.50.100/24", "portb"), (&good, "192.168.50.101/24", "portg")] {
         lab.plug(&switch, ns, port, ip)?;
@@ -71,9 +77,7 @@ fn deny_list_with(xdp: &str) -> anyhow::Result<()> {
 #[test]
 fn native_delivery_on_a_veth_uplink_is_refused() -> anyhow::Result<()> {
     let mut lab = Lab::new("xdpveth")?;
-    let switch = lab.switch("sw")?;
-    let node = lab.node("node1", &node_config(1, &[], "native+deliver"))?;
-    lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
+    let (_, node) = node_on_a_switch(&mut lab, "native+deliver")?;
     let err = node.run_podnet(&["up"]).expect_err("native delivery on a veth uplink must fail");
     let msg = format!("{err:#}");
     assert!(msg.contains("eth0 is a veth") && msg.contains("xdp = \"generic\""), "{msg}");
@@ -87,9 +91,7 @@ fn native_delivery_on_a_veth_uplink_is_refused() -> anyhow::Result<()> {
 #[test]
 fn xdp_settings_change_in_place() -> anyhow::Result<()> {
     let mut lab = Lab::new("xdpswap")?;
-    let switch = lab.switch("sw")?;
-    let node = lab.node("node1", &node_config(1, &[], "generic"))?;
-    lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
+    let (switch, node) = node_on_a_switch(&mut lab, "generic")?;
     let host = lab.netns("host")?;
     lab.plug(&switch, &host, "porth", "192.168.50.100/24")?;
     sh(&host, "ip", &["route", "add", "10.1.1.0/24", "via", "192.168.50.1"])?;
