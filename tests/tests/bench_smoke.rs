@@ -29,7 +29,7 @@ fn quick_bench_runs_end_to_end() {
         for setup in ["limit", "recipe", "podnet"].iter().chain(xdp) {
             let metrics = results.iter().filter(|r| r["setup"] == *setup && r["path"] == path).count();
             // NAT adds the reply direction: TCP 1 stream, UDP 64 B rate and loss.
-            let expected = if path == "nat" { 12 } else { 9 };
+            let expected = if path == "nat" { 13 } else { 10 };
             assert_eq!(metrics, expected, "{path} / {setup} should report all {expected} metrics");
         }
     }

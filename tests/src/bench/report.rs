@@ -145,7 +145,7 @@ impl Report {
     }
 
     /// Grouped bars per metric, each setup's median relative to the recipe (recipe = 1.0), so
-    /// that different units share one axis. Loss is left out (the recipe's can be 0).
+    /// that different units share one axis. Loss (the recipe's can be 0) and receiver CPU are left out.
     pub fn svg(&self) -> String {
         const BAR: f64 = 18.0;
         const GAP: f64 = 26.0;
@@ -165,7 +165,12 @@ impl Report {
             .paths
             .iter()
             .flat_map(|&p| self.metrics(p).into_iter().map(move |m| (p, m)))
-            .filter(|(_, m)| !matches!(m, Metric::Udp64LossPercent | Metric::UdpReply64LossPercent))
+            .filter(|(_, m)| {
+                !matches!(
+                    m,
+                    Metric::Udp64LossPercent | Metric::UdpReply64LossPercent | Metric::Tcp1ReceiverCpu
+                )
+            })
             .collect();
         let rel = |p, m, s| -> Option<f64> {
             let base = self.stat(p, m, Setup::Recipe)?.median;

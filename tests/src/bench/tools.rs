@@ -24,6 +24,9 @@ pub const CPU: &str = "1";
 #[serde(rename_all = "kebab-case")]
 pub enum Metric {
     Tcp1Stream,
+    /// Share of CPU the TCP 1 stream receiver used: ~45% when the sender's context does the
+    /// receive processing, ~85% in the slow mode where the receiver does it (BENCHMARKS.md).
+    Tcp1ReceiverCpu,
     Tcp2Streams,
     Udp64Kpps,
     Udp64LossPercent,
@@ -76,6 +79,7 @@ impl Metric {
     pub fn name(self) -> &'static str {
         match self {
             Metric::Tcp1Stream => "TCP 1 stream",
+            Metric::Tcp1ReceiverCpu => "TCP 1 stream, receiver CPU",
             Metric::Tcp2Streams => "TCP 2 streams",
             Metric::Udp64Kpps => "UDP 64 B rate",
             Metric::Udp64LossPercent => "UDP 64 B loss",
@@ -94,23 +98,10 @@ impl Metric {
         match self {
             Metric::Tcp1Stream | Metric::Tcp2Streams | Metric::TcpReply1Stream => "Gbit/s",
             Metric::Udp64Kpps | Metric::UdpReply64Kpps => "kpps",
-            Metric::Udp64LossPercent | Metric::UdpReply64LossPercent => "%",
+            Metric::Udp64LossPercent | Metric::UdpReply64LossPercent | Metric::Tcp1ReceiverCpu => "%",
             Metric::TcpRttAvg | Metric::TcpRttP99 | Metric::UdpRttAvg | Metric::UdpRttP99 => "us",
             Metric::ConnectRate => "conn/s",
         }
-    }
-
-    /// Whether a larger value is better (throughput, rates) or worse (latency, loss).
-    pub fn higher_is_better(self) -> bool {
-        matches!(
-            self,
-            Metric::Tcp1Stream
-                | Metric::Tcp2Streams
-                | Metric::Udp64Kpps
-                | Metric::ConnectRate
-                | Metric::TcpReply1Stream
-                | Metric::UdpReply64Kpps
-        )
     }
 }
 
@@ -170,7 +161,12 @@ pub fn measure(t: &Target, run: Run, seconds: u32) -> anyhow::Result<Vec<(Metric
                 Run::Tcp2 => Metric::Tcp2Streams,
                 _ => Metric::TcpReply1Stream,
             };
-            vec![(metric, bps / 1e9)]
+            let mut values = vec![(metric, bps / 1e9)];
+            if run == Run::Tcp1 {
+                let cpu = out["end"]["cpu_utilization_percent"]["remote_total"].as_f64();
+                values.push((Metric::Tcp1ReceiverCpu, cpu.context("iperf3 receiver CPU")?));
+            }
+            values
         }
         Run::Udp64 | Run::UdpReply64 => {
             // Unpinned: a flooding sender on the receiver's CPU would measure CPU starvation.
