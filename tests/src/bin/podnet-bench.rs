@@ -12,7 +12,7 @@ use podnet_tests::bench::{self, Path, Settings};
 #[derive(Debug, Parser)]
 #[command(name = "podnet-bench")]
 struct Cli {
-    /// Smoke run: 1 repetition of 1 s runs, fewer BPF_PROG_TEST_RUN repeats (under 2 minutes).
+    /// Smoke run: 1 repetition of 1 s runs, fewer BPF_PROG_TEST_RUN repeats (about 3 minutes).
     #[arg(long)]
     quick: bool,
     /// Paths to measure, comma-separated: same-node, cross-node, nat.
