@@ -103,6 +103,14 @@ pub struct Uplink {
     pub xdp_deliver: bool,
 }
 
+impl Uplink {
+    /// Whether native XDP delivers to pods: frames then reach the pods' veths as XDP frames,
+    /// which needs GRO on their pod ends and finished checksums (never from a veth uplink).
+    pub fn native_delivery(&self) -> bool {
+        self.xdp == XdpMode::Native && self.xdp_deliver
+    }
+}
+
 /// XDP attachment of the uplink prefilter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XdpMode {

@@ -156,13 +156,11 @@ fn attach_uplink_xdp(
     let Some(settings) = config.uplink.as_ref().filter(|u| u.xdp != XdpMode::Off) else {
         return Ok(pins.unpin_xdp(&uplink.name)?);
     };
-    if !settings.xdp_deliver {
-        return Ok(datapath.attach_xdp(UPLINK_FILTER, &uplink.name, uplink.index, settings.xdp)?);
-    }
-    if settings.xdp == XdpMode::Native && uplink.is_veth {
+    if settings.native_delivery() && uplink.is_veth {
         return Err(NodeError::NativeDeliverOnVeth { ifname: uplink.name.clone() });
     }
-    Ok(datapath.attach_xdp(UPLINK_DELIVER, &uplink.name, uplink.index, settings.xdp)?)
+    let program = if settings.xdp_deliver { UPLINK_DELIVER } else { UPLINK_FILTER };
+    Ok(datapath.attach_xdp(program, &uplink.name, uplink.index, settings.xdp)?)
 }
 
 /// The bridge and every pod's plumbing, recording in `made` what did not exist before. Returns
@@ -182,7 +180,7 @@ async fn plumb<'c>(
     if !had_bridge {
         info!("created bridge {} with gateway {}/{}", node.bridge, node.gateway, node.pod_cidr.prefix_len());
     }
-    let native_delivery = config.uplink.as_ref().is_some_and(|u| u.xdp == XdpMode::Native && u.xdp_deliver);
+    let native_delivery = config.uplink.as_ref().is_some_and(|u| u.native_delivery());
     let mut pods = Vec::with_capacity(config.pods.len());
     for pod in &config.pods {
         let had_netns = netns::exists(&pod.netns);

@@ -71,8 +71,8 @@ impl Report {
         let s = &self.settings;
         let _ = writeln!(
             out,
-            "{} interleaved repetition(s) of {} s runs; TCP cubic; TCP streams and ping-pong with client \
-             and server pinned to CPU {}, UDP flood and connect rate unpinned; medians (min-max)\n",
+            "{} interleaved repetition(s) of {} s runs; TCP cubic; iperf3 (TCP and UDP) and ping-pong \
+             with client and server pinned to CPU {}, connect rate unpinned; medians (min-max)\n",
             s.reps,
             s.seconds,
             super::tools::CPU

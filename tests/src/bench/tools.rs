@@ -1,6 +1,6 @@
 //! The measurements: iperf3, sockperf and conn-rate, each run from the client namespace, with
-//! the traps of BENCH-NOTES avoided: cubic per socket, TCP and ping-pong client and server
-//! pinned to one CPU (UDP flood and connect rate run unpinned).
+//! the traps of BENCH-NOTES avoided: cubic per socket, every iperf3 run (TCP and UDP) and
+//! ping-pong with client and server pinned to one CPU; the connect rate runs unpinned.
 
 use std::path::PathBuf;
 
@@ -71,7 +71,12 @@ impl Run {
     /// Whether this run is made on `path`: reply-direction streams only where the reply
     /// direction takes another path through the node (NAT's reverse translation).
     pub fn applies_to(self, path: Path) -> bool {
-        !matches!(self, Run::TcpReply1 | Run::UdpReply64) || path == Path::Nat
+        !self.reply() || path == Path::Nat
+    }
+
+    /// Whether the server sends (`iperf3 -R`).
+    fn reply(self) -> bool {
+        matches!(self, Run::TcpReply1 | Run::UdpReply64)
     }
 }
 
@@ -145,16 +150,15 @@ pub fn measure(t: &Target, run: Run, seconds: u32) -> anyhow::Result<Vec<(Metric
     let iperf = |extra: &[&str]| -> anyhow::Result<serde_json::Value> {
         let mut args = vec!["-c", &t.server_ip, "-p", &port, "-t", &secs, "-A", &affinity, "-J"];
         args.extend(extra);
+        if run.reply() {
+            args.push("-R");
+        }
         json(&sh(&t.client_ns, "iperf3", &args)?)
     };
     Ok(match run {
         Run::Tcp1 | Run::Tcp2 | Run::TcpReply1 => {
             let streams = if run == Run::Tcp2 { "2" } else { "1" };
-            let mut args = vec!["-C", "cubic", "-P", streams, "-A", &affinity];
-            if run == Run::TcpReply1 {
-                args.push("-R");
-            }
-            let out = iperf(&args)?;
+            let out = iperf(&["-C", "cubic", "-P", streams])?;
             let bps = out["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 TCP result")?;
             let metric = match run {
                 Run::Tcp1 => Metric::Tcp1Stream,
@@ -169,18 +173,14 @@ pub fn measure(t: &Target, run: Run, seconds: u32) -> anyhow::Result<Vec<(Metric
             values
         }
         Run::Udp64 | Run::UdpReply64 => {
-            // Unpinned: a flooding sender on the receiver's CPU would measure CPU starvation.
-            let reply = run == Run::UdpReply64;
-            let out = iperf(if reply {
-                &["-u", "-b", "0", "-l", "64", "-R"]
-            } else {
-                &["-u", "-b", "0", "-l", "64"]
-            })?;
+            // Pinned like every iperf3 run: sender and receiver share CPU 1, so the flood's
+            // rate is bounded by one CPU doing both (BENCHMARKS.md).
+            let out = iperf(&["-u", "-b", "0", "-l", "64"])?;
             let rx = &out["end"]["sum_received"];
             let bytes = rx["bytes"].as_f64().context("iperf3 UDP bytes")?;
             let secs = rx["seconds"].as_f64().context("iperf3 UDP seconds")?;
             let loss = rx["lost_percent"].as_f64().unwrap_or(0.0);
-            let (rate, lost) = if reply {
+            let (rate, lost) = if run.reply() {
                 (Metric::UdpReply64Kpps, Metric::UdpReply64LossPercent)
             } else {
                 (Metric::Udp64Kpps, Metric::Udp64LossPercent)
