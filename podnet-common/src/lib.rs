@@ -45,6 +45,20 @@ pub mod maps {
     pub const DENY: &str = "DENY";
     /// Capacity of [`DENY`].
     pub const DENY_MAX: usize = 4096;
+    /// Who may reach pods from the uplink besides peers (LPM trie): [`crate::Ipv4LpmData`] key
+    /// -> [`crate::Admission`]. `[uplink] allow_from` CIDRs are admitted; the node's own pod
+    /// CIDR is refused (nothing from the outside may pose as a local pod).
+    pub const UPLINK_ALLOW: &str = "UPLINK_ALLOW";
+    /// Capacity of [`UPLINK_ALLOW`].
+    pub const UPLINK_ALLOW_MAX: usize = 1024;
+}
+
+/// Values of the [`maps::UPLINK_ALLOW`] trie.
+pub mod admission {
+    /// Sources in this CIDR may not reach pods from the uplink.
+    pub const REFUSE: u32 = 0;
+    /// Sources in this CIDR may reach pods from the uplink.
+    pub const ADMIT: u32 = 1;
 }
 
 /// IP protocol numbers podnet translates.
@@ -187,11 +201,13 @@ pub struct Peer {
 pub enum Reason {
     /// IPv4 to a pod on this node: delivered straight into the pod with `bpf_redirect_peer`.
     RedirectLocal = 0,
-    /// Not IPv4 (ARP, IPv6, ...): left to the kernel stack.
+    /// From the uplink: not untagged IPv4 (ARP, IPv6, VLAN-tagged, ...): left to the kernel stack.
     PassNotIpv4 = 1,
     /// IPv4 whose destination is not a local pod: left to the kernel stack.
     PassNotLocal = 2,
-    /// Frame or IPv4 header truncated, or IHL below 5: dropped.
+    /// Frame or IPv4 header truncated, an IPv4 header that contradicts itself or the frame (IHL
+    /// below 5, total length beyond the frame or below the header), or (from a pod) a truncated
+    /// TCP, UDP or ICMP header: dropped.
     DropMalformed = 3,
     /// IPv4 to a pod on another node: routed in eBPF straight out of the uplink (`bpf_redirect`).
     RedirectRemote = 4,
@@ -217,8 +233,10 @@ pub enum Reason {
     RedirectNatReply = 13,
     /// No free node port for a new connection: dropped (existing translations are untouched).
     DropNatPortsExhausted = 14,
-    /// Outbound but not translatable (fragment, or neither TCP, UDP nor ICMP echo): to the stack.
-    PassNotNatable = 15,
+    /// From a pod to the outside (out of the uplink, NAT on) but not translatable: a fragment, a
+    /// protocol other than TCP, UDP and ICMP echo, or too big without DF. Dropped, so nothing
+    /// leaves with a pod's address.
+    DropNotNatable = 15,
     /// XDP on the uplink let the frame through to tc and the stack.
     XdpPass = 16,
     /// XDP on the uplink dropped a frame from a deny-listed source.
@@ -227,11 +245,29 @@ pub enum Reason {
     XdpDropMalformed = 18,
     /// XDP on the uplink (`uplink_deliver`) sent a frame for a local pod straight to its veth.
     XdpRedirectLocal = 19,
+    /// From a pod: its source IPv4 address or MAC (or its ARP sender) is not the pod's own, or
+    /// it came in on another pod's veth. Dropped, whatever the destination.
+    DropSpoofed = 20,
+    /// From a pod: a VLAN-tagged (802.1Q/802.1ad) frame. Dropped.
+    DropVlanTagged = 21,
+    /// From a pod: neither IPv4 nor ARP (IPv6 included: pods get no IPv6). Dropped.
+    DropNotIpv4 = 22,
+    /// From a pod: to 0.0.0.0/8, 127.0.0.0/8, multicast 224.0.0.0/4 or 240.0.0.0/4 (255.255.255.255
+    /// included), never routed or translated. Dropped.
+    DropMartian = 23,
+    /// From the uplink to a pod: the source is neither a peer node or its pods, nor in `[uplink]
+    /// allow_from`, nor a reply to a pod's masqueraded connection. Dropped.
+    DropNotAllowed = 24,
+    /// From a pod: ARP with the pod's own addresses, on to the bridge.
+    PassArp = 25,
+    /// From a pod to a network in `[uplink] allow_from`: not masqueraded (that network routes
+    /// pod addresses back to this node); left to the stack to route.
+    PassNoNat = 26,
 }
 
 impl Reason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 27] = [
         Reason::RedirectLocal,
         Reason::PassNotIpv4,
         Reason::PassNotLocal,
@@ -247,14 +283,24 @@ impl Reason {
         Reason::RedirectNat,
         Reason::RedirectNatReply,
         Reason::DropNatPortsExhausted,
-        Reason::PassNotNatable,
+        Reason::DropNotNatable,
         Reason::XdpPass,
         Reason::XdpDropDenied,
         Reason::XdpDropMalformed,
         Reason::XdpRedirectLocal,
+        Reason::DropSpoofed,
+        Reason::DropVlanTagged,
+        Reason::DropNotIpv4,
+        Reason::DropMartian,
+        Reason::DropNotAllowed,
+        Reason::PassArp,
+        Reason::PassNoNat,
     ];
-    /// Number of counter slots.
+    /// Number of reasons in use.
     pub const COUNT: usize = Self::ALL.len();
+    /// Slots in the counters map: room for reasons to come, so adding one does not change the
+    /// pinned map's size.
+    pub const SLOTS: usize = 64;
 
     /// Stable, human-readable name (used by `podnet status` and its JSON).
     pub const fn name(self) -> &'static str {
@@ -274,14 +320,24 @@ impl Reason {
             Reason::RedirectNat => "redirect_nat",
             Reason::RedirectNatReply => "redirect_nat_reply",
             Reason::DropNatPortsExhausted => "drop_nat_ports_exhausted",
-            Reason::PassNotNatable => "pass_not_natable",
+            Reason::DropNotNatable => "drop_not_natable",
             Reason::XdpPass => "xdp_pass",
             Reason::XdpDropDenied => "xdp_drop_denied",
             Reason::XdpDropMalformed => "xdp_drop_malformed",
             Reason::XdpRedirectLocal => "xdp_redirect_local",
+            Reason::DropSpoofed => "drop_spoofed",
+            Reason::DropVlanTagged => "drop_vlan_tagged",
+            Reason::DropNotIpv4 => "drop_not_ipv4",
+            Reason::DropMartian => "drop_martian",
+            Reason::DropNotAllowed => "drop_not_allowed",
+            Reason::PassArp => "pass_arp",
+            Reason::PassNoNat => "pass_no_nat",
         }
     }
 }
+
+// Checked when this crate compiles: every reason has a counter slot.
+const _: () = assert!(Reason::COUNT <= Reason::SLOTS, "more reasons than counter slots");
 
 /// The IPv4 header checksum after decrementing TTL by one, updated incrementally as the kernel's
 /// `ip_decrease_ttl` does. `check` is the checksum field exactly as it sits in the packet, read
@@ -291,6 +347,31 @@ pub const fn checksum_after_ttl_decrement(check: u16) -> u16 {
     // checksum rises by 0x0100 (network order), which is 0x0001 in the little-endian view.
     let sum = check as u32 + 0x0001;
     (sum + (sum >= 0xffff) as u32) as u16
+}
+
+/// Whether a pod may never send to `daddr`: "this network" 0.0.0.0/8, loopback 127.0.0.0/8,
+/// multicast 224.0.0.0/4 and reserved 240.0.0.0/4 (which holds the limited broadcast
+/// 255.255.255.255). Such packets are neither routed nor translated.
+pub const fn is_martian_destination(daddr: [u8; 4]) -> bool {
+    daddr[0] == 0 || daddr[0] == 127 || daddr[0] >= 224
+}
+
+/// Whether an IPv4 header's lengths agree with each other and with the frame: the header
+/// (`ihl` words of 4 bytes, at least 5) fits in the total length, and the total length fits in
+/// the `l3_len` bytes the frame carries after its Ethernet header (Ethernet padding may follow).
+pub const fn ipv4_lengths_consistent(ihl: u8, tot_len: u16, l3_len: usize) -> bool {
+    let header = ihl as usize * 4;
+    ihl >= 5 && header <= tot_len as usize && tot_len as usize <= l3_len
+}
+
+/// The smallest L4 header a packet of `protocol` must carry in full (TCP without options, UDP,
+/// ICMP); 0 for protocols podnet does not look into.
+pub const fn l4_min_len(protocol: u8) -> usize {
+    match protocol {
+        proto::TCP => 20,
+        proto::UDP | proto::ICMP => 8,
+        _ => 0,
+    }
 }
 
 /// The Internet checksum (RFC 1071) of `data`, computed from scratch: the reference that
@@ -383,6 +464,31 @@ mod tests {
     fn checksum_matches_rfc1071_example() {
         // RFC 1071 section 3: the sum of these words is 0xddf2, so the checksum is !0xddf2.
         assert_eq!(inet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+    }
+
+    #[test]
+    fn martian_destinations() {
+        for martian in
+            [[0, 0, 0, 0], [0, 1, 2, 3], [127, 0, 0, 1], [224, 0, 0, 1], [239, 1, 1, 1], [240, 0, 0, 1]]
+        {
+            assert!(is_martian_destination(martian), "{martian:?}");
+        }
+        assert!(is_martian_destination([255, 255, 255, 255]));
+        for fine in [[10, 1, 1, 2], [1, 1, 1, 1], [192, 168, 50, 100], [223, 255, 255, 255], [126, 0, 0, 1]] {
+            assert!(!is_martian_destination(fine), "{fine:?}");
+        }
+    }
+
+    #[test]
+    fn ipv4_lengths() {
+        // A 20-byte header and 8 bytes of UDP in a frame with 28 (or, padded, 46) bytes of L3.
+        assert!(ipv4_lengths_consistent(5, 28, 28));
+        assert!(ipv4_lengths_consistent(5, 28, 46));
+        assert!(!ipv4_lengths_consistent(5, 29, 28), "total length beyond the frame");
+        assert!(!ipv4_lengths_consistent(5, 19, 46), "total length below the header");
+        assert!(!ipv4_lengths_consistent(15, 40, 46), "IHL beyond the packet");
+        assert!(!ipv4_lengths_consistent(4, 28, 46), "IHL below 5");
+        assert!(ipv4_lengths_consistent(15, 60, 60), "maximal options");
     }
 
     #[test]

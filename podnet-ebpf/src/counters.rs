@@ -1,10 +1,11 @@
-//! Per-CPU packet counters, one slot per [`Reason`]; userspace sums the CPUs.
+//! Per-CPU packet counters, one slot per [`Reason`] (and spare slots for reasons to come);
+//! userspace sums the CPUs.
 
 use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
 use podnet_common::Reason;
 
 #[btf_map(pin_by_name)]
-static COUNTERS: PerCpuArray<u64, { Reason::COUNT }> = PerCpuArray::new();
+static COUNTERS: PerCpuArray<u64, { Reason::SLOTS }> = PerCpuArray::new();
 
 /// Adds one to `reason`'s slot on this CPU.
 #[inline(always)]

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use podnet_common::{Endpoint, EndpointKey, Reason, maps::ENDPOINTS_MAX};
 
-use crate::{packet::Ipv4, verdict::Verdict};
+use crate::{isolation, packet::Ipv4, verdict::Verdict};
 
 #[btf_map(pin_by_name)]
 static ENDPOINTS: HashMap<EndpointKey, Endpoint, ENDPOINTS_MAX> = HashMap::new();
@@ -31,16 +31,14 @@ pub enum Hop {
     NatReply,
 }
 
-/// If the destination is a pod on this node, rewrites the packet for it and redirects it into
-/// the pod's namespace; `None` when it is not a local pod.
+/// Rewrites the packet for the local pod `ep` and redirects it into the pod's namespace.
 #[inline(always)]
-pub fn deliver(ip: &Ipv4, hop: Hop) -> Option<Verdict> {
-    let ep = lookup(ip)?;
+pub fn deliver(ip: &Ipv4, ep: &Endpoint, hop: Hop) -> Verdict {
     let reason = match hop {
         Hop::SameSegment => Reason::RedirectLocal,
         Hop::Routed | Hop::NatReply => {
             if ip.ttl() <= 1 {
-                return Some(Verdict::pass(Reason::PassTtlExpiring));
+                return Verdict::pass(Reason::PassTtlExpiring);
             }
             ip.decrement_ttl();
             if hop == Hop::NatReply { Reason::RedirectNatReply } else { Reason::RedirectFromUplink }
@@ -49,18 +47,26 @@ pub fn deliver(ip: &Ipv4, hop: Hop) -> Option<Verdict> {
     ip.set_macs(ep.host_mac, ep.pod_mac);
     // SAFETY: a helper call with plain integer arguments; valid from tc ingress.
     let action = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) };
-    Some(Verdict::redirected(action as i32, reason))
+    Verdict::redirected(action as i32, reason)
+}
+
+/// Whether a packet from `addr` with source MAC `mac`, arriving on host veth `ifindex`, comes
+/// from the pod that owns that address: its own veth, its own MAC.
+#[inline(always)]
+pub fn is_own(addr: [u8; 4], mac: [u8; 6], ifindex: u32) -> bool {
+    lookup(addr).is_some_and(|ep| ep.host_ifindex == ifindex && ep.pod_mac == mac)
 }
 
 /// XDP: a frame from another node for a local pod leaves by the pod's host veth and arrives on
 /// the pod side (a routed hop: TTL decremented); `None` for anything tc should handle instead.
 ///
-/// What stays with tc: frames for no local pod, TTL expiring, and frames longer than the pod
-/// veth's MTU (generic-mode XDP sees GSO super-packets, which a devmap redirect refuses).
+/// What stays with tc: frames for no local pod, from a source not admitted to pods, TTL
+/// expiring, and frames longer than the pod veth's MTU (generic-mode XDP sees GSO super-packets, which a devmap redirect refuses).
 #[inline(always)]
 pub fn deliver_xdp(ctx: &XdpContext, ip: &Ipv4) -> Option<Verdict> {
-    let ep = lookup(ip)?;
-    if ip.ttl() <= 1 {
+    let ep = lookup(ip.daddr())?;
+    // Refused sources go on to tc, which drops and counts them.
+    if ip.ttl() <= 1 || isolation::admitted_from_uplink(ip).is_err() {
         return None;
     }
     let mut mtu = 0u32;
@@ -77,10 +83,10 @@ pub fn deliver_xdp(ctx: &XdpContext, ip: &Ipv4) -> Option<Verdict> {
     })
 }
 
-/// The local pod `ip` is addressed to, if any.
+/// The local pod with address `addr`, if any.
 #[inline(always)]
-fn lookup(ip: &Ipv4) -> Option<Endpoint> {
-    let ep = ENDPOINTS.get_ptr(&EndpointKey { ip: ip.daddr() })?;
+pub fn lookup(addr: [u8; 4]) -> Option<Endpoint> {
+    let ep = ENDPOINTS.get_ptr(&EndpointKey { ip: addr })?;
     // SAFETY: the pointer comes from a successful lookup; the value is plain data, copied out
     // before any other map operation.
     Some(unsafe { *ep })

@@ -9,6 +9,7 @@
 
 mod counters;
 mod endpoints;
+mod isolation;
 mod nat;
 mod packet;
 mod prefilter;
@@ -19,7 +20,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use podnet_common::Reason;
+use podnet_common::{Reason, is_martian_destination};
 
 use crate::{
     endpoints::Hop,
@@ -27,12 +28,15 @@ use crate::{
     verdict::Verdict,
 };
 
-/// tc (tcx) ingress on the host side of a pod veth: every packet a pod sends.
+/// tc (tcx) ingress on the host side of a pod veth: every frame a pod sends.
 ///
-/// IPv4 to another pod on this node is delivered straight into that pod (`bpf_redirect_peer`,
-/// Linux >= 5.10); IPv4 to a pod on another node is routed out of the uplink (`bpf_fib_lookup` +
-/// `bpf_redirect`); TCP, UDP and ICMP echo to the outside are masqueraded behind the node IP and
-/// routed out of the uplink; everything else goes to the kernel stack unchanged.
+/// First the pod must be itself (see [`isolation`]): VLAN tags, spoofed IPv4 or ARP, anything
+/// but IPv4 and ARP, inconsistent or truncated headers and martian destinations are dropped.
+/// Then IPv4 to another pod on this node is delivered straight into that pod
+/// (`bpf_redirect_peer`, Linux >= 5.10); IPv4 to a pod on another node is routed out of the
+/// uplink (`bpf_fib_lookup` + `bpf_redirect`); TCP, UDP and ICMP echo to the outside are
+/// masqueraded behind the node IP and routed out of the uplink (what cannot be translated is
+/// dropped); the rest (to the node, ARP) goes on to the kernel stack.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
     try_from_pod(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish()
@@ -40,11 +44,21 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
+    if packet::vlan_tagged(ctx)? {
+        return Ok(Verdict::drop(Reason::DropVlanTagged));
+    }
     let Some(ip) = Ipv4::parse(ctx)? else {
-        return Ok(Verdict::pass(Reason::PassNotIpv4));
+        return isolation::pod_non_ipv4(ctx);
     };
-    if let Some(verdict) = endpoints::deliver(&ip, Hop::SameSegment) {
-        return Ok(verdict);
+    if !isolation::pod_owns_source(ctx, &ip) {
+        return Ok(Verdict::drop(Reason::DropSpoofed));
+    }
+    ip.check_l4(ctx)?;
+    if is_martian_destination(ip.daddr()) {
+        return Ok(Verdict::drop(Reason::DropMartian));
+    }
+    if let Some(ep) = endpoints::lookup(ip.daddr()) {
+        return Ok(endpoints::deliver(&ip, &ep, Hop::SameSegment));
     }
     if let Some(verdict) = routing::to_peer(ctx, &ip) {
         return Ok(verdict);
@@ -52,9 +66,10 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
     Ok(nat::masquerade(ctx, &ip)?.unwrap_or(Verdict::pass(Reason::PassNotLocal)))
 }
 
-/// tc (tcx) ingress on the node's uplink: IPv4 from other nodes to a pod on this node, and
-/// replies to masqueraded connections (translated back), are delivered straight into the pod (a
-/// routed hop: TTL decremented); the rest goes to the stack.
+/// tc (tcx) ingress on the node's uplink: replies to masqueraded connections (translated back),
+/// and IPv4 to a pod on this node from a source admitted to pods (peers, `allow_from`), are
+/// delivered straight into the pod (a routed hop: TTL decremented); other sources are dropped
+/// before they reach a pod; the rest (VLAN-tagged frames included) goes on to the stack.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     try_from_uplink(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish()
@@ -62,13 +77,23 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
+    // A tagged frame belongs to a VLAN device on the uplink, not to podnet.
+    if packet::vlan_tagged(ctx)? {
+        return Ok(Verdict::pass(Reason::PassNotIpv4));
+    }
     let Some(ip) = Ipv4::parse(ctx)? else {
         return Ok(Verdict::pass(Reason::PassNotIpv4));
     };
     if let Some(verdict) = nat::unmasquerade(ctx, &ip)? {
         return Ok(verdict);
     }
-    Ok(endpoints::deliver(&ip, Hop::Routed).unwrap_or(Verdict::pass(Reason::PassUplinkNotLocal)))
+    let Some(ep) = endpoints::lookup(ip.daddr()) else {
+        return Ok(Verdict::pass(Reason::PassUplinkNotLocal));
+    };
+    if let Err(reason) = isolation::admitted_from_uplink(&ip) {
+        return Ok(Verdict::drop(reason));
+    }
+    Ok(endpoints::deliver(&ip, &ep, Hop::Routed))
 }
 
 /// XDP on the node's uplink (native or generic mode): drops frames from deny-listed sources and

@@ -21,6 +21,7 @@ use podnet_common::{
 
 use crate::{
     endpoints::{self, Hop},
+    isolation,
     packet::{self, Ipv4, Malformed},
     routing,
     verdict::Verdict,
@@ -155,7 +156,8 @@ fn config() -> Option<NatConfig> {
 
 /// Masquerades a pod's packet to the outside and routes it out of the uplink; `None` when NAT
 /// is off or the destination is the node itself (pod-to-node is never translated). Called only
-/// for destinations that are neither local pods nor other nodes' pods or addresses.
+/// for destinations that are neither local pods nor other nodes' pods or addresses. What would
+/// leave the uplink but cannot be translated is dropped: it would carry the pod's address out.
 #[inline(always)]
 pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malformed> {
     let Some(cfg) = config() else {
@@ -164,18 +166,29 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
     if ip.daddr() == cfg.node_ip {
         return Ok(None);
     }
-    if ip.is_fragment() {
-        return Ok(Some(Verdict::pass(Reason::PassNotNatable)));
-    }
-    let Some(flow) = Flow::parse(ctx, ip, true)? else {
-        return Ok(Some(Verdict::pass(Reason::PassNotNatable)));
-    };
-    // Route first: a packet the stack must handle (TTL, MTU, no route) is not translated, and
-    // only what leaves by the uplink is (never what stays on the node's own networks).
+    // Route first: a packet the stack must handle (TTL, no route) is not translated, and only
+    // what leaves by the uplink is (never what stays on the node's own networks). The stack
+    // would fragment a packet too big without DF and send it with the pod's address: drop it
+    // (with DF it only answers "fragmentation needed").
     let route = match routing::lookup(ctx, ip, ip.daddr()) {
         Ok(route) if route.ifindex == cfg.uplink_ifindex => route,
         Ok(_) => return Ok(Some(Verdict::pass(Reason::PassNotLocal))),
+        Err(Reason::PassFragNeeded) if !ip.dont_fragment() => {
+            return Ok(Some(Verdict::drop(Reason::DropNotNatable)));
+        }
         Err(reason) => return Ok(Some(Verdict::pass(reason))),
+    };
+    // Networks in `allow_from` route the pod CIDR back to this node: they get pod addresses.
+    let untranslated = || {
+        if isolation::in_allowed_network(ip.daddr()) {
+            Verdict::pass(Reason::PassNoNat)
+        } else {
+            Verdict::drop(Reason::DropNotNatable)
+        }
+    };
+    let flow = if ip.is_fragment() { None } else { Flow::parse(ctx, ip, true)? };
+    let Some(flow) = flow else {
+        return Ok(Some(untranslated()));
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -184,6 +197,9 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
             touch(entry, now, flow.flags);
             // SAFETY: as in `touch`; the port is never rewritten after insertion.
             (unsafe { (*entry).port }, Reason::RedirectNat)
+        }
+        None if isolation::in_allowed_network(ip.daddr()) => {
+            return Ok(Some(Verdict::pass(Reason::PassNoNat)));
         }
         None => match allocate(&flow, &cfg, now) {
             Some(port) => (port, Reason::RedirectNatNew),
@@ -251,5 +267,8 @@ pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malfo
     let (pod_ip, pod_port) = unsafe { ((*entry).addr, (*entry).port) };
     flow.rewrite(ctx, Ipv4::DADDR_OFFSET, (flow.key.daddr, pod_ip), (flow.key.dport, pod_port))?;
     let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
-    Ok(Some(endpoints::deliver(&ip, Hop::NatReply).unwrap_or(Verdict::pass(Reason::PassUplinkNotLocal))))
+    Ok(Some(match endpoints::lookup(ip.daddr()) {
+        Some(ep) => endpoints::deliver(&ip, &ep, Hop::NatReply),
+        None => Verdict::pass(Reason::PassUplinkNotLocal),
+    }))
 }

@@ -3,8 +3,12 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::{TcContext, XdpContext};
-use podnet_common::checksum_after_ttl_decrement;
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::__sk_buff,
+    programs::{TcContext, XdpContext},
+};
+use podnet_common::{checksum_after_ttl_decrement, ipv4_lengths_consistent, l4_min_len, proto::TCP};
 
 /// The packet is shorter than a header it claims to carry, or a header field is impossible.
 #[derive(Clone, Copy)]
@@ -12,6 +16,7 @@ pub struct Malformed;
 
 /// Ethernet II header.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct EthHdr {
     pub dst: [u8; 6],
     pub src: [u8; 6],
@@ -23,6 +28,38 @@ impl EthHdr {
     pub const LEN: usize = size_of::<Self>();
     /// 0x0800 as it sits in the packet (network byte order) on a little-endian target.
     pub const TYPE_IPV4: u16 = 0x0800u16.to_be();
+    /// ARP, in packet byte order.
+    pub const TYPE_ARP: u16 = 0x0806u16.to_be();
+    /// 802.1Q and 802.1ad VLAN tags, in packet byte order.
+    pub const TYPE_VLAN: u16 = 0x8100u16.to_be();
+    pub const TYPE_QINQ: u16 = 0x88a8u16.to_be();
+}
+
+/// ARP for IPv4 over Ethernet (RFC 826), the only kind podnet lets pods send.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ArpHdr {
+    /// Hardware type (1, Ethernet), network byte order.
+    pub htype: u16,
+    /// Protocol type (0x0800, IPv4), network byte order.
+    pub ptype: u16,
+    pub hlen: u8,
+    pub plen: u8,
+    /// Request (1) or reply (2), network byte order.
+    pub oper: u16,
+    /// Sender MAC and IPv4 address: what a receiver learns.
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+impl ArpHdr {
+    /// Whether this is Ethernet/IPv4 ARP (the header describes the addresses it carries).
+    #[inline(always)]
+    pub fn is_ethernet_ipv4(&self) -> bool {
+        self.htype == 1u16.to_be() && self.ptype == 0x0800u16.to_be() && self.hlen == 6 && self.plen == 4
+    }
 }
 
 /// IPv4 header without options.
@@ -48,6 +85,8 @@ impl Ipv4Hdr {
 pub trait Packet {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// The whole frame's length, Ethernet header included (also what is not linear yet).
+    fn len(&self) -> usize;
     /// Makes sure the first `len` bytes are directly accessible; fails only when the packet
     /// itself is shorter than `len`.
     fn ensure_linear(&self, len: usize) -> Result<(), Malformed>;
@@ -62,6 +101,12 @@ impl Packet for TcContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
+    }
+
+    /// `skb->len`: tc runs with the MAC header pushed, so it counts the Ethernet header.
+    #[inline(always)]
+    fn len(&self) -> usize {
+        TcContext::len(self) as usize
     }
 
     /// A GSO packet from a socket may hold headers in fragments: pull them in.
@@ -86,6 +131,12 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
+    }
+
+    /// podnet's XDP programs are not multi-buffer aware: the frame is its first buffer.
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.data_end() - self.data()
     }
 
     /// An XDP frame's headers are always in its first buffer.
@@ -116,6 +167,31 @@ pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Result<*mut T, Malformed> 
     Ok((start + offset) as *mut T)
 }
 
+/// The Ethernet type of the frame, in packet byte order (compare with `EthHdr::TYPE_*`).
+#[inline(always)]
+pub fn ether_type(ctx: &impl Packet) -> Result<u16, Malformed> {
+    read::<u16>(ctx, 12)
+}
+
+/// Whether a frame tc sees carries a VLAN tag: taken out of the frame into the skb by the
+/// receive path (`skb_vlan_untag`, before tc runs), or still in it (the inner tag of QinQ).
+#[inline(always)]
+pub fn vlan_tagged(ctx: &TcContext) -> Result<bool, Malformed> {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: `skb` is the context the kernel passed to this tc program; the field is readable.
+    let offloaded = unsafe { (*skb).vlan_present } != 0;
+    let ether_type = ether_type(ctx)?;
+    Ok(offloaded || ether_type == EthHdr::TYPE_VLAN || ether_type == EthHdr::TYPE_QINQ)
+}
+
+/// The interface a tc program's packet arrived on.
+#[inline(always)]
+pub fn ingress_ifindex(ctx: &TcContext) -> u32 {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: `skb` is the context the kernel passed to this tc program; the field is readable.
+    unsafe { (*skb).ifindex }
+}
+
 /// An Ethernet + IPv4 packet, its headers checked and in linear data.
 pub struct Ipv4 {
     pub eth: *mut EthHdr,
@@ -124,12 +200,11 @@ pub struct Ipv4 {
 
 impl Ipv4 {
     /// `None` for anything but IPv4 over Ethernet; `Malformed` for a truncated frame or an IPv4
-    /// header with a version other than 4 or an IHL below 5.
+    /// header that contradicts itself or the frame: a version other than 4, an IHL below 5, a
+    /// total length below the header or beyond the frame.
     #[inline(always)]
     pub fn parse(ctx: &impl Packet) -> Result<Option<Self>, Malformed> {
-        let eth = ptr_at::<EthHdr>(ctx, 0)?;
-        // SAFETY: `ptr_at` checked that the whole Ethernet header lies inside the packet.
-        if unsafe { (*eth).ether_type } != EthHdr::TYPE_IPV4 {
+        if ether_type(ctx)? != EthHdr::TYPE_IPV4 {
             return Ok(None);
         }
         ctx.ensure_linear(EthHdr::LEN + Ipv4Hdr::LEN)?;
@@ -137,11 +212,35 @@ impl Ipv4 {
         let eth = ptr_at::<EthHdr>(ctx, 0)?;
         let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)?;
         // SAFETY: `ptr_at` checked that the whole fixed IPv4 header lies inside the packet.
-        let version_ihl = unsafe { (*ip).version_ihl };
-        if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
+        let (version_ihl, tot_len) = unsafe { ((*ip).version_ihl, u16::from_be((*ip).tot_len)) };
+        let l3_len = ctx.len().saturating_sub(EthHdr::LEN);
+        if version_ihl >> 4 != 4 || !ipv4_lengths_consistent(version_ihl & 0x0f, tot_len, l3_len) {
             return Err(Malformed);
         }
         Ok(Some(Self { eth, ip }))
+    }
+
+    /// Checks that a packet which starts its L4 payload (not a later fragment) carries the whole
+    /// minimal TCP, UDP or ICMP header, and for TCP a data offset inside the packet.
+    #[inline(always)]
+    pub fn check_l4(&self, ctx: &impl Packet) -> Result<(), Malformed> {
+        if self.fragment_offset() != 0 {
+            return Ok(());
+        }
+        let min = l4_min_len(self.protocol());
+        let l4_len = usize::from(self.tot_len()).saturating_sub(self.l4_offset() - EthHdr::LEN);
+        if l4_len < min {
+            return Err(Malformed);
+        }
+        if self.protocol() == TCP {
+            // A pod's TCP header is in linear data (its stack builds it there); a frame that
+            // hides it in fragments is dropped rather than pulled (which would move `self`).
+            let doff = usize::from(read::<u8>(ctx, self.l4_offset() + 12)? >> 4) * 4;
+            if doff < min || doff > l4_len {
+                return Err(Malformed);
+            }
+        }
+        Ok(())
     }
 
     /// Offset of the IPv4 source address from the start of the frame.
@@ -167,8 +266,26 @@ impl Ipv4 {
     /// complete L4 header to translate.
     #[inline(always)]
     pub fn is_fragment(&self) -> bool {
+        self.frag_off() & 0x3fff != 0
+    }
+
+    /// The fragment offset in 8-byte units: 0 for a whole packet or a first fragment.
+    #[inline(always)]
+    pub fn fragment_offset(&self) -> u16 {
+        self.frag_off() & 0x1fff
+    }
+
+    /// Whether the sender forbade fragmentation (DF).
+    #[inline(always)]
+    pub fn dont_fragment(&self) -> bool {
+        self.frag_off() & 0x4000 != 0
+    }
+
+    /// Flags and fragment offset (host byte order).
+    #[inline(always)]
+    fn frag_off(&self) -> u16 {
         // SAFETY: `parse` bounds-checked the IPv4 header.
-        u16::from_be(unsafe { (*self.ip).frag_off }) & 0x3fff != 0
+        u16::from_be(unsafe { (*self.ip).frag_off })
     }
 
     /// Offset of the L4 header from the start of the frame (IPv4 options skipped).
@@ -206,6 +323,13 @@ impl Ipv4 {
             (*self.ip).ttl -= 1;
             (*self.ip).check = checksum_after_ttl_decrement((*self.ip).check);
         }
+    }
+
+    /// The frame's source MAC.
+    #[inline(always)]
+    pub fn src_mac(&self) -> [u8; 6] {
+        // SAFETY: `parse` bounds-checked the Ethernet header.
+        unsafe { (*self.eth).src }
     }
 
     /// Sets the Ethernet addresses for the next hop.

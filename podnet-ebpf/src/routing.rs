@@ -10,7 +10,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         __sk_buff, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup, bpf_redir_neigh,
     },
     btf_maps::{LpmTrie, lpm_trie::Key},
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
@@ -19,7 +19,10 @@ use aya_ebpf::{
 };
 use podnet_common::{Ipv4LpmData, Peer, Reason, maps::PEERS_MAX};
 
-use crate::{packet::Ipv4, verdict::Verdict};
+use crate::{
+    packet::{self, Ipv4},
+    verdict::Verdict,
+};
 
 #[btf_map(pin_by_name)]
 static PEERS: LpmTrie<Ipv4LpmData, Peer, PEERS_MAX> = LpmTrie::new();
@@ -33,6 +36,12 @@ pub struct Route {
     next_hop: [u8; 4],
     /// `None` when the next hop's MAC is not cached yet (`bpf_redirect_neigh` resolves it).
     macs: Option<([u8; 6], [u8; 6])>,
+}
+
+/// Whether `addr` is a peer node's address or in a peer's pod CIDR.
+#[inline(always)]
+pub fn is_peer(addr: [u8; 4]) -> bool {
+    PEERS.get(&Key::new(32, addr)).is_some()
 }
 
 /// If the destination is in another node's pod CIDR, routes the packet out of the uplink toward
@@ -61,12 +70,14 @@ pub fn lookup(ctx: &TcContext, ip: &Ipv4, dst: [u8; 4]) -> Result<Route, Reason>
     let mut fib: bpf_fib_lookup = unsafe { mem::zeroed() };
     fib.family = AF_INET;
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // The source too, so policy routing (`ip rule from ...`) applies to pods as to the stack.
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.saddr());
     let skb = ctx.as_ptr().cast::<__sk_buff>();
-    // SAFETY: `skb` is the context the kernel passed to this program; these fields are readable
+    // SAFETY: `skb` is the context the kernel passed to this program; the field is readable
     // from tc programs.
-    let (ifindex, gso) = unsafe { ((*skb).ifindex, (*skb).gso_size != 0) };
+    let gso = unsafe { (*skb).gso_size } != 0;
     // The FIB takes the input device for policy routing and its forwarding setting.
-    fib.ifindex = ifindex;
+    fib.ifindex = packet::ingress_ifindex(ctx);
     if !gso {
         // The FIB checks this length against the route's MTU.
         fib.__bindgen_anon_1.tot_len = ip.tot_len();
@@ -82,10 +93,12 @@ pub fn lookup(ctx: &TcContext, ip: &Ipv4, dst: [u8; 4]) -> Result<Route, Reason>
         _ => return Err(Reason::PassNoRoute),
     };
     if gso {
-        // A GSO packet is checked segment by segment against the uplink's MTU.
+        // A GSO packet is checked segment by segment against the uplink's MTU (without
+        // BPF_MTU_CHK_SEGS the helper passes every GSO packet).
         let mut mtu = 0u32;
         // SAFETY: the helper reads the skb and writes `mtu`, on our stack for the whole call.
-        if unsafe { bpf_check_mtu(ctx.as_ptr(), fib.ifindex, &mut mtu, 0, 0) } != 0 {
+        if unsafe { bpf_check_mtu(ctx.as_ptr(), fib.ifindex, &mut mtu, 0, u64::from(BPF_MTU_CHK_SEGS)) } != 0
+        {
             return Err(Reason::PassFragNeeded);
         }
     }

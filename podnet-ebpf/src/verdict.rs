@@ -1,6 +1,6 @@
 //! What a program decided about a packet: the tc or XDP action to return and the reason to count.
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action};
+use aya_ebpf::bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action};
 use podnet_common::Reason;
 
 use crate::counters;
@@ -13,10 +13,11 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Hand the packet to the kernel stack unchanged.
+    /// Not podnet's to forward: on to the next tcx program on the device, if any, then the
+    /// kernel stack (TC_ACT_UNSPEC is tcx's "next").
     #[inline(always)]
     pub const fn pass(reason: Reason) -> Self {
-        Self { action: TC_ACT_OK, reason }
+        Self { action: TC_ACT_UNSPEC, reason }
     }
 
     /// Drop the packet.

@@ -101,6 +101,9 @@ pub struct Uplink {
     /// Whether the uplink's XDP program also delivers frames from other nodes to local pods
     /// itself (XDP_REDIRECT to the pod's veth) instead of leaving them to tc. Needs `xdp` on.
     pub xdp_deliver: bool,
+    /// Sources besides peer nodes and their pods that may reach pods from the uplink (routed
+    /// setups: a router that sends the pod CIDR to this node).
+    pub allow_from: Vec<Ipv4Net>,
 }
 
 impl Uplink {
@@ -155,6 +158,8 @@ pub struct Node {
     pub bridge: String,
     /// Pods' default gateway, an address on the bridge.
     pub gateway: Ipv4Addr,
+    /// MTU of the pods' veths; `None`: the uplink's MTU (1500 without an uplink).
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +214,8 @@ struct RawUplink {
     ip: String,
     xdp: Option<String>,
     xdp_deliver: Option<bool>,
+    #[serde(default)]
+    allow_from: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +234,7 @@ struct RawNode {
     #[serde(default = "default_bridge")]
     bridge: String,
     gateway: Option<String>,
+    mtu: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -298,7 +306,7 @@ impl Validator {
             }
             pods.push(pod);
         }
-        let uplink = raw.uplink.map(|u| self.uplink(u)).transpose()?;
+        let uplink = raw.uplink.map(|u| self.uplink(u, &node)).transpose()?;
         let mut peers: Vec<PeerNode> = Vec::with_capacity(raw.peers.len());
         for (i, raw_peer) in raw.peers.into_iter().enumerate() {
             let field = |f: &str| format!("peer[{i}].{f}");
@@ -332,7 +340,7 @@ impl Validator {
         Ok(Nat { enabled, port_min, port_max, timeouts })
     }
 
-    fn uplink(&self, raw: RawUplink) -> Result<Uplink, ConfigError> {
+    fn uplink(&self, raw: RawUplink, node: &Node) -> Result<Uplink, ConfigError> {
         check_ifname(&raw.interface).map_err(|p| self.invalid("uplink.interface", p))?;
         let ip = self.ipv4("uplink.ip", &raw.ip)?;
         let xdp = match raw.xdp.as_deref() {
@@ -348,7 +356,23 @@ impl Validator {
                 "needs the XDP program: set uplink.xdp = \"generic\" or \"native\"",
             ));
         }
-        Ok(Uplink { interface: raw.interface, ip, xdp, xdp_deliver })
+        let mut allow_from = Vec::with_capacity(raw.allow_from.len());
+        for (i, text) in raw.allow_from.iter().enumerate() {
+            let field = format!("uplink.allow_from[{i}]");
+            let cidr = self.cidr(&field, text)?;
+            if let Some(refused) = refused_sources(node.pod_cidr, ip).into_iter().find(|r| r.contains(&cidr))
+            {
+                return Err(self.invalid(
+                    field,
+                    format!(
+                        "{cidr} lies in {refused}, which no genuine packet from the uplink comes from \
+                         (this node's pods and address, 0/8, loopback, multicast, reserved)"
+                    ),
+                ));
+            }
+            allow_from.push(cidr);
+        }
+        Ok(Uplink { interface: raw.interface, ip, xdp, xdp_deliver, allow_from })
     }
 
     fn cidr(&self, field: &str, text: &str) -> Result<Ipv4Net, ConfigError> {
@@ -369,7 +393,10 @@ impl Validator {
             Some(gw) => self.ipv4("node.gateway", &gw)?,
         };
         check_host_in(gateway, pod_cidr).map_err(|p| self.invalid("node.gateway", p))?;
-        Ok(Node { name: raw.name, pod_cidr, bridge: raw.bridge, gateway })
+        if let Some(mtu) = raw.mtu.filter(|m| !(MTU_MIN..=MTU_MAX).contains(m)) {
+            return Err(self.invalid("node.mtu", format!("{mtu} is not an MTU from {MTU_MIN} to {MTU_MAX}")));
+        }
+        Ok(Node { name: raw.name, pod_cidr, bridge: raw.bridge, gateway, mtu: raw.mtu })
     }
 
     fn pod(&self, i: usize, raw: RawPod, node: &Node) -> Result<Pod, ConfigError> {
@@ -387,6 +414,26 @@ impl Validator {
     fn ipv4(&self, field: &str, text: &str) -> Result<Ipv4Addr, ConfigError> {
         text.parse().map_err(|_| self.invalid(field, format!("{text:?} is not an IPv4 address")))
     }
+}
+
+/// Smallest and largest pod MTU accepted (IPv4's minimum datagram size; the largest a veth
+/// takes).
+const MTU_MIN: u32 = 576;
+const MTU_MAX: u32 = 65535;
+
+/// Sources that can only be forged when they arrive on the uplink: this node's pod CIDR and
+/// address, "this network", loopback, multicast and reserved. They never reach pods, even when
+/// `allow_from` covers them, and `allow_from` may not lie inside them.
+pub fn refused_sources(pod_cidr: Ipv4Net, node_ip: Ipv4Addr) -> Vec<Ipv4Net> {
+    let net = |a, b, c, d, len| Ipv4Net::new(Ipv4Addr::new(a, b, c, d), len).expect("valid prefix");
+    vec![
+        pod_cidr,
+        Ipv4Net::from(node_ip),
+        net(0, 0, 0, 0, 8),
+        net(127, 0, 0, 0, 8),
+        net(224, 0, 0, 0, 4),
+        net(240, 0, 0, 0, 4),
+    ]
 }
 
 /// Parses "FIRST-LAST", a non-empty range of ports 1-65535.
@@ -529,9 +576,9 @@ mod tests {
 
     #[test]
     fn unknown_field_is_rejected_with_its_location() {
-        let err = parse(&format!("{NODE}mtu = 9000\n")).unwrap_err();
+        let err = parse(&format!("{NODE}jumbo = 9000\n")).unwrap_err();
         assert!(err.starts_with("test.toml: TOML parse error at line 4, column 1"), "{err}");
-        assert!(err.contains("unknown field `mtu`"), "{err}");
+        assert!(err.contains("unknown field `jumbo`"), "{err}");
     }
 
     #[test]
@@ -576,7 +623,8 @@ mod tests {
                 interface: "eth0".into(),
                 ip: Ipv4Addr::new(192, 168, 50, 1),
                 xdp: XdpMode::Off,
-                xdp_deliver: false
+                xdp_deliver: false,
+                allow_from: Vec::new(),
             })
         );
         assert_eq!(c.peers[0].pod_cidr.to_string(), "10.1.2.0/24");
@@ -613,6 +661,34 @@ mod tests {
         assert_eq!(err, "test.toml: peer[0].name: peers need an [uplink] section (interface and node IP)");
         let err = parse(&format!("{NODE}{UPLINK}{peer}")).unwrap_err();
         assert_eq!(err, "test.toml: peer[0].ip: 192.168.50.1 is already another node's address");
+    }
+
+    #[test]
+    fn allow_from_is_checked() {
+        let c = parse(&format!("{NODE}{UPLINK}allow_from = [\"192.168.60.0/24\", \"0.0.0.0/0\"]\n")).unwrap();
+        let allowed: Vec<String> = c.uplink.unwrap().allow_from.iter().map(ToString::to_string).collect();
+        assert_eq!(allowed, ["192.168.60.0/24", "0.0.0.0/0"]);
+        let err = parse(&format!("{NODE}{UPLINK}allow_from = [\"10.1.1.0/25\"]\n")).unwrap_err();
+        assert_eq!(
+            err,
+            "test.toml: uplink.allow_from[0]: 10.1.1.0/25 lies in 10.1.1.0/24, which no genuine packet \
+             from the uplink comes from (this node's pods and address, 0/8, loopback, multicast, reserved)"
+        );
+        let err = parse(&format!("{NODE}{UPLINK}allow_from = [\"127.0.0.1/32\"]\n")).unwrap_err();
+        assert!(
+            err.starts_with("test.toml: uplink.allow_from[0]: 127.0.0.1/32 lies in 127.0.0.0/8"),
+            "{err}"
+        );
+        let err = parse(&format!("{NODE}{UPLINK}allow_from = [\"nope\"]\n")).unwrap_err();
+        assert_eq!(err, "test.toml: uplink.allow_from[0]: \"nope\" is not an IPv4 CIDR like 10.1.1.0/24");
+    }
+
+    #[test]
+    fn mtu_is_optional_and_checked() {
+        assert_eq!(parse(NODE).unwrap().node.mtu, None);
+        assert_eq!(parse(&format!("{NODE}mtu = 1400\n")).unwrap().node.mtu, Some(1400));
+        let err = parse(&format!("{NODE}mtu = 100\n")).unwrap_err();
+        assert_eq!(err, "test.toml: node.mtu: 100 is not an MTU from 576 to 65535");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use aya::{
         LinkOrder, SchedClassifier, TcAttach, TcAttachType, Xdp,
         links::{FdLink, LinkError, PinnedLink},
         tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
@@ -292,8 +293,9 @@ impl Datapath {
         xdp(&mut self.ebpf, name)
     }
 
-    /// Attaches XDP program `name` to `ifname` in `mode` (not `Off`), replacing any XDP link
-    /// pinned there before (the mode cannot change inside a link).
+    /// Attaches XDP program `name` to `ifname` in `mode` (not `Off`). When a link in that mode
+    /// is pinned already, the program is swapped inside it (no gap, the link id stays); a link
+    /// in the other mode is removed first (a link's mode cannot change).
     pub fn attach_xdp(
         &mut self,
         name: &'static str,
@@ -301,7 +303,9 @@ impl Datapath {
         ifindex: u32,
         mode: XdpMode,
     ) -> Result<(), DatapathError> {
-        self.pins.unpin_xdp(ifname)?;
+        for other in [XdpMode::Native, XdpMode::Generic].into_iter().filter(|&m| m != mode) {
+            remove_file(&self.pins.xdp_link(ifname, other))?;
+        }
         let (aya_mode, hint) = match mode {
             XdpMode::Native => (
                 aya::programs::XdpMode::Driver,
@@ -315,14 +319,42 @@ impl Datapath {
             hint,
             source: source.into(),
         };
-        let prog = xdp(&mut self.ebpf, name)?;
-        let id = prog.attach(ifindex, aya_mode).map_err(err)?;
         let path = self.pins.xdp_link(ifname, mode);
-        let link = FdLink::try_from(prog.take_link(id).map_err(err)?)
-            .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
-        link.pin(&path).map_err(|source| DatapathError::Pin { path, source })?;
-        Ok(())
+        let prog = xdp(&mut self.ebpf, name)?;
+        match PinnedLink::from_pin(&path) {
+            Ok(pinned) => {
+                let link = XdpLink::try_from(FdLink::from(pinned))
+                    .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
+                let id = prog.attach_to_link(link).map_err(err)?;
+                // The pin keeps the (updated) link alive; our fd can go.
+                drop(prog.take_link(id).map_err(err)?);
+                Ok(())
+            }
+            Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
+                let id = attach_when_free(|| prog.attach(ifindex, aya_mode)).map_err(err)?;
+                let link = FdLink::try_from(prog.take_link(id).map_err(err)?)
+                    .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
+                link.pin(&path).map_err(|source| DatapathError::Pin { path, source })?;
+                Ok(())
+            }
+            Err(source) => Err(DatapathError::Link { path, source }),
+        }
     }
+}
+
+/// Runs `attach` until the interface is free: the kernel releases an unpinned XDP link (a mode
+/// change) asynchronously, and until then a new attachment fails with EBUSY (for up to a second).
+fn attach_when_free<T>(
+    mut attach: impl FnMut() -> Result<T, aya::programs::ProgramError>,
+) -> Result<T, aya::programs::ProgramError> {
+    let busy = |e: &aya::programs::ProgramError| matches!(e, aya::programs::ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EBUSY));
+    for _ in 0..20 {
+        match attach() {
+            Err(e) if busy(&e) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            result => return result,
+        }
+    }
+    attach()
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {

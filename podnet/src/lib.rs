@@ -9,3 +9,4 @@ pub mod netlink;
 pub mod node;
 pub mod plumbing;
 pub mod status;
+pub mod sysctl;

@@ -7,8 +7,8 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use podnet_common::{
-    CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, Reason,
-    maps::{COUNTERS, CT_IN, CT_OUT, DENY, ENDPOINTS, NAT_CONFIG, PEERS, POD_DEVS},
+    CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, Reason, admission,
+    maps::{COUNTERS, CT_IN, CT_OUT, DENY, ENDPOINTS, NAT_CONFIG, PEERS, POD_DEVS, UPLINK_ALLOW},
 };
 
 use crate::{config::PeerNode, datapath::PinDir};
@@ -148,32 +148,94 @@ impl Peers {
     }
 }
 
+/// An LPM trie of IPv4 CIDRs, each with a `u32` value: the deny list and the uplink's
+/// admissions.
+struct CidrMap {
+    trie: LpmTrie<MapData, Ipv4LpmData, u32>,
+    name: &'static str,
+}
+
+impl CidrMap {
+    fn open(pins: &PinDir, name: &'static str) -> Result<Self, MapsError> {
+        Ok(Self { trie: open(pins, name, Map::LpmTrie)?, name })
+    }
+
+    fn insert(&mut self, cidr: Ipv4Net, value: u32) -> Result<(), MapsError> {
+        self.trie.insert(&key(cidr), &value, 0).map_err(access_err("insert", self.name, cidr.to_string()))
+    }
+
+    fn remove(&mut self, cidr: Ipv4Net) -> Result<(), MapsError> {
+        self.trie.remove(&key(cidr)).map_err(access_err("remove", self.name, cidr.to_string()))
+    }
+
+    /// Every entry, sorted by CIDR.
+    fn list(&self) -> Vec<(Ipv4Net, u32)> {
+        let mut all: Vec<(Ipv4Net, u32)> = self
+            .trie
+            .iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                Some((Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8).ok()?, v))
+            })
+            .collect();
+        all.sort();
+        all
+    }
+}
+
 /// Source CIDRs the uplink's XDP prefilter drops.
-pub struct Deny(LpmTrie<MapData, Ipv4LpmData, u32>);
+pub struct Deny(CidrMap);
 
 impl Deny {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
-        open(pins, DENY, Map::LpmTrie).map(Self)
+        CidrMap::open(pins, DENY).map(Self)
     }
 
     pub fn insert(&mut self, cidr: Ipv4Net) -> Result<(), MapsError> {
-        self.0.insert(&key(cidr), &0, 0).map_err(access_err("insert", DENY, cidr.to_string()))
+        self.0.insert(cidr, 0)
     }
 
     pub fn remove(&mut self, cidr: Ipv4Net) -> Result<(), MapsError> {
-        self.0.remove(&key(cidr)).map_err(access_err("remove", DENY, cidr.to_string()))
+        self.0.remove(cidr)
     }
 
     /// Every denied CIDR, sorted.
     pub fn list(&self) -> Vec<Ipv4Net> {
-        let mut all: Vec<Ipv4Net> = self
-            .0
-            .keys()
-            .flatten()
-            .filter_map(|k| Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8).ok())
+        self.0.list().into_iter().map(|(cidr, _)| cidr).collect()
+    }
+}
+
+/// Who besides peers may reach pods from the uplink: admitted CIDRs (`[uplink] allow_from`)
+/// and refused ones (sources that can only be forged), longest prefix wins.
+pub struct UplinkAllow(CidrMap);
+
+impl UplinkAllow {
+    pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
+        CidrMap::open(pins, UPLINK_ALLOW).map(Self)
+    }
+
+    /// Makes the map hold exactly `admit` and `refuse` (a CIDR in both is refused).
+    pub fn set(&mut self, admit: &[Ipv4Net], refuse: &[Ipv4Net]) -> Result<(), MapsError> {
+        let wanted: Vec<(Ipv4Net, u32)> = admit
+            .iter()
+            .filter(|c| !refuse.contains(c))
+            .map(|&c| (c, admission::ADMIT))
+            .chain(refuse.iter().map(|&c| (c, admission::REFUSE)))
             .collect();
-        all.sort();
-        all
+        for &(cidr, value) in &wanted {
+            self.0.insert(cidr, value)?;
+        }
+        for (cidr, _) in self.0.list() {
+            if !wanted.iter().any(|(c, _)| *c == cidr) {
+                self.0.remove(cidr)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The admitted CIDRs, sorted.
+    pub fn admitted(&self) -> Vec<Ipv4Net> {
+        self.0.list().into_iter().filter(|&(_, v)| v == admission::ADMIT).map(|(c, _)| c).collect()
     }
 }
 

@@ -14,9 +14,10 @@ use tracing::{info, warn};
 use crate::{
     config::{self, Config, PeerNode, Pod, XdpMode},
     datapath::{self, Datapath, DatapathError, PinDir},
-    maps::{Counters, Endpoints, MapsError, NatSettings, Peers},
+    maps::{Counters, Endpoints, MapsError, NatSettings, Peers, UplinkAllow},
     netlink::{Iface, Netlink, NetlinkError, fmt_mac, netns},
-    plumbing::{self, PodPlumbing},
+    plumbing::{self, PlumbingError, PodPlumbing, VethSettings},
+    sysctl::{self, SysctlError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +30,10 @@ pub enum NodeError {
     Maps(#[from] MapsError),
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
-    #[error("could not enable IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")]
-    Forwarding(#[source] std::io::Error),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+    #[error(transparent)]
+    Plumbing(#[from] PlumbingError),
     #[error("podnet is not up on node {node:?}: {path} does not exist (run `podnet up`)")]
     NotUp { node: String, path: String },
     #[error("uplink {interface} does not exist in the node's namespace; create and address it first")]
@@ -99,8 +102,17 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
     let node = &config.node;
     let pins = PinDir::for_node(&node.name);
     let first_up = !pins.path().exists();
-    let pods = plumb(config, nl, made).await?;
-    plumbing::enable_ip_forward().map_err(NodeError::Forwarding)?;
+    let uplink = uplink_iface(config, nl).await?;
+    let veth = VethSettings {
+        // Pods' frames fit the uplink without fragmentation unless the config says otherwise.
+        mtu: node.mtu.or(uplink.as_ref().map(|u| u.mtu)).unwrap_or(1500),
+        xdp_frames: config.uplink.as_ref().is_some_and(|u| u.native_delivery()),
+    };
+    let pods = plumb(config, nl, made, veth).await?;
+    sysctl::enable_ip_forward()?;
+    if config.nat.enabled {
+        sysctl::reserve_ports(config.nat.port_min, config.nat.port_max)?;
+    }
 
     if first_up {
         made.push(Made::PinDir(pins.clone()));
@@ -113,8 +125,11 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
         }
         datapath.attach(FROM_POD, &p.host.name, p.host.index)?;
     }
-    let uplink = uplink_iface(config, nl).await?;
     NatSettings::open(&pins)?.set(&nat_settings(config, uplink.as_ref()))?;
+    if let Some(settings) = &config.uplink {
+        let refused = config::refused_sources(node.pod_cidr, settings.ip);
+        UplinkAllow::open(&pins)?.set(&settings.allow_from, &refused)?;
+    }
     if let Some(uplink) = uplink {
         datapath.attach(FROM_UPLINK, &uplink.name, uplink.index)?;
         attach_uplink_xdp(config, &mut datapath, &pins, &uplink)?;
@@ -169,6 +184,7 @@ async fn plumb<'c>(
     config: &'c Config,
     nl: &Netlink,
     made: &mut Vec<Made>,
+    veth: VethSettings,
 ) -> Result<Vec<(&'c Pod, PodPlumbing, bool)>, NodeError> {
     let node = &config.node;
     let had_bridge = nl.link(&node.bridge).await?.is_some();
@@ -180,12 +196,11 @@ async fn plumb<'c>(
     if !had_bridge {
         info!("created bridge {} with gateway {}/{}", node.bridge, node.gateway, node.pod_cidr.prefix_len());
     }
-    let native_delivery = config.uplink.as_ref().is_some_and(|u| u.native_delivery());
     let mut pods = Vec::with_capacity(config.pods.len());
     for pod in &config.pods {
         let had_netns = netns::exists(&pod.netns);
         let had_veth = nl.link(&pod.host_ifname()).await?.is_some();
-        let plumbed = plumbing::ensure_pod(nl, &bridge, node, pod, native_delivery).await;
+        let plumbed = plumbing::ensure_pod(nl, &bridge, node, pod, veth).await;
         // Record what was made before looking at the result, so a half-made pod is undone too.
         if !had_netns && netns::exists(&pod.netns) {
             made.push(Made::Netns(pod.netns.clone()));
@@ -251,6 +266,9 @@ pub async fn down(config: &Config) -> Result<(), NodeError> {
         }
     }
     pins.remove()?;
+    if config.nat.enabled {
+        sysctl::release_ports(config.nat.port_min, config.nat.port_max)?;
+    }
     for pod in &config.pods {
         nl.del_link(&pod.host_ifname()).await?;
         netns::delete(&pod.netns)?;

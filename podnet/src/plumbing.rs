@@ -1,14 +1,21 @@
 //! The classic pod recipe, over netlink: a node bridge with the gateway address, and per pod a
-//! namespace, a veth pair (host end in the bridge), the pod address, `lo` up and a default route;
-//! GRO on the pod end only when native XDP delivers to pods (see [`gro`]).
-//! Every step is "ensure": it leaves what already exists alone.
-
-use std::io;
+//! namespace without IPv6, a veth pair (host end in the bridge) with the pods' MTU, the pod
+//! address, `lo` up and a default route; GRO on the pod end only when native XDP delivers to
+//! pods (see [`gro`]). Every step is "ensure": it leaves what already exists alone.
 
 use crate::{
     config::{Node, Pod},
     netlink::{Iface, Netlink, NetlinkError, gro, netns},
+    sysctl::{self, SysctlError},
 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlumbingError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+}
 
 /// A pod whose plumbing is in place.
 #[derive(Debug, Clone)]
@@ -30,21 +37,33 @@ pub async fn ensure_bridge(nl: &Netlink, node: &Node) -> Result<Iface, NetlinkEr
     Ok(bridge)
 }
 
-/// Makes sure `pod` has its namespace, veth pair, address and default route, and GRO on its
-/// end of the veth exactly when `xdp_frames` (native XDP redirects to the pod).
+/// What a pod's veth pair is set to besides addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct VethSettings {
+    /// MTU of both ends.
+    pub mtu: u32,
+    /// GRO on the pod end: native XDP redirects frames to the pod (see [`gro`]).
+    pub xdp_frames: bool,
+}
+
+/// Makes sure `pod` has its namespace (IPv6 off), veth pair (with `veth` settings), address
+/// and default route.
 pub async fn ensure_pod(
     nl: &Netlink,
     bridge: &Iface,
     node: &Node,
     pod: &Pod,
-    xdp_frames: bool,
-) -> Result<PodPlumbing, NetlinkError> {
-    netns::create(&pod.netns)?;
+    veth: VethSettings,
+) -> Result<PodPlumbing, PlumbingError> {
+    netns::create(&pod.netns).map_err(NetlinkError::from)?;
+    // Before the veth arrives, so the pod end never gets an IPv6 link-local address.
+    sysctl::disable_ipv6_in(&pod.netns)?;
     let host_name = pod.host_ifname();
     if nl.link(&host_name).await?.is_none() {
         nl.add_veth(&host_name, &pod.pod_ifname(), &pod.netns).await?;
     }
     let host = nl.existing_link(&host_name).await?;
+    nl.set_mtu(&host, veth.mtu).await?;
     nl.set_controller(&host, bridge).await?;
     nl.set_up(&host).await?;
 
@@ -52,15 +71,10 @@ pub async fn ensure_pod(
     let lo = inside.existing_link("lo").await?;
     inside.set_up(&lo).await?;
     let pod_if = inside.existing_link(&pod.pod_ifname()).await?;
+    inside.set_mtu(&pod_if, veth.mtu).await?;
     inside.add_address(&pod_if, pod.ip, node.pod_cidr.prefix_len()).await?;
     inside.set_up(&pod_if).await?;
-    gro::set(&pod.netns, &pod.pod_ifname(), xdp_frames)?;
+    gro::set(&pod.netns, &pod.pod_ifname(), veth.xdp_frames).map_err(NetlinkError::from)?;
     inside.add_default_route(node.gateway).await?;
     Ok(PodPlumbing { host, pod_if })
-}
-
-/// Turns on IPv4 forwarding in the current (node) namespace, as the recipe does: packets the
-/// datapath hands to the stack (to the gateway, other nodes, the outside) are routed by it.
-pub fn enable_ip_forward() -> io::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
 }

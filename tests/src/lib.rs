@@ -210,26 +210,45 @@ impl Lab {
             &["neigh", "replace", "192.168.50.2", "lladdr", mac, "dev", "eth0", "nud", "permanent"],
         )?;
         sh(&ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-        let json: serde_json::Value = serde_json::from_str(&sh(&ns, "ip", &["-j", "link", "show", "eth0"])?)?;
-        let mac: Vec<u8> = json[0]["address"]
-            .as_str()
-            .context("eth0 has a MAC")?
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16))
-            .collect::<Result<_, _>>()?;
-        Ok(FibFixture {
-            ns,
-            eth0: json[0]["ifindex"].as_u64().context("eth0 ifindex")? as u32,
-            eth0_mac: mac.try_into().map_err(|_| anyhow::anyhow!("eth0 MAC length"))?,
-        })
+        let (eth0, eth0_mac) = link(&ns, "eth0")?;
+        Ok(FibFixture { ns, eth0, eth0_mac })
+    }
+
+    /// Packets in capture `pcap` (from [`Self::capture`], taken in `ns`) that match `filter`
+    /// ("" for all), after a moment for what is in flight.
+    pub fn captured(&self, ns: &str, pcap: &str, filter: &str) -> anyhow::Result<usize> {
+        std::thread::sleep(Duration::from_millis(300));
+        count_captured(ns, pcap, filter)
+    }
+
+    /// Waits (at most 10 s) until capture `pcap` holds `at_least` packets matching `filter`, and
+    /// returns how many it holds. Frames sent before those have been captured too, so a test
+    /// sends a control last and waits for it before it counts what must not have arrived.
+    pub fn wait_captured(
+        &self,
+        ns: &str,
+        pcap: &str,
+        filter: &str,
+        at_least: usize,
+    ) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = count_captured(ns, pcap, filter)?;
+            if n >= at_least || Instant::now() > deadline {
+                return Ok(n);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Starts tcpdump on `iface` in `ns`, writing packets matching `filter` to a file in the lab
     /// (unbuffered), and waits until it captures. Returns the file's path.
     pub fn capture(&mut self, ns: &str, iface: &str, filter: &str) -> anyhow::Result<String> {
-        let path = self.dir.join(format!("{ns}-{iface}.pcap"));
+        // Unique per capture: several may watch one interface.
+        let path = self.dir.join(format!("{ns}-{iface}-{}.pcap", self.children.len()));
         let path = path.to_str().context("utf-8 path")?.to_owned();
-        self.spawn(ns, "tcpdump", &["-U", "-n", "-i", iface, "-w", &path, filter])?;
+        // --immediate-mode: packets reach the file as they come, not a buffer's worth later.
+        self.spawn(ns, "tcpdump", &["-U", "--immediate-mode", "-n", "-i", iface, "-w", &path, filter])?;
         // tcpdump writes the file header once it captures.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !std::fs::metadata(&path).is_ok_and(|m| m.len() >= 24) {
@@ -378,6 +397,28 @@ pub fn cluster(lab: &mut Lab, tag: &str, peers: &[&[u8]], xdp: &str) -> anyhow::
         nodes.push(node);
     }
     Ok(Cluster { switch, nodes })
+}
+
+fn count_captured(ns: &str, pcap: &str, filter: &str) -> anyhow::Result<usize> {
+    let out = in_ns(ns, "tcpdump")
+        .args(["-n", "-r", pcap])
+        .args((!filter.is_empty()).then_some(filter))
+        .output()?;
+    anyhow::ensure!(out.status.success(), "tcpdump -r {pcap}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).lines().count())
+}
+
+/// Index and MAC of interface `ifname` in namespace `ns`.
+pub fn link(ns: &str, ifname: &str) -> anyhow::Result<(u32, [u8; 6])> {
+    let json: serde_json::Value = serde_json::from_str(&sh(ns, "ip", &["-j", "link", "show", ifname])?)?;
+    let mac: Vec<u8> = json[0]["address"]
+        .as_str()
+        .with_context(|| format!("{ifname} has a MAC"))?
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()?;
+    let index = json[0]["ifindex"].as_u64().with_context(|| format!("{ifname} ifindex"))? as u32;
+    Ok((index, mac.try_into().map_err(|_| anyhow::anyhow!("{ifname}: MAC length"))?))
 }
 
 /// Namespaces whose name starts with `prefix`.

@@ -10,6 +10,9 @@ pub const ETH_LEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+pub const ETHERTYPE_VLAN: u16 = 0x8100;
+pub const ARP_REQUEST: u16 = 1;
+pub const ARP_REPLY: u16 = 2;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_ICMP: u8 = 1;
@@ -119,6 +122,138 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, id: u16) -> BytesM
     let c = inet_checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     ipv4([0xaa; 6], [0xbb; 6], src, dst, PROTO_ICMP, &icmp)
+}
+
+/// An Ethernet/IPv4 ARP frame: `op` ([`ARP_REQUEST`] or [`ARP_REPLY`]) with sender `sha`/`spa`
+/// and target `tpa` (target MAC zero).
+pub fn arp(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    op: u16,
+    (sha, spa): ([u8; 6], Ipv4Addr),
+    tpa: Ipv4Addr,
+) -> BytesMut {
+    let mut b = ethernet(eth_dst, eth_src, ETHERTYPE_ARP);
+    b.put_u16(1); // Ethernet
+    b.put_u16(ETHERTYPE_IPV4);
+    b.put_u8(6);
+    b.put_u8(4);
+    b.put_u16(op);
+    b.put_slice(&sha);
+    b.put_slice(&spa.octets());
+    b.put_slice(&[0; 6]);
+    b.put_slice(&tpa.octets());
+    b.put_slice(&[0; 18]); // Ethernet padding to 60 bytes
+    b
+}
+
+/// `frame` with other Ethernet addresses.
+pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f
+}
+
+/// `frame` (IPv4) with total length `tot_len` and its header checksum recomputed: a header that
+/// disagrees with the frame.
+pub fn with_tot_len(frame: &[u8], tot_len: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&tot_len.to_be_bytes());
+    f[ETH_LEN + 10..ETH_LEN + 12].fill(0);
+    let c = inet_checksum(&f[ETH_LEN..ETH_LEN + 20]);
+    f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// `frame` with an 802.1Q tag for VLAN `vid` after its MAC addresses.
+pub fn vlan_tagged(frame: &[u8], vid: u16) -> BytesMut {
+    let mut b = BytesMut::with_capacity(frame.len() + 4);
+    b.put_slice(&frame[..12]);
+    b.put_u16(ETHERTYPE_VLAN);
+    b.put_u16(vid);
+    b.put_slice(&frame[12..]);
+    b
+}
+
+/// An IPv6 router advertisement from link-local `fe80::1` to all nodes (`ff02::1`), offering
+/// prefix 2001:db8:1::/64 for autoconfiguration, with a correct ICMPv6 checksum.
+pub fn router_advertisement(eth_src: [u8; 6]) -> BytesMut {
+    let src: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let dst: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut icmp = BytesMut::with_capacity(48);
+    icmp.put_u8(134); // router advertisement
+    icmp.put_u8(0);
+    icmp.put_u16(0); // checksum
+    icmp.put_u8(64); // hop limit
+    icmp.put_u8(0);
+    icmp.put_u16(1800); // router lifetime: be the default router
+    icmp.put_u32(0);
+    icmp.put_u32(0);
+    // Prefix information: 2001:db8:1::/64, on-link and autonomous.
+    icmp.put_slice(&[3, 4, 64, 0xc0]);
+    icmp.put_u32(86400);
+    icmp.put_u32(14400);
+    icmp.put_u32(0);
+    icmp.put_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let mut pseudo = Vec::with_capacity(40 + icmp.len());
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&icmp);
+    let c = inet_checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut b = ethernet([0x33, 0x33, 0, 0, 0, 1], eth_src, ETHERTYPE_IPV6);
+    b.put_u32(0x6000_0000);
+    b.put_u16(icmp.len() as u16);
+    b.put_u8(58); // ICMPv6
+    b.put_u8(255);
+    b.put_slice(&src);
+    b.put_slice(&dst);
+    b.put_slice(&icmp);
+    b
+}
+
+/// Sends raw Ethernet `frames` out of interface `ifname` inside network namespace `ns`, as an
+/// attacker in that namespace could (AF_PACKET; no checks, no offloads).
+pub fn send(ns: &str, ifname: &str, frames: &[&[u8]]) -> anyhow::Result<()> {
+    podnet::netlink::netns::run_in(ns, || -> anyhow::Result<()> {
+        let name = std::ffi::CString::new(ifname)?;
+        // SAFETY: a NUL-terminated name that lives across the call.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        anyhow::ensure!(ifindex != 0, "no interface {ifname} in {ns}");
+        // SAFETY: plain socket creation; the descriptor is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        anyhow::ensure!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a descriptor this function just opened and nothing else owns.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid start.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        for frame in frames {
+            // SAFETY: the frame buffer and the address live across the call; lengths match.
+            let sent = unsafe {
+                libc::sendto(
+                    raw,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            anyhow::ensure!(
+                sent == frame.len() as isize,
+                "sendto on {ifname}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    })?
 }
 
 /// Whether the frame's IPv4 header checksum and its TCP, UDP or ICMP checksum verify,

@@ -34,7 +34,7 @@ fn quick_bench_runs_end_to_end() {
         }
     }
     assert!(results.iter().all(|r| r["stat"]["median"].as_f64().is_some_and(f64::is_finite)));
-    assert_eq!(json["costs"].as_array().unwrap().len(), 12);
+    assert_eq!(json["costs"].as_array().unwrap().len(), 13);
     let floods = json["floods"].as_array().unwrap();
     assert_eq!(floods.len(), 3, "xdp native, xdp generic, iptables raw");
     assert!(

@@ -8,9 +8,10 @@ use std::net::Ipv4Addr;
 use aya::programs::{TestRun as _, TestRunOptions};
 use ipnet::Ipv4Net;
 use podnet::{
+    config,
     config::PeerNode,
     datapath::{Datapath, PinDir},
-    maps::{Conntrack, Counters, Deny, Endpoints, NatSettings, Peers},
+    maps::{Conntrack, Counters, Deny, Endpoints, NatSettings, Peers, UplinkAllow},
     netlink::netns,
 };
 use podnet_common::{
@@ -20,19 +21,24 @@ use podnet_common::{
 use podnet_tests::{
     FIB_NEIGH_MAC, FibFixture, Lab,
     packets::{
-        ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, TCP_ACK, TCP_SYN, checksums_valid, ethernet, icmp_echo,
-        inet_checksum, tcp4, udp4, udp4_checksummed,
+        ARP_REPLY, ARP_REQUEST, ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, TCP_ACK, TCP_SYN, arp,
+        checksums_valid, ethernet, icmp_echo, inet_checksum, ipv4, router_advertisement, tcp4, udp4,
+        udp4_checksummed, vlan_tagged, with_tot_len,
     },
 };
 
-/// tc actions as the kernel numbers them (include/uapi/linux/pkt_cls.h).
-const TC_ACT_OK: u32 = 0;
+/// tc actions as the kernel numbers them (include/uapi/linux/pkt_cls.h); TC_ACT_UNSPEC (-1) is
+/// tcx's "next program", what podnet returns for what it leaves to others.
+const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
 const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb3];
 const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
+/// The sending pod of the synthetic frames (their source MAC is [`SENDER_MAC`]).
+const SENDER: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
+const SENDER_MAC: [u8; 6] = [0xbb; 6];
 
 /// A datapath loaded into its own pin directory, removed again on drop.
 struct Loaded {
@@ -48,7 +54,18 @@ impl Loaded {
         // The pod's "host veth" is `lo` (ifindex 1): the devmap takes only devices that exist.
         let endpoint = Endpoint { host_ifindex: 1, flags: 0, pod_mac: POD_MAC, host_mac: HOST_MAC };
         endpoints.insert(LOCAL, &endpoint).unwrap();
-        Self { datapath, pins }
+        let mut loaded = Self { datapath, pins };
+        // The frames' sender is a pod too, on `lo` unless a test moves it: what a test run
+        // sends without a context arrives there.
+        loaded.add_sender(SENDER, 1);
+        loaded
+    }
+
+    /// Registers pod `ip` on host veth `ifindex` with MAC [`SENDER_MAC`], the source MAC of the
+    /// synthetic frames, so its frames pass the source check when they arrive on `ifindex`.
+    fn add_sender(&mut self, ip: Ipv4Addr, ifindex: u32) {
+        let endpoint = Endpoint { host_ifindex: ifindex, flags: 0, pod_mac: SENDER_MAC, host_mac: HOST_MAC };
+        Endpoints::open(&self.pins).unwrap().insert(ip, &endpoint).unwrap();
     }
 
     /// Runs XDP program `name` once on `frame`; returns its action and the frame it left.
@@ -108,7 +125,7 @@ fn counted(before: &[u64], after: &[u64], reason: Reason) {
 #[test]
 fn from_pod_decisions() {
     let mut dp = Loaded::new("pod");
-    let pod1 = Ipv4Addr::new(10, 1, 1, 2);
+    let pod1 = SENDER;
 
     // Local destination: redirected, Ethernet rewritten for the pod, IP packet untouched.
     let frame = udp4([0xaa; 6], [0xbb; 6], pod1, LOCAL, b"hello");
@@ -120,19 +137,24 @@ fn from_pod_decisions() {
     assert_eq!(out[12..], frame[12..], "nothing past the MACs changes (same L2 segment, TTL kept)");
     counted(&before, &dp.counters(), Reason::RedirectLocal);
 
-    // Unknown destination (another node, the outside): to the stack, unchanged.
+    // Unknown destination (another node, the outside): on to the next program and the stack,
+    // unchanged.
     let frame = udp4([0xaa; 6], [0xbb; 6], pod1, Ipv4Addr::new(192, 0, 2, 1), b"x");
     let before = dp.counters();
-    assert_eq!(dp.run(&frame), (TC_ACT_OK, frame.to_vec()));
+    assert_eq!(dp.run(&frame), (TC_ACT_UNSPEC, frame.to_vec()));
     counted(&before, &dp.counters(), Reason::PassNotLocal);
 
-    // Not IPv4: ARP and IPv6 go to the stack.
-    for ether_type in [ETHERTYPE_ARP, ETHERTYPE_IPV6] {
+    // The pod's own ARP goes on to the bridge; IPv6 and other ethertypes are dropped.
+    let frame = arp([0xff; 6], SENDER_MAC, ARP_REQUEST, (SENDER_MAC, pod1), LOCAL);
+    let before = dp.counters();
+    assert_eq!(dp.run(&frame), (TC_ACT_UNSPEC, frame.to_vec()));
+    counted(&before, &dp.counters(), Reason::PassArp);
+    for ether_type in [ETHERTYPE_IPV6, 0x88cc] {
         let mut frame = ethernet([0xff; 6], [0xbb; 6], ether_type);
         frame.extend_from_slice(&[0u8; 46]);
         let before = dp.counters();
-        assert_eq!(dp.run(&frame), (TC_ACT_OK, frame.to_vec()));
-        counted(&before, &dp.counters(), Reason::PassNotIpv4);
+        assert_eq!(dp.run(&frame).0, TC_ACT_SHOT, "ethertype {ether_type:#x}");
+        counted(&before, &dp.counters(), Reason::DropNotIpv4);
     }
 
     // Malformed IPv4 headers, even to a local pod, are dropped and never forwarded: IHL below 5
@@ -169,15 +191,18 @@ fn routing_decisions() {
         let pod_cidr: Ipv4Net = cidr.parse().unwrap();
         peers.insert(&PeerNode { name: name.into(), ip: Ipv4Addr::from(ip), pod_cidr }).unwrap();
     }
-    let pod1 = Ipv4Addr::new(10, 1, 1, 2);
-    let frame = |dst: Ipv4Addr, ttl: u8, payload: usize| {
-        let mut f = udp4([0xaa; 6], [0xbb; 6], pod1, dst, &vec![0u8; payload]);
+    // The FIB needs an input device with forwarding on: the sending pod's "veth" is eth0.
+    dp.add_sender(SENDER, eth0);
+    let remote_pod = Ipv4Addr::new(10, 1, 2, 2);
+    let frame_from = |src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: usize| {
+        let mut f = udp4([0xaa; 6], [0xbb; 6], src, dst, &vec![0u8; payload]);
         f[ETH_LEN + 8] = ttl;
         f[ETH_LEN + 10..ETH_LEN + 12].fill(0);
         let c = inet_checksum(&f[ETH_LEN..ETH_LEN + 20]);
         f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
         f
     };
+    let frame = |dst: Ipv4Addr, ttl: u8, payload: usize| frame_from(SENDER, dst, ttl, payload);
 
     // Remote hit, neighbour known: out of eth0 with its MAC and the neighbour's, TTL 63.
     let before = dp.counters();
@@ -199,22 +224,24 @@ fn routing_decisions() {
     // TTL 1 would expire: to the stack untouched (it sends ICMP time exceeded).
     let f = frame(Ipv4Addr::new(10, 1, 2, 2), 1, 18);
     let before = dp.counters();
-    assert_eq!(dp.run_on(FROM_POD, &f, Some(eth0)), (TC_ACT_OK, f.to_vec()));
+    assert_eq!(dp.run_on(FROM_POD, &f, Some(eth0)), (TC_ACT_UNSPEC, f.to_vec()));
     counted(&before, &dp.counters(), Reason::PassTtlExpiring);
 
     // Larger than eth0's MTU (1400) with no GSO: to the stack (fragmentation / frag-needed).
     let f = frame(Ipv4Addr::new(10, 1, 2, 2), 64, 1450 - 28);
     let before = dp.counters();
-    assert_eq!(dp.run_on(FROM_POD, &f, Some(eth0)), (TC_ACT_OK, f.to_vec()));
+    assert_eq!(dp.run_on(FROM_POD, &f, Some(eth0)), (TC_ACT_UNSPEC, f.to_vec()));
     counted(&before, &dp.counters(), Reason::PassFragNeeded);
 
     // No peer owns it: not a cluster address, to the stack.
     let f = frame(Ipv4Addr::new(10, 1, 3, 2), 64, 18);
     let before = dp.counters();
-    assert_eq!(dp.run_on(FROM_POD, &f, Some(eth0)), (TC_ACT_OK, f.to_vec()));
+    assert_eq!(dp.run_on(FROM_POD, &f, Some(eth0)), (TC_ACT_UNSPEC, f.to_vec()));
     counted(&before, &dp.counters(), Reason::PassNotLocal);
 
-    // From the uplink to a local pod: a routed hop into the pod, TTL 63, pod MACs.
+    // From the uplink to a local pod, from a peer's pod: a routed hop into the pod, TTL 63,
+    // pod MACs.
+    let frame = |dst: Ipv4Addr, ttl: u8, payload: usize| frame_from(remote_pod, dst, ttl, payload);
     let before = dp.counters();
     let (action, out) = dp.run_on(FROM_UPLINK, &frame(LOCAL, 64, 18), Some(eth0));
     assert_eq!(action, TC_ACT_REDIRECT);
@@ -229,7 +256,7 @@ fn routing_decisions() {
         (frame(Ipv4Addr::new(192, 168, 50, 1), 64, 18), Reason::PassUplinkNotLocal),
     ] {
         let before = dp.counters();
-        assert_eq!(dp.run_on(FROM_UPLINK, &f, Some(eth0)), (TC_ACT_OK, f.to_vec()));
+        assert_eq!(dp.run_on(FROM_UPLINK, &f, Some(eth0)), (TC_ACT_UNSPEC, f.to_vec()));
         counted(&before, &dp.counters(), reason);
     }
 }
@@ -251,7 +278,8 @@ fn nat_rewrites() {
         port_max: 61000,
     };
     NatSettings::open(&dp.pins).unwrap().set(&config).unwrap();
-    let (pod, remote) = (Ipv4Addr::new(10, 1, 1, 3), Ipv4Addr::new(192, 168, 50, 2));
+    let (pod, remote) = (Ipv4Addr::new(10, 1, 1, 4), Ipv4Addr::new(192, 168, 50, 2));
+    dp.add_sender(pod, eth0);
     let src = |f: &[u8]| (Ipv4Addr::new(f[26], f[27], f[28], f[29]), u16::from_be_bytes([f[34], f[35]]));
     let dst = |f: &[u8]| (Ipv4Addr::new(f[30], f[31], f[32], f[33]), u16::from_be_bytes([f[36], f[37]]));
 
@@ -277,7 +305,7 @@ fn nat_rewrites() {
     let (action, out) = dp.run_on(FROM_UPLINK, &synack, Some(eth0));
     assert_eq!(action, TC_ACT_REDIRECT);
     assert_eq!((src(&out), dst(&out)), ((remote, 80), (pod, 40000)));
-    assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (POD_MAC.to_vec(), HOST_MAC.to_vec()));
+    assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (SENDER_MAC.to_vec(), HOST_MAC.to_vec()));
     assert!(checksums_valid(&out), "IPv4 and TCP checksums after reverse NAT");
     counted(&before, &dp.counters(), Reason::RedirectNatReply);
 
@@ -388,6 +416,12 @@ fn uplink_filter_decisions() {
 fn uplink_deliver_decisions() {
     let mut dp = Loaded::new("deliver");
     let remote = Ipv4Addr::new(10, 1, 2, 2);
+    let peer = PeerNode {
+        name: "node2".into(),
+        ip: Ipv4Addr::new(192, 168, 50, 2),
+        pod_cidr: "10.1.2.0/24".parse().unwrap(),
+    };
+    Peers::open(&dp.pins).unwrap().insert(&peer).unwrap();
     let frame = udp4([0xaa; 6], [0xbb; 6], remote, LOCAL, b"hello");
     let before = dp.counters();
     let (action, out) = dp.run_xdp(UPLINK_DELIVER, &frame);
@@ -403,7 +437,12 @@ fn uplink_deliver_decisions() {
     let mut ttl_one = frame.to_vec();
     ttl_one[ETH_LEN + 8] = 1;
     let other = udp4([0xaa; 6], [0xbb; 6], remote, Ipv4Addr::new(10, 1, 1, 99), b"hello");
-    for (what, f) in [("TTL 1 (the stack answers)", ttl_one), ("no such pod", other.to_vec())] {
+    let stranger = udp4([0xaa; 6], [0xbb; 6], Ipv4Addr::new(192, 168, 50, 100), LOCAL, b"hello");
+    for (what, f) in [
+        ("TTL 1 (the stack answers)", ttl_one),
+        ("no such pod", other.to_vec()),
+        ("not a peer (tc drops it)", stranger.to_vec()),
+    ] {
         let before = dp.counters();
         assert_eq!(dp.run_xdp(UPLINK_DELIVER, &f), (XDP_PASS, f.clone()), "{what}: passed untouched");
         counted(&before, &dp.counters(), Reason::XdpPass);
@@ -411,4 +450,214 @@ fn uplink_deliver_decisions() {
     // The prefilter comes first: a denied source is dropped even when it is for a local pod.
     Deny::open(&dp.pins).unwrap().insert("10.1.2.0/24".parse().unwrap()).unwrap();
     assert_eq!(dp.run_xdp(UPLINK_DELIVER, &frame).0, XDP_DROP);
+}
+
+/// A pod can be only itself: what `from_pod` drops before any forwarding, and why. Pod A (the
+/// frames' sender) sits on `lo`, pod B on the fixture's `eth0`.
+#[test]
+fn isolation_decisions() {
+    let mut lab = Lab::new("tri").unwrap();
+    let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
+    netns::enter(&ns).unwrap();
+    let mut dp = Loaded::new("iso");
+    let pod_b = Ipv4Addr::new(10, 1, 1, 5);
+    let b_mac = [0xcc; 6];
+    Endpoints::open(&dp.pins)
+        .unwrap()
+        .insert(pod_b, &Endpoint { host_ifindex: eth0, flags: 0, pod_mac: b_mac, host_mac: HOST_MAC })
+        .unwrap();
+    let good = udp4([0xaa; 6], SENDER_MAC, SENDER, LOCAL, b"hello");
+    let mut wrong_mac = good.to_vec();
+    wrong_mac[6..12].copy_from_slice(&b_mac);
+    let ipv4_with_ihl = |ihl: u8| {
+        let mut f = good.to_vec();
+        f[ETH_LEN] = 0x40 | ihl;
+        f
+    };
+    let udp_truncated =
+        with_tot_len(&ipv4([0xaa; 6], SENDER_MAC, SENDER, LOCAL, 17, &[0x9c, 0x40, 0, 53]), 24);
+    let mut tcp_bad_offset = tcp4((SENDER, 40000), (LOCAL, 80), TCP_SYN).to_vec();
+    tcp_bad_offset[ETH_LEN + 20 + 12] = 15 << 4; // 60-byte header in a 24-byte segment
+    let cases: Vec<(&str, Vec<u8>, Option<u32>, Reason)> = vec![
+        (
+            "another pod's source address",
+            udp4([0xaa; 6], SENDER_MAC, pod_b, LOCAL, b"x").to_vec(),
+            None,
+            Reason::DropSpoofed,
+        ),
+        (
+            "an address no pod has",
+            udp4([0xaa; 6], SENDER_MAC, Ipv4Addr::new(10, 1, 1, 77), LOCAL, b"x").to_vec(),
+            None,
+            Reason::DropSpoofed,
+        ),
+        (
+            "the node's address",
+            udp4([0xaa; 6], SENDER_MAC, Ipv4Addr::new(192, 168, 50, 1), LOCAL, b"x").to_vec(),
+            None,
+            Reason::DropSpoofed,
+        ),
+        ("another pod's source MAC", wrong_mac, None, Reason::DropSpoofed),
+        ("its own packet on another pod's veth", good.to_vec(), Some(eth0), Reason::DropSpoofed),
+        ("VLAN 100", vlan_tagged(&good, 100).to_vec(), None, Reason::DropVlanTagged),
+        ("IPv6 router advertisement", router_advertisement(SENDER_MAC).to_vec(), None, Reason::DropNotIpv4),
+        (
+            "forged ARP reply for pod B",
+            arp([0xff; 6], SENDER_MAC, ARP_REPLY, (SENDER_MAC, pod_b), LOCAL).to_vec(),
+            None,
+            Reason::DropSpoofed,
+        ),
+        (
+            "ARP with another sender MAC",
+            arp([0xff; 6], SENDER_MAC, ARP_REPLY, (b_mac, SENDER), LOCAL).to_vec(),
+            None,
+            Reason::DropSpoofed,
+        ),
+        (
+            "ARP probe (sender 0.0.0.0)",
+            arp([0xff; 6], SENDER_MAC, ARP_REQUEST, (SENDER_MAC, Ipv4Addr::UNSPECIFIED), LOCAL).to_vec(),
+            None,
+            Reason::DropSpoofed,
+        ),
+        ("total length beyond the frame", with_tot_len(&good, 200), None, Reason::DropMalformed),
+        ("total length below the header", with_tot_len(&good, 19), None, Reason::DropMalformed),
+        ("IHL beyond the packet", ipv4_with_ihl(15), None, Reason::DropMalformed),
+        ("truncated UDP header", udp_truncated.to_vec(), None, Reason::DropMalformed),
+        ("TCP data offset beyond the segment", tcp_bad_offset, None, Reason::DropMalformed),
+    ];
+    for (what, frame, ifindex, reason) in cases {
+        let before = dp.counters();
+        let (action, _) = dp.run_on(FROM_POD, &frame, ifindex);
+        assert_eq!(action, TC_ACT_SHOT, "{what}");
+        counted(&before, &dp.counters(), reason);
+    }
+    for dst in [[0, 0, 0, 0], [255, 255, 255, 255], [224, 0, 0, 1], [240, 0, 0, 1], [127, 0, 0, 1]] {
+        let before = dp.counters();
+        let frame = udp4([0xaa; 6], SENDER_MAC, SENDER, Ipv4Addr::from(dst), b"x");
+        assert_eq!(dp.run(&frame).0, TC_ACT_SHOT, "martian {dst:?}");
+        counted(&before, &dp.counters(), Reason::DropMartian);
+    }
+    // Pod B's own frame on its own veth is fine.
+    let before = dp.counters();
+    let frame = udp4([0xaa; 6], b_mac, pod_b, LOCAL, b"x");
+    assert_eq!(dp.run_on(FROM_POD, &frame, Some(eth0)).0, TC_ACT_REDIRECT);
+    counted(&before, &dp.counters(), Reason::RedirectLocal);
+}
+
+/// Who reaches pods from the uplink: peers and their pods, `allow_from`, never a source that
+/// can only be forged; `uplink_deliver` leaves every refused frame to tc.
+#[test]
+fn uplink_admission_decisions() {
+    let mut lab = Lab::new("tra").unwrap();
+    let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
+    netns::enter(&ns).unwrap();
+    let mut dp = Loaded::new("adm");
+    let peer = PeerNode {
+        name: "node2".into(),
+        ip: Ipv4Addr::new(192, 168, 50, 2),
+        pod_cidr: "10.1.2.0/24".parse().unwrap(),
+    };
+    Peers::open(&dp.pins).unwrap().insert(&peer).unwrap();
+    let node = Ipv4Addr::new(192, 168, 50, 1);
+    let refused = config::refused_sources("10.1.1.0/24".parse().unwrap(), node);
+    let mut allow = UplinkAllow::open(&dp.pins).unwrap();
+    allow.set(&[], &refused).unwrap();
+    let from = |src: [u8; 4]| udp4([0xaa; 6], [0xbb; 6], Ipv4Addr::from(src), LOCAL, b"x");
+    let check = |dp: &mut Loaded, src: [u8; 4], tc: u32, reason: Reason, xdp: u32| {
+        let before = dp.counters();
+        assert_eq!(dp.run_on(FROM_UPLINK, &from(src), Some(eth0)).0, tc, "tc, from {src:?}");
+        counted(&before, &dp.counters(), reason);
+        assert_eq!(dp.run_xdp(UPLINK_DELIVER, &from(src)).0, xdp, "uplink_deliver, from {src:?}");
+    };
+    check(&mut dp, [10, 1, 2, 7], TC_ACT_REDIRECT, Reason::RedirectFromUplink, XDP_REDIRECT);
+    check(&mut dp, [192, 168, 50, 2], TC_ACT_REDIRECT, Reason::RedirectFromUplink, XDP_REDIRECT);
+    check(&mut dp, [192, 168, 50, 100], TC_ACT_SHOT, Reason::DropNotAllowed, XDP_PASS);
+    check(&mut dp, [10, 1, 1, 2], TC_ACT_SHOT, Reason::DropSpoofed, XDP_PASS);
+
+    // allow_from opens it, but never for sources that can only be forged.
+    allow.set(&["0.0.0.0/0".parse().unwrap()], &refused).unwrap();
+    check(&mut dp, [192, 168, 50, 100], TC_ACT_REDIRECT, Reason::RedirectFromUplink, XDP_REDIRECT);
+    for forged in [[10, 1, 1, 2], [192, 168, 50, 1], [127, 0, 0, 1], [224, 0, 0, 5], [0, 0, 0, 0]] {
+        check(&mut dp, forged, TC_ACT_SHOT, Reason::DropSpoofed, XDP_PASS);
+    }
+    // `set` replaces: the admission is gone again.
+    allow.set(&[], &refused).unwrap();
+    assert_eq!(allow.admitted(), []);
+    check(&mut dp, [192, 168, 50, 100], TC_ACT_SHOT, Reason::DropNotAllowed, XDP_PASS);
+}
+
+/// What would leave the uplink with a pod's address is translated or dropped, never passed;
+/// the FIB lookup takes the pod's source, so `ip rule from POD` routes it.
+#[test]
+fn nothing_leaves_untranslated() {
+    let mut lab = Lab::new("trx").unwrap();
+    let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
+    podnet_tests::sh(&ns, "ip", &["route", "add", "198.51.100.0/24", "via", "192.168.50.2"]).unwrap();
+    // Policy routing: pod 10.1.1.6 reaches 203.0.113.0/24, which only its own table routes.
+    podnet_tests::sh(&ns, "ip", &["route", "add", "203.0.113.0/24", "via", "192.168.50.2", "table", "100"])
+        .unwrap();
+    podnet_tests::sh(&ns, "ip", &["rule", "add", "from", "10.1.1.6", "lookup", "100"]).unwrap();
+    netns::enter(&ns).unwrap();
+    let mut dp = Loaded::new("leak");
+    let node = Ipv4Addr::new(192, 168, 50, 1);
+    let config = NatConfig {
+        node_ip: node.octets(),
+        enabled: 1,
+        uplink_ifindex: eth0,
+        port_min: 61000,
+        port_max: 61999,
+    };
+    NatSettings::open(&dp.pins).unwrap().set(&config).unwrap();
+    let (pod, policy_pod) = (Ipv4Addr::new(10, 1, 1, 4), Ipv4Addr::new(10, 1, 1, 6));
+    dp.add_sender(pod, eth0);
+    dp.add_sender(policy_pod, eth0);
+    let remote = Ipv4Addr::new(198, 51, 100, 1);
+
+    let gre = ipv4([0xaa; 6], SENDER_MAC, pod, remote, 47, &[0; 24]);
+    let mut fragment = udp4([0xaa; 6], SENDER_MAC, pod, remote, b"first fragment!!");
+    fragment[ETH_LEN + 6] = 0x20; // more fragments, offset 0
+    let fragment = with_tot_len(&fragment, 44);
+    let icmp_error = icmp_echo(pod, remote, 3, 0).to_vec(); // destination unreachable
+    let mut big = udp4([0xaa; 6], SENDER_MAC, pod, remote, &[0; 1450 - 28]).to_vec();
+    big[ETH_LEN + 6] = 0; // DF off: the stack would fragment it with the pod's address
+    let big = with_tot_len(&big, 1450);
+    for (what, frame) in [
+        ("GRE", gre.to_vec()),
+        ("a fragment", fragment),
+        ("an ICMP error", icmp_error),
+        ("too big, no DF", big.clone()),
+    ] {
+        let before = dp.counters();
+        assert_eq!(dp.run_on(FROM_POD, &frame, Some(eth0)).0, TC_ACT_SHOT, "{what}");
+        counted(&before, &dp.counters(), Reason::DropNotNatable);
+    }
+    // Unless the destination is in `allow_from`: that network routes pod addresses back.
+    let mut allow = UplinkAllow::open(&dp.pins).unwrap();
+    allow.set(&["198.51.100.0/24".parse().unwrap()], &[]).unwrap();
+    for (what, frame) in [("GRE", gre.to_vec()), ("TCP", tcp4((pod, 40000), (remote, 80), TCP_SYN).to_vec())]
+    {
+        let before = dp.counters();
+        assert_eq!(dp.run_on(FROM_POD, &frame, Some(eth0)), (TC_ACT_UNSPEC, frame.clone()), "{what}");
+        counted(&before, &dp.counters(), Reason::PassNoNat);
+    }
+    allow.set(&[], &[]).unwrap();
+
+    // Too big with DF: the stack only answers "fragmentation needed" to the pod.
+    let mut big_df = big;
+    big_df[ETH_LEN + 6] = 0x40;
+    let big_df = with_tot_len(&big_df, 1450);
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &big_df, Some(eth0)).0, TC_ACT_UNSPEC);
+    counted(&before, &dp.counters(), Reason::PassFragNeeded);
+
+    // Policy routing by the pod's source: only the pod's table has the route.
+    let to_policy = |src| tcp4((src, 40000), (Ipv4Addr::new(203, 0, 113, 9), 443), TCP_SYN);
+    let (action, out) = dp.run_on(FROM_POD, &to_policy(policy_pod), Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT, "ip rule from {policy_pod} applies to the fast path");
+    assert_eq!(out[0..6], FIB_NEIGH_MAC);
+    // Any other pod has no route there: not forwarded (the FIB says "not forwarded" for a
+    // network it cannot reach), left to the stack, which answers "unreachable".
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &to_policy(pod), Some(eth0)).0, TC_ACT_UNSPEC);
+    counted(&before, &dp.counters(), Reason::PassNotLocal);
 }

@@ -9,10 +9,16 @@ use anyhow::Context as _;
 use podnet::netlink::netns;
 use podnet_tests::{Lab, Node, in_ns, node_config, pings, sh};
 
+/// Node 1's config in XDP mode `xdp`, admitting the hosts on its wire to its pods (they route
+/// the pod CIDR via the node).
+fn config(xdp: &str) -> String {
+    node_config(1, &[], xdp).replace("[uplink]\n", "[uplink]\nallow_from = [\"192.168.50.0/24\"]\n")
+}
+
 /// Node 1 (XDP mode `xdp`, one of `XDP_MODES`) on a new switch, not up yet.
 fn node_on_a_switch(lab: &mut Lab, xdp: &str) -> anyhow::Result<(String, Node)> {
     let switch = lab.switch("sw")?;
-    let node = lab.node("node1", &node_config(1, &[], xdp))?;
+    let node = lab.node("node1", &config(xdp))?;
     lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
     Ok((switch, node))
 }
@@ -99,10 +105,7 @@ fn xdp_settings_change_in_place() -> anyhow::Result<()> {
     for (mode, program) in
         [("generic", Some("uplink_filter")), ("generic+deliver", Some("uplink_deliver")), ("off", None)]
     {
-        std::fs::write(
-            &node.config,
-            body.replace(&node_config(1, &[], "generic"), &node_config(1, &[], mode)),
-        )?;
+        std::fs::write(&node.config, body.replace(&config("generic"), &config(mode)))?;
         node.run_podnet(&["up"])?;
         let status = node.status()?;
         let xdp: Vec<&serde_json::Value> = status["programs"]
@@ -113,6 +116,12 @@ fn xdp_settings_change_in_place() -> anyhow::Result<()> {
             .collect();
         let attached: Vec<&str> = xdp.iter().filter_map(|p| p["program"].as_str()).collect();
         assert_eq!(attached, program.into_iter().collect::<Vec<_>>(), "{mode}: {status}");
+        // Re-running `up` swaps the program inside the same XDP link: no gap, no new link.
+        let link_ids = |status: &serde_json::Value| -> Vec<serde_json::Value> {
+            status["programs"].as_array().into_iter().flatten().map(|p| p["link_id"].clone()).collect()
+        };
+        node.run_podnet(&["up"])?;
+        assert_eq!(link_ids(&node.status()?), link_ids(&status), "{mode}: re-up kept every link");
         assert!(pings(&host, "10.1.1.2", 1), "{mode}: the host reaches the pod");
     }
     Ok(())

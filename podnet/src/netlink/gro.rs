@@ -6,8 +6,6 @@
 
 use std::{ffi::c_char, io, os::fd::AsRawFd as _};
 
-use nix::sched::{CloneFlags, setns};
-
 use super::netns::{self, NetnsError};
 
 /// `ETHTOOL_SGRO` from linux/ethtool.h: set the GRO flag.
@@ -35,15 +33,10 @@ pub enum GroError {
 
 /// Turns GRO on or off for `ifname` inside the namespace `ns` (idempotent).
 pub fn set(ns: &str, ifname: &str, on: bool) -> Result<(), GroError> {
-    let fd = netns::open(ns)?;
-    let ioctl_err = |source| GroError::Ioctl { ifname: ifname.to_owned(), ns: ns.to_owned(), source };
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| ioctl_err(e.into()))?;
-            set_gro(ifname, on).map_err(ioctl_err)
-        })
-        .join()
-        .expect("GRO thread does not panic")
+    netns::run_in(ns, || set_gro(ifname, on))?.map_err(|source| GroError::Ioctl {
+        ifname: ifname.to_owned(),
+        ns: ns.to_owned(),
+        source,
     })
 }
 

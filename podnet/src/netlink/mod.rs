@@ -10,7 +10,6 @@ use std::{
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use nix::sched::{CloneFlags, setns};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
@@ -56,6 +55,7 @@ pub struct Iface {
     pub mac: [u8; 6],
     /// Whether it is one end of a veth pair.
     pub is_veth: bool,
+    pub mtu: u32,
 }
 
 /// An rtnetlink connection bound to one network namespace.
@@ -81,19 +81,11 @@ impl Netlink {
     /// A connection inside the named namespace, usable from any thread: a netlink socket stays
     /// bound to the namespace it was created in.
     pub fn in_netns(name: &str) -> Result<Self, NetlinkError> {
-        let fd = netns::open(name)?;
         let rt = tokio::runtime::Handle::current();
-        let ns = format!("namespace {name:?}");
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(&fd, CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| NetlinkError::Connect { ns: ns.clone(), source: e.into() })?;
-                let _runtime = rt.enter();
-                Self::connect(ns.clone())
-            })
-            .join()
-            .expect("netlink thread does not panic")
-        })
+        netns::run_in(name, || {
+            let _runtime = rt.enter();
+            Self::connect(format!("namespace {name:?}"))
+        })?
     }
 
     fn connect(ns: String) -> Result<Self, NetlinkError> {
@@ -167,6 +159,19 @@ impl Netlink {
             .execute()
             .await
             .map_err(self.request("set up link", &link.name))
+    }
+
+    /// Sets a link's MTU, unless it already has it.
+    pub async fn set_mtu(&self, link: &Iface, mtu: u32) -> Result<(), NetlinkError> {
+        if link.mtu == mtu {
+            return Ok(());
+        }
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(self.request("set MTU of", format!("{} to {mtu}", link.name)))
     }
 
     /// Enslaves `link` to the bridge `bridge`.
@@ -276,11 +281,13 @@ impl Netlink {
 }
 
 fn iface(msg: &LinkMessage) -> Iface {
-    let mut iface = Iface { index: msg.header.index, name: String::new(), mac: [0; 6], is_veth: false };
+    let mut iface =
+        Iface { index: msg.header.index, name: String::new(), mac: [0; 6], is_veth: false, mtu: 0 };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(name) => iface.name.clone_from(name),
             LinkAttribute::Address(mac) if mac.len() == 6 => iface.mac.copy_from_slice(mac),
+            LinkAttribute::Mtu(mtu) => iface.mtu = *mtu,
             LinkAttribute::LinkInfo(info) => {
                 iface.is_veth = info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
             }

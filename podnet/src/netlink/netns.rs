@@ -66,6 +66,21 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
     setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(errno("enter", name))
 }
 
+/// Runs `f` on a thread inside the named namespace and returns its result. Namespaced kernel
+/// interfaces (sockets, /proc/sys/net) opened by `f` belong to that namespace; the caller's
+/// thread stays where it is.
+pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    let fd = open(name)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(&fd, CloneFlags::CLONE_NEWNET).map_err(errno("enter", name))?;
+            Ok(f())
+        })
+        .join()
+        .expect("namespace thread does not panic")
+    })
+}
+
 /// Creates the named namespace unless it exists. Returns whether it was created.
 pub fn create(name: &str) -> Result<bool, NetnsError> {
     if exists(name) {

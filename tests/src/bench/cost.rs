@@ -60,17 +60,28 @@ struct Case {
     packet: &'static str,
     frames: Vec<BytesMut>,
     batch: u32,
-    /// tc action every call must end with (TC_ACT_OK 0, TC_ACT_REDIRECT 7), so a figure never
-    /// times a different path than its label says.
+    /// tc action every call must end with (TC_ACT_UNSPEC, TC_ACT_SHOT, 7 for TC_ACT_REDIRECT),
+    /// so a figure never times a different path than its label says.
     expected: u32,
 }
+
+/// tc's "next program" (-1), what podnet returns for what it leaves to the stack.
+const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+const TC_ACT_SHOT: u32 = 2;
 
 fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Cost>> {
     let mut datapath = Datapath::load(pins)?;
     let local = Ipv4Addr::new(10, 1, 1, 3);
     let endpoint =
         Endpoint { host_ifindex: 1, flags: 0, pod_mac: [2, 0, 0, 0, 0, 3], host_mac: [2, 0, 0, 0, 0, 0xb3] };
-    Endpoints::open(pins)?.insert(local, &endpoint)?;
+    let mut endpoints = Endpoints::open(pins)?;
+    endpoints.insert(local, &endpoint)?;
+    // The sending pod: its frames come from [0xbb; 6] on the fixture's uplink (the input device
+    // the FIB needs), so they pass the source check.
+    let pod1 = Ipv4Addr::new(10, 1, 1, 2);
+    let sender =
+        Endpoint { host_ifindex: ifindex, flags: 0, pod_mac: [0xbb; 6], host_mac: [2, 0, 0, 0, 0, 0xb2] };
+    endpoints.insert(pod1, &sender)?;
     // node2 at .3; .2 plays an external host (both neighbours are known in the fixture).
     let peer = PeerNode {
         name: "node2".into(),
@@ -98,10 +109,14 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
         f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
         f
     };
-    let pod1 = Ipv4Addr::new(10, 1, 1, 2);
     let frame = |dst| ttl255(udp4([0xaa; 6], [0xbb; 6], pod1, dst, &[0; 18]));
+    // Another pod's address from pod1's veth and MAC.
+    let frame_from_spoofer =
+        |dst| ttl255(udp4([0xaa; 6], [0xbb; 6], Ipv4Addr::new(10, 1, 1, 9), dst, &[0; 18]));
+    // From the uplink: a pod on node2 (a peer, admitted to pods).
+    let from_peer = |dst| ttl255(udp4([0xaa; 6], [0xbb; 6], Ipv4Addr::new(10, 1, 2, 2), dst, &[0; 18]));
     let external = Ipv4Addr::new(192, 168, 50, 2);
-    let outbound = ttl255(tcp4((local, 40000), (external, 80), TCP_ACK));
+    let outbound = ttl255(tcp4((pod1, 40000), (external, 80), TCP_ACK));
     // struct __sk_buff is 192 bytes; `ifindex` (the input device for the FIB) sits at offset 40.
     let mut skb = [0u8; 192];
     skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
@@ -127,25 +142,26 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
             program: FROM_POD,
             packet: "NAT new flow, 1 run per call",
             frames: (0..repeat.min(10_000))
-                .map(|i| ttl255(tcp4((local, 1024 + i as u16), (external, 443), TCP_SYN)))
+                .map(|i| ttl255(tcp4((pod1, 1024 + i as u16), (external, 443), TCP_SYN)))
                 .collect(),
             batch: 1,
             expected: 7,
         },
         one(
             FROM_POD,
-            "pass-through (GRE, not NATable)",
+            "drop (GRE, not NATable)",
             ttl255(ipv4([0xaa; 6], [0xbb; 6], pod1, external, 47, &[0; 24])),
-            0,
+            TC_ACT_SHOT,
         ),
-        one(FROM_UPLINK, "to local pod (redirect_peer)", frame(local), 7),
+        one(FROM_POD, "spoofed source (drop)", frame_from_spoofer(local), TC_ACT_SHOT),
+        one(FROM_UPLINK, "to local pod (redirect_peer)", from_peer(local), 7),
         single(
             FROM_UPLINK,
             "NAT reply, 1 run per call",
             ttl255(tcp4((external, 80), (node, node_port), TCP_ACK)),
             7,
         ),
-        one(FROM_UPLINK, "pass-through (for the node)", frame(node), 0),
+        one(FROM_UPLINK, "pass-through (for the node)", from_peer(node), TC_ACT_UNSPEC),
         // XDP actions: XDP_DROP 1, XDP_PASS 2, XDP_REDIRECT 4.
         one(
             UPLINK_FILTER,
@@ -153,8 +169,8 @@ fn measure_in(pins: &PinDir, ifindex: u32, repeat: u32) -> anyhow::Result<Vec<Co
             ttl255(udp4([0xaa; 6], [0xbb; 6], denied, local, &[0; 18])),
             1,
         ),
-        one(UPLINK_FILTER, "allowed source (pass)", frame(local), 2),
-        one(UPLINK_DELIVER, "to local pod (devmap redirect)", frame(local), 4),
+        one(UPLINK_FILTER, "allowed source (pass)", from_peer(local), 2),
+        one(UPLINK_DELIVER, "to local pod (devmap redirect)", from_peer(local), 4),
     ];
     cases
         .into_iter()

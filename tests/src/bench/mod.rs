@@ -22,6 +22,8 @@ pub use tools::{Metric, Run};
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub paths: Vec<Path>,
+    /// Whether to measure the deny-listed flood.
+    pub flood: bool,
     /// Interleaved repetitions of every (setup, metric).
     pub reps: u32,
     /// Length of each iperf3 / sockperf / connect-rate run.
@@ -66,8 +68,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             }
         }
     }
-    eprintln!("bench: deny-listed flood, {} s per dropper", settings.seconds);
-    report.floods = flood::measure(&mut lab, settings.seconds)?;
+    if settings.flood {
+        eprintln!("bench: deny-listed flood, {} s per dropper", settings.seconds);
+        report.floods = flood::measure(&mut lab, settings.seconds)?;
+    }
     drop(lab);
     eprintln!("bench: BPF_PROG_TEST_RUN per-packet cost ({} runs each)", settings.cost_repeat);
     report.costs = cost::measure(settings.cost_repeat)?;

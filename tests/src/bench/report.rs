@@ -251,7 +251,8 @@ mod tests {
 
     #[test]
     fn ratios_compare_podnet_medians() {
-        let settings = Settings { paths: vec![Path::SameNode], reps: 1, seconds: 1, cost_repeat: 1 };
+        let settings =
+            Settings { paths: vec![Path::SameNode], flood: true, reps: 1, seconds: 1, cost_repeat: 1 };
         let mut r = Report::new(settings);
         r.add(Path::SameNode, Setup::Recipe, Metric::Tcp1Stream, 20.0);
         r.add(Path::SameNode, Setup::Podnet, Metric::Tcp1Stream, 25.0);

@@ -15,6 +15,9 @@ struct Cli {
     /// Smoke run: 1 repetition of 1 s runs, fewer BPF_PROG_TEST_RUN repeats (about 3 minutes).
     #[arg(long)]
     quick: bool,
+    /// Only the BPF_PROG_TEST_RUN per-packet costs of the programs (no paths, no flood; seconds).
+    #[arg(long)]
+    costs_only: bool,
     /// Paths to measure, comma-separated: same-node, cross-node, nat.
     #[arg(long, value_delimiter = ',', default_value = "same-node,cross-node,nat")]
     paths: Vec<String>,
@@ -42,7 +45,8 @@ fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let settings = Settings {
-        paths,
+        paths: if cli.costs_only { Vec::new() } else { paths },
+        flood: !cli.costs_only,
         reps: cli.reps.unwrap_or(if cli.quick { 1 } else { 3 }),
         seconds: cli.seconds.unwrap_or(if cli.quick { 1 } else { 5 }),
         cost_repeat: if cli.quick { 100_000 } else { 1_000_000 },

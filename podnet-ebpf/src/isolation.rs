@@ -1,0 +1,74 @@
+//! Pod isolation: a pod can be only itself, and the node decides who reaches its pods.
+//!
+//! The node bridge stays (it holds the pods' gateway and carries ARP), but every frame a pod
+//! sends is checked at its host veth's tcx ingress before the bridge sees it: IPv4 must carry the
+//! pod's own address and MAC, ARP must announce the pod's own address and MAC, and nothing else
+//! (IPv6, VLAN tags, other ethertypes) gets in. So no pod can poison the bridge's FDB or the
+//! node's neighbour table, or send as someone else. From the uplink, only peers (their pods and
+//! their node addresses), `[uplink] allow_from` and replies to masqueraded connections reach pods.
+
+use aya_ebpf::{
+    btf_maps::{LpmTrie, lpm_trie::Key},
+    macros::btf_map,
+    programs::TcContext,
+};
+use podnet_common::{Ipv4LpmData, Reason, admission, maps::UPLINK_ALLOW_MAX};
+
+use crate::{
+    endpoints,
+    packet::{self, ArpHdr, EthHdr, Ipv4, Malformed},
+    routing,
+    verdict::Verdict,
+};
+
+#[btf_map(pin_by_name)]
+static UPLINK_ALLOW: LpmTrie<Ipv4LpmData, u32, UPLINK_ALLOW_MAX> = LpmTrie::new();
+
+/// Whether a pod's IPv4 packet carries its own source address and MAC, on its own veth.
+#[inline(always)]
+pub fn pod_owns_source(ctx: &TcContext, ip: &Ipv4) -> bool {
+    endpoints::is_own(ip.saddr(), ip.src_mac(), packet::ingress_ifindex(ctx))
+}
+
+/// A frame from a pod that is not IPv4: ARP announcing the pod's own MAC and address goes on to
+/// the bridge; forged ARP and everything else is dropped.
+#[inline(always)]
+pub fn pod_non_ipv4(ctx: &TcContext) -> Result<Verdict, Malformed> {
+    if packet::ether_type(ctx)? != EthHdr::TYPE_ARP {
+        return Ok(Verdict::drop(Reason::DropNotIpv4));
+    }
+    let eth = packet::read::<EthHdr>(ctx, 0)?;
+    let arp = packet::read::<ArpHdr>(ctx, EthHdr::LEN)?;
+    if !arp.is_ethernet_ipv4() {
+        return Ok(Verdict::drop(Reason::DropNotIpv4));
+    }
+    // The sender fields are what neighbours learn; the frame's source MAC is what the bridge
+    // learns. Both must be the pod's own.
+    if arp.sha != eth.src || !endpoints::is_own(arp.spa, arp.sha, packet::ingress_ifindex(ctx)) {
+        return Ok(Verdict::drop(Reason::DropSpoofed));
+    }
+    Ok(Verdict::pass(Reason::PassArp))
+}
+
+/// Whether `addr` is in an `[uplink] allow_from` network: such networks route the pod CIDR to
+/// this node, so pods reach them with their own addresses (no masquerade), as they reach pods.
+#[inline(always)]
+pub fn in_allowed_network(addr: [u8; 4]) -> bool {
+    UPLINK_ALLOW.get(&Key::new(32, addr)) == Some(&admission::ADMIT)
+}
+
+/// Whether a packet from the uplink may reach a local pod: from a peer node or its pods, or
+/// from a source `[uplink] allow_from` admits. Sources that can only be forged (this node's pod
+/// CIDR and address, martian ranges) are refused even inside an admitted range.
+#[inline(always)]
+pub fn admitted_from_uplink(ip: &Ipv4) -> Result<(), Reason> {
+    let src = ip.saddr();
+    if routing::is_peer(src) {
+        return Ok(());
+    }
+    match UPLINK_ALLOW.get(&Key::new(32, src)) {
+        Some(&admission::ADMIT) => Ok(()),
+        Some(_) => Err(Reason::DropSpoofed),
+        None => Err(Reason::DropNotAllowed),
+    }
+}
