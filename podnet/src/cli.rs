@@ -13,7 +13,10 @@ use ipnet::Ipv4Net;
 ///   - a tc (tcx) program on every pod veth delivers to pods on the node with bpf_redirect_peer,
 ///     routes to pods on other nodes straight out of the uplink, and masquerades traffic to the
 ///     outside behind the node IP (its own connection tracking, no iptables);
-///   - a tc program on the uplink delivers arriving traffic and NAT replies into the pods;
+///   - the same program first makes sure a pod can be only itself: its own IPv4 source and MAC,
+///     its own ARP, nothing else (no IPv6, VLAN tags, malformed headers, martian destinations);
+///   - a tc program on the uplink delivers NAT replies and traffic from peer nodes (and
+///     [uplink] allow_from) into the pods, and drops what anyone else sends them;
 ///   - an optional XDP program on the uplink drops deny-listed sources early ([uplink] xdp), and
 ///     can deliver traffic from other nodes to local pods itself ([uplink] xdp_deliver); both
 ///     are off by default, because on veth uplinks tc is faster (BENCHMARKS.md).
@@ -56,8 +59,9 @@ pub struct Cli {
 pub enum Command {
     /// Build the node's pods and attach the eBPF datapath.
     ///
-    /// Creates what is missing (bridge with the gateway address, pod namespaces, veth pairs,
-    /// addresses, default routes), enables ip_forward, mounts bpffs if needed, loads the programs,
+    /// Creates what is missing (bridge with the gateway address, pod namespaces without IPv6,
+    /// veth pairs with the pods' MTU, addresses, default routes), enables ip_forward, reserves the
+    /// NAT port range from the node's sockets, mounts bpffs if needed, loads the programs,
     /// attaches `from_pod` at tcx ingress of every host-side pod veth, fills the endpoint map and
     /// pins maps and links under /sys/fs/bpf/podnet/<node>/. Safe to re-run: with the same config
     /// nothing changes; programs are swapped atomically inside their existing links. If a step

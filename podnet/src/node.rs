@@ -111,7 +111,15 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
     let pods = plumb(config, nl, made, veth).await?;
     sysctl::enable_ip_forward()?;
     if config.nat.enabled {
-        sysctl::reserve_ports(config.nat.port_min, config.nat.port_max)?;
+        let (min, max) = (config.nat.port_min, config.nat.port_max);
+        let (taken, ephemeral) = sysctl::ephemeral_ports_taken(min, max)?;
+        if taken > 0 {
+            warn!(
+                "nat.ports {min}-{max} takes {taken} of the node's {ephemeral} ephemeral ports \
+                 (net.ipv4.ip_local_port_range): the node's own connections get only the rest"
+            );
+        }
+        sysctl::reserve_ports(min, max)?;
     }
 
     if first_up {

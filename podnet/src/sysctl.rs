@@ -23,6 +23,7 @@ pub enum SysctlError {
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 const IPV6_OFF: [&str; 2] =
     ["/proc/sys/net/ipv6/conf/default/disable_ipv6", "/proc/sys/net/ipv6/conf/all/disable_ipv6"];
 
@@ -61,6 +62,19 @@ pub fn reserve_ports(min: u16, max: u16) -> Result<(), SysctlError> {
     }
     ranges.push((min, max));
     write(RESERVED_PORTS, &format_ranges(&ranges))
+}
+
+/// How many of the node's ephemeral ports (`ip_local_port_range`) reserving `min..=max` takes
+/// away, and how many there are.
+pub fn ephemeral_ports_taken(min: u16, max: u16) -> Result<(u32, u32), SysctlError> {
+    let value = read(PORT_RANGE)?;
+    let mut bounds = value.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(lo)), Some(Ok(hi))) = (bounds.next(), bounds.next()) else {
+        return Err(SysctlError::Parse { path: PORT_RANGE, value });
+    };
+    let (from, to) = (lo.max(min), hi.min(max));
+    let overlap = if from <= to { u32::from(to - from) + 1 } else { 0 };
+    Ok((overlap, u32::from(hi.saturating_sub(lo)) + 1))
 }
 
 /// Gives ports `min..=max` back to the node's sockets (`down`).

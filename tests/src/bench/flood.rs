@@ -46,7 +46,7 @@ pub fn measure(lab: &mut Lab, seconds: u32) -> anyhow::Result<Vec<Flood>> {
     for (dropper, xdp, tag) in
         [("xdp native", "native", "fn"), ("xdp generic", "generic", "fg"), ("iptables raw", "off", "fi")]
     {
-        let (node, ext) = setups::node_and_external(lab, tag, xdp)?;
+        let (node, ext) = setups::node_and_external(lab, tag, xdp, true)?;
         sh(&ext, "ip", &["route", "add", "10.1.1.0/24", "via", "192.168.50.1"])?;
         let dropped = || -> anyhow::Result<u64> {
             if xdp == "off" {

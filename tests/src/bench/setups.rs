@@ -121,7 +121,8 @@ pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Option<T
         (Path::CrossNode, Setup::Recipe) => two_nodes(lab, "xr", None)?,
         (Path::CrossNode, _) => two_nodes(lab, &format!("x{}", setup as u8), Some(xdp.unwrap_or("off")))?,
         (Path::Nat, Setup::Limit) => {
-            let (node, ext) = node_and_external(lab, "nl", "off")?;
+            // The node's own sockets connect: no NAT range reserved from them.
+            let (node, ext) = node_and_external(lab, "nl", "off", false)?;
             Target { client_ns: node.netns, server_ns: ext, server_ip: EXTERNAL.into() }
         }
         (Path::Nat, Setup::Recipe) => masquerading_node(lab, "nr", None)?,
@@ -179,11 +180,13 @@ fn two_nodes(lab: &mut Lab, tag: &str, xdp: Option<&str>) -> anyhow::Result<Targ
 /// The external host's address, on the nodes' wire.
 const EXTERNAL: &str = "192.168.50.100";
 
-/// A node (up, podnet NAT over the whole port range 1024-65535 so connection-rate runs do not
-/// exhaust it) and an external host on its wire; the external host has no route to pod addresses.
-pub fn node_and_external(lab: &mut Lab, tag: &str, xdp: &str) -> anyhow::Result<(Node, String)> {
+/// A node (up; with `nat`, podnet NAT over the whole port range 1024-65535 so connection-rate
+/// runs do not exhaust it, which leaves the node's own sockets no ephemeral port) and an external
+/// host on its wire; the external host has no route to pod addresses.
+pub fn node_and_external(lab: &mut Lab, tag: &str, xdp: &str, nat: bool) -> anyhow::Result<(Node, String)> {
     let switch = lab.switch(&format!("{tag}sw"))?;
-    let config = format!("{}\n[nat]\nports = \"1024-65535\"\n", crate::node_config(1, &[], xdp));
+    let nat = if nat { "ports = \"1024-65535\"" } else { "enabled = false" };
+    let config = format!("{}\n[nat]\n{nat}\n", crate::node_config(1, &[], xdp));
     let node = lab.node(&format!("{tag}node1"), &config)?;
     lab.plug(&switch, &node.netns, "port1", "192.168.50.1/24")?;
     let ext = lab.netns(&format!("{tag}ext"))?;
@@ -195,7 +198,7 @@ pub fn node_and_external(lab: &mut Lab, tag: &str, xdp: &str) -> anyhow::Result<
 /// Pod to external host through a hardened node: podnet's masquerade with uplink XDP mode `xdp`,
 /// or (`None`) the recipe's iptables MASQUERADE with kernel conntrack (programs detached).
 fn masquerading_node(lab: &mut Lab, tag: &str, xdp: Option<&str>) -> anyhow::Result<Target> {
-    let (node, ext) = node_and_external(lab, tag, xdp.unwrap_or("off"))?;
+    let (node, ext) = node_and_external(lab, tag, xdp.unwrap_or("off"), true)?;
     harden(&node, xdp.is_some())?;
     if xdp.is_none() {
         let ns = &node.netns;

@@ -6,7 +6,11 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, ensure};
-use podnet_tests::{Lab, Node, cluster, http_get, iperf3_tcp, namespaces_with_prefix, sh};
+use podnet_tests::{
+    Lab, Node, cluster, http_get, iperf3_tcp, link, namespaces_with_prefix,
+    packets::{send, udp4_checksummed, with_macs},
+    sh,
+};
 
 fn title(text: &str) {
     println!("\n\x1b[1m== {text}\x1b[0m");
@@ -105,6 +109,32 @@ fn main() -> anyhow::Result<()> {
         let rules = sh(&n1.netns, "iptables-save", &[])?.lines().filter(|l| l.starts_with("-A")).count();
         println!("  iptables rules in node1: {rules} (the FORWARD DROP policy is its only setting)");
         println!("\n  podnet nat list (node1):\n{}", n1.run_podnet(&["nat", "list"])?);
+
+        title("Isolation: a pod can be only itself, and outsiders do not reach pods");
+        let attacker = n1.pod_ns("pod1");
+        let (_, mac) = link(&attacker, "veth_pod1")?;
+        let (_, gw_mac) = link(&n1.netns, "br0")?;
+        let forged = udp4_checksummed(
+            ("10.1.1.3".parse()?, 5353),
+            ("192.168.50.100".parse()?, 5353),
+            b"as my neighbour",
+        );
+        let spoofed = n1.counter("drop_spoofed")?;
+        send(&attacker, "veth_pod1", &[&with_macs(&forged, gw_mac, mac)])?;
+        println!(
+            "  node1/pod1 sends a datagram with pod2's address: dropped on its own veth \
+             (drop_spoofed +{})",
+            n1.counter("drop_spoofed")? - spoofed
+        );
+        sh(&ext, "ip", &["route", "add", "10.1.0.0/16", "via", "192.168.50.1"])?;
+        let refused = n1.counter("drop_not_allowed")?;
+        let answered = podnet_tests::pings(&ext, "10.1.1.2", 1);
+        println!(
+            "  the external host routes pods via node1 and pings 10.1.1.2: {} (drop_not_allowed +{})",
+            if answered { "answered!" } else { "no answer" },
+            n1.counter("drop_not_allowed")? - refused
+        );
+        ensure!(!answered, "an outside host reached a pod");
 
         title("What the datapath did (`podnet status` on node1)");
         println!("{}", n1.run_podnet(&["status"])?);
