@@ -10,7 +10,9 @@ set -euo pipefail
 STABLE=1.99.1
 NIGHTLY=nightly-2026-10-29
 BPF_LINKER_VERSION=0.13.0
-APT_PACKAGES=(bpftool iperf3 sockperf iptables nftables iproute2 iputils-ping tcpdump ethtool conntrack curl python3)
+# podman (with runc, its CNI backend and busybox-static for an offline image): the CNI tests.
+APT_PACKAGES=(bpftool iperf3 sockperf iptables nftables iproute2 iputils-ping tcpdump ethtool conntrack curl python3
+  podman runc busybox-static util-linux)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 

@@ -33,6 +33,12 @@ use ipnet::Ipv4Net;
 ///   podnet --config node.toml node add node3 --ip 192.168.50.3 --pod-cidr 10.1.3.0/24
 ///   podnet --config node.toml down
 ///
+/// As a CNI plugin: put the binary (or a symlink named podnet) in the runtime's CNI bin dir and a
+/// network config with {"type": "podnet", "config": "/etc/podnet/node.toml"}; the runtime runs
+/// it with CNI_COMMAND set (ADD, DEL, CHECK, STATUS, GC, VERSION) and podnet attaches each
+/// container like a [[pod]] of the config, with an address from its own IPAM. Run
+/// `podnet agent` on the node (see `podnet agent --help`).
+///
 /// To drive a node that is itself a network namespace (tests, the demo), use `--netns NODE`
 /// rather than `ip netns exec NODE podnet ...`: `ip netns exec` gives the command a private
 /// /sys, and pins made there would vanish with it.
@@ -67,10 +73,12 @@ pub enum Command {
     /// nothing changes; programs are swapped atomically inside their existing links. If a step
     /// fails, everything this run created is removed again.
     Up,
-    /// Remove everything `up` made, and nothing else.
+    /// Remove everything `up` and the CNI plugin made, and nothing else.
     ///
-    /// Pinned links (detaching the programs) and maps, peer routes, pod veths and namespaces,
-    /// and the bridge. Safe to run twice or after a failed `up`. ip_forward is left as it is.
+    /// Every pod's veth (containers lose their podnet interface), the [[pod]] namespaces,
+    /// pinned links (detaching the programs) and maps, peer routes, the bridge and the IPAM
+    /// state. Safe to run twice or after a failed `up`. ip_forward is left as it is. Refused while
+    /// the agent runs: stop it first.
     Down,
     /// Show endpoints, peers, attached programs and per-reason packet counters.
     Status {
@@ -93,14 +101,20 @@ pub enum Command {
     /// (needs [uplink] xdp = "native" or "generic").
     #[command(subcommand)]
     Deny(DenyCommand),
-    /// Expire idle translations, in a loop: run it on every node where NAT is on.
+    /// The node daemon: bring the node up, then serve the node's changes and expire idle NAT
+    /// translations until SIGTERM.
     ///
-    /// The datapath keeps translations in LRU maps, which only evict when full; idle ones are
-    /// removed by this agent after the [nat] timeouts of the config (per protocol and TCP state).
-    /// podnet keeps no other process running, so without the agent translations stay until the
-    /// maps fill up, `podnet nat gc` runs, or `podnet down`. Run it under your service manager.
+    /// Brings the node up from its config as `up` does, then listens on
+    /// /run/podnet/<node>.sock: while it runs, the CLI's state-changing verbs (up, node add|del,
+    /// deny add|del, nat flush|gc) and the CNI plugin hand their changes to it, and it applies
+    /// them one at a time under the node lock (it is the single writer of the node's maps).
+    /// `up` through the agent re-reads the agent's own config file. Every --interval seconds it
+    /// removes translations idle longer than the config's [nat] timeouts. SIGTERM or SIGINT stops
+    /// it without detaching anything: the pinned datapath keeps forwarding, and the next agent
+    /// (after a crash or an upgrade) picks the pinned state up. Run it under your service manager
+    /// on every node; without it the CLI and the CNI plugin change the pinned state directly.
     Agent {
-        /// Seconds between sweeps.
+        /// Seconds between NAT sweeps.
         #[arg(long, default_value_t = 5)]
         interval: u64,
     },

@@ -20,7 +20,7 @@ const IFNAME_MAX: usize = 15;
 /// Prefix of the pod-side veth, inside the pod namespace.
 const POD_IF_PREFIX: &str = "veth_";
 /// Prefix of the host-side veth, in the node namespace and the bridge.
-const HOST_IF_PREFIX: &str = "brveth_";
+pub const HOST_IF_PREFIX: &str = "brveth_";
 /// Longest pod name: the host-side veth name must fit in IFNAMSIZ.
 pub const POD_NAME_MAX: usize = IFNAME_MAX - HOST_IF_PREFIX.len();
 
@@ -141,7 +141,7 @@ impl XdpMode {
 }
 
 /// Another node: where its pods live and how to reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct PeerNode {
     pub name: String,
     pub ip: Ipv4Addr,
@@ -160,12 +160,15 @@ pub struct Node {
     pub gateway: Ipv4Addr,
     /// MTU of the pods' veths; `None`: the uplink's MTU (1500 without an uplink).
     pub mtu: Option<u32>,
+    /// Where the node keeps state across restarts (IPAM): `<state_dir>/<name>/`.
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
     pub name: String,
-    pub ip: Ipv4Addr,
+    /// `None`: an address from the node's IPAM (kept across `up`s).
+    pub ip: Option<Ipv4Addr>,
     /// The pod's network namespace (a name under /run/netns).
     pub netns: String,
 }
@@ -235,13 +238,14 @@ struct RawNode {
     bridge: String,
     gateway: Option<String>,
     mtu: Option<u32>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPod {
     name: String,
-    ip: String,
+    ip: Option<String>,
     netns: Option<String>,
 }
 
@@ -296,8 +300,8 @@ impl Validator {
                     self.invalid(format!("pod[{i}].name"), format!("duplicate pod name {:?}", pod.name))
                 );
             }
-            if !ips.insert(pod.ip) {
-                return Err(self.invalid(format!("pod[{i}].ip"), format!("duplicate pod IP {}", pod.ip)));
+            if let Some(ip) = pod.ip.filter(|ip| !ips.insert(*ip)) {
+                return Err(self.invalid(format!("pod[{i}].ip"), format!("duplicate pod IP {ip}")));
             }
             if !namespaces.insert(pod.netns.clone()) {
                 return Err(
@@ -396,15 +400,23 @@ impl Validator {
         if let Some(mtu) = raw.mtu.filter(|m| !(MTU_MIN..=MTU_MAX).contains(m)) {
             return Err(self.invalid("node.mtu", format!("{mtu} is not an MTU from {MTU_MIN} to {MTU_MAX}")));
         }
-        Ok(Node { name: raw.name, pod_cidr, bridge: raw.bridge, gateway, mtu: raw.mtu })
+        let state_dir = raw.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if !state_dir.is_absolute() {
+            return Err(
+                self.invalid("node.state_dir", format!("{} is not an absolute path", state_dir.display()))
+            );
+        }
+        Ok(Node { name: raw.name, pod_cidr, bridge: raw.bridge, gateway, mtu: raw.mtu, state_dir })
     }
 
     fn pod(&self, i: usize, raw: RawPod, node: &Node) -> Result<Pod, ConfigError> {
         check_name(&raw.name, POD_NAME_MAX).map_err(|p| self.invalid(format!("pod[{i}].name"), p))?;
-        let ip = self.ipv4(&format!("pod[{i}].ip"), &raw.ip)?;
-        check_host_in(ip, node.pod_cidr).map_err(|p| self.invalid(format!("pod[{i}].ip"), p))?;
-        if ip == node.gateway {
-            return Err(self.invalid(format!("pod[{i}].ip"), format!("{ip} is the node gateway")));
+        let ip = raw.ip.map(|text| self.ipv4(&format!("pod[{i}].ip"), &text)).transpose()?;
+        if let Some(ip) = ip {
+            check_host_in(ip, node.pod_cidr).map_err(|p| self.invalid(format!("pod[{i}].ip"), p))?;
+            if ip == node.gateway {
+                return Err(self.invalid(format!("pod[{i}].ip"), format!("{ip} is the node gateway")));
+            }
         }
         let netns = raw.netns.unwrap_or_else(|| format!("{}-{}", node.name, raw.name));
         check_name(&netns, 64).map_err(|p| self.invalid(format!("pod[{i}].netns"), p))?;
@@ -413,6 +425,16 @@ impl Validator {
 
     fn ipv4(&self, field: &str, text: &str) -> Result<Ipv4Addr, ConfigError> {
         text.parse().map_err(|_| self.invalid(field, format!("{text:?} is not an IPv4 address")))
+    }
+}
+
+/// Where nodes keep their state unless `[node] state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/podnet";
+
+impl Node {
+    /// This node's own state directory.
+    pub fn state(&self) -> PathBuf {
+        self.state_dir.join(&self.name)
     }
 }
 
@@ -532,10 +554,11 @@ mod tests {
         assert_eq!(
             pods,
             [
-                ("pod1", Ipv4Addr::new(10, 1, 1, 2), "node1-pod1"),
-                ("pod2", Ipv4Addr::new(10, 1, 1, 3), "node1-pod2")
+                ("pod1", Some(Ipv4Addr::new(10, 1, 1, 2)), "node1-pod1"),
+                ("pod2", Some(Ipv4Addr::new(10, 1, 1, 3)), "node1-pod2")
             ]
         );
+        assert_eq!(c.node.state(), PathBuf::from("/var/lib/podnet/node1"));
         assert_eq!(c.pods[0].host_ifname(), "brveth_pod1");
         assert_eq!(c.pods[0].pod_ifname(), "veth_pod1");
     }
@@ -681,6 +704,14 @@ mod tests {
         );
         let err = parse(&format!("{NODE}{UPLINK}allow_from = [\"nope\"]\n")).unwrap_err();
         assert_eq!(err, "test.toml: uplink.allow_from[0]: \"nope\" is not an IPv4 CIDR like 10.1.1.0/24");
+    }
+
+    #[test]
+    fn pod_ip_is_optional() {
+        let c = parse(&format!("{NODE}[[pod]]\nname = \"a\"\n[[pod]]\nname = \"b\"\n")).unwrap();
+        assert_eq!(c.pods.iter().map(|p| p.ip).collect::<Vec<_>>(), [None, None]);
+        let err = parse(&format!("{NODE}state_dir = \"rel\"\n")).unwrap_err();
+        assert_eq!(err, "test.toml: node.state_dir: rel is not an absolute path");
     }
 
     #[test]

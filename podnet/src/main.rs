@@ -1,13 +1,17 @@
-use std::{io::IsTerminal as _, process::ExitCode};
+use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use podnet::{
+    agent,
     config::{Config, PeerNode, XdpMode},
-    maps::Deny,
-    nat,
-    netlink::netns,
-    node, status,
+    datapath::{maps::Deny, nat},
+    host::netns,
+    node::{
+        self,
+        op::{self, Op},
+    },
+    status,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -16,15 +20,13 @@ mod cli;
 use cli::{Cli, Command, DenyCommand, NatCommand, NodeCommand};
 
 fn main() -> ExitCode {
+    // A runtime runs the binary as its CNI plugin: the command is in the environment.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        init_logs("warn", false);
+        return podnet::cni::main();
+    }
     let cli = Cli::parse();
-    let level = ["info", "debug", "trace"][usize::from(cli.verbose.min(2))];
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .without_time()
-        .init();
+    init_logs(["info", "debug", "trace"][usize::from(cli.verbose.min(2))], true);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -32,6 +34,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr (stdout is for answers); RUST_LOG overrides `level`.
+fn init_logs(level: &str, plain: bool) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    if plain { logs.without_time().init() } else { logs.init() }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -46,18 +58,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
+        // State-changing verbs go through the node's agent when it runs (see `op::run`).
+        let change = |op: Op| {
+            let config = &config;
+            async move { op::run(config, &op).await }
+        };
         match cli.command {
-            Command::Up => node::up(&config).await?,
-            Command::Down => node::down(&config).await?,
+            Command::Up => {
+                change(Op::Up).await?;
+            }
+            Command::Down => {
+                if agent::api::agent_listens(&config.node.name).await {
+                    let socket = agent::api::socket_path(&config.node.name).display().to_string();
+                    return Err(node::NodeError::AgentRunning { socket }.into());
+                }
+                let _lock = node::lock::NodeLock::acquire(&config.node.name)?;
+                node::down(&config).await?;
+            }
             Command::Status { json } => {
                 let status = node::status(&config)?;
                 let out = if json { serde_json::to_string_pretty(&status)? } else { status::render(&status) };
                 println!("{out}");
             }
             Command::Node(NodeCommand::Add { name, ip, pod_cidr }) => {
-                node::add_peer(&config, PeerNode { name, ip, pod_cidr }).await?
+                change(Op::AddPeer { peer: PeerNode { name, ip, pod_cidr } }).await?;
             }
-            Command::Node(NodeCommand::Del { name }) => node::del_peer(&config, &name).await?,
+            Command::Node(NodeCommand::Del { name }) => {
+                change(Op::DelPeer { name }).await?;
+            }
             Command::Nat(NatCommand::List { json }) => {
                 let translations = nat::list(&node::pins_of_running_node(&config)?)?;
                 let out = if json {
@@ -68,39 +96,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{out}");
             }
             Command::Deny(cmd) => {
-                let mut deny = Deny::open(&node::pins_of_running_node(&config)?)?;
                 if config.uplink.as_ref().is_none_or(|u| u.xdp == XdpMode::Off) {
                     tracing::warn!(
                         "[uplink] xdp is off on this node: the deny list has no effect until it is on"
                     );
                 }
                 match cmd {
-                    DenyCommand::Add { cidr } => deny.insert(cidr)?,
-                    DenyCommand::Del { cidr } => deny.remove(cidr)?,
-                    DenyCommand::List { json: true } => {
-                        println!("{}", serde_json::to_string_pretty(&deny.list())?)
+                    DenyCommand::Add { cidr } => {
+                        change(Op::DenyAdd { cidr }).await?;
                     }
-                    DenyCommand::List { json: false } => deny.list().iter().for_each(|c| println!("{c}")),
+                    DenyCommand::Del { cidr } => {
+                        change(Op::DenyDel { cidr }).await?;
+                    }
+                    DenyCommand::List { json } => {
+                        let denied = Deny::open(&node::pins_of_running_node(&config)?)?.list();
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&denied)?);
+                        } else {
+                            denied.iter().for_each(|c| println!("{c}"));
+                        }
+                    }
                 }
             }
             Command::Nat(NatCommand::Flush) => {
-                println!("removed {} translation(s)", nat::flush(&node::pins_of_running_node(&config)?)?);
+                println!("removed {} translation(s)", change(Op::NatFlush).await?["removed"]);
             }
             Command::Nat(NatCommand::Gc) => {
-                let pins = node::pins_of_running_node(&config)?;
-                println!("removed {} idle translation(s)", nat::gc(&pins, &config.nat.timeouts)?);
+                println!("removed {} idle translation(s)", change(Op::NatGc).await?["removed"]);
             }
             Command::Agent { interval } => {
-                let pins = node::pins_of_running_node(&config)?;
-                tracing::info!("agent: expiring idle translations every {interval} s (Ctrl-C to stop)");
-                loop {
-                    match nat::gc(&pins, &config.nat.timeouts) {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!("agent: removed {n} idle translation(s)"),
-                        Err(e) => tracing::warn!("agent: {e:#}"),
-                    }
-                    tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
-                }
+                agent::run(cli.config.as_deref(), config.clone(), Duration::from_secs(interval.max(1)))
+                    .await?;
             }
             Command::Config => unreachable!("handled above"),
         }

@@ -1,6 +1,6 @@
 //! Human-readable rendering of [`Status`]: plain aligned tables.
 
-use crate::{nat::Translation, node::Status};
+use crate::{datapath::nat::Translation, node::Status};
 
 /// Renders rows as a left-aligned table under `header`.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {

@@ -13,7 +13,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 pub mod bench;
+pub mod cni;
 pub mod packets;
+pub mod podman;
 
 /// The podnet binary under test: `$PODNET_BIN` (set by `cargo xtask test`), else the debug build.
 pub fn podnet_bin() -> PathBuf {
@@ -266,21 +268,38 @@ impl Lab {
     }
 
     /// Starts `cmd` as is (no namespace switch: podnet's own `--netns`, say); it is killed when
-    /// the lab is dropped.
-    pub fn spawn_command(&mut self, cmd: &mut Command) -> anyhow::Result<()> {
+    /// the lab is dropped. Returns its pid.
+    pub fn spawn_command(&mut self, cmd: &mut Command) -> anyhow::Result<u32> {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {cmd:?}"))?;
+        let pid = child.id();
         self.children.push(child);
-        Ok(())
+        Ok(pid)
+    }
+
+    /// Starts `podnet agent` for `node` and waits (at most 20 s) until it answers on its socket.
+    /// Returns its pid.
+    pub fn agent(&mut self, node: &Node) -> anyhow::Result<u32> {
+        let pid = self.spawn_command(&mut node.podnet(&["agent", "--interval", "1"]))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(node.agent_socket()).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the agent of {} did not listen within 20 s",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(pid)
     }
 
     /// Starts a long-running process in `ns`; it is killed when the lab is dropped.
     pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
-        self.spawn_command(in_ns(ns, program).args(args))
+        self.spawn_command(in_ns(ns, program).args(args)).map(drop)
     }
 
     /// Serves `body` over HTTP on `port` in `ns` (all addresses), as one "container".
@@ -345,6 +364,11 @@ impl Node {
     /// The node's pin directory.
     pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from("/sys/fs/bpf/podnet").join(&self.name)
+    }
+
+    /// Where the node's agent listens.
+    pub fn agent_socket(&self) -> PathBuf {
+        PathBuf::from("/run/podnet").join(format!("{}.sock", self.name))
     }
 }
 
@@ -441,8 +465,14 @@ impl Drop for Lab {
         for node in &self.nodes {
             let _ = node.podnet(&["down"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
             let _ = std::fs::remove_dir_all(node.pin_dir());
+            // A killed agent leaves its socket; the lock file stays by design.
+            let _ = std::fs::remove_file(node.agent_socket());
+            let _ = std::fs::remove_file(node.agent_socket().with_extension("lock"));
         }
-        let _ = std::fs::remove_dir("/sys/fs/bpf/podnet");
+        for dir in ["/sys/fs/bpf/podnet", "/run/podnet", "/var/lib/podnet"] {
+            // Only when no other lab's node is left in them.
+            let _ = std::fs::remove_dir(dir);
+        }
         for ns in namespaces_with_prefix(&self.prefix) {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }

@@ -218,7 +218,7 @@ pub fn router_advertisement(eth_src: [u8; 6]) -> BytesMut {
 /// Sends raw Ethernet `frames` out of interface `ifname` inside network namespace `ns`, as an
 /// attacker in that namespace could (AF_PACKET; no checks, no offloads).
 pub fn send(ns: &str, ifname: &str, frames: &[&[u8]]) -> anyhow::Result<()> {
-    podnet::netlink::netns::run_in(ns, || -> anyhow::Result<()> {
+    podnet::host::netns::run_in(ns, || -> anyhow::Result<()> {
         let name = std::ffi::CString::new(ifname)?;
         // SAFETY: a NUL-terminated name that lives across the call.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };

@@ -168,7 +168,7 @@ fn a_pod_cannot_poison_layer_2() -> anyhow::Result<()> {
     let (_, mac) = link(&attacker, "veth_pod1")?;
     let (_, victim_mac) = link(&victim, "veth_pod2")?;
     let (_, gw_mac) = link(&n1.netns, "br0")?;
-    let victim_mac_text = podnet::netlink::fmt_mac(&victim_mac);
+    let victim_mac_text = podnet::host::netlink::fmt_mac(&victim_mac);
     assert!(pings(&n1.netns, "10.1.1.3", 1), "the node knows pod2's MAC");
     // Linux ignores neighbour updates within a second of the last (locktime).
     thread::sleep(Duration::from_millis(1100));
@@ -202,7 +202,9 @@ fn a_pod_cannot_poison_layer_2() -> anyhow::Result<()> {
     assert!(owner.contains("dev brveth_pod2"), "pod2's MAC stays on its port: {owner:?}\n{fdb}");
     let neigh = sh(&n1.netns, "ip", &["neigh", "show", "10.1.1.3"])?;
     assert!(neigh.contains(&victim_mac_text), "the node's neighbour entry for pod2 is pod2's: {neigh}");
-    assert!(!sh(&n1.netns, "ip", &["neigh", "show", "10.1.1.3"])?.contains(&podnet::netlink::fmt_mac(&mac)));
+    assert!(
+        !sh(&n1.netns, "ip", &["neigh", "show", "10.1.1.3"])?.contains(&podnet::host::netlink::fmt_mac(&mac))
+    );
     assert_eq!(n1.counter("drop_spoofed")? - spoofed, forged.len() as u64);
     assert_eq!(n1.counter("drop_vlan_tagged")? - vlan, 2);
     assert_eq!(n1.counter("drop_not_ipv4")? - not_ipv4, 1, "the router advertisement");

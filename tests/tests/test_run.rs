@@ -10,9 +10,9 @@ use ipnet::Ipv4Net;
 use podnet::{
     config,
     config::PeerNode,
+    datapath::maps::{Conntrack, Counters, Deny, Endpoints, NatSettings, Peers, UplinkAllow},
     datapath::{Datapath, PinDir},
-    maps::{Conntrack, Counters, Deny, Endpoints, NatSettings, Peers, UplinkAllow},
-    netlink::netns,
+    host::netns,
 };
 use podnet_common::{
     Endpoint, NatConfig, Reason,

@@ -6,7 +6,7 @@
 use std::{thread, time::Duration};
 
 use anyhow::Context as _;
-use podnet::netlink::netns;
+use podnet::host::netns;
 use podnet_tests::{Lab, Node, in_ns, node_config, pings, sh};
 
 /// Node 1's config in XDP mode `xdp`, admitting the hosts on its wire to its pods (they route

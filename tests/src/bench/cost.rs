@@ -8,9 +8,9 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use bytes::BytesMut;
 use podnet::{
     config::PeerNode,
+    datapath::maps::{Deny, Endpoints, NatSettings, Peers},
     datapath::{Datapath, PinDir},
-    maps::{Deny, Endpoints, NatSettings, Peers},
-    netlink::netns,
+    host::netns,
 };
 use podnet_common::{
     Endpoint, NatConfig,

@@ -1,23 +1,40 @@
-//! What `podnet up`, `down`, `status` and `node add|del` do to a node, built from the plumbing,
-//! datapath and maps modules. `up` rolls back what it made when a step fails.
+//! What a node does: `up` (build or complete it from the config, rolling back what a failed
+//! run made), `down`, `status`, peers at runtime; its pods ([`pod`]), their addresses
+//! ([`ipam`]), the per-node lock ([`lock`]) and the operations the CLI, the CNI plugin and the
+//! agent share ([`op`]).
+
+pub mod ipam;
+pub mod lock;
+pub mod op;
+pub mod pod;
 
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use podnet_common::{
-    Endpoint, NatConfig, Reason,
-    programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
+    NatConfig, Reason,
+    programs::{FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
 };
 use serde::Serialize;
 use tracing::{info, warn};
 
+use self::{
+    ipam::{Ipam, IpamError, PodKind, PodRecord},
+    lock::LockError,
+    pod::NodeNet,
+};
 use crate::{
-    config::{self, Config, PeerNode, Pod, XdpMode},
-    datapath::{self, Datapath, DatapathError, PinDir},
-    maps::{Counters, Endpoints, MapsError, NatSettings, Peers, UplinkAllow},
-    netlink::{Iface, Netlink, NetlinkError, fmt_mac, netns},
-    plumbing::{self, PlumbingError, PodPlumbing, VethSettings},
-    sysctl::{self, SysctlError},
+    config::{self, Config, HOST_IF_PREFIX, PeerNode, Pod, XdpMode},
+    datapath::{
+        self, Datapath, DatapathError, PinDir, PodProgram,
+        maps::{Counters, Endpoints, MapsError, NatSettings, Peers, UplinkAllow},
+    },
+    host::{
+        netlink::{Iface, Netlink, NetlinkError, fmt_mac},
+        netns,
+        plumbing::{self, PlumbingError, VethSettings},
+        sysctl::{self, SysctlError},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +53,29 @@ pub enum NodeError {
     Plumbing(#[from] PlumbingError),
     #[error("podnet is not up on node {node:?}: {path} does not exist (run `podnet up`)")]
     NotUp { node: String, path: String },
+    #[error("pod {pod}")]
+    Pod {
+        pod: String,
+        #[source]
+        source: Box<NodeError>,
+    },
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("the node's agent: {message}")]
+    Agent { message: String },
+    #[error(transparent)]
+    AgentSocket(#[from] crate::agent::api::ApiError),
+    #[error("{cidr} is not on the deny list (see `podnet deny list`)")]
+    NotDenied { cidr: Ipv4Net },
+    #[error("{}", problems.join("; "))]
+    Check { problems: Vec<String> },
+    #[error(
+        "the agent is running on this node ({socket} answers): stop it first, or it would keep \
+         serving a node that is gone"
+    )]
+    AgentRunning { socket: String },
     #[error("uplink {interface} does not exist in the node's namespace; create and address it first")]
     NoUplink { interface: String },
     #[error(
@@ -63,6 +103,7 @@ enum Made {
     Link(String),
     PinDir(PinDir),
     Route { cidr: Ipv4Net, via: Ipv4Addr, link: Iface },
+    Reservation(Ipam, PodRecord),
 }
 
 async fn undo(nl: &Netlink, made: Vec<Made>) {
@@ -74,6 +115,7 @@ async fn undo(nl: &Netlink, made: Vec<Made>) {
             Made::Route { cidr, via, link } => {
                 nl.del_peer_route(*cidr, *via, link).await.map_err(NodeError::from)
             }
+            Made::Reservation(ipam, pod) => ipam.release(pod).map(drop).map_err(NodeError::from),
         };
         if let Err(e) = result {
             warn!("rollback: could not undo {m:?}: {e}");
@@ -103,12 +145,8 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
     let pins = PinDir::for_node(&node.name);
     let first_up = !pins.path().exists();
     let uplink = uplink_iface(config, nl).await?;
-    let veth = VethSettings {
-        // Pods' frames fit the uplink without fragmentation unless the config says otherwise.
-        mtu: node.mtu.or(uplink.as_ref().map(|u| u.mtu)).unwrap_or(1500),
-        xdp_frames: config.uplink.as_ref().is_some_and(|u| u.native_delivery()),
-    };
-    let pods = plumb(config, nl, made, veth).await?;
+    let veth = veth_settings(config, uplink.as_ref());
+    let bridge = ensure_bridge(config, nl, made).await?;
     sysctl::enable_ip_forward()?;
     if config.nat.enabled {
         let (min, max) = (config.nat.port_min, config.nat.port_max);
@@ -126,13 +164,7 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
         made.push(Made::PinDir(pins.clone()));
     }
     let mut datapath = Datapath::load(&pins)?;
-    for (_, p, new_veth) in &pods {
-        if *new_veth {
-            // A link pinned for an earlier interface of the same name is dead; start afresh.
-            pins.unpin_link(&p.host.name)?;
-        }
-        datapath.attach(FROM_POD, &p.host.name, p.host.index)?;
-    }
+    datapath.pin_pod_program()?;
     NatSettings::open(&pins)?.set(&nat_settings(config, uplink.as_ref()))?;
     if let Some(settings) = &config.uplink {
         let refused = config::refused_sources(node.pod_cidr, settings.ip);
@@ -150,22 +182,91 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
             }
         }
     }
-    let mut endpoints = Endpoints::open(&pins)?;
-    for (pod, p, _) in &pods {
-        let endpoint =
-            Endpoint { host_ifindex: p.host.index, flags: 0, pod_mac: p.pod_if.mac, host_mac: p.host.mac };
-        endpoints.insert(pod.ip, &endpoint)?;
+    let net = NodeNet {
+        nl: nl.clone(),
+        node: node.clone(),
+        bridge,
+        veth,
+        pins: pins.clone(),
+        ipam: Ipam::of(node),
+    };
+    forget_removed_pods(config, &net).await?;
+    let mut program = PodProgram::open(&pins)?;
+    for pod in &config.pods {
+        attach_config_pod(&net, &mut program, pod, made)
+            .await
+            .map_err(|e| NodeError::Pod { pod: pod.name.clone(), source: Box::new(e) })?;
     }
-    forget_removed_pods(config, nl, &pins, &mut endpoints).await?;
     info!(
         "node {} is up: {} pod(s), {} peer(s), NAT {}, pins in {}",
         node.name,
-        pods.len(),
+        config.pods.len(),
         config.peers.len(),
         if config.nat.enabled { "on" } else { "off" },
         pins.path().display()
     );
     Ok(())
+}
+
+/// The pods' veth settings: the uplink's MTU unless `[node] mtu` says otherwise (1500 without
+/// an uplink), GRO when native XDP delivers to pods.
+fn veth_settings(config: &Config, uplink: Option<&Iface>) -> VethSettings {
+    VethSettings {
+        mtu: config.node.mtu.or(uplink.map(|u| u.mtu)).unwrap_or(1500),
+        xdp_frames: config.uplink.as_ref().is_some_and(|u| u.native_delivery()),
+    }
+}
+
+/// The pods of a running node `config` describes, attached from outside `up` (the CNI plugin).
+pub async fn node_net(config: &Config, nl: Netlink) -> Result<NodeNet, NodeError> {
+    let uplink = uplink_iface(config, &nl).await?;
+    let veth = veth_settings(config, uplink.as_ref());
+    NodeNet::new(config, nl, veth).await
+}
+
+/// `[[pod]]` `pod`, recording in `made` what did not exist before (a half-made pod is undone
+/// too).
+async fn attach_config_pod(
+    net: &NodeNet,
+    program: &mut PodProgram,
+    pod: &Pod,
+    made: &mut Vec<Made>,
+) -> Result<(), NodeError> {
+    let record = PodRecord::config_pod(pod);
+    let held = |ipam: &Ipam| -> Result<bool, NodeError> {
+        Ok(ipam.held()?.iter().any(|(_, r)| r.same_attachment(&record)))
+    };
+    let had_netns = netns::exists(&pod.netns);
+    let had_veth = net.nl.link(&record.host_ifname).await?.is_some();
+    let had_address = held(&net.ipam)?;
+    netns::create(&pod.netns)?;
+    let attached = pod::attach(net, program, &record, pod.ip).await;
+    if !had_netns && netns::exists(&pod.netns) {
+        made.push(Made::Netns(pod.netns.clone()));
+    }
+    if !had_veth && net.nl.link(&record.host_ifname).await?.is_some() {
+        made.push(Made::Link(record.host_ifname.clone()));
+    }
+    if !had_address && held(&net.ipam)? {
+        made.push(Made::Reservation(net.ipam.clone(), record.clone()));
+    }
+    let attached = attached?;
+    if !had_veth {
+        info!("pod {}: {} in namespace {} via {}", pod.name, attached.ip, pod.netns, record.host_ifname);
+    }
+    Ok(())
+}
+
+/// Makes sure the node bridge is there, recording it in `made` if this run created it.
+async fn ensure_bridge(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result<Iface, NodeError> {
+    let node = &config.node;
+    let had_bridge = nl.link(&node.bridge).await?.is_some();
+    let bridge = plumbing::ensure_bridge(nl, node).await;
+    if !had_bridge && nl.link(&node.bridge).await?.is_some() {
+        made.push(Made::Link(node.bridge.clone()));
+        info!("created bridge {} with gateway {}/{}", node.bridge, node.gateway, node.pod_cidr.prefix_len());
+    }
+    Ok(bridge?)
 }
 
 /// The uplink's XDP program as `[uplink]` asks: none, the prefilter, or the prefilter with
@@ -186,45 +287,6 @@ fn attach_uplink_xdp(
     Ok(datapath.attach_xdp(program, &uplink.name, uplink.index, settings.xdp)?)
 }
 
-/// The bridge and every pod's plumbing, recording in `made` what did not exist before. Returns
-/// each pod with its interfaces and whether its veth is new.
-async fn plumb<'c>(
-    config: &'c Config,
-    nl: &Netlink,
-    made: &mut Vec<Made>,
-    veth: VethSettings,
-) -> Result<Vec<(&'c Pod, PodPlumbing, bool)>, NodeError> {
-    let node = &config.node;
-    let had_bridge = nl.link(&node.bridge).await?.is_some();
-    let bridge = plumbing::ensure_bridge(nl, node).await;
-    if !had_bridge && nl.link(&node.bridge).await?.is_some() {
-        made.push(Made::Link(node.bridge.clone()));
-    }
-    let bridge = bridge?;
-    if !had_bridge {
-        info!("created bridge {} with gateway {}/{}", node.bridge, node.gateway, node.pod_cidr.prefix_len());
-    }
-    let mut pods = Vec::with_capacity(config.pods.len());
-    for pod in &config.pods {
-        let had_netns = netns::exists(&pod.netns);
-        let had_veth = nl.link(&pod.host_ifname()).await?.is_some();
-        let plumbed = plumbing::ensure_pod(nl, &bridge, node, pod, veth).await;
-        // Record what was made before looking at the result, so a half-made pod is undone too.
-        if !had_netns && netns::exists(&pod.netns) {
-            made.push(Made::Netns(pod.netns.clone()));
-        }
-        if !had_veth && nl.link(&pod.host_ifname()).await?.is_some() {
-            made.push(Made::Link(pod.host_ifname()));
-        }
-        let plumbed = plumbed?;
-        if !had_veth {
-            info!("pod {}: {} in namespace {} via {}", pod.name, pod.ip, pod.netns, pod.host_ifname());
-        }
-        pods.push((pod, plumbed, !had_veth));
-    }
-    Ok(pods)
-}
-
 /// The datapath's NAT settings for `config`: out of the uplink, as the uplink IP, when NAT is on.
 fn nat_settings(config: &Config, uplink: Option<&Iface>) -> NatConfig {
     let on = config.uplink.as_ref().zip(uplink).filter(|_| config.nat.enabled);
@@ -237,37 +299,55 @@ fn nat_settings(config: &Config, uplink: Option<&Iface>) -> NatConfig {
     }
 }
 
-/// Endpoints and links left from pods that are no longer in the config.
-async fn forget_removed_pods(
-    config: &Config,
-    nl: &Netlink,
-    pins: &PinDir,
-    endpoints: &mut Endpoints,
-) -> Result<(), NodeError> {
+/// Detaches `[[pod]]`s that are no longer in the config, and removes what no pod owns any more:
+/// endpoints and pinned links of pods gone in a crash or left by an older podnet.
+async fn forget_removed_pods(config: &Config, net: &NodeNet) -> Result<(), NodeError> {
+    let held = net.ipam.held()?;
+    for (ip, record) in &held {
+        if record.kind == PodKind::Config && !config.pods.iter().any(|p| p.name == record.id) {
+            info!("removing pod {} ({ip}): no longer in the config", record.id);
+            pod::detach(&net.nl, &net.pins, &net.ipam, record).await?;
+        }
+    }
+    let held = net.ipam.held()?;
+    let mut endpoints = Endpoints::open(&net.pins)?;
     for (ip, _) in endpoints.list() {
-        if !config.pods.iter().any(|p| p.ip == ip) {
-            info!("removing endpoint {ip}: no longer in the config");
+        if !held.iter().any(|(h, _)| *h == ip) && !config.pods.iter().any(|p| p.ip == Some(ip)) {
+            info!("removing endpoint {ip}: no pod holds it");
             endpoints.remove(ip)?;
         }
     }
-    let uplink = config.uplink.as_ref().map(|u| u.interface.as_str());
-    for ifname in pins.linked_interfaces() {
-        let (name, _) = datapath::parse_link_name(&ifname);
-        if Some(name) != uplink && !config.pods.iter().any(|p| p.host_ifname() == name) {
-            info!("removing {ifname}: its pod is no longer in the config");
-            pins.unpin_link(&ifname)?;
-            nl.del_link(&ifname).await?;
+    let owned = |name: &str| {
+        held.iter().any(|(_, r)| r.host_ifname == name) || config.pods.iter().any(|p| p.host_ifname() == name)
+    };
+    for link in net.pins.linked_interfaces() {
+        let (name, hook) = datapath::parse_link_name(&link);
+        if hook.starts_with("tcx") && is_pod_veth_name(name) && !owned(name) {
+            info!("removing {name}: no pod owns it");
+            net.pins.unpin_link(name)?;
+            net.nl.del_link(name).await?;
         }
     }
     Ok(())
 }
 
-/// Removes everything `up` made for `config`: pinned links (detaching the programs), pinned
-/// maps, pod veths and namespaces, and the bridge. Missing pieces are skipped, so it is safe to
-/// run twice or after a failed `up`. IPv4 forwarding is left as it is.
+/// Whether `ifname` is a name podnet gives host veths (`brveth_<pod>`, `pn<hash>`): podnet
+/// deletes no interface it did not name.
+fn is_pod_veth_name(ifname: &str) -> bool {
+    ifname.starts_with(HOST_IF_PREFIX) || (ifname.len() == 14 && ifname.starts_with("pn"))
+}
+
+/// Removes everything `up` and the CNI plugin made on the node: every pod's veth and endpoint
+/// (and the namespaces of `[[pod]]`s), pinned links (detaching the programs) and maps, peer
+/// routes, the bridge, the IPAM state; and gives the NAT port range back. Missing pieces are
+/// skipped, so it is safe to run twice or after a failed `up`. IPv4 forwarding is left as it is.
 pub async fn down(config: &Config) -> Result<(), NodeError> {
     let nl = Netlink::current()?;
     let pins = PinDir::for_node(&config.node.name);
+    let ipam = Ipam::of(&config.node);
+    for (_, record) in ipam.held()? {
+        pod::detach(&nl, &pins, &ipam, &record).await?;
+    }
     if let (Ok(peers), Some(uplink)) = (Peers::open(&pins), uplink_iface(config, &nl).await.ok().flatten()) {
         for peer in peers.list() {
             nl.del_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
@@ -282,6 +362,9 @@ pub async fn down(config: &Config) -> Result<(), NodeError> {
         netns::delete(&pod.netns)?;
     }
     nl.del_link(&config.node.bridge).await?;
+    ipam.remove_all()?;
+    // The node's state directory, if nothing else is in it.
+    let _ = std::fs::remove_dir(config.node.state());
     info!("node {} is down", config.node.name);
     Ok(())
 }
@@ -299,6 +382,11 @@ async fn uplink_iface(config: &Config, nl: &Netlink) -> Result<Option<Iface>, No
         return Err(NodeError::UplinkAddress { interface: uplink.interface.clone(), ip: uplink.ip });
     }
     Ok(Some(iface))
+}
+
+/// The pin directory of the node `config` describes, up or not.
+pub fn pin_dir(config: &Config) -> PinDir {
+    PinDir::for_node(&config.node.name)
 }
 
 /// The pin directory of the node `config` describes, which must be up.
@@ -392,16 +480,17 @@ pub struct CounterStatus {
 /// Reads the node's pinned state.
 pub fn status(config: &Config) -> Result<Status, NodeError> {
     let pins = pins_of_running_node(config)?;
+    let held = Ipam::of(&config.node).held()?;
     let endpoints = Endpoints::open(&pins)?
         .list()
         .into_iter()
         .map(|(ip, ep)| {
-            let pod = config.pods.iter().find(|p| p.ip == ip);
+            let pod = held.iter().find(|(h, _)| *h == ip).map(|(_, r)| r);
             EndpointStatus {
-                pod: pod.map_or_else(|| "?".to_owned(), |p| p.name.clone()),
+                pod: pod.map_or_else(|| "?".to_owned(), PodRecord::display_name),
                 ip,
                 mac: fmt_mac(&ep.pod_mac),
-                host_ifname: pod.map_or_else(|| "?".to_owned(), |p| p.host_ifname()),
+                host_ifname: pod.map_or_else(|| "?".to_owned(), |r| r.host_ifname.clone()),
                 host_ifindex: ep.host_ifindex,
             }
         })

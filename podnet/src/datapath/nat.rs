@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     config::Timeouts,
     datapath::PinDir,
-    maps::{Conntrack, CtPair, MapsError},
+    datapath::maps::{Conntrack, CtPair, MapsError},
 };
 
 /// What a translation's packets have shown so far.

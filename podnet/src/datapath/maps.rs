@@ -74,15 +74,25 @@ impl Endpoints {
         ))
     }
 
+    /// Removes a pod; one that is not there is fine.
     pub fn remove(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
-        let key = EndpointKey { ip: ip.octets() };
-        let ifindex =
-            self.by_ip.get(&key, 0).map_err(access_err("look up", ENDPOINTS, ip.to_string()))?.host_ifindex;
-        self.by_ip.remove(&key).map_err(access_err("remove", ENDPOINTS, ip.to_string()))?;
-        match self.devs.remove(ifindex) {
+        let Some(endpoint) = self.get(ip) else {
+            return Ok(());
+        };
+        self.by_ip.remove(&EndpointKey { ip: ip.octets() }).map_err(access_err(
+            "remove",
+            ENDPOINTS,
+            ip.to_string(),
+        ))?;
+        match self.devs.remove(endpoint.host_ifindex) {
             Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(e) => Err(access_err("remove", POD_DEVS, ifindex.to_string())(e)),
+            Err(e) => Err(access_err("remove", POD_DEVS, endpoint.host_ifindex.to_string())(e)),
         }
+    }
+
+    /// The pod with address `ip`, if there is one.
+    pub fn get(&self, ip: Ipv4Addr) -> Option<Endpoint> {
+        self.by_ip.get(&EndpointKey { ip: ip.octets() }, 0).ok()
     }
 
     /// Every endpoint, sorted by address.

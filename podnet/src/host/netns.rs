@@ -19,10 +19,8 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error(
-        "network namespace {name:?} does not exist (no {NETNS_RUN_DIR}/{name}); create it first, e.g. `ip netns add {name}`"
-    )]
-    Missing { name: String },
+    #[error("network namespace {name:?} does not exist ({}); {hint}", path(name).display())]
+    Missing { name: String, hint: &'static str },
     #[error("could not {op} network namespace {name:?}")]
     Io {
         op: &'static str,
@@ -32,8 +30,10 @@ pub enum NetnsError {
     },
 }
 
+/// A namespace is named (`NAME`: `/run/netns/NAME`, as `ip netns` keeps them) or given by path
+/// (`/run/netns/netns-<uuid>`, `/proc/PID/ns/net`: what container runtimes pass as CNI_NETNS).
 fn path(name: &str) -> PathBuf {
-    PathBuf::from(NETNS_RUN_DIR).join(name)
+    if name.starts_with('/') { PathBuf::from(name) } else { PathBuf::from(NETNS_RUN_DIR).join(name) }
 }
 
 fn io_err(op: &'static str, name: &str) -> impl FnOnce(io::Error) -> NetnsError + use<> {
@@ -55,7 +55,14 @@ pub fn exists(name: &str) -> bool {
 pub fn open(name: &str) -> Result<OwnedFd, NetnsError> {
     match File::open(path(name)) {
         Ok(f) => Ok(f.into()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetnsError::Missing { name: name.to_owned() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let hint = if name.starts_with('/') {
+                "the container (or its sandbox) is gone"
+            } else {
+                "create it first, e.g. `ip netns add NAME`"
+            };
+            Err(NetnsError::Missing { name: name.to_owned(), hint })
+        }
         Err(e) => Err(io_err("open", name)(e)),
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{io, path::Path};
 
-use crate::netlink::netns::{self, NetnsError};
+use crate::host::netns::{self, NetnsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SysctlError {

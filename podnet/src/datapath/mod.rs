@@ -11,15 +11,13 @@
 //! /sys/fs/bpf/podnet/<node>/POD_DEVS         pod host veths (devmap) for uplink_deliver
 //! /sys/fs/bpf/podnet/<node>/links/<ifname>@xdp-<mode>   XDP link: uplink_filter, or
 //!                                            uplink_deliver with [uplink] xdp_deliver
+//! /sys/fs/bpf/podnet/<node>/programs/from_pod   for pods attached after `up` (CNI ADD)
 //! ```
 //! Maps are pinned by name (aya reuses a pinned map on the next load), links are pinned so the
 //! programs stay attached after `podnet up` exits, and re-running `up` swaps the program inside
 //! each existing link atomically (`bpf_link_update`) instead of detaching it.
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-};
+use std::{io, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -30,13 +28,16 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
-use podnet_common::{
-    PIN_ROOT,
-    programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
-};
+use podnet_common::programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER};
 
 use crate::config::XdpMode;
+
+pub mod maps;
+pub mod nat;
+mod pins;
+
+pub use pins::{PinDir, ensure_bpffs, parse_link_name};
+use pins::{fs_err, remove_file};
 
 /// The compiled kernel programs, embedded at build time (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PODNET_EBPF_OBJECT"));
@@ -87,6 +88,12 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("could not open the pinned program {path}; is podnet up on this node (`podnet up`)?")]
+    PinnedProgram {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("could not open pinned link {path}")]
     Link {
         path: PathBuf,
@@ -99,132 +106,6 @@ pub enum DatapathError {
         #[source]
         source: aya::pin::PinError,
     },
-}
-
-/// A node's directory on bpffs and the paths inside it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PinDir(PathBuf);
-
-impl PinDir {
-    /// The pin directory of the node called `node`.
-    pub fn for_node(node: &str) -> Self {
-        Self(Path::new(PIN_ROOT).join(node))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Where map `name` is pinned.
-    pub fn map(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn links(&self) -> PathBuf {
-        self.0.join("links")
-    }
-
-    /// Where the tc link of the program on interface `ifname` is pinned.
-    pub fn link(&self, ifname: &str) -> PathBuf {
-        self.links().join(ifname)
-    }
-
-    /// Where the XDP link on `ifname` is pinned; the name records the mode.
-    fn xdp_link(&self, ifname: &str, mode: XdpMode) -> PathBuf {
-        self.links().join(format!("{ifname}@xdp-{}", mode.name()))
-    }
-
-    /// Removes any XDP link pinned for `ifname`, which detaches the program.
-    pub fn unpin_xdp(&self, ifname: &str) -> Result<(), DatapathError> {
-        for mode in [XdpMode::Native, XdpMode::Generic] {
-            remove_file(&self.xdp_link(ifname, mode))?;
-        }
-        Ok(())
-    }
-
-    /// Names of the pinned links, sorted: an interface name for tc links, `<ifname>@xdp-<mode>`
-    /// for XDP links (see [`parse_link_name`]).
-    pub fn linked_interfaces(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.links())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// Removes the pinned link of `ifname`, which detaches its program. Absent is fine.
-    pub fn unpin_link(&self, ifname: &str) -> Result<(), DatapathError> {
-        remove_file(&self.link(ifname))
-    }
-
-    /// Unpins everything (detaching the programs and freeing the maps) and removes the
-    /// directory, and the podnet root too once no node is left in it.
-    pub fn remove(&self) -> Result<(), DatapathError> {
-        if !self.0.exists() {
-            return Ok(());
-        }
-        for ifname in self.linked_interfaces() {
-            self.unpin_link(&ifname)?;
-        }
-        remove_dir(&self.links())?;
-        for entry in std::fs::read_dir(&self.0).map_err(fs_err("list", &self.0))?.flatten() {
-            remove_file(&entry.path())?;
-        }
-        remove_dir(&self.0)?;
-        if let Some(root) = self.0.parent().filter(|p| p.ends_with("podnet")) {
-            // Only succeeds once the last node is gone; anything else is fine.
-            let _ = std::fs::remove_dir(root);
-        }
-        Ok(())
-    }
-}
-
-/// Splits a pinned link's name into the interface and the hook it is attached at.
-pub fn parse_link_name(name: &str) -> (&str, String) {
-    match name.split_once("@xdp-") {
-        Some((ifname, mode)) => (ifname, format!("xdp {mode}")),
-        None => (name, "tcx ingress".to_owned()),
-    }
-}
-
-fn fs_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DatapathError {
-    let path = path.to_owned();
-    move |source| DatapathError::Fs { op, path, source }
-}
-
-fn remove_file(path: &Path) -> Result<(), DatapathError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(fs_err("remove", path)(e)),
-        _ => Ok(()),
-    }
-}
-
-fn remove_dir(path: &Path) -> Result<(), DatapathError> {
-    match std::fs::remove_dir(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(fs_err("remove", path)(e)),
-        _ => Ok(()),
-    }
-}
-
-/// Mounts bpffs on /sys/fs/bpf if nothing is mounted there yet.
-///
-/// Refuses when the process runs in a private mount namespace (e.g. `ip netns exec`): a bpffs
-/// mounted there would vanish, with every pin in it, when the command exits.
-pub fn ensure_bpffs() -> Result<(), DatapathError> {
-    const BPFFS: &str = "/sys/fs/bpf";
-    if statfs(BPFFS).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC) {
-        return Ok(());
-    }
-    let same_mount_ns =
-        std::fs::read_link("/proc/self/ns/mnt").ok() == std::fs::read_link("/proc/1/ns/mnt").ok();
-    if !same_mount_ns {
-        return Err(DatapathError::NoBpffs { path: BPFFS.to_owned() });
-    }
-    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|source| DatapathError::MountBpffs { path: BPFFS.to_owned(), source })
 }
 
 /// podnet's programs, loaded and verified, with their maps pinned in a node's [`PinDir`].
@@ -258,32 +139,74 @@ impl Datapath {
         classifier(&mut self.ebpf, name)
     }
 
-    /// Attaches program `name` at tcx ingress of `ifname`, pinning the link; when a link is
-    /// already pinned for the interface, swaps the program inside that link instead (no gap in
-    /// forwarding).
+    /// Attaches program `name` at tcx ingress of `ifname` (see [`attach_tc`]).
     pub fn attach(&mut self, name: &'static str, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
-        let path = self.pins.link(ifname);
-        let attach_err = |source| DatapathError::Attach { name, ifname: ifname.to_owned(), source };
         let prog = classifier(&mut self.ebpf, name)?;
-        match PinnedLink::from_pin(&path) {
-            Ok(pinned) => {
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-                    .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
-                let id = prog.attach_to_link(link).map_err(attach_err)?;
-                // The pin keeps the (updated) link alive; our fd can go.
-                drop(prog.take_link(id).map_err(attach_err)?);
-                Ok(())
-            }
-            Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
-                let tcx = TcAttach::Tcx { attach_type: TcAttachType::Ingress, order: LinkOrder::default() };
-                let id = prog.attach(ifindex, tcx).map_err(attach_err)?;
-                let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?)
-                    .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
-                link.pin(&path).map_err(|source| DatapathError::Pin { path, source })?;
-                Ok(())
-            }
-            Err(source) => Err(DatapathError::Link { path, source }),
+        attach_tc(prog, name, &self.pins, ifname, ifindex)
+    }
+
+    /// Pins `from_pod` (replacing an older one), so pods can be attached later without loading
+    /// the object: the CNI plugin attaches each container's veth with [`PodProgram`].
+    pub fn pin_pod_program(&mut self) -> Result<(), DatapathError> {
+        let path = self.pins.program(FROM_POD);
+        let dir = path.parent().expect("programs/ has a parent");
+        std::fs::create_dir_all(dir).map_err(fs_err("create", dir))?;
+        remove_file(&path)?;
+        classifier(&mut self.ebpf, FROM_POD)?.pin(&path).map_err(|source| DatapathError::Pin { path, source })
+    }
+}
+
+/// `from_pod` as pinned by `up` (see [`Datapath::pin_pod_program`]): attaches pod veths without
+/// loading (and verifying) the programs again.
+pub struct PodProgram {
+    prog: SchedClassifier,
+    pins: PinDir,
+}
+
+impl PodProgram {
+    pub fn open(pins: &PinDir) -> Result<Self, DatapathError> {
+        let path = pins.program(FROM_POD);
+        let prog = SchedClassifier::from_pin(&path)
+            .map_err(|source| DatapathError::PinnedProgram { path, source })?;
+        Ok(Self { prog, pins: pins.clone() })
+    }
+
+    /// Attaches `from_pod` at tcx ingress of the host veth `ifname` (see [`attach_tc`]).
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        attach_tc(&mut self.prog, FROM_POD, &self.pins, ifname, ifindex)
+    }
+}
+
+/// Attaches `prog` (called `name`) at tcx ingress of `ifname`, pinning the link in `pins`; when a
+/// link is already pinned for the interface, swaps the program inside that link instead (no gap
+/// in forwarding).
+fn attach_tc(
+    prog: &mut SchedClassifier,
+    name: &'static str,
+    pins: &PinDir,
+    ifname: &str,
+    ifindex: u32,
+) -> Result<(), DatapathError> {
+    let path = pins.link(ifname);
+    let attach_err = |source| DatapathError::Attach { name, ifname: ifname.to_owned(), source };
+    match PinnedLink::from_pin(&path) {
+        Ok(pinned) => {
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
+            let id = prog.attach_to_link(link).map_err(attach_err)?;
+            // The pin keeps the (updated) link alive; our fd can go.
+            drop(prog.take_link(id).map_err(attach_err)?);
+            Ok(())
         }
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
+            let tcx = TcAttach::Tcx { attach_type: TcAttachType::Ingress, order: LinkOrder::default() };
+            let id = prog.attach(ifindex, tcx).map_err(attach_err)?;
+            let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?)
+                .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
+            link.pin(&path).map_err(|source| DatapathError::Pin { path, source })?;
+            Ok(())
+        }
+        Err(source) => Err(DatapathError::Link { path, source }),
     }
 }
 

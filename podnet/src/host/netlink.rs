@@ -1,8 +1,5 @@
 //! Links, addresses and routes over rtnetlink, in the current namespace or a named one.
 
-pub mod gro;
-pub mod netns;
-
 use std::{
     net::{IpAddr, Ipv4Addr},
     os::fd::AsRawFd,
@@ -15,11 +12,14 @@ use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
-        route::RouteMessage,
+        route::{RouteAddress, RouteAttribute, RouteMessage},
     },
 };
 
-pub use netns::NetnsError;
+use super::{
+    gro,
+    netns::{self, NetnsError},
+};
 
 /// errno values as netlink reports them (negated).
 const ENODEV: i32 = -19;
@@ -237,6 +237,24 @@ impl Netlink {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Whether the main table has a default route via `gateway`.
+    pub async fn has_default_route_via(&self, gateway: Ipv4Addr) -> Result<bool, NetlinkError> {
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.request("list routes", "IPv4"))?;
+        Ok(routes.iter().any(|r| {
+            r.header.destination_prefix_length == 0
+                && r.attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(gw)) if *gw == gateway))
+        }))
     }
 
     /// `cidr via gateway dev link`, as podnet installs for every peer node's pods.

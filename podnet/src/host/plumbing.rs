@@ -3,10 +3,15 @@
 //! address, `lo` up and a default route; GRO on the pod end only when native XDP delivers to
 //! pods (see [`gro`]). Every step is "ensure": it leaves what already exists alone.
 
+use std::net::Ipv4Addr;
+
 use crate::{
-    config::{Node, Pod},
-    netlink::{Iface, Netlink, NetlinkError, gro, netns},
-    sysctl::{self, SysctlError},
+    config::Node,
+    host::{
+        gro,
+        netlink::{Iface, Netlink, NetlinkError},
+        sysctl::{self, SysctlError},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -46,35 +51,45 @@ pub struct VethSettings {
     pub xdp_frames: bool,
 }
 
-/// Makes sure `pod` has its namespace (IPv6 off), veth pair (with `veth` settings), address
-/// and default route.
+/// Where a pod's veth goes and what it is called at either end.
+#[derive(Debug, Clone, Copy)]
+pub struct PodLink<'a> {
+    /// The pod's network namespace (a name under /run/netns or a path); it must exist.
+    pub netns: &'a str,
+    /// The interface inside the pod.
+    pub ifname: &'a str,
+    /// The host end, in the node namespace and the bridge.
+    pub host_ifname: &'a str,
+}
+
+/// Makes sure the pod behind `pod` has IPv6 off, its veth pair (with `veth` settings), address
+/// `ip` and a default route via the node's gateway.
 pub async fn ensure_pod(
     nl: &Netlink,
     bridge: &Iface,
     node: &Node,
-    pod: &Pod,
+    pod: PodLink<'_>,
+    ip: Ipv4Addr,
     veth: VethSettings,
 ) -> Result<PodPlumbing, PlumbingError> {
-    netns::create(&pod.netns).map_err(NetlinkError::from)?;
     // Before the veth arrives, so the pod end never gets an IPv6 link-local address.
-    sysctl::disable_ipv6_in(&pod.netns)?;
-    let host_name = pod.host_ifname();
-    if nl.link(&host_name).await?.is_none() {
-        nl.add_veth(&host_name, &pod.pod_ifname(), &pod.netns).await?;
+    sysctl::disable_ipv6_in(pod.netns)?;
+    if nl.link(pod.host_ifname).await?.is_none() {
+        nl.add_veth(pod.host_ifname, pod.ifname, pod.netns).await?;
     }
-    let host = nl.existing_link(&host_name).await?;
+    let host = nl.existing_link(pod.host_ifname).await?;
     nl.set_mtu(&host, veth.mtu).await?;
     nl.set_controller(&host, bridge).await?;
     nl.set_up(&host).await?;
 
-    let inside = Netlink::in_netns(&pod.netns)?;
+    let inside = Netlink::in_netns(pod.netns)?;
     let lo = inside.existing_link("lo").await?;
     inside.set_up(&lo).await?;
-    let pod_if = inside.existing_link(&pod.pod_ifname()).await?;
+    let pod_if = inside.existing_link(pod.ifname).await?;
     inside.set_mtu(&pod_if, veth.mtu).await?;
-    inside.add_address(&pod_if, pod.ip, node.pod_cidr.prefix_len()).await?;
+    inside.add_address(&pod_if, ip, node.pod_cidr.prefix_len()).await?;
     inside.set_up(&pod_if).await?;
-    gro::set(&pod.netns, &pod.pod_ifname(), veth.xdp_frames).map_err(NetlinkError::from)?;
+    gro::set(pod.netns, pod.ifname, veth.xdp_frames).map_err(NetlinkError::from)?;
     inside.add_default_route(node.gateway).await?;
     Ok(PodPlumbing { host, pod_if })
 }

@@ -1,0 +1,196 @@
+//! podnet as a CNI plugin: the `podnet` binary acts as one when `CNI_COMMAND` is set. The
+//! runtime's network config names the node's podnet config:
+//!
+//! ```json
+//! { "cniVersion": "1.0.0", "name": "podnet",
+//!   "plugins": [ { "type": "podnet", "config": "/etc/podnet/node.toml" } ] }
+//! ```
+//!
+//! ADD attaches the container through the same code path as the config's `[[pod]]`s (veth
+//! pair, address from podnet's IPAM, default route, endpoint, `from_pod`), DEL detaches it, CHECK
+//! verifies it, STATUS says whether the node's datapath is up, GC detaches containers the runtime
+//! no longer has, VERSION answers without side effects. Changes go through the node's agent when
+//! it runs, else straight to the pinned datapath under the node lock.
+
+pub mod spec;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::Ipv4Addr,
+    process::ExitCode,
+};
+
+use serde_json::json;
+
+use self::spec::{AddResult, CniError, LATEST, NetConf, SUPPORTED_VERSIONS, cni_arg, code};
+use crate::{
+    config::Config,
+    datapath::PinDir,
+    error_chain as chain,
+    node::{
+        self,
+        op::{self, Op},
+    },
+};
+
+/// Runs the plugin for the command in `CNI_COMMAND`: the answer on stdout, exit 0 on success.
+pub fn main() -> ExitCode {
+    let env = |name: &str| std::env::var(name).unwrap_or_default();
+    let command = env("CNI_COMMAND");
+    let mut stdin = String::new();
+    let conf = std::io::stdin()
+        .read_to_string(&mut stdin)
+        .map_err(|e| {
+            CniError::new(code::IO_FAILURE, "could not read the network config on stdin", e.to_string())
+        })
+        .and_then(|_| {
+            serde_json::from_str::<NetConf>(&stdin).map_err(|e| {
+                CniError::new(
+                    code::DECODING_FAILURE,
+                    "the network config on stdin is not valid JSON",
+                    e.to_string(),
+                )
+            })
+        });
+    let version = conf.as_ref().ok().and_then(|c| c.cni_version.clone()).unwrap_or_else(|| LATEST.to_owned());
+    let outcome = conf.and_then(|conf| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CniError::new(code::IO_FAILURE, "could not start", e.to_string()))?;
+        rt.block_on(dispatch(&command, &conf, &version))
+    });
+    let (text, code) = match outcome {
+        Ok(Some(answer)) => (answer.to_string(), ExitCode::SUCCESS),
+        Ok(None) => (String::new(), ExitCode::SUCCESS),
+        Err(mut e) => {
+            e.cni_version = version;
+            (serde_json::to_string(&e).expect("an error serializes"), ExitCode::FAILURE)
+        }
+    };
+    if !text.is_empty() {
+        let _ = writeln!(std::io::stdout(), "{text}");
+    }
+    code
+}
+
+async fn dispatch(
+    command: &str,
+    conf: &NetConf,
+    version: &str,
+) -> Result<Option<serde_json::Value>, CniError> {
+    if command == "VERSION" {
+        return Ok(Some(json!({ "cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS })));
+    }
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("podnet does not speak CNI {version}"),
+            format!("set \"cniVersion\" to one of {}", SUPPORTED_VERSIONS.join(", ")),
+        ));
+    }
+    let config = node_config(conf)?;
+    let env = |name: &'static str| -> Result<String, CniError> {
+        std::env::var(name).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
+            CniError::new(
+                code::INVALID_ENVIRONMENT,
+                format!("{name} is not set"),
+                "the runtime must set it for this command",
+            )
+        })
+    };
+    let failed = |e: node::NodeError| {
+        let chain = chain(&e);
+        let code =
+            if matches!(e, node::NodeError::NotUp { .. }) { code::TRY_AGAIN_LATER } else { code::IO_FAILURE };
+        CniError::new(
+            code,
+            chain,
+            "see `podnet status` on the node; run `podnet up` (or `podnet agent`) if it is not up",
+        )
+    };
+    match command {
+        "ADD" => {
+            let (id, netns, ifname) = (env("CNI_CONTAINERID")?, env("CNI_NETNS")?, env("CNI_IFNAME")?);
+            let args = std::env::var("CNI_ARGS").unwrap_or_default();
+            let ip = cni_arg(&args, "IP")
+                .map(|text| {
+                    text.parse::<Ipv4Addr>().map_err(|_| {
+                        CniError::new(
+                            code::INVALID_CONFIG,
+                            format!("CNI_ARGS IP={text} is not an IPv4 address"),
+                            "",
+                        )
+                    })
+                })
+                .transpose()?;
+            let op = Op::PodAdd { id, netns: netns.clone(), ifname: ifname.clone(), ip };
+            let out = op::run(&config, &op).await.map_err(failed)?;
+            let field = |key: &str| out[key].as_str().unwrap_or_default().to_owned();
+            let result = AddResult {
+                host_ifname: field("host_ifname"),
+                host_mac: field("host_mac"),
+                ifname,
+                mac: field("mac"),
+                sandbox: netns,
+                ip: field("ip").parse().map_err(|_| {
+                    CniError::new(code::IO_FAILURE, "the node reported no address", out.to_string())
+                })?,
+                prefix: config.node.pod_cidr.prefix_len(),
+                gateway: config.node.gateway,
+            };
+            Ok(Some(result.to_json(version)))
+        }
+        "DEL" => {
+            // DEL must succeed whatever is left: no netns (container gone), no prevResult, twice.
+            let (id, ifname) = (env("CNI_CONTAINERID")?, env("CNI_IFNAME")?);
+            let netns = std::env::var("CNI_NETNS").unwrap_or_default();
+            op::run(&config, &Op::PodDel { id, netns, ifname }).await.map_err(failed)?;
+            Ok(None)
+        }
+        "CHECK" => {
+            let (id, netns, ifname) = (env("CNI_CONTAINERID")?, env("CNI_NETNS")?, env("CNI_IFNAME")?);
+            op::run(&config, &Op::PodCheck { id, netns, ifname }).await.map_err(failed)?;
+            Ok(None)
+        }
+        "STATUS" => {
+            let pins = PinDir::for_node(&config.node.name);
+            if !pins.program(podnet_common::programs::FROM_POD).exists() {
+                return Err(CniError::new(
+                    code::NOT_AVAILABLE,
+                    format!("podnet is not up on node {:?}", config.node.name),
+                    "run `podnet up` or `podnet agent` on the node",
+                ));
+            }
+            Ok(None)
+        }
+        "GC" => {
+            let keep = conf
+                .valid_attachments
+                .iter()
+                .flatten()
+                .map(|a| (a.container_id.clone(), a.ifname.clone()))
+                .collect();
+            op::run(&config, &Op::PodGc { keep }).await.map_err(failed)?;
+            Ok(None)
+        }
+        other => Err(CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!("unknown CNI_COMMAND {other:?}"),
+            "podnet handles ADD, DEL, CHECK, STATUS, GC and VERSION",
+        )),
+    }
+}
+
+/// The node config the network config names in `config`.
+fn node_config(conf: &NetConf) -> Result<Config, CniError> {
+    let path = conf.config.as_deref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "the network config has no \"config\" field",
+            "add \"config\": \"/etc/podnet/node.toml\" (the node's podnet config) to the plugin's entry",
+        )
+    })?;
+    Config::load(Some(path))
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, chain(&e), "fix the node config"))
+}

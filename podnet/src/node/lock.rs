@@ -1,0 +1,45 @@
+//! The per-node lock. Every operation that changes a node (`up`, `down`, a pod added or
+//! removed by the CNI plugin, peers, the deny list, NAT flushes and sweeps) holds it, whether it
+//! runs in the CLI, the CNI plugin or the agent, so two of them never interleave and neither
+//! undoes the other's work. It is an `flock` on `/run/podnet/<node>.lock`: the kernel releases
+//! it when its holder exits, even on `kill -9`.
+
+use std::{fs::File, io, path::PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// Where the lock files and the agent's socket live.
+pub const RUN_DIR: &str = "/run/podnet";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("could not open the node lock {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// Held while it lives.
+#[derive(Debug)]
+pub struct NodeLock(#[expect(dead_code, reason = "held for its Drop, which unlocks")] Flock<File>);
+
+impl NodeLock {
+    /// Waits until node `node` is free and takes it.
+    pub fn acquire(node: &str) -> Result<Self, LockError> {
+        let path = PathBuf::from(RUN_DIR).join(format!("{node}.lock"));
+        let open_err = |source| LockError::Open { path: path.clone(), source };
+        std::fs::create_dir_all(RUN_DIR).map_err(open_err)?;
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(open_err)?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map(Self)
+            .map_err(|(_, source)| LockError::Lock { path, source })
+    }
+}

@@ -1,0 +1,177 @@
+//! One pod's network, however the pod came: a `[[pod]]` of the config (`up`) or a container a
+//! runtime attached (the CNI plugin). Attaching reserves the pod's address ([`Ipam`]), builds its
+//! veth pair, address and default route, registers its endpoint in the datapath and attaches
+//! `from_pod` to its host veth. Detaching undoes all of it; every step tolerates what is already
+//! gone, so it can run twice, after a failed attach, or after the namespace vanished.
+
+use std::net::Ipv4Addr;
+
+use podnet_common::Endpoint;
+
+use super::{
+    NodeError,
+    ipam::{Ipam, PodKind, PodRecord},
+};
+use crate::{
+    config::{self, Config},
+    datapath::{PinDir, PodProgram, maps::Endpoints},
+    host::{
+        netlink::{Iface, Netlink},
+        netns,
+        plumbing::{self, PodLink, VethSettings},
+    },
+};
+
+impl PodRecord {
+    /// The record of `[[pod]]` `pod` of the config.
+    pub fn config_pod(pod: &config::Pod) -> Self {
+        Self {
+            kind: PodKind::Config,
+            id: pod.name.clone(),
+            netns: pod.netns.clone(),
+            ifname: pod.pod_ifname(),
+            host_ifname: pod.host_ifname(),
+        }
+    }
+
+    /// The record of a runtime's container `id` with interface `ifname` in namespace `netns`
+    /// (a path). Its host veth is `pn` and 12 hex digits of a hash of id and interface: unique per
+    /// attachment and within the 15 bytes of an interface name.
+    pub fn container(id: &str, netns: &str, ifname: &str) -> Self {
+        // FNV-1a, 64 bits: stable across builds, unlike std's hasher.
+        let hash = format!("{id}/{ifname}")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        Self {
+            kind: PodKind::Cni,
+            id: id.to_owned(),
+            netns: netns.to_owned(),
+            ifname: ifname.to_owned(),
+            host_ifname: format!("pn{:012x}", hash >> 16),
+        }
+    }
+
+    fn link(&self) -> PodLink<'_> {
+        PodLink { netns: &self.netns, ifname: &self.ifname, host_ifname: &self.host_ifname }
+    }
+}
+
+/// What pods of a running node attach to.
+pub struct NodeNet {
+    pub nl: Netlink,
+    pub node: config::Node,
+    pub bridge: Iface,
+    pub veth: VethSettings,
+    pub pins: PinDir,
+    pub ipam: Ipam,
+}
+
+impl NodeNet {
+    /// The node `config` describes, with `veth` settings for its pods; its bridge must exist.
+    pub async fn new(config: &Config, nl: Netlink, veth: VethSettings) -> Result<Self, NodeError> {
+        let node = &config.node;
+        let pins = super::pins_of_running_node(config)?;
+        let bridge = nl.link(&node.bridge).await?.ok_or_else(|| NodeError::NotUp {
+            node: node.name.clone(),
+            path: format!("bridge {}", node.bridge),
+        })?;
+        Ok(Self { nl, node: node.clone(), bridge, veth, pins, ipam: Ipam::of(node) })
+    }
+}
+
+/// A pod attached to the node.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub ip: Ipv4Addr,
+    pub host: Iface,
+    pub pod_if: Iface,
+}
+
+/// Attaches `pod` with address `requested` (or one from IPAM).
+pub async fn attach(
+    net: &NodeNet,
+    program: &mut PodProgram,
+    pod: &PodRecord,
+    requested: Option<Ipv4Addr>,
+) -> Result<Attached, NodeError> {
+    let ip = net.ipam.reserve(pod, requested)?;
+    let new_veth = net.nl.link(&pod.host_ifname).await?.is_none();
+    let plumbed = plumbing::ensure_pod(&net.nl, &net.bridge, &net.node, pod.link(), ip, net.veth).await?;
+    let endpoint = Endpoint {
+        host_ifindex: plumbed.host.index,
+        flags: 0,
+        pod_mac: plumbed.pod_if.mac,
+        host_mac: plumbed.host.mac,
+    };
+    Endpoints::open(&net.pins)?.insert(ip, &endpoint)?;
+    if new_veth {
+        // A link pinned for an earlier interface of the same name is dead; start afresh.
+        net.pins.unpin_link(&pod.host_ifname)?;
+    }
+    program.attach(&plumbed.host.name, plumbed.host.index)?;
+    Ok(Attached { ip, host: plumbed.host, pod_if: plumbed.pod_if })
+}
+
+/// Detaches `pod`: program, endpoint, veth, address, and for a `[[pod]]` its namespace.
+pub async fn detach(nl: &Netlink, pins: &PinDir, ipam: &Ipam, pod: &PodRecord) -> Result<(), NodeError> {
+    pins.unpin_link(&pod.host_ifname)?;
+    let held = ipam.held()?.into_iter().find(|(_, r)| r.same_attachment(pod)).map(|(ip, _)| ip);
+    if let (Some(ip), Ok(mut endpoints)) = (held, Endpoints::open(pins)) {
+        endpoints.remove(ip)?;
+    }
+    nl.del_link(&pod.host_ifname).await?;
+    if pod.kind == PodKind::Config {
+        netns::delete(&pod.netns)?;
+    }
+    ipam.release(pod)?;
+    Ok(())
+}
+
+/// What is wrong with attached `pod`, if anything: the CNI CHECK.
+pub async fn check(net: &NodeNet, pod: &PodRecord) -> Result<Vec<String>, NodeError> {
+    let mut problems = Vec::new();
+    let Some((ip, _)) = net.ipam.held()?.into_iter().find(|(_, r)| r.same_attachment(pod)) else {
+        return Ok(vec![format!("{} holds no address", pod.display_name())]);
+    };
+    let Some(host) = net.nl.link(&pod.host_ifname).await? else {
+        return Ok(vec![format!("host veth {} is missing", pod.host_ifname)]);
+    };
+    let inside = Netlink::in_netns(&pod.netns)?;
+    match inside.link(&pod.ifname).await? {
+        None => problems.push(format!("{} is missing in {}", pod.ifname, pod.netns)),
+        Some(pod_if) => {
+            if !inside.ipv4_addresses(&pod_if).await?.contains(&ip) {
+                problems.push(format!("{} does not hold {ip}", pod.ifname));
+            }
+            if !inside.has_default_route_via(net.node.gateway).await? {
+                problems.push(format!("no default route via {} in {}", net.node.gateway, pod.netns));
+            }
+            match Endpoints::open(&net.pins)?.get(ip) {
+                Some(ep) if ep.host_ifindex == host.index && ep.pod_mac == pod_if.mac => {}
+                Some(_) => problems.push(format!("the endpoint of {ip} points at another interface")),
+                None => problems.push(format!("{ip} has no endpoint in the datapath")),
+            }
+        }
+    }
+    if !net.pins.link(&pod.host_ifname).exists() {
+        problems.push(format!("from_pod is not attached to {}", pod.host_ifname));
+    }
+    Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_host_names_are_unique_and_short() {
+        let a = PodRecord::container("8653d84b4e7512ce293ef1e1222be529", "/run/netns/x", "eth0");
+        let b = PodRecord::container("8653d84b4e7512ce293ef1e1222be529", "/run/netns/x", "eth1");
+        let c = PodRecord::container("8653d84b4e7512ce293ef1e1222be52a", "/run/netns/x", "eth0");
+        assert_eq!(a.host_ifname.len(), 14);
+        assert!(a.host_ifname.starts_with("pn"));
+        assert_ne!(a.host_ifname, b.host_ifname);
+        assert_ne!(a.host_ifname, c.host_ifname);
+        assert_eq!(a, PodRecord::container("8653d84b4e7512ce293ef1e1222be529", "/run/netns/x", "eth0"));
+    }
+}

@@ -1,0 +1,56 @@
+//! The node agent: it owns the node's changes while it runs, stops without detaching anything,
+//! refuses to run twice, and a `kill -9` of it under traffic loses no flow (pod to pod across
+//! nodes, and pod to the outside through NAT): the datapath is pinned, and the next agent picks
+//! the pinned state up without re-creating a link.
+
+use std::{process::Command, thread, time::Duration};
+
+use podnet_tests::{Lab, cluster, iperf3_tcp};
+
+const EXT: &str = "192.168.50.100";
+
+fn link_ids(status: &serde_json::Value) -> Vec<serde_json::Value> {
+    status["programs"].as_array().into_iter().flatten().map(|p| p["link_id"].clone()).collect()
+}
+
+#[test]
+fn kill_9_of_the_agent_loses_no_flow() -> anyhow::Result<()> {
+    let mut lab = Lab::new("agent")?;
+    let cluster = cluster(&mut lab, "", &[&[2], &[1]], "off")?;
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let ext = lab.netns("ext")?;
+    lab.plug(&cluster.switch, &ext, "portx", &format!("{EXT}/24"))?;
+    let pid = lab.agent(n1)?;
+    lab.agent(n2)?;
+    let links_before = link_ids(&n1.status()?);
+
+    // A second agent for the same node is refused.
+    let second = n1.podnet(&["agent"]).output()?;
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another agent already serves"), "{second:?}");
+
+    lab.iperf3_server(&n2.pod_ns("pod1"), 5201)?;
+    lab.iperf3_server(&ext, 5202)?;
+    let (cross, nat) = thread::scope(|s| -> anyhow::Result<_> {
+        let cross = s.spawn(|| iperf3_tcp(&n1.pod_ns("pod1"), "10.1.2.2", 5201, 6));
+        let nat = s.spawn(|| iperf3_tcp(&n1.pod_ns("pod2"), EXT, 5202, 6));
+        thread::sleep(Duration::from_secs(2));
+        anyhow::ensure!(Command::new("kill").args(["-9", &pid.to_string()]).status()?.success());
+        thread::sleep(Duration::from_millis(500));
+        lab.agent(n1)?;
+        Ok((cross.join().expect("no panic")?, nat.join().expect("no panic")?))
+    })?;
+    // 6 s of TCP with the agent gone for part of it: the flows ran throughout.
+    assert!(cross.bytes > 100_000_000, "pod to pod across nodes moved only {} bytes", cross.bytes);
+    assert!(nat.bytes > 100_000_000, "pod to the outside moved only {} bytes", nat.bytes);
+    assert_eq!(link_ids(&n1.status()?), links_before, "the new agent swapped programs in the same links");
+    // The new agent serves changes; `down` waits for it to stop.
+    n1.run_podnet(&["node", "add", "node3", "--ip", "192.168.50.3", "--pod-cidr", "10.1.3.0/24"])?;
+    assert_eq!(n1.status()?["peers"].as_array().map(Vec::len), Some(2));
+    let down = n1.podnet(&["down"]).output()?;
+    assert!(
+        !down.status.success() && String::from_utf8_lossy(&down.stderr).contains("stop it first"),
+        "{down:?}"
+    );
+    Ok(())
+}
