@@ -1,7 +1,8 @@
 //! The podnet demo (`cargo xtask demo`): a two-node cluster built entirely in network namespaces
 //! (nodes on a switch, two pods each, an "external" host on the same wire), proving pod traffic
-//! rides the eBPF datapath on nodes whose iptables FORWARD policy drops everything, and that
-//! pods reach the outside masqueraded as their node. Everything is removed at the end.
+//! rides the eBPF datapath on nodes whose iptables FORWARD policy drops everything, that pods
+//! reach the outside masqueraded as their node, that a podman container joins through podnet's
+//! CNI plugin, and that a pod can be only itself. Everything is removed at the end.
 
 use std::time::Instant;
 
@@ -9,6 +10,7 @@ use anyhow::{Context as _, ensure};
 use podnet_tests::{
     Lab, Node, cluster, http_get, iperf3_tcp, link, namespaces_with_prefix,
     packets::{send, udp4_checksummed, with_macs},
+    podman::Podman,
     sh,
 };
 
@@ -109,6 +111,18 @@ fn main() -> anyhow::Result<()> {
         let rules = sh(&n1.netns, "iptables-save", &[])?.lines().filter(|l| l.starts_with("-A")).count();
         println!("  iptables rules in node1: {rules} (the FORWARD DROP policy is its only setting)");
         println!("\n  podnet nat list (node1):\n{}", n1.run_podnet(&["nat", "list"])?);
+
+        title("A podman container joins node1 through podnet's CNI plugin (the agent runs on node1)");
+        lab.agent(n1)?;
+        let podman = Podman::new(n1, lab.dir().join("podman"))?;
+        podman.start("web", &["httpd", "-f", "-p", "8080", "-h", "/www"])?;
+        let web = podman.ip("web")?;
+        println!("  podman run --network podnet ... web: {web} (an address from podnet's IPAM)");
+        let body = http_get(&n2.pod_ns("pod1"), &format!("http://{web}:8080/"))?;
+        println!("  node2/pod1 GET http://{web}:8080/ -> {body:?}");
+        let seen = podman.exec("web", &["wget", "-q", "-O", "-", "http://192.168.50.100:8080/"])?;
+        println!("  the container reaches the external host, which sees {seen}");
+        ensure!(seen == "192.168.50.1", "the container was not masqueraded");
 
         title("Isolation: a pod can be only itself, and outsiders do not reach pods");
         let attacker = n1.pod_ns("pod1");
