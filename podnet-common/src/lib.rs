@@ -25,6 +25,12 @@ pub mod maps {
     /// Host-side veths of local pods (devmap hash): ifindex -> the same ifindex; the targets of
     /// XDP redirects from the uplink (`uplink_deliver`).
     pub const POD_DEVS: &str = "POD_DEVS";
+    /// Who sends on each pod's host veth (array): slot `ifindex % POD_SOURCES_MAX` ->
+    /// [`crate::PodSource`]. The source check of every pod frame reads it: an array lookup is an
+    /// offset, where a hash lookup costs tens of nanoseconds.
+    pub const POD_SOURCES: &str = "POD_SOURCES";
+    /// Slots of [`POD_SOURCES`]; veths whose ifindex shares a slot fall back to [`ENDPOINTS`].
+    pub const POD_SOURCES_MAX: usize = 65536;
     /// Per-CPU packet counters indexed by [`crate::Reason`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Other nodes' pod CIDRs (LPM trie): [`crate::Ipv4LpmData`] -> [`crate::Peer`].
@@ -173,6 +179,21 @@ pub struct Endpoint {
     pub host_mac: [u8; 6],
 }
 
+/// The pod behind a host veth, as its frames must show it.
+///
+/// Layout: 4 + 4 + 6 + 2 = 16 bytes, 4-byte aligned, explicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PodSource {
+    /// The host veth this slot describes (0: free); slots are shared modulo their count.
+    pub ifindex: u32,
+    /// The pod's IPv4 address (network byte order).
+    pub ip: [u8; 4],
+    /// The pod's MAC.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// The data of an IPv4 LPM-trie key (peer and deny maps): a network address in network byte
 /// order. The key wraps it with the prefix length in bits (`{prefix_len, data}`, 8 bytes).
 pub type Ipv4LpmData = [u8; 4];
@@ -248,7 +269,9 @@ pub enum Reason {
     /// From a pod: its source IPv4 address or MAC (or its ARP sender) is not the pod's own, or
     /// it came in on another pod's veth. Dropped, whatever the destination.
     DropSpoofed = 20,
-    /// From a pod: a VLAN-tagged (802.1Q/802.1ad) frame. Dropped.
+    /// A VLAN-tagged (802.1Q/802.1ad) frame from a pod, or from the uplink for a local pod (the
+    /// stack would untag a priority-tagged one and route it to the pod past every check).
+    /// Dropped.
     DropVlanTagged = 21,
     /// From a pod: neither IPv4 nor ARP (IPv6 included: pods get no IPv6). Dropped.
     DropNotIpv4 = 22,
@@ -395,6 +418,8 @@ mod user {
     // SAFETY: `Endpoint` is `#[repr(C)]`, `Copy`, made of integers and byte arrays laid out
     // without padding (see its layout note): every bit pattern is valid.
     unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: `PodSource` is `#[repr(C)]`, `Copy`, an integer and bytes with explicit padding.
+    unsafe impl aya::Pod for super::PodSource {}
     // SAFETY: `Peer` is `#[repr(C)]`, `Copy`, made only of byte arrays: no padding, every bit
     // pattern valid.
     unsafe impl aya::Pod for super::Peer {}
@@ -416,6 +441,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Endpoint>(), 20);
         assert_eq!(core::mem::align_of::<Endpoint>(), 4);
         assert_eq!(core::mem::size_of::<Peer>(), 36);
+        assert_eq!(core::mem::size_of::<PodSource>(), 16);
         assert_eq!(core::mem::size_of::<NatConfig>(), 16);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 24);

@@ -4,17 +4,23 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::xdp_action,
-    btf_maps::{DevMapHash, HashMap},
+    btf_maps::{Array, DevMapHash, HashMap},
     helpers::generated::{bpf_check_mtu, bpf_redirect_peer},
     macros::btf_map,
     programs::XdpContext,
 };
-use podnet_common::{Endpoint, EndpointKey, Reason, maps::ENDPOINTS_MAX};
+use podnet_common::{
+    Endpoint, EndpointKey, PodSource, Reason,
+    maps::{ENDPOINTS_MAX, POD_SOURCES_MAX},
+};
 
 use crate::{isolation, packet::Ipv4, verdict::Verdict};
 
 #[btf_map(pin_by_name)]
 static ENDPOINTS: HashMap<EndpointKey, Endpoint, ENDPOINTS_MAX> = HashMap::new();
+/// Who sends on each pod's host veth, by ifindex modulo the slots (see `is_own`).
+#[btf_map(pin_by_name)]
+static POD_SOURCES: Array<PodSource, POD_SOURCES_MAX> = Array::new();
 /// The pods' host veths, keyed by ifindex: the targets of XDP delivery. A devmap holds each
 /// device, so a redirect needs no per-packet ifindex lookup, and only live devices are targets.
 #[btf_map(pin_by_name)]
@@ -51,9 +57,16 @@ pub fn deliver(ip: &Ipv4, ep: &Endpoint, hop: Hop) -> Verdict {
 }
 
 /// Whether a packet from `addr` with source MAC `mac`, arriving on host veth `ifindex`, comes
-/// from the pod that owns that address: its own veth, its own MAC.
+/// from the pod that owns that address: its own veth, its own MAC. The veth's slot in
+/// `POD_SOURCES` answers; when another veth holds the slot (ifindexes that share it), the
+/// endpoint of `addr` does.
 #[inline(always)]
 pub fn is_own(addr: [u8; 4], mac: [u8; 6], ifindex: u32) -> bool {
+    if let Some(source) = POD_SOURCES.get(ifindex % POD_SOURCES_MAX as u32)
+        && source.ifindex == ifindex
+    {
+        return source.ip == addr && source.mac == mac;
+    }
     lookup(addr).is_some_and(|ep| ep.host_ifindex == ifindex && ep.pod_mac == mac)
 }
 

@@ -77,9 +77,13 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
-    // A tagged frame belongs to a VLAN device on the uplink, not to podnet.
+    // A tagged frame belongs to a VLAN device on the uplink, not to podnet; but the stack strips
+    // priority tags (VLAN 0) and would route the packet inside to a pod past the checks below.
     if packet::vlan_tagged(ctx)? {
-        return Ok(Verdict::pass(Reason::PassNotIpv4));
+        return Ok(match packet::tagged_ipv4(ctx)? {
+            Some((_, dst)) if endpoints::lookup(dst).is_some() => Verdict::drop(Reason::DropVlanTagged),
+            _ => Verdict::pass(Reason::PassNotIpv4),
+        });
     }
     let Some(ip) = Ipv4::parse(ctx)? else {
         return Ok(Verdict::pass(Reason::PassNotIpv4));
@@ -122,9 +126,13 @@ pub fn uplink_deliver(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_uplink_xdp(ctx: &XdpContext, deliver: bool) -> Result<Verdict, Malformed> {
     let Some(ip) = Ipv4::parse(ctx)? else {
-        return Ok(Verdict::xdp_pass(Reason::XdpPass));
+        // The deny list holds behind VLAN tags too (the stack may untag and route the packet).
+        return Ok(match packet::tagged_ipv4(ctx)? {
+            Some((src, _)) if prefilter::denied(src) => Verdict::xdp_drop(Reason::XdpDropDenied),
+            _ => Verdict::xdp_pass(Reason::XdpPass),
+        });
     };
-    if prefilter::denied(&ip) {
+    if prefilter::denied(ip.saddr()) {
         return Ok(Verdict::xdp_drop(Reason::XdpDropDenied));
     }
     if deliver && let Some(verdict) = endpoints::deliver_xdp(ctx, &ip) {

@@ -184,6 +184,25 @@ pub fn vlan_tagged(ctx: &TcContext) -> Result<bool, Malformed> {
     Ok(offloaded || ether_type == EthHdr::TYPE_VLAN || ether_type == EthHdr::TYPE_QINQ)
 }
 
+/// The source and destination of the IPv4 packet behind one or two in-band VLAN tags (or none,
+/// when the receive path already moved the tag into the skb), if that is what the frame carries.
+#[inline(always)]
+pub fn tagged_ipv4(ctx: &impl Packet) -> Result<Option<([u8; 4], [u8; 4])>, Malformed> {
+    let mut offset = 12;
+    for _ in 0..2 {
+        let ether_type = read::<u16>(ctx, offset)?;
+        if ether_type != EthHdr::TYPE_VLAN && ether_type != EthHdr::TYPE_QINQ {
+            break;
+        }
+        offset += 4;
+    }
+    if read::<u16>(ctx, offset)? != EthHdr::TYPE_IPV4 {
+        return Ok(None);
+    }
+    let header = offset + 2;
+    Ok(Some((read(ctx, header + 12)?, read(ctx, header + 16)?)))
+}
+
 /// The interface a tc program's packet arrived on.
 #[inline(always)]
 pub fn ingress_ifindex(ctx: &TcContext) -> u32 {

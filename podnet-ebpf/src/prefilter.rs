@@ -6,13 +6,11 @@ use aya_ebpf::{
 };
 use podnet_common::{Ipv4LpmData, maps::DENY_MAX};
 
-use crate::packet::Ipv4;
-
 #[btf_map(pin_by_name)]
 static DENY: LpmTrie<Ipv4LpmData, u32, DENY_MAX> = LpmTrie::new();
 
-/// Whether the packet's source is in a denied CIDR.
+/// Whether source `addr` is in a denied CIDR.
 #[inline(always)]
-pub fn denied(ip: &Ipv4) -> bool {
-    DENY.get(&Key::new(32, ip.saddr())).is_some()
+pub fn denied(addr: [u8; 4]) -> bool {
+    DENY.get(&Key::new(32, addr)).is_some()
 }

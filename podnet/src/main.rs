@@ -65,7 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         };
         match cli.command {
             Command::Up => {
-                change(Op::Up).await?;
+                change(Op::Up { config: cli.config.clone() }).await?;
             }
             Command::Down => {
                 if agent::api::agent_listens(&config.node.name).await {

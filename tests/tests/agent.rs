@@ -44,6 +44,16 @@ fn kill_9_of_the_agent_loses_no_flow() -> anyhow::Result<()> {
     assert!(cross.bytes > 100_000_000, "pod to pod across nodes moved only {} bytes", cross.bytes);
     assert!(nat.bytes > 100_000_000, "pod to the outside moved only {} bytes", nat.bytes);
     assert_eq!(link_ids(&n1.status()?), links_before, "the new agent swapped programs in the same links");
+    // `up` of another file is refused while the agent serves this one.
+    let other = lab.dir().join("other.toml");
+    std::fs::copy(&n1.config, &other)?;
+    let up = std::process::Command::new(podnet_tests::podnet_bin())
+        .args(["--netns", &n1.netns, "--config", other.to_str().unwrap_or_default(), "up"])
+        .output()?;
+    assert!(
+        !up.status.success() && String::from_utf8_lossy(&up.stderr).contains("run `up` with that file"),
+        "{up:?}"
+    );
     // The new agent serves changes; `down` waits for it to stop.
     n1.run_podnet(&["node", "add", "node3", "--ip", "192.168.50.3", "--pod-cidr", "10.1.3.0/24"])?;
     assert_eq!(n1.status()?["peers"].as_array().map(Vec::len), Some(2));

@@ -175,6 +175,48 @@ fn errors_are_cni_errors() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a hostile caller of the plugin passes is refused before podnet touches anything: the
+/// node's own namespace as the container's, names the kernel would misread, a second namespace
+/// for an attachment; GC of another network or without its list takes nothing.
+#[test]
+fn hostile_cni_input_is_refused() -> anyhow::Result<()> {
+    let mut lab = Lab::new("cnih")?;
+    let node = node(&mut lab)?;
+    let conf = net_conf(&node, "1.1.0", json!({}));
+    let routes_before = sh(&node.netns, "ip", &["route"])?;
+    let links_before = sh(&node.netns, "ip", &["-o", "link"])?.lines().count();
+    let held = || endpoints(&node).map(|e| e.len());
+    for (what, netns, ifname) in [
+        ("the node's namespace", "/proc/self/ns/net".to_owned(), "eth9"),
+        ("the node's namespace by name", format!("/run/netns/{}", node.netns), "eth9"),
+        ("a relative path", "../../proc/self/ns/net".to_owned(), "eth9"),
+        ("an interface name with a slash", "/run/netns/none".to_owned(), "a/b"),
+        ("an interface name that is too long", "/run/netns/none".to_owned(), "eth0123456789abcdef"),
+    ] {
+        let reply = call(&node, "ADD", ("evil", &netns, ifname), "", &conf)?;
+        assert_eq!((reply.success, reply.json["code"].as_u64()), (false, Some(4)), "{what}: {reply:?}");
+    }
+    assert_eq!(held()?, 1, "no address was taken");
+    assert_eq!(sh(&node.netns, "ip", &["route"])?, routes_before, "the node's routes are untouched");
+    assert_eq!(sh(&node.netns, "ip", &["-o", "link"])?.lines().count(), links_before);
+    assert_eq!(sh(&node.netns, "sysctl", &["-n", "net.ipv6.conf.all.disable_ipv6"])?.trim(), "0");
+
+    // One attachment, one namespace: a second ADD of it elsewhere is refused.
+    let (a, b) = (lab.netns("a")?, lab.netns("b")?);
+    assert!(call(&node, "ADD", ("c1", &format!("/run/netns/{a}"), "eth0"), "", &conf)?.success);
+    let moved = call(&node, "ADD", ("c1", &format!("/run/netns/{b}"), "eth0"), "", &conf)?;
+    assert!(!moved.success && moved.json["msg"].as_str().unwrap_or("").contains("DEL it first"), "{moved:?}");
+    assert_eq!(sh(&b, "ip", &["-o", "link"])?.lines().count(), 1);
+
+    // GC: another network's, or one without its list, detaches nothing.
+    let other = json!({"cniVersion": "1.1.0", "name": "other", "type": "podnet", "config": node.config, "cni.dev/valid-attachments": []});
+    assert!(call(&node, "GC", ("", "", ""), "", &other)?.success);
+    let listless = call(&node, "GC", ("", "", ""), "", &conf)?;
+    assert_eq!(listless.json["code"], 7, "{listless:?}");
+    assert_eq!(held()?, 2, "pod1 and c1 are still attached");
+    Ok(())
+}
+
 /// 50 ADDs at once get 50 distinct addresses and endpoints; 50 DELs at once free them all.
 #[test]
 fn fifty_concurrent_adds_get_distinct_addresses() -> anyhow::Result<()> {

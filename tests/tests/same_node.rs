@@ -109,6 +109,31 @@ fn up_is_idempotent_and_down_leaves_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// podnet deletes only namespaces it made: a `[[pod]]` in a namespace that existed before keeps
+/// it when the pod leaves the config, and after `down`.
+#[test]
+fn namespaces_podnet_did_not_make_stay() -> anyhow::Result<()> {
+    let mut lab = Lab::new("keepns")?;
+    let theirs = lab.netns("theirs")?;
+    let node = lab.node("node", &format!("{TWO_PODS}netns = \"{theirs}\"\n"))?;
+    node.run_podnet(&["up"])?;
+    assert!(pings(&theirs, "10.1.1.2", 1), "pod2 lives in the namespace it was given");
+    std::fs::write(
+        &node.config,
+        format!(
+            "[node]\nname = \"{}\"\n{}",
+            node.name,
+            TWO_PODS.split("[[pod]]\nname = \"pod2\"").next().unwrap_or_default()
+        ),
+    )?;
+    node.run_podnet(&["up"])?;
+    assert!(podnet::host::netns::exists(&theirs), "removing pod2 kept its namespace");
+    node.run_podnet(&["down"])?;
+    assert!(podnet::host::netns::exists(&theirs), "down kept it too");
+    assert!(!podnet::host::netns::exists(&node.pod_ns("pod1")), "down removed the one podnet made");
+    Ok(())
+}
+
 /// A failing `up` removes what it created and leaves what was there before.
 #[test]
 fn failed_up_rolls_back() -> anyhow::Result<()> {

@@ -15,7 +15,7 @@ use podnet::{
     host::netns,
 };
 use podnet_common::{
-    Endpoint, NatConfig, Reason,
+    Endpoint, NatConfig, PodSource, Reason,
     programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
 };
 use podnet_tests::{
@@ -537,6 +537,19 @@ fn isolation_decisions() {
         assert_eq!(dp.run(&frame).0, TC_ACT_SHOT, "martian {dst:?}");
         counted(&before, &dp.counters(), Reason::DropMartian);
     }
+    // The veth's POD_SOURCES slot answers; when another veth took the slot over (ifindexes
+    // 65536 apart share one), ENDPOINTS does, and still tells the pod from a forger.
+    let mut endpoints = Endpoints::open(&dp.pins).unwrap();
+    let other = PodSource { ifindex: 65537, ip: [10, 1, 1, 99], mac: [0xdd; 6], _pad: [0; 2] };
+    endpoints.set_source(65537, &other).unwrap();
+    let before = dp.counters();
+    assert_eq!(dp.run(&good).0, TC_ACT_REDIRECT, "the sender's own frame, through the fallback");
+    counted(&before, &dp.counters(), Reason::RedirectLocal);
+    let before = dp.counters();
+    let forged = udp4([0xaa; 6], SENDER_MAC, pod_b, LOCAL, b"x");
+    assert_eq!(dp.run(&forged).0, TC_ACT_SHOT, "a forged source, through the fallback");
+    counted(&before, &dp.counters(), Reason::DropSpoofed);
+
     // Pod B's own frame on its own veth is fine.
     let before = dp.counters();
     let frame = udp4([0xaa; 6], b_mac, pod_b, LOCAL, b"x");
@@ -580,6 +593,29 @@ fn uplink_admission_decisions() {
     for forged in [[10, 1, 1, 2], [192, 168, 50, 1], [127, 0, 0, 1], [224, 0, 0, 5], [0, 0, 0, 0]] {
         check(&mut dp, forged, TC_ACT_SHOT, Reason::DropSpoofed, XDP_PASS);
     }
+    // A priority tag (VLAN 0), which the stack would strip before routing the packet to the
+    // pod, changes nothing: tagged frames for pods are dropped; others are the VLAN devices'.
+    allow.set(&[], &refused).unwrap();
+    for tpid in [0x8100u16, 0x88a8] {
+        let mut tagged = vlan_tagged(&from([192, 168, 50, 100]), 0);
+        tagged[12..14].copy_from_slice(&tpid.to_be_bytes());
+        let before = dp.counters();
+        assert_eq!(dp.run_on(FROM_UPLINK, &tagged, Some(eth0)).0, TC_ACT_SHOT, "tag {tpid:#x}");
+        counted(&before, &dp.counters(), Reason::DropVlanTagged);
+    }
+    let elsewhere = vlan_tagged(&udp4([0xaa; 6], [0xbb; 6], Ipv4Addr::new(192, 168, 50, 100), node, b"x"), 7);
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_UPLINK, &elsewhere, Some(eth0)).0, TC_ACT_UNSPEC);
+    counted(&before, &dp.counters(), Reason::PassNotIpv4);
+    // The deny list holds behind tags too.
+    Deny::open(&dp.pins).unwrap().insert("192.168.50.100/32".parse().unwrap()).unwrap();
+    for program in [UPLINK_FILTER, UPLINK_DELIVER] {
+        let before = dp.counters();
+        assert_eq!(dp.run_xdp(program, &vlan_tagged(&from([192, 168, 50, 100]), 0)).0, XDP_DROP, "{program}");
+        counted(&before, &dp.counters(), Reason::XdpDropDenied);
+    }
+    Deny::open(&dp.pins).unwrap().remove("192.168.50.100/32".parse().unwrap()).unwrap();
+
     // `set` replaces: the admission is gone again.
     allow.set(&[], &refused).unwrap();
     assert_eq!(allow.admitted(), []);
@@ -609,8 +645,9 @@ fn nothing_leaves_untranslated() {
     };
     NatSettings::open(&dp.pins).unwrap().set(&config).unwrap();
     let (pod, policy_pod) = (Ipv4Addr::new(10, 1, 1, 4), Ipv4Addr::new(10, 1, 1, 6));
+    // One pod per veth: the policy-routed pod sends on `lo` (forwarding is on there too).
     dp.add_sender(pod, eth0);
-    dp.add_sender(policy_pod, eth0);
+    dp.add_sender(policy_pod, 1);
     let remote = Ipv4Addr::new(198, 51, 100, 1);
 
     let gre = ipv4([0xaa; 6], SENDER_MAC, pod, remote, 47, &[0; 24]);
@@ -652,7 +689,7 @@ fn nothing_leaves_untranslated() {
 
     // Policy routing by the pod's source: only the pod's table has the route.
     let to_policy = |src| tcp4((src, 40000), (Ipv4Addr::new(203, 0, 113, 9), 443), TCP_SYN);
-    let (action, out) = dp.run_on(FROM_POD, &to_policy(policy_pod), Some(eth0));
+    let (action, out) = dp.run_on(FROM_POD, &to_policy(policy_pod), Some(1));
     assert_eq!(action, TC_ACT_REDIRECT, "ip rule from {policy_pod} applies to the fast path");
     assert_eq!(out[0..6], FIB_NEIGH_MAC);
     // Any other pod has no route there: not forwarded (the FIB says "not forwarded" for a

@@ -9,14 +9,17 @@ pub mod api;
 
 use std::{
     path::{Path, PathBuf},
+    rc::Rc,
     time::Duration,
 };
 
 use serde_json::Value;
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
+    sync::Mutex,
+    task::LocalSet,
 };
 use tracing::{info, warn};
 
@@ -33,11 +36,13 @@ use crate::{
 
 /// How long the agent waits for a client to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest request the agent reads.
+const REQUEST_MAX: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("another agent already serves node {node:?} on {}", socket.display())]
-    AlreadyRunning { node: String, socket: PathBuf },
+    #[error("another agent already serves node {node:?} (it holds {}.agent.lock in {RUN_DIR})", node)]
+    AlreadyRunning { node: String },
     #[error("could not listen on {}", socket.display())]
     Listen {
         socket: PathBuf,
@@ -50,47 +55,62 @@ pub enum AgentError {
     Signals(#[source] std::io::Error),
 }
 
+/// What the agent serves from: its config and the file it came from.
+struct Served {
+    path: Option<PathBuf>,
+    config: Config,
+}
+
 /// Runs the agent for the node in `config` (loaded from `path`, re-read on every `up`) until
 /// SIGTERM or SIGINT, sweeping NAT translations every `interval`.
 pub async fn run(path: Option<&Path>, config: Config, interval: Duration) -> Result<(), AgentError> {
     let node = config.node.name.clone();
-    let socket = socket_path(&node);
-    if api::agent_listens(&node).await {
-        return Err(AgentError::AlreadyRunning { node, socket });
-    }
+    // Held until the agent exits (the kernel drops it on kill -9): one agent per node.
+    let _agent = NodeLock::agent(&node)
+        .map_err(|e| AgentError::Up(e.into()))?
+        .ok_or_else(|| AgentError::AlreadyRunning { node: node.clone() })?;
     {
-        let _lock = NodeLock::acquire(&node).map_err(|e| AgentError::Up(e.into()))?;
-        op::execute(&config, &Op::Up).await.map_err(AgentError::Up)?;
+        let _lock = node_lock(&node).await.map_err(AgentError::Up)?;
+        op::execute(&config, &Op::Up { config: path.map(Path::to_path_buf) })
+            .await
+            .map_err(AgentError::Up)?;
     }
+    let socket = socket_path(&node);
     let listener = listen(&socket)?;
-    let mut config = config;
     let (mut term, mut int) = (
         signal(SignalKind::terminate()).map_err(AgentError::Signals)?,
         signal(SignalKind::interrupt()).map_err(AgentError::Signals)?,
     );
+    let served = Rc::new(Mutex::new(Served { path: path.map(Path::to_path_buf), config }));
     let mut sweep = tokio::time::interval(interval);
     info!(
         "agent for node {node}: serving {}, expiring idle translations every {interval:?}",
         socket.display()
     );
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = sweep.tick() => sweep_nat(&config).await,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve(stream, path, &mut config).await,
-                Err(e) => warn!("agent: accept on {}: {e}", socket.display()),
-            },
-        }
-    }
-    // Only our own socket: a newer agent may have replaced it.
+    // Connections are served side by side (a slow client holds up nobody); the changes they ask
+    // for run one at a time.
+    LocalSet::new()
+        .run_until(async {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = sweep.tick() => sweep_nat(&served.lock().await.config).await,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => drop(tokio::task::spawn_local(serve(stream, served.clone()))),
+                        Err(e) => warn!("agent: accept on {}: {e}", socket.display()),
+                    },
+                }
+            }
+        })
+        .await;
+    // Ours: the agent lock kept any other agent from binding it.
     let _ = std::fs::remove_file(&socket);
     info!("agent for node {node} stopped; the datapath stays attached");
     Ok(())
 }
 
-/// Binds the socket, replacing a stale one (a killed agent's) but never a live agent's.
+/// Binds the socket, replacing a stale one (a killed agent's: the agent lock says none runs).
 fn listen(socket: &Path) -> Result<UnixListener, AgentError> {
     let err = |source| AgentError::Listen { socket: socket.to_owned(), source };
     std::fs::create_dir_all(RUN_DIR).map_err(err)?;
@@ -104,22 +124,23 @@ fn listen(socket: &Path) -> Result<UnixListener, AgentError> {
     Ok(listener)
 }
 
-/// Answers one connection's request.
-async fn serve(mut stream: UnixStream, path: Option<&Path>, config: &mut Config) {
+/// Answers one connection's request (at most [`REQUEST_MAX`] bytes within [`REQUEST_TIMEOUT`]).
+async fn serve(mut stream: UnixStream, served: Rc<Mutex<Served>>) {
     let mut line = String::new();
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, BufReader::new(&mut stream).read_line(&mut line)).await;
+    let mut reader = BufReader::new(&mut stream).take(REQUEST_MAX);
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
     if !matches!(read, Ok(Ok(n)) if n > 0) {
-        return; // a probe (`agent_listens`) or a client that gave up
+        return; // a probe (`agent_listens`), a client that gave up, or one that never wrote
     }
     let answer = match serde_json::from_str::<Op>(&line) {
         Ok(op) => {
             info!("agent: {}", line.trim());
-            match handle(&op, path, config).await {
+            match handle(&op, &mut *served.lock().await).await {
                 Ok(value) => Answer::Ok(value),
                 Err(e) => Answer::Error(chain(&e)),
             }
         }
-        Err(e) => Answer::Error(format!("not a podnet request: {e}")),
+        Err(e) => Answer::Error(format!("not a podnet request (at most {REQUEST_MAX} bytes of JSON): {e}")),
     };
     let mut out = serde_json::to_vec(&answer).expect("an answer serializes");
     out.push(b'\n');
@@ -128,16 +149,35 @@ async fn serve(mut stream: UnixStream, path: Option<&Path>, config: &mut Config)
     }
 }
 
-/// Runs `op` under the node lock; `up` first re-reads the config file.
-async fn handle(op: &Op, path: Option<&Path>, config: &mut Config) -> Result<Value, NodeError> {
-    if *op == Op::Up {
-        match Config::load(path) {
-            Ok(fresh) => *config = fresh,
-            Err(e) => return Err(NodeError::Agent { message: chain(&e) }),
+/// Runs `op` under the node lock; `up` first re-reads the agent's config file, and refuses
+/// another file than the one the agent serves.
+async fn handle(op: &Op, served: &mut Served) -> Result<Value, NodeError> {
+    if let Op::Up { config: asked } = op {
+        let canonical =
+            |p: &Option<PathBuf>| p.as_ref().map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()));
+        if canonical(asked) != canonical(&served.path) {
+            let serving =
+                served.path.as_ref().map_or("the built-in config".to_owned(), |p| p.display().to_string());
+            return Err(NodeError::Agent {
+                message: format!(
+                    "it serves node {} from {serving}: run `up` with that file, or restart the agent with the new one",
+                    served.config.node.name
+                ),
+            });
         }
+        served.config =
+            Config::load(served.path.as_deref()).map_err(|e| NodeError::Agent { message: chain(&e) })?;
     }
-    let _lock = NodeLock::acquire(&config.node.name)?;
-    op::execute(config, op).await
+    let _lock = node_lock(&served.config.node.name).await?;
+    op::execute(&served.config, op).await
+}
+
+/// The node lock, waited for off the runtime's thread.
+async fn node_lock(node: &str) -> Result<NodeLock, NodeError> {
+    let node = node.to_owned();
+    Ok(tokio::task::spawn_blocking(move || NodeLock::acquire(&node))
+        .await
+        .expect("the lock task does not panic")?)
 }
 
 async fn sweep_nat(config: &Config) {
@@ -145,7 +185,7 @@ async fn sweep_nat(config: &Config) {
         return;
     }
     let result = async {
-        let _lock = NodeLock::acquire(&config.node.name)?;
+        let _lock = node_lock(&config.node.name).await?;
         op::execute(config, &Op::NatGc).await
     };
     match result.await {

@@ -29,7 +29,7 @@ use crate::{
     error_chain as chain,
     node::{
         self,
-        op::{self, Op},
+        op::{self, Container, Op},
     },
 };
 
@@ -90,6 +90,13 @@ async fn dispatch(
         ));
     }
     let config = node_config(conf)?;
+    let network = conf.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "the network config has no \"name\"",
+            "name the network, e.g. \"podnet\"",
+        )
+    })?;
     let env = |name: &'static str| -> Result<String, CniError> {
         std::env::var(name).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
             CniError::new(
@@ -99,19 +106,17 @@ async fn dispatch(
             )
         })
     };
-    let failed = |e: node::NodeError| {
-        let chain = chain(&e);
-        let code =
-            if matches!(e, node::NodeError::NotUp { .. }) { code::TRY_AGAIN_LATER } else { code::IO_FAILURE };
-        CniError::new(
-            code,
-            chain,
-            "see `podnet status` on the node; run `podnet up` (or `podnet agent`) if it is not up",
-        )
+    let container = |netns: String| -> Result<Container, CniError> {
+        Ok(Container {
+            network: network.clone(),
+            id: env("CNI_CONTAINERID")?,
+            netns,
+            ifname: env("CNI_IFNAME")?,
+        })
     };
     match command {
         "ADD" => {
-            let (id, netns, ifname) = (env("CNI_CONTAINERID")?, env("CNI_NETNS")?, env("CNI_IFNAME")?);
+            let container = container(env("CNI_NETNS")?)?;
             let args = std::env::var("CNI_ARGS").unwrap_or_default();
             let ip = cni_arg(&args, "IP")
                 .map(|text| {
@@ -124,8 +129,8 @@ async fn dispatch(
                     })
                 })
                 .transpose()?;
-            let op = Op::PodAdd { id, netns: netns.clone(), ifname: ifname.clone(), ip };
-            let out = op::run(&config, &op).await.map_err(failed)?;
+            let (netns, ifname) = (container.netns.clone(), container.ifname.clone());
+            let out = op::run(&config, &Op::PodAdd { container, ip }).await.map_err(failed)?;
             let field = |key: &str| out[key].as_str().unwrap_or_default().to_owned();
             let result = AddResult {
                 host_ifname: field("host_ifname"),
@@ -143,14 +148,13 @@ async fn dispatch(
         }
         "DEL" => {
             // DEL must succeed whatever is left: no netns (container gone), no prevResult, twice.
-            let (id, ifname) = (env("CNI_CONTAINERID")?, env("CNI_IFNAME")?);
-            let netns = std::env::var("CNI_NETNS").unwrap_or_default();
-            op::run(&config, &Op::PodDel { id, netns, ifname }).await.map_err(failed)?;
+            let container = container(std::env::var("CNI_NETNS").unwrap_or_default())?;
+            op::run(&config, &Op::PodDel { container }).await.map_err(failed)?;
             Ok(None)
         }
         "CHECK" => {
-            let (id, netns, ifname) = (env("CNI_CONTAINERID")?, env("CNI_NETNS")?, env("CNI_IFNAME")?);
-            op::run(&config, &Op::PodCheck { id, netns, ifname }).await.map_err(failed)?;
+            let container = container(env("CNI_NETNS")?)?;
+            op::run(&config, &Op::PodCheck { container }).await.map_err(failed)?;
             Ok(None)
         }
         "STATUS" => {
@@ -165,13 +169,16 @@ async fn dispatch(
             Ok(None)
         }
         "GC" => {
-            let keep = conf
-                .valid_attachments
-                .iter()
-                .flatten()
-                .map(|a| (a.container_id.clone(), a.ifname.clone()))
-                .collect();
-            op::run(&config, &Op::PodGc { keep }).await.map_err(failed)?;
+            // Without the list, GC would detach every container: refuse rather than guess.
+            let Some(valid) = &conf.valid_attachments else {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "GC without \"cni.dev/valid-attachments\"",
+                    "the runtime must list the attachments it still has (CNI 1.1.0)",
+                ));
+            };
+            let keep = valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
+            op::run(&config, &Op::PodGc { network, keep }).await.map_err(failed)?;
             Ok(None)
         }
         other => Err(CniError::new(
@@ -180,6 +187,21 @@ async fn dispatch(
             "podnet handles ADD, DEL, CHECK, STATUS, GC and VERSION",
         )),
     }
+}
+
+/// A node's failure as the runtime is told it: bad input is the runtime's to fix, a node that
+/// is not up is worth a retry, the rest names the step that failed.
+fn failed(e: node::NodeError) -> CniError {
+    let (code, details) = match &e {
+        node::NodeError::InvalidContainer { .. } => {
+            (code::INVALID_ENVIRONMENT, "fix what the runtime passes")
+        }
+        node::NodeError::NotUp { .. } => {
+            (code::TRY_AGAIN_LATER, "run `podnet up` or `podnet agent` on the node")
+        }
+        _ => (code::IO_FAILURE, "the message names the step that failed; `podnet status` shows the node"),
+    };
+    CniError::new(code, chain(&e), details)
 }
 
 /// The node config the network config names in `config`.

@@ -7,8 +7,12 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use podnet_common::{
-    CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, Reason, admission,
-    maps::{COUNTERS, CT_IN, CT_OUT, DENY, ENDPOINTS, NAT_CONFIG, PEERS, POD_DEVS, UPLINK_ALLOW},
+    CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, PodSource, Reason,
+    admission,
+    maps::{
+        COUNTERS, CT_IN, CT_OUT, DENY, ENDPOINTS, NAT_CONFIG, PEERS, POD_DEVS, POD_SOURCES, POD_SOURCES_MAX,
+        UPLINK_ALLOW,
+    },
 };
 
 use crate::{config::PeerNode, datapath::PinDir};
@@ -47,22 +51,37 @@ fn open<T: TryFrom<Map, Error = MapError>>(
         .map_err(|source| MapsError::Open { path: path.display().to_string(), source: source.into() })
 }
 
-/// The local pods the datapath delivers to, by IPv4 address, and their host veths as XDP
-/// redirect targets; the two maps always change together.
+/// The local pods the datapath delivers to, by IPv4 address; their host veths as XDP redirect
+/// targets; and who sends on each host veth (the source check). The three maps always change
+/// together.
 pub struct Endpoints {
     by_ip: HashMap<MapData, EndpointKey, Endpoint>,
     devs: DevMapHash<MapData>,
+    sources: Array<MapData, PodSource>,
+}
+
+/// The `POD_SOURCES` slot of host veth `ifindex`.
+fn source_slot(ifindex: u32) -> u32 {
+    ifindex % POD_SOURCES_MAX as u32
 }
 
 impl Endpoints {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
-        Ok(Self { by_ip: open(pins, ENDPOINTS, Map::HashMap)?, devs: open(pins, POD_DEVS, Map::DevMapHash)? })
+        Ok(Self {
+            by_ip: open(pins, ENDPOINTS, Map::HashMap)?,
+            devs: open(pins, POD_DEVS, Map::DevMapHash)?,
+            sources: open(pins, POD_SOURCES, Map::Array)?,
+        })
     }
 
     /// Adds or replaces a pod. Call it in the node's network namespace: the kernel resolves
     /// the devmap's ifindex there.
     pub fn insert(&mut self, ip: Ipv4Addr, endpoint: &Endpoint) -> Result<(), MapsError> {
         let ifindex = endpoint.host_ifindex;
+        if self.get(ip).is_some_and(|old| old.host_ifindex != ifindex) {
+            // The pod got a new veth: the old one's device and source slot go.
+            self.remove(ip)?;
+        }
         self.devs.insert(ifindex, ifindex, None, 0).map_err(|e| match e {
             XdpMapError::MapError(e) => access_err("insert", POD_DEVS, ifindex.to_string())(e),
             XdpMapError::ChainedProgramNotSupported => unreachable!("no chained program is passed"),
@@ -71,7 +90,16 @@ impl Endpoints {
             "insert",
             ENDPOINTS,
             ip.to_string(),
-        ))
+        ))?;
+        let source = PodSource { ifindex, ip: ip.octets(), mac: endpoint.pod_mac, _pad: [0; 2] };
+        self.set_source(ifindex, &source)
+    }
+
+    /// Writes the `POD_SOURCES` slot of `ifindex` (a slot another veth shares is taken over: that
+    /// veth's frames are then checked against `ENDPOINTS`).
+    pub fn set_source(&mut self, ifindex: u32, source: &PodSource) -> Result<(), MapsError> {
+        let slot = source_slot(ifindex);
+        self.sources.set(slot, source, 0).map_err(access_err("write", POD_SOURCES, slot.to_string()))
     }
 
     /// Removes a pod; one that is not there is fine.
@@ -84,6 +112,10 @@ impl Endpoints {
             ENDPOINTS,
             ip.to_string(),
         ))?;
+        let slot = source_slot(endpoint.host_ifindex);
+        if self.sources.get(&slot, 0).is_ok_and(|s| s.ifindex == endpoint.host_ifindex) {
+            self.set_source(endpoint.host_ifindex, &PodSource::default())?;
+        }
         match self.devs.remove(endpoint.host_ifindex) {
             Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
             Err(e) => Err(access_err("remove", POD_DEVS, endpoint.host_ifindex.to_string())(e)),

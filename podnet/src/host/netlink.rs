@@ -56,6 +56,8 @@ pub struct Iface {
     /// Whether it is one end of a veth pair.
     pub is_veth: bool,
     pub mtu: u32,
+    /// For one end of a veth pair: the other end's ifindex (in the other end's namespace).
+    pub peer: Option<u32>,
 }
 
 /// An rtnetlink connection bound to one network namespace.
@@ -299,13 +301,20 @@ impl Netlink {
 }
 
 fn iface(msg: &LinkMessage) -> Iface {
-    let mut iface =
-        Iface { index: msg.header.index, name: String::new(), mac: [0; 6], is_veth: false, mtu: 0 };
+    let mut iface = Iface {
+        index: msg.header.index,
+        name: String::new(),
+        mac: [0; 6],
+        is_veth: false,
+        mtu: 0,
+        peer: None,
+    };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(name) => iface.name.clone_from(name),
             LinkAttribute::Address(mac) if mac.len() == 6 => iface.mac.copy_from_slice(mac),
             LinkAttribute::Mtu(mtu) => iface.mtu = *mtu,
+            LinkAttribute::Link(peer) => iface.peer = Some(*peer),
             LinkAttribute::LinkInfo(info) => {
                 iface.is_veth = info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
             }

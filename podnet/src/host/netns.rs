@@ -51,6 +51,15 @@ pub fn exists(name: &str) -> bool {
     path(name).exists()
 }
 
+/// Whether the namespace `name` (or path) is the calling thread's own: a container "namespace"
+/// that is really the node's must not be configured as a pod.
+pub fn is_current(name: &str) -> Result<bool, NetnsError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let target = File::from(open(name)?).metadata().map_err(io_err("inspect", name))?;
+    let own = std::fs::metadata("/proc/thread-self/ns/net").map_err(io_err("inspect the caller's", name))?;
+    Ok((target.dev(), target.ino()) == (own.dev(), own.ino()))
+}
+
 /// Opens the named namespace (for `setns` or `IFLA_NET_NS_FD`).
 pub fn open(name: &str) -> Result<OwnedFd, NetnsError> {
     match File::open(path(name)) {

@@ -20,6 +20,11 @@ pub enum PlumbingError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
+    #[error(
+        "{ifname} in {netns} is not the other end of {host}: podnet configures only the veths it \
+         made (remove the pod, or the interface, and try again)"
+    )]
+    NotOurVeth { ifname: String, netns: String, host: String },
 }
 
 /// A pod whose plumbing is in place.
@@ -63,10 +68,10 @@ pub struct PodLink<'a> {
 }
 
 /// Makes sure the pod behind `pod` has IPv6 off, its veth pair (with `veth` settings), address
-/// `ip` and a default route via the node's gateway.
+/// `ip` and a default route via the node's gateway. The host end stays out of the bridge and
+/// down until [`connect_host`]: nothing the pod sends gets anywhere before its program is on.
 pub async fn ensure_pod(
     nl: &Netlink,
-    bridge: &Iface,
     node: &Node,
     pod: PodLink<'_>,
     ip: Ipv4Addr,
@@ -79,17 +84,30 @@ pub async fn ensure_pod(
     }
     let host = nl.existing_link(pod.host_ifname).await?;
     nl.set_mtu(&host, veth.mtu).await?;
-    nl.set_controller(&host, bridge).await?;
-    nl.set_up(&host).await?;
 
     let inside = Netlink::in_netns(pod.netns)?;
+    let pod_if = inside.existing_link(pod.ifname).await?;
+    // An interface of that name that is not our veth's other end (a re-used name, another
+    // namespace than the veth went to) is not podnet's to configure.
+    if pod_if.peer != Some(host.index) || host.peer != Some(pod_if.index) {
+        return Err(PlumbingError::NotOurVeth {
+            ifname: pod.ifname.to_owned(),
+            netns: pod.netns.to_owned(),
+            host: pod.host_ifname.to_owned(),
+        });
+    }
     let lo = inside.existing_link("lo").await?;
     inside.set_up(&lo).await?;
-    let pod_if = inside.existing_link(pod.ifname).await?;
     inside.set_mtu(&pod_if, veth.mtu).await?;
     inside.add_address(&pod_if, ip, node.pod_cidr.prefix_len()).await?;
     inside.set_up(&pod_if).await?;
     gro::set(pod.netns, pod.ifname, veth.xdp_frames).map_err(NetlinkError::from)?;
     inside.add_default_route(node.gateway).await?;
     Ok(PodPlumbing { host, pod_if })
+}
+
+/// Puts a pod's host veth into the node bridge and up: the pod is on the network.
+pub async fn connect_host(nl: &Netlink, bridge: &Iface, host: &Iface) -> Result<(), NetlinkError> {
+    nl.set_controller(host, bridge).await?;
+    nl.set_up(host).await
 }

@@ -66,13 +66,23 @@ pub struct PodRecord {
     pub ifname: String,
     /// The host end of its veth pair.
     pub host_ifname: String,
+    /// The CNI network a container was attached to (`name` of the network config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Whether podnet created the namespace (a `[[pod]]`'s, when it did not exist before):
+    /// podnet deletes only namespaces it made.
+    #[serde(default)]
+    pub owns_netns: bool,
 }
 
 impl PodRecord {
-    /// Whether `self` and `other` are the same attachment (a runtime identifies one by container
-    /// id and interface name).
+    /// Whether `self` and `other` are the same attachment (a runtime identifies one by network,
+    /// container id and interface name).
     pub fn same_attachment(&self, other: &PodRecord) -> bool {
-        self.kind == other.kind && self.id == other.id && self.ifname == other.ifname
+        self.kind == other.kind
+            && self.id == other.id
+            && self.ifname == other.ifname
+            && self.network == other.network
     }
 
     /// How `podnet status` names it: the `[[pod]]` name, or the container id's first 12 characters.
@@ -90,6 +100,8 @@ pub struct Ipam {
     dir: PathBuf,
     cidr: Ipv4Net,
     gateway: Ipv4Addr,
+    /// Addresses `[[pod]]`s of the config name: never handed out to anyone else.
+    kept: Vec<Ipv4Addr>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IpamError + use<> {
@@ -98,9 +110,16 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IpamError + use<> {
 }
 
 impl Ipam {
-    /// The IPAM of `node` (its directory is made on first use).
-    pub fn of(node: &config::Node) -> Self {
-        Self { dir: node.state().join("ipam"), cidr: node.pod_cidr, gateway: node.gateway }
+    /// The IPAM of the node `config` describes (its directory is made on first use); the
+    /// addresses its `[[pod]]`s name are kept for them.
+    pub fn of(config: &config::Config) -> Self {
+        let node = &config.node;
+        Self {
+            dir: node.state().join("ipam"),
+            cidr: node.pod_cidr,
+            gateway: node.gateway,
+            kept: config.pods.iter().filter_map(|p| p.ip).collect(),
+        }
     }
 
     /// The address `pod` holds, reserving one if it holds none: `requested` if given (it must be
@@ -137,7 +156,7 @@ impl Ipam {
             std::fs::read_to_string(self.dir.join("last")).ok().and_then(|t| t.trim().parse().ok());
         let start = last.and_then(|l| hosts.iter().position(|ip| *ip == l)).map_or(0, |i| i + 1);
         for ip in hosts.iter().cycle().skip(start).take(hosts.len()) {
-            if held.iter().any(|(h, _)| h == ip) {
+            if held.iter().any(|(h, _)| h == ip) || self.kept.contains(ip) {
                 continue;
             }
             if self.try_reserve(*ip, pod)? {
@@ -225,7 +244,12 @@ mod tests {
     fn ipam(tag: &str) -> Ipam {
         let dir = std::env::temp_dir().join(format!("podnet-ipam-test-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        Ipam { dir, cidr: "10.9.0.0/29".parse().unwrap(), gateway: Ipv4Addr::new(10, 9, 0, 1) }
+        Ipam {
+            dir,
+            cidr: "10.9.0.0/29".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 9, 0, 1),
+            kept: Vec::new(),
+        }
     }
 
     fn pod(id: &str) -> PodRecord {
@@ -235,6 +259,8 @@ mod tests {
             netns: "/run/netns/x".into(),
             ifname: "eth0".into(),
             host_ifname: format!("pn{id}"),
+            network: Some("podnet".into()),
+            owns_netns: false,
         }
     }
 

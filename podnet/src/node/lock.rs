@@ -34,12 +34,26 @@ pub struct NodeLock(#[expect(dead_code, reason = "held for its Drop, which unloc
 impl NodeLock {
     /// Waits until node `node` is free and takes it.
     pub fn acquire(node: &str) -> Result<Self, LockError> {
-        let path = PathBuf::from(RUN_DIR).join(format!("{node}.lock"));
-        let open_err = |source| LockError::Open { path: path.clone(), source };
-        std::fs::create_dir_all(RUN_DIR).map_err(open_err)?;
-        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(open_err)?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map(Self)
-            .map_err(|(_, source)| LockError::Lock { path, source })
+        lock(&format!("{node}.lock"), FlockArg::LockExclusive)
+            .map(|held| held.expect("a blocking lock is taken"))
+    }
+
+    /// The agent's own lock on node `node`, held for the agent's whole life: `None` when another
+    /// agent holds it.
+    pub fn agent(node: &str) -> Result<Option<Self>, LockError> {
+        lock(&format!("{node}.agent.lock"), FlockArg::LockExclusiveNonblock)
+    }
+}
+
+/// Locks `/run/podnet/<name>`; `None` when a non-blocking attempt finds it held.
+fn lock(name: &str, how: FlockArg) -> Result<Option<NodeLock>, LockError> {
+    let path = PathBuf::from(RUN_DIR).join(name);
+    let open_err = |source| LockError::Open { path: path.clone(), source };
+    std::fs::create_dir_all(RUN_DIR).map_err(open_err)?;
+    let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(open_err)?;
+    match Flock::lock(file, how) {
+        Ok(held) => Ok(Some(NodeLock(held))),
+        Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
+        Err((_, source)) => Err(LockError::Lock { path, source }),
     }
 }

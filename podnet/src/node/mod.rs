@@ -63,6 +63,8 @@ pub enum NodeError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error("{what}: {problem}")]
+    InvalidContainer { what: String, problem: String },
     #[error("the node's agent: {message}")]
     Agent { message: String },
     #[error(transparent)]
@@ -188,7 +190,7 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
         bridge,
         veth,
         pins: pins.clone(),
-        ipam: Ipam::of(node),
+        ipam: Ipam::of(config),
     };
     forget_removed_pods(config, &net).await?;
     let mut program = PodProgram::open(&pins)?;
@@ -232,11 +234,11 @@ async fn attach_config_pod(
     pod: &Pod,
     made: &mut Vec<Made>,
 ) -> Result<(), NodeError> {
-    let record = PodRecord::config_pod(pod);
+    let had_netns = netns::exists(&pod.netns);
+    let record = PodRecord::config_pod(pod, !had_netns);
     let held = |ipam: &Ipam| -> Result<bool, NodeError> {
         Ok(ipam.held()?.iter().any(|(_, r)| r.same_attachment(&record)))
     };
-    let had_netns = netns::exists(&pod.netns);
     let had_veth = net.nl.link(&record.host_ifname).await?.is_some();
     let had_address = held(&net.ipam)?;
     netns::create(&pod.netns)?;
@@ -344,7 +346,7 @@ fn is_pod_veth_name(ifname: &str) -> bool {
 pub async fn down(config: &Config) -> Result<(), NodeError> {
     let nl = Netlink::current()?;
     let pins = PinDir::for_node(&config.node.name);
-    let ipam = Ipam::of(&config.node);
+    let ipam = Ipam::of(config);
     for (_, record) in ipam.held()? {
         pod::detach(&nl, &pins, &ipam, &record).await?;
     }
@@ -357,9 +359,10 @@ pub async fn down(config: &Config) -> Result<(), NodeError> {
     if config.nat.enabled {
         sysctl::release_ports(config.nat.port_min, config.nat.port_max)?;
     }
+    // Veths of `[[pod]]`s no record holds (a failed `up`); their namespaces only go with a
+    // record that says podnet made them.
     for pod in &config.pods {
         nl.del_link(&pod.host_ifname()).await?;
-        netns::delete(&pod.netns)?;
     }
     nl.del_link(&config.node.bridge).await?;
     ipam.remove_all()?;
@@ -480,7 +483,7 @@ pub struct CounterStatus {
 /// Reads the node's pinned state.
 pub fn status(config: &Config) -> Result<Status, NodeError> {
     let pins = pins_of_running_node(config)?;
-    let held = Ipam::of(&config.node).held()?;
+    let held = Ipam::of(config).held()?;
     let endpoints = Endpoints::open(&pins)?
         .list()
         .into_iter()

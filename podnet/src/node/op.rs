@@ -2,7 +2,7 @@
 //! same ones: [`run`] hands an operation to the node's agent when one is listening (it is then
 //! the single writer of the node's maps), and otherwise executes it here, under the node lock.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -26,8 +26,10 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    /// Converge the node to its config file (`podnet up`).
-    Up,
+    /// Converge the node to its config file `config` (`podnet up`; `None`: the built-in one).
+    Up {
+        config: Option<PathBuf>,
+    },
     AddPeer {
         peer: PeerNode,
     },
@@ -42,29 +44,42 @@ pub enum Op {
     },
     NatFlush,
     NatGc,
-    /// Attach container `id`'s interface `ifname` in namespace `netns` (CNI ADD).
+    /// Attach a container (CNI ADD), with address `ip` or one from IPAM.
     PodAdd {
-        id: String,
-        netns: String,
-        ifname: String,
+        container: Container,
         ip: Option<Ipv4Addr>,
     },
     /// Detach it (CNI DEL); fine when it is not there.
     PodDel {
-        id: String,
-        netns: String,
-        ifname: String,
+        container: Container,
     },
     /// Verify it (CNI CHECK).
     PodCheck {
-        id: String,
-        netns: String,
-        ifname: String,
+        container: Container,
     },
-    /// Detach every container attachment not in `keep`, as (container id, interface) (CNI GC).
+    /// Detach every attachment to `network` not in `keep`, as (container id, interface) (CNI GC).
     PodGc {
+        network: String,
         keep: Vec<(String, String)>,
     },
+}
+
+/// A container's attachment, as the runtime names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// The CNI network (`name` of the network config).
+    pub network: String,
+    pub id: String,
+    /// Its network namespace, a path.
+    pub netns: String,
+    /// Its interface.
+    pub ifname: String,
+}
+
+impl Container {
+    fn record(&self) -> PodRecord {
+        PodRecord::container(&self.network, &self.id, &self.netns, &self.ifname)
+    }
 }
 
 /// Runs `op` on the node `config` describes: through its agent if one is listening, else here
@@ -81,7 +96,7 @@ pub async fn run(config: &Config, op: &Op) -> Result<Value, NodeError> {
 pub async fn execute(config: &Config, op: &Op) -> Result<Value, NodeError> {
     let pins = || super::pins_of_running_node(config);
     Ok(match op {
-        Op::Up => {
+        Op::Up { .. } => {
             super::up(config).await?;
             Value::Null
         }
@@ -107,42 +122,42 @@ pub async fn execute(config: &Config, op: &Op) -> Result<Value, NodeError> {
         }
         Op::NatFlush => json!({ "removed": nat::flush(&pins()?)? }),
         Op::NatGc => json!({ "removed": nat::gc(&pins()?, &config.nat.timeouts)? }),
-        Op::PodAdd { id, netns, ifname, ip } => {
+        Op::PodAdd { container, ip } => {
+            let record = container.record();
+            record.check_container()?;
             let net = super::node_net(config, Netlink::current()?).await?;
             let mut program = PodProgram::open(&net.pins)?;
-            let record = PodRecord::container(id, netns, ifname);
             let attached = pod::attach(&net, &mut program, &record, *ip).await?;
-            info!("container {id}: {} on {ifname} via {}", attached.ip, record.host_ifname);
+            info!("container {}: {} on {} via {}", record.id, attached.ip, record.ifname, record.host_ifname);
             json!({
                 "ip": attached.ip,
-                "prefix": config.node.pod_cidr.prefix_len(),
-                "gateway": config.node.gateway,
                 "host_ifname": attached.host.name,
                 "host_mac": fmt_mac(&attached.host.mac),
                 "mac": fmt_mac(&attached.pod_if.mac),
             })
         }
-        Op::PodDel { id, netns, ifname } => {
-            let record = PodRecord::container(id, netns, ifname);
-            let ipam = Ipam::of(&config.node);
-            pod::detach(&Netlink::current()?, &super::pin_dir(config), &ipam, &record).await?;
+        Op::PodDel { container } => {
+            let ipam = Ipam::of(config);
+            pod::detach(&Netlink::current()?, &super::pin_dir(config), &ipam, &container.record()).await?;
             Value::Null
         }
-        Op::PodCheck { id, netns, ifname } => {
+        Op::PodCheck { container } => {
+            let record = container.record();
+            record.check_container()?;
             let net = super::node_net(config, Netlink::current()?).await?;
-            let problems = pod::check(&net, &PodRecord::container(id, netns, ifname)).await?;
+            let problems = pod::check(&net, &record).await?;
             if !problems.is_empty() {
                 return Err(NodeError::Check { problems });
             }
             Value::Null
         }
-        Op::PodGc { keep } => {
-            let ipam = Ipam::of(&config.node);
+        Op::PodGc { network, keep } => {
+            let ipam = Ipam::of(config);
             let (nl, pins) = (Netlink::current()?, super::pin_dir(config));
             let mut released = Vec::new();
             for (ip, record) in ipam.held()? {
                 let kept = keep.iter().any(|(id, ifname)| *id == record.id && *ifname == record.ifname);
-                if record.kind == PodKind::Cni && !kept {
+                if record.kind == PodKind::Cni && record.network.as_ref() == Some(network) && !kept {
                     info!("gc: container {} ({ip}) is gone", record.id);
                     pod::detach(&nl, &pins, &ipam, &record).await?;
                     released.push(ip);

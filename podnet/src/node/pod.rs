@@ -23,21 +23,23 @@ use crate::{
 };
 
 impl PodRecord {
-    /// The record of `[[pod]]` `pod` of the config.
-    pub fn config_pod(pod: &config::Pod) -> Self {
+    /// The record of `[[pod]]` `pod` of the config; `owns_netns`: podnet creates its namespace.
+    pub fn config_pod(pod: &config::Pod, owns_netns: bool) -> Self {
         Self {
             kind: PodKind::Config,
             id: pod.name.clone(),
             netns: pod.netns.clone(),
             ifname: pod.pod_ifname(),
             host_ifname: pod.host_ifname(),
+            network: None,
+            owns_netns,
         }
     }
 
     /// The record of a runtime's container `id` with interface `ifname` in namespace `netns`
-    /// (a path). Its host veth is `pn` and 12 hex digits of a hash of id and interface: unique per
-    /// attachment and within the 15 bytes of an interface name.
-    pub fn container(id: &str, netns: &str, ifname: &str) -> Self {
+    /// (a path) on CNI network `network`. Its host veth is `pn` and 12 hex digits of a hash of id
+    /// and interface: unique per attachment and within the 15 bytes of an interface name.
+    pub fn container(network: &str, id: &str, netns: &str, ifname: &str) -> Self {
         // FNV-1a, 64 bits: stable across builds, unlike std's hasher.
         let hash = format!("{id}/{ifname}")
             .bytes()
@@ -48,7 +50,45 @@ impl PodRecord {
             netns: netns.to_owned(),
             ifname: ifname.to_owned(),
             host_ifname: format!("pn{:012x}", hash >> 16),
+            network: Some(network.to_owned()),
+            owns_netns: false,
         }
+    }
+
+    /// Refuses what a runtime (or anyone who can run the plugin) must not make podnet do: an
+    /// interface name the kernel would reject or misread, a container id that is no id, a
+    /// namespace that is not an absolute path, or that is the node's own namespace (podnet would
+    /// configure the node as a pod).
+    pub fn check_container(&self) -> Result<(), NodeError> {
+        let invalid =
+            |what: &str, problem: String| NodeError::InvalidContainer { what: what.to_owned(), problem };
+        let bad_byte = |b: u8| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control();
+        if self.ifname.is_empty()
+            || self.ifname.len() > 15
+            || [".", ".."].contains(&self.ifname.as_str())
+            || self.ifname.bytes().any(bad_byte)
+        {
+            let problem =
+                format!("{:?} is not an interface name (1-15 bytes, no '/', ':' or spaces)", self.ifname);
+            return Err(invalid("CNI_IFNAME", problem));
+        }
+        if self.id.is_empty()
+            || self.id.len() > 256
+            || !self.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            let problem = format!("{:?} is not a container id (1-256 of a-z A-Z 0-9 _ . -)", self.id);
+            return Err(invalid("CNI_CONTAINERID", problem));
+        }
+        if !self.netns.starts_with('/') || self.netns.split('/').any(|part| part == "..") {
+            return Err(invalid(
+                "CNI_NETNS",
+                format!("{:?} is not an absolute path to a network namespace", self.netns),
+            ));
+        }
+        if netns::is_current(&self.netns)? {
+            return Err(invalid("CNI_NETNS", format!("{} is the node's own network namespace", self.netns)));
+        }
+        Ok(())
     }
 
     fn link(&self) -> PodLink<'_> {
@@ -75,7 +115,7 @@ impl NodeNet {
             node: node.name.clone(),
             path: format!("bridge {}", node.bridge),
         })?;
-        Ok(Self { nl, node: node.clone(), bridge, veth, pins, ipam: Ipam::of(node) })
+        Ok(Self { nl, node: node.clone(), bridge, veth, pins, ipam: Ipam::of(config) })
     }
 }
 
@@ -87,29 +127,53 @@ pub struct Attached {
     pub pod_if: Iface,
 }
 
-/// Attaches `pod` with address `requested` (or one from IPAM).
+/// Attaches `pod` with address `requested` (or one from IPAM). The host veth joins the bridge
+/// only once its endpoint and `from_pod` are in place. If a step fails, what this call made (the
+/// address, the veth) is undone.
 pub async fn attach(
     net: &NodeNet,
     program: &mut PodProgram,
     pod: &PodRecord,
     requested: Option<Ipv4Addr>,
 ) -> Result<Attached, NodeError> {
-    let ip = net.ipam.reserve(pod, requested)?;
-    let new_veth = net.nl.link(&pod.host_ifname).await?.is_none();
-    let plumbed = plumbing::ensure_pod(&net.nl, &net.bridge, &net.node, pod.link(), ip, net.veth).await?;
-    let endpoint = Endpoint {
-        host_ifindex: plumbed.host.index,
-        flags: 0,
-        pod_mac: plumbed.pod_if.mac,
-        host_mac: plumbed.host.mac,
-    };
-    Endpoints::open(&net.pins)?.insert(ip, &endpoint)?;
-    if new_veth {
-        // A link pinned for an earlier interface of the same name is dead; start afresh.
-        net.pins.unpin_link(&pod.host_ifname)?;
+    let held = net.ipam.held()?;
+    if let Some((_, other)) = held.iter().find(|(_, r)| r.same_attachment(pod) && r.netns != pod.netns) {
+        return Err(NodeError::InvalidContainer {
+            what: "CNI_NETNS".to_owned(),
+            problem: format!("{} is attached in {} already: DEL it first", pod.display_name(), other.netns),
+        });
     }
-    program.attach(&plumbed.host.name, plumbed.host.index)?;
-    Ok(Attached { ip, host: plumbed.host, pod_if: plumbed.pod_if })
+    let had_address = held.iter().any(|(_, r)| r.same_attachment(pod));
+    let new_veth = net.nl.link(&pod.host_ifname).await?.is_none();
+    let ip = net.ipam.reserve(pod, requested)?;
+    let attached = async {
+        let plumbed = plumbing::ensure_pod(&net.nl, &net.node, pod.link(), ip, net.veth).await?;
+        let (host, pod_if) = (plumbed.host, plumbed.pod_if);
+        let endpoint =
+            Endpoint { host_ifindex: host.index, flags: 0, pod_mac: pod_if.mac, host_mac: host.mac };
+        Endpoints::open(&net.pins)?.insert(ip, &endpoint)?;
+        if new_veth {
+            // A link pinned for an earlier interface of the same name is dead; start afresh.
+            net.pins.unpin_link(&pod.host_ifname)?;
+        }
+        program.attach(&host.name, host.index)?;
+        plumbing::connect_host(&net.nl, &net.bridge, &host).await?;
+        Ok::<_, NodeError>(Attached { ip, host, pod_if })
+    }
+    .await;
+    if attached.is_err() {
+        if new_veth {
+            net.pins.unpin_link(&pod.host_ifname)?;
+            net.nl.del_link(&pod.host_ifname).await?;
+        }
+        if !had_address {
+            if let Ok(mut endpoints) = Endpoints::open(&net.pins) {
+                endpoints.remove(ip)?;
+            }
+            net.ipam.release(pod)?;
+        }
+    }
+    attached
 }
 
 /// Detaches `pod`: program, endpoint, veth, address, and for a `[[pod]]` its namespace.
@@ -120,7 +184,7 @@ pub async fn detach(nl: &Netlink, pins: &PinDir, ipam: &Ipam, pod: &PodRecord) -
         endpoints.remove(ip)?;
     }
     nl.del_link(&pod.host_ifname).await?;
-    if pod.kind == PodKind::Config {
+    if pod.owns_netns {
         netns::delete(&pod.netns)?;
     }
     ipam.release(pod)?;
@@ -165,13 +229,38 @@ mod tests {
 
     #[test]
     fn container_host_names_are_unique_and_short() {
-        let a = PodRecord::container("8653d84b4e7512ce293ef1e1222be529", "/run/netns/x", "eth0");
-        let b = PodRecord::container("8653d84b4e7512ce293ef1e1222be529", "/run/netns/x", "eth1");
-        let c = PodRecord::container("8653d84b4e7512ce293ef1e1222be52a", "/run/netns/x", "eth0");
+        let a = PodRecord::container("podnet", "8653d84b4e7512ce293ef1e1222be529", "/run/netns/x", "eth0");
+        let b = PodRecord::container("podnet", "8653d84b4e7512ce293ef1e1222be529", "/run/netns/x", "eth1");
+        let c = PodRecord::container("podnet", "8653d84b4e7512ce293ef1e1222be52a", "/run/netns/x", "eth0");
         assert_eq!(a.host_ifname.len(), 14);
         assert!(a.host_ifname.starts_with("pn"));
         assert_ne!(a.host_ifname, b.host_ifname);
         assert_ne!(a.host_ifname, c.host_ifname);
-        assert_eq!(a, PodRecord::container("8653d84b4e7512ce293ef1e1222be529", "/run/netns/x", "eth0"));
+        assert_eq!(
+            a,
+            PodRecord::container("podnet", "8653d84b4e7512ce293ef1e1222be529", "/run/netns/x", "eth0")
+        );
+    }
+
+    #[test]
+    fn hostile_container_names_are_refused() {
+        for (id, netns, ifname) in [
+            ("c1", "/run/netns/x", ""),
+            ("c1", "/run/netns/x", "a-very-long-ifname"),
+            ("c1", "/run/netns/x", "a/b"),
+            ("c1", "/run/netns/x", ".."),
+            ("c1", "/run/netns/x", "eth 0"),
+            ("", "/run/netns/x", "eth0"),
+            ("../x", "/run/netns/x", "eth0"),
+            ("c1", "netns-x", "eth0"),
+            ("c1", "/run/netns/../../proc/1/ns/net", "eth0"),
+            ("c1", "/proc/self/ns/net", "eth0"),
+        ] {
+            let err = PodRecord::container("podnet", id, netns, ifname).check_container();
+            assert!(
+                matches!(err, Err(NodeError::InvalidContainer { .. })),
+                "{id:?} {netns:?} {ifname:?}: {err:?}"
+            );
+        }
     }
 }
