@@ -44,6 +44,20 @@ fn kill_9_of_the_agent_loses_no_flow() -> anyhow::Result<()> {
     assert!(cross.bytes > 100_000_000, "pod to pod across nodes moved only {} bytes", cross.bytes);
     assert!(nat.bytes > 100_000_000, "pod to the outside moved only {} bytes", nat.bytes);
     assert_eq!(link_ids(&n1.status()?), links_before, "the new agent swapped programs in the same links");
+    // Clients that never finish their request, or send a huge one, hold up nobody.
+    let socket = n1.agent_socket();
+    let idle: Vec<_> =
+        (0..10).map(|_| std::os::unix::net::UnixStream::connect(&socket)).collect::<Result<_, _>>()?;
+    let mut huge = std::os::unix::net::UnixStream::connect(&socket)?;
+    std::io::Write::write_all(&mut huge, &vec![b'x'; 1 << 20]).ok();
+    let started = std::time::Instant::now();
+    n1.run_podnet(&["nat", "gc"])?;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a change waited {:?} behind idle clients",
+        started.elapsed()
+    );
+    drop((idle, huge));
     // `up` of another file is refused while the agent serves this one.
     let other = lab.dir().join("other.toml");
     std::fs::copy(&n1.config, &other)?;

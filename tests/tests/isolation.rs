@@ -317,9 +317,25 @@ fn only_peers_reach_pods_from_outside_with(xdp: &str) -> anyhow::Result<()> {
     assert!(pings(&ext, "10.1.1.2", 1), "admitted ICMP");
     assert_eq!(podnet_tests::http_get(&ext, "http://10.1.1.2:8080/")?, "pod1");
 
-    // A forged local pod source never gets through, admitted or not.
+    // A priority tag (VLAN 0), which the stack would strip and route past every check, gets a
+    // refused source nowhere either.
     let (_, ext_mac) = link(&ext, "eth0")?;
     let (_, uplink_mac) = link(&n1.netns, "eth0")?;
+    let stranger = lab.netns("stranger")?;
+    lab.plug(&cluster.switch, &stranger, "ports", "192.168.50.101/24")?;
+    let (_, stranger_mac) = link(&stranger, "eth0")?;
+    let tagged_seen = lab.capture(&pod, "veth_pod1", "src host 192.168.50.101")?;
+    let tagged_before = n1.counter("drop_vlan_tagged")?;
+    let tagged = vlan_tagged(&datagram(uplink_mac, stranger_mac, "192.168.50.101", "10.1.1.2"), 0);
+    send(&stranger, "eth0", &[&tagged])?;
+    assert_eq!(
+        n1.counter("drop_vlan_tagged")? - tagged_before,
+        1,
+        "the priority-tagged datagram was dropped"
+    );
+    assert_eq!(lab.captured(&pod, &tagged_seen, "")?, 0, "a priority-tagged datagram reached the pod");
+
+    // A forged local pod source never gets through, admitted or not.
     let forged = lab.capture(&pod, "veth_pod1", "src host 10.1.1.3")?;
     let spoofed = n1.counter("drop_spoofed")?;
     send(&ext, "eth0", &[&datagram(uplink_mac, ext_mac, "10.1.1.3", "10.1.1.2")])?;
