@@ -184,10 +184,13 @@ pub fn vlan_tagged(ctx: &TcContext) -> Result<bool, Malformed> {
     Ok(offloaded || ether_type == EthHdr::TYPE_VLAN || ether_type == EthHdr::TYPE_QINQ)
 }
 
-/// The source and destination of the IPv4 packet behind one or two in-band VLAN tags (or none,
-/// when the receive path already moved the tag into the skb), if that is what the frame carries.
+/// An IPv4 source and destination address, in packet byte order.
+pub type Addresses = ([u8; 4], [u8; 4]);
+
+/// The addresses of the IPv4 packet behind one or two in-band VLAN tags (or none, when the
+/// receive path already moved the tag into the skb), if that is what the frame carries.
 #[inline(always)]
-pub fn tagged_ipv4(ctx: &impl Packet) -> Result<Option<([u8; 4], [u8; 4])>, Malformed> {
+pub fn tagged_ipv4(ctx: &impl Packet) -> Result<Option<Addresses>, Malformed> {
     let mut offset = 12;
     for _ in 0..2 {
         let ether_type = read::<u16>(ctx, offset)?;
