@@ -465,9 +465,11 @@ impl Drop for Lab {
         for node in &self.nodes {
             let _ = node.podnet(&["down"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
             let _ = std::fs::remove_dir_all(node.pin_dir());
-            // A killed agent leaves its socket; the lock file stays by design.
+            // A killed agent leaves its socket; lock files stay by design (removing a lock file
+            // someone may be waiting on is a race), so the lab removes its nodes' ones.
             let _ = std::fs::remove_file(node.agent_socket());
             let _ = std::fs::remove_file(node.agent_socket().with_extension("lock"));
+            let _ = std::fs::remove_file(node.agent_socket().with_extension("agent.lock"));
         }
         for dir in ["/sys/fs/bpf/podnet", "/run/podnet", "/var/lib/podnet"] {
             // Only when no other lab's node is left in them.
