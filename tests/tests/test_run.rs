@@ -39,6 +39,9 @@ const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
 /// The sending pod of the synthetic frames (their source MAC is [`SENDER_MAC`]).
 const SENDER: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
 const SENDER_MAC: [u8; 6] = [0xbb; 6];
+/// The masquerading node and its pod in the NAT cases.
+const NAT_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+const NAT_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 4);
 
 /// A datapath loaded into its own pin directory, removed again on drop.
 struct Loaded {
@@ -59,6 +62,22 @@ impl Loaded {
         // sends without a context arrives there.
         loaded.add_sender(SENDER, 1);
         loaded
+    }
+
+    /// A datapath masquerading as [`NAT_NODE`] out of `eth0` with node ports 61000-`port_max`,
+    /// and [`NAT_POD`] sending on `eth0` (call it in a [`FibFixture`] namespace).
+    fn with_nat(tag: &str, eth0: u32, port_max: u16) -> Self {
+        let mut dp = Self::new(tag);
+        let config = NatConfig {
+            node_ip: NAT_NODE.octets(),
+            enabled: 1,
+            uplink_ifindex: eth0,
+            port_min: 61000,
+            port_max,
+        };
+        NatSettings::open(&dp.pins).unwrap().set(&config).unwrap();
+        dp.add_sender(NAT_POD, eth0);
+        dp
     }
 
     /// Registers pod `ip` on host veth `ifindex` with MAC [`SENDER_MAC`], the source MAC of the
@@ -268,18 +287,8 @@ fn nat_rewrites() {
     let mut lab = Lab::new("trn").unwrap();
     let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
     netns::enter(&ns).unwrap();
-    let mut dp = Loaded::new("nat");
-    let node = Ipv4Addr::new(192, 168, 50, 1);
-    let config = NatConfig {
-        node_ip: node.octets(),
-        enabled: 1,
-        uplink_ifindex: eth0,
-        port_min: 61000,
-        port_max: 61000,
-    };
-    NatSettings::open(&dp.pins).unwrap().set(&config).unwrap();
-    let (pod, remote) = (Ipv4Addr::new(10, 1, 1, 4), Ipv4Addr::new(192, 168, 50, 2));
-    dp.add_sender(pod, eth0);
+    let (node, pod, remote) = (NAT_NODE, NAT_POD, Ipv4Addr::new(192, 168, 50, 2));
+    let mut dp = Loaded::with_nat("nat", eth0, 61000);
     let src = |f: &[u8]| (Ipv4Addr::new(f[26], f[27], f[28], f[29]), u16::from_be_bytes([f[34], f[35]]));
     let dst = |f: &[u8]| (Ipv4Addr::new(f[30], f[31], f[32], f[33]), u16::from_be_bytes([f[36], f[37]]));
 
@@ -634,19 +643,9 @@ fn nothing_leaves_untranslated() {
         .unwrap();
     podnet_tests::sh(&ns, "ip", &["rule", "add", "from", "10.1.1.6", "lookup", "100"]).unwrap();
     netns::enter(&ns).unwrap();
-    let mut dp = Loaded::new("leak");
-    let node = Ipv4Addr::new(192, 168, 50, 1);
-    let config = NatConfig {
-        node_ip: node.octets(),
-        enabled: 1,
-        uplink_ifindex: eth0,
-        port_min: 61000,
-        port_max: 61999,
-    };
-    NatSettings::open(&dp.pins).unwrap().set(&config).unwrap();
-    let (pod, policy_pod) = (Ipv4Addr::new(10, 1, 1, 4), Ipv4Addr::new(10, 1, 1, 6));
+    let mut dp = Loaded::with_nat("leak", eth0, 61999);
+    let (pod, policy_pod) = (NAT_POD, Ipv4Addr::new(10, 1, 1, 6));
     // One pod per veth: the policy-routed pod sends on `lo` (forwarding is on there too).
-    dp.add_sender(pod, eth0);
     dp.add_sender(policy_pod, 1);
     let remote = Ipv4Addr::new(198, 51, 100, 1);
 

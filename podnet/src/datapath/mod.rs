@@ -177,9 +177,8 @@ impl PodProgram {
     }
 }
 
-/// Attaches `prog` (called `name`) at tcx ingress of `ifname`, pinning the link in `pins`; when a
-/// link is already pinned for the interface, swaps the program inside that link instead (no gap
-/// in forwarding).
+/// Attaches `prog` (called `name`) at tcx ingress of `ifname`, its link pinned in `pins` (see
+/// [`update_or_pin`]).
 fn attach_tc(
     prog: &mut SchedClassifier,
     name: &'static str,
@@ -187,26 +186,44 @@ fn attach_tc(
     ifname: &str,
     ifindex: u32,
 ) -> Result<(), DatapathError> {
-    let path = pins.link(ifname);
     let attach_err = |source| DatapathError::Attach { name, ifname: ifname.to_owned(), source };
-    match PinnedLink::from_pin(&path) {
-        Ok(pinned) => {
-            let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-                .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
-            let id = prog.attach_to_link(link).map_err(attach_err)?;
-            // The pin keeps the (updated) link alive; our fd can go.
-            drop(prog.take_link(id).map_err(attach_err)?);
-            Ok(())
-        }
-        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
+    update_or_pin(pins.link(ifname), |pinned, link_err| {
+        let Some(pinned) = pinned else {
             let tcx = TcAttach::Tcx { attach_type: TcAttachType::Ingress, order: LinkOrder::default() };
             let id = prog.attach(ifindex, tcx).map_err(attach_err)?;
-            let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?)
-                .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
-            link.pin(&path).map_err(|source| DatapathError::Pin { path, source })?;
-            Ok(())
+            return Ok(Some(FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?));
+        };
+        let id = prog
+            .attach_to_link(SchedClassifierLink::try_from(pinned).map_err(link_err)?)
+            .map_err(attach_err)?;
+        // The pin keeps the (updated) link alive; our fd can go.
+        drop(prog.take_link(id).map_err(attach_err)?);
+        Ok(None)
+    })
+}
+
+/// Re-attaching keeps the link: when one is pinned at `path`, `attach` gets it to swap the
+/// program inside (`bpf_link_update`: atomic, no gap in forwarding, the link id stays) and
+/// returns `None`; otherwise it gets `None`, makes a link, and that link is pinned at `path`.
+/// `attach` also gets how to report a link error for `path`.
+fn update_or_pin(
+    path: PathBuf,
+    attach: impl FnOnce(
+        Option<FdLink>,
+        &dyn Fn(LinkError) -> DatapathError,
+    ) -> Result<Option<FdLink>, DatapathError>,
+) -> Result<(), DatapathError> {
+    let link_err = |source| DatapathError::Link { path: path.clone(), source };
+    let pinned = match PinnedLink::from_pin(&path) {
+        Ok(pinned) => Some(FdLink::from(pinned)),
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => return Err(link_err(source)),
+    };
+    match attach(pinned, &link_err)? {
+        Some(new) => {
+            new.pin(&path).map(drop).map_err(|source| DatapathError::Pin { path: path.clone(), source })
         }
-        Err(source) => Err(DatapathError::Link { path, source }),
+        None => Ok(()),
     }
 }
 
@@ -242,26 +259,17 @@ impl Datapath {
             hint,
             source: source.into(),
         };
-        let path = self.pins.xdp_link(ifname, mode);
         let prog = xdp(&mut self.ebpf, name)?;
-        match PinnedLink::from_pin(&path) {
-            Ok(pinned) => {
-                let link = XdpLink::try_from(FdLink::from(pinned))
-                    .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
-                let id = prog.attach_to_link(link).map_err(err)?;
-                // The pin keeps the (updated) link alive; our fd can go.
-                drop(prog.take_link(id).map_err(err)?);
-                Ok(())
-            }
-            Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
+        update_or_pin(self.pins.xdp_link(ifname, mode), |pinned, link_err| {
+            let Some(pinned) = pinned else {
                 let id = attach_when_free(|| prog.attach(ifindex, aya_mode)).map_err(err)?;
-                let link = FdLink::try_from(prog.take_link(id).map_err(err)?)
-                    .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
-                link.pin(&path).map_err(|source| DatapathError::Pin { path, source })?;
-                Ok(())
-            }
-            Err(source) => Err(DatapathError::Link { path, source }),
-        }
+                return Ok(Some(FdLink::try_from(prog.take_link(id).map_err(err)?).map_err(link_err)?));
+            };
+            let id = prog.attach_to_link(XdpLink::try_from(pinned).map_err(link_err)?).map_err(err)?;
+            // The pin keeps the (updated) link alive; our fd can go.
+            drop(prog.take_link(id).map_err(err)?);
+            Ok(None)
+        })
     }
 }
 
