@@ -65,7 +65,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         };
         match cli.command {
             Command::Up => {
-                change(Op::Up { config: cli.config.clone() }).await?;
+                // An absolute path: the agent compares it with the file it serves.
+                let config =
+                    cli.config.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+                change(Op::Up { config }).await?;
             }
             Command::Down => {
                 if agent::api::agent_listens(&config.node.name).await {

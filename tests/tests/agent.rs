@@ -31,14 +31,14 @@ fn kill_9_of_the_agent_loses_no_flow() -> anyhow::Result<()> {
 
     lab.iperf3_server(&n2.pod_ns("pod1"), 5201)?;
     lab.iperf3_server(&ext, 5202)?;
-    let (cross, nat) = thread::scope(|s| -> anyhow::Result<_> {
+    let (cross, nat, restarted) = thread::scope(|s| -> anyhow::Result<_> {
         let cross = s.spawn(|| iperf3_tcp(&n1.pod_ns("pod1"), "10.1.2.2", 5201, 6));
         let nat = s.spawn(|| iperf3_tcp(&n1.pod_ns("pod2"), EXT, 5202, 6));
         thread::sleep(Duration::from_secs(2));
         anyhow::ensure!(Command::new("kill").args(["-9", &pid.to_string()]).status()?.success());
         thread::sleep(Duration::from_millis(500));
-        lab.agent(n1)?;
-        Ok((cross.join().expect("no panic")?, nat.join().expect("no panic")?))
+        let restarted = lab.agent(n1)?;
+        Ok((cross.join().expect("no panic")?, nat.join().expect("no panic")?, restarted))
     })?;
     // 6 s of TCP with the agent gone for part of it: the flows ran throughout.
     assert!(cross.bytes > 100_000_000, "pod to pod across nodes moved only {} bytes", cross.bytes);
@@ -76,5 +76,17 @@ fn kill_9_of_the_agent_loses_no_flow() -> anyhow::Result<()> {
         !down.status.success() && String::from_utf8_lossy(&down.stderr).contains("stop it first"),
         "{down:?}"
     );
+
+    // SIGTERM stops the agent and detaches nothing: its socket goes, the datapath stays.
+    anyhow::ensure!(Command::new("kill").args(["-TERM", &restarted.to_string()]).status()?.success());
+    for _ in 0..100 {
+        if !n1.agent_socket().exists() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!n1.agent_socket().exists(), "the stopped agent removed its socket");
+    assert_eq!(link_ids(&n1.status()?), links_before, "every link is still attached");
+    assert!(podnet_tests::pings(&n1.pod_ns("pod1"), "10.1.2.2", 1), "pods still talk across nodes");
     Ok(())
 }

@@ -176,18 +176,22 @@ pub async fn attach(
     attached
 }
 
-/// Detaches `pod`: program, endpoint, veth, address, and for a `[[pod]]` its namespace.
+/// Detaches `pod`: program, endpoint, veth, address, and its namespace if podnet made it.
+/// Only what the node's record of the pod says podnet made is removed: a pod it holds no record
+/// of (never attached, or detached already) changes nothing.
 pub async fn detach(nl: &Netlink, pins: &PinDir, ipam: &Ipam, pod: &PodRecord) -> Result<(), NodeError> {
-    pins.unpin_link(&pod.host_ifname)?;
-    let held = ipam.held()?.into_iter().find(|(_, r)| r.same_attachment(pod)).map(|(ip, _)| ip);
-    if let (Some(ip), Ok(mut endpoints)) = (held, Endpoints::open(pins)) {
+    let Some((ip, made)) = ipam.held()?.into_iter().find(|(_, r)| r.same_attachment(pod)) else {
+        return Ok(());
+    };
+    pins.unpin_link(&made.host_ifname)?;
+    if let Ok(mut endpoints) = Endpoints::open(pins) {
         endpoints.remove(ip)?;
     }
-    nl.del_link(&pod.host_ifname).await?;
-    if pod.owns_netns {
-        netns::delete(&pod.netns)?;
+    nl.del_link(&made.host_ifname).await?;
+    if made.owns_netns {
+        netns::delete(&made.netns)?;
     }
-    ipam.release(pod)?;
+    ipam.release(&made)?;
     Ok(())
 }
 
