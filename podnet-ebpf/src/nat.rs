@@ -179,6 +179,7 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
         Err(reason) => return Ok(Some(Verdict::pass(reason))),
     };
     // Networks in `allow_from` route the pod CIDR back to this node: they get pod addresses.
+    // Asked only where there is no translation, so established flows pay no lookup for it.
     let untranslated = || {
         if isolation::in_allowed_network(ip.daddr()) {
             Verdict::pass(Reason::PassNoNat)
