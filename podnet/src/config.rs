@@ -270,7 +270,7 @@ impl Config {
     pub fn parse(text: &str, source: Source) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             source_name: source.clone(),
-            message: e.to_string().trim_end().to_owned(),
+            message: cut_lines(e.to_string().trim_end(), QUOTED_MAX),
         })?;
         Validator { source }.validate(raw)
     }
@@ -285,7 +285,7 @@ impl Validator {
         ConfigError::Invalid {
             source_name: self.source.clone(),
             field: field.into(),
-            problem: problem.into(),
+            problem: cut_lines(&problem.into(), QUOTED_MAX),
         }
     }
 
@@ -456,6 +456,21 @@ pub fn refused_sources(pod_cidr: Ipv4Net, node_ip: Ipv4Addr) -> Vec<Ipv4Net> {
         net(224, 0, 0, 0, 4),
         net(240, 0, 0, 0, 4),
     ]
+}
+
+/// Longest line of the config an error message quotes.
+const QUOTED_MAX: usize = 160;
+
+/// `text` with every line cut to `max` characters: errors quote the offending line or value, and
+/// a config of one 10 MB line must not come back as 10 MB of error.
+fn cut_lines(text: &str, max: usize) -> String {
+    text.lines()
+        .map(|line| match line.char_indices().nth(max) {
+            Some((at, _)) => format!("{}... ({} more bytes)", &line[..at], line.len() - at),
+            None => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Parses "FIRST-LAST", a non-empty range of ports 1-65535.
@@ -704,6 +719,14 @@ mod tests {
         );
         let err = parse(&format!("{NODE}{UPLINK}allow_from = [\"nope\"]\n")).unwrap_err();
         assert_eq!(err, "test.toml: uplink.allow_from[0]: \"nope\" is not an IPv4 CIDR like 10.1.1.0/24");
+    }
+
+    #[test]
+    fn parse_errors_do_not_echo_huge_lines() {
+        let huge = format!("{NODE}x = \"{}\"\n", "a".repeat(10 << 20));
+        let err = parse(&huge).unwrap_err();
+        assert!(err.len() < 2000, "{} bytes of error", err.len());
+        assert!(err.contains("more bytes)"), "{}", &err[..err.len().min(500)]);
     }
 
     #[test]

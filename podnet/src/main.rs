@@ -46,9 +46,29 @@ fn init_logs(level: &str, plain: bool) {
     if plain { logs.without_time().init() } else { logs.init() }
 }
 
+/// Writes an answer to stdout (with a final newline). A reader that went away (`| head -1`)
+/// ends podnet quietly; any other failure (a full disk) is an error, not a panic.
+fn show(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if text.is_empty() {
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_all(text.as_bytes()).and_then(|()| {
+        if !text.ends_with('\n') {
+            stdout.write_all(b"\n")?;
+        }
+        stdout.flush()
+    });
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        result => result.context("could not write to stdout"),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config = cli.command {
-        print!("{}", podnet::config::DEFAULT_TOML);
+        show(podnet::config::DEFAULT_TOML.trim_end())?;
         return Ok(ExitCode::SUCCESS);
     }
     let config = Config::load(cli.config.as_deref())?;
@@ -81,7 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Status { json } => {
                 let status = node::status(&config)?;
                 let out = if json { serde_json::to_string_pretty(&status)? } else { status::render(&status) };
-                println!("{out}");
+                show(&out)?;
             }
             Command::Node(NodeCommand::Add { name, ip, pod_cidr }) => {
                 change(Op::AddPeer { peer: PeerNode { name, ip, pod_cidr } }).await?;
@@ -96,7 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     status::nat_table(&translations)
                 };
-                println!("{out}");
+                show(&out)?;
             }
             Command::Deny(cmd) => {
                 if config.uplink.as_ref().is_none_or(|u| u.xdp == XdpMode::Off) {
@@ -114,18 +134,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     DenyCommand::List { json } => {
                         let denied = Deny::open(&node::pins_of_running_node(&config)?)?.list();
                         if json {
-                            println!("{}", serde_json::to_string_pretty(&denied)?);
+                            show(&serde_json::to_string_pretty(&denied)?)?;
                         } else {
-                            denied.iter().for_each(|c| println!("{c}"));
+                            show(&denied.iter().map(|c| format!("{c}\n")).collect::<String>())?;
                         }
                     }
                 }
             }
             Command::Nat(NatCommand::Flush) => {
-                println!("removed {} translation(s)", change(Op::NatFlush).await?["removed"]);
+                show(&format!("removed {} translation(s)", change(Op::NatFlush).await?["removed"]))?;
             }
             Command::Nat(NatCommand::Gc) => {
-                println!("removed {} idle translation(s)", change(Op::NatGc).await?["removed"]);
+                show(&format!("removed {} idle translation(s)", change(Op::NatGc).await?["removed"]))?;
             }
             Command::Agent { interval } => {
                 agent::run(cli.config.as_deref(), config.clone(), Duration::from_secs(interval.max(1)))

@@ -62,3 +62,32 @@ fn missing_node_namespace_is_reported() {
     assert!(!ok);
     assert!(err.contains("network namespace \"podnet-no-such-node\" does not exist"), "{err}");
 }
+
+/// A reader that went away (`podnet ... | head -1`) ends podnet quietly, not with a panic.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(podnet_bin())
+        .arg("config")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
+}
+
+/// A config of one 10 MB line is refused with a short message.
+#[test]
+fn a_huge_config_line_is_not_echoed() {
+    let lab = Lab::new("huge").unwrap();
+    let path = lab.dir().join("huge.toml");
+    std::fs::write(&path, format!("[node]\nname = \"n\"\npod_cidr = \"{}\"\n", "1".repeat(10 << 20)))
+        .unwrap();
+    let (ok, _, err) = podnet(&["--config", path.to_str().unwrap(), "status"]);
+    assert!(!ok);
+    assert!(err.len() < 4000, "{} bytes of stderr", err.len());
+}

@@ -126,3 +126,36 @@ fn xdp_settings_change_in_place() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A new `[uplink] interface` moves the uplink programs to it; the old uplink is detached and
+/// kept (podnet deletes no device it did not make).
+#[test]
+fn a_new_uplink_takes_over_and_the_old_one_stays() -> anyhow::Result<()> {
+    let mut lab = Lab::new("xdpmove")?;
+    let (_, node) = node_on_a_switch(&mut lab, "generic")?;
+    node.run_podnet(&["up"])?;
+    sh(&node.netns, "ip", &["link", "add", "eth1", "type", "veth", "peer", "name", "eth1p"])?;
+    sh(&node.netns, "ip", &["addr", "add", "192.168.51.1/24", "dev", "eth1"])?;
+    sh(&node.netns, "ip", &["link", "set", "eth1", "up"])?;
+    let body = std::fs::read_to_string(&node.config)?;
+    std::fs::write(
+        &node.config,
+        body.replace("interface = \"eth0\"", "interface = \"eth1\"")
+            .replace("ip = \"192.168.50.1\"", "ip = \"192.168.51.1\""),
+    )?;
+    node.run_podnet(&["up"])?;
+    let status = node.status()?;
+    let on: Vec<&str> = status["programs"]
+        .as_array()
+        .context("programs")?
+        .iter()
+        .filter(|p| !p["ifname"].as_str().unwrap_or("").starts_with("brveth_"))
+        .filter_map(|p| p["ifname"].as_str())
+        .collect();
+    assert_eq!(on, ["eth1", "eth1"], "from_uplink and the XDP program moved: {status}");
+    let eth0: serde_json::Value =
+        serde_json::from_str(&sh(&node.netns, "ip", &["-j", "link", "show", "eth0"])?)?;
+    assert!(eth0[0]["xdp"].is_null(), "no XDP program left on the old uplink: {eth0}");
+    assert!(pings(&node.pod_ns("pod1"), "10.1.1.3", 1));
+    Ok(())
+}

@@ -322,12 +322,19 @@ async fn forget_removed_pods(config: &Config, net: &NodeNet) -> Result<(), NodeE
     let owned = |name: &str| {
         held.iter().any(|(_, r)| r.host_ifname == name) || config.pods.iter().any(|p| p.host_ifname() == name)
     };
+    let uplink = config.uplink.as_ref().map(|u| u.interface.as_str());
     for link in net.pins.linked_interfaces() {
         let (name, hook) = datapath::parse_link_name(&link);
-        if hook.starts_with("tcx") && is_pod_veth_name(name) && !owned(name) {
-            info!("removing {name}: no pod owns it");
-            net.pins.unpin_link(name)?;
-            net.nl.del_link(name).await?;
+        if is_pod_veth_name(name) {
+            if hook.starts_with("tcx") && !owned(name) {
+                info!("removing {name}: no pod owns it");
+                net.pins.unpin_link(name)?;
+                net.nl.del_link(name).await?;
+            }
+        } else if Some(name) != uplink {
+            // An uplink the config no longer names: detach, and leave the device alone.
+            info!("detaching {hook} from {name}: it is no longer the uplink");
+            net.pins.unpin_link(&link)?;
         }
     }
     Ok(())
