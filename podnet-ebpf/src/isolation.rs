@@ -34,10 +34,10 @@ pub fn pod_owns_source(ctx: &TcContext, ip: &Ipv4) -> bool {
 /// the bridge; forged ARP and everything else is dropped.
 #[inline(always)]
 pub fn pod_non_ipv4(ctx: &TcContext) -> Result<Verdict, Malformed> {
-    if packet::ether_type(ctx)? != EthHdr::TYPE_ARP {
+    let eth = packet::read::<EthHdr>(ctx, 0)?;
+    if eth.ether_type != EthHdr::TYPE_ARP {
         return Ok(Verdict::drop(Reason::DropNotIpv4));
     }
-    let eth = packet::read::<EthHdr>(ctx, 0)?;
     let arp = packet::read::<ArpHdr>(ctx, EthHdr::LEN)?;
     if !arp.is_ethernet_ipv4() {
         return Ok(Verdict::drop(Reason::DropNotIpv4));

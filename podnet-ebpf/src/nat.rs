@@ -178,29 +178,23 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
         }
         Err(reason) => return Ok(Some(Verdict::pass(reason))),
     };
+    let flow = if ip.is_fragment() { None } else { Flow::parse(ctx, ip, true)? };
+    let translated = flow.as_ref().and_then(|flow| CT_OUT.get_ptr_mut(&flow.key));
     // Networks in `allow_from` route the pod CIDR back to this node: they get pod addresses.
     // Asked only where there is no translation, so established flows pay no lookup for it.
-    let untranslated = || {
-        if isolation::in_allowed_network(ip.daddr()) {
-            Verdict::pass(Reason::PassNoNat)
-        } else {
-            Verdict::drop(Reason::DropNotNatable)
-        }
-    };
-    let flow = if ip.is_fragment() { None } else { Flow::parse(ctx, ip, true)? };
+    if translated.is_none() && isolation::in_allowed_network(ip.daddr()) {
+        return Ok(Some(Verdict::pass(Reason::PassNoNat)));
+    }
     let Some(flow) = flow else {
-        return Ok(Some(untranslated()));
+        return Ok(Some(Verdict::drop(Reason::DropNotNatable)));
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (port, reason) = match CT_OUT.get_ptr_mut(&flow.key) {
+    let (port, reason) = match translated {
         Some(entry) => {
             touch(entry, now, flow.flags);
             // SAFETY: as in `touch`; the port is never rewritten after insertion.
             (unsafe { (*entry).port }, Reason::RedirectNat)
-        }
-        None if isolation::in_allowed_network(ip.daddr()) => {
-            return Ok(Some(Verdict::pass(Reason::PassNoNat)));
         }
         None => match allocate(&flow, &cfg, now) {
             Some(port) => (port, Reason::RedirectNatNew),

@@ -155,11 +155,21 @@ pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     f
 }
 
-/// `frame` (IPv4) with total length `tot_len` and its header checksum recomputed: a header that
-/// disagrees with the frame.
-pub fn with_tot_len(frame: &[u8], tot_len: u16) -> Vec<u8> {
-    let mut f = frame.to_vec();
-    f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&tot_len.to_be_bytes());
+/// `frame` (IPv4) with total length `tot_len` and a valid header checksum: a header that may
+/// disagree with the frame.
+pub fn with_tot_len(frame: &[u8], tot_len: u16) -> BytesMut {
+    with_header_bytes(frame, 2, &tot_len.to_be_bytes())
+}
+
+/// `frame` (IPv4) with TTL `ttl` and a valid header checksum.
+pub fn with_ttl(frame: &[u8], ttl: u8) -> BytesMut {
+    with_header_bytes(frame, 8, &[ttl])
+}
+
+/// `frame` with `bytes` at `offset` of its (option-less) IPv4 header, checksum recomputed.
+fn with_header_bytes(frame: &[u8], offset: usize, bytes: &[u8]) -> BytesMut {
+    let mut f = BytesMut::from(frame);
+    f[ETH_LEN + offset..ETH_LEN + offset + bytes.len()].copy_from_slice(bytes);
     f[ETH_LEN + 10..ETH_LEN + 12].fill(0);
     let c = inet_checksum(&f[ETH_LEN..ETH_LEN + 20]);
     f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());

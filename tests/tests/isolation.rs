@@ -244,7 +244,12 @@ fn malformed_and_martian_packets_go_nowhere() -> anyhow::Result<()> {
             gw_mac,
             mac,
         );
-        malformed.extend([with_tot_len(&good, len + 100), with_tot_len(&good, 19), ihl, truncated_udp]);
+        malformed.extend([
+            with_tot_len(&good, len + 100).to_vec(),
+            with_tot_len(&good, 19).to_vec(),
+            ihl,
+            truncated_udp,
+        ]);
     }
     let martians: Vec<Vec<u8>> = ["0.0.0.0", "255.255.255.255", "224.0.0.1", "240.0.0.1"]
         .iter()

@@ -23,7 +23,7 @@ use podnet_tests::{
     packets::{
         ARP_REPLY, ARP_REQUEST, ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, TCP_ACK, TCP_SYN, arp,
         checksums_valid, ethernet, icmp_echo, inet_checksum, ipv4, router_advertisement, tcp4, udp4,
-        udp4_checksummed, vlan_tagged, with_tot_len,
+        udp4_checksummed, vlan_tagged, with_tot_len, with_ttl,
     },
 };
 
@@ -214,12 +214,7 @@ fn routing_decisions() {
     dp.add_sender(SENDER, eth0);
     let remote_pod = Ipv4Addr::new(10, 1, 2, 2);
     let frame_from = |src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: usize| {
-        let mut f = udp4([0xaa; 6], [0xbb; 6], src, dst, &vec![0u8; payload]);
-        f[ETH_LEN + 8] = ttl;
-        f[ETH_LEN + 10..ETH_LEN + 12].fill(0);
-        let c = inet_checksum(&f[ETH_LEN..ETH_LEN + 20]);
-        f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
-        f
+        with_ttl(&udp4([0xaa; 6], [0xbb; 6], src, dst, &vec![0u8; payload]), ttl)
     };
     let frame = |dst: Ipv4Addr, ttl: u8, payload: usize| frame_from(SENDER, dst, ttl, payload);
 
@@ -528,8 +523,8 @@ fn isolation_decisions() {
             None,
             Reason::DropSpoofed,
         ),
-        ("total length beyond the frame", with_tot_len(&good, 200), None, Reason::DropMalformed),
-        ("total length below the header", with_tot_len(&good, 19), None, Reason::DropMalformed),
+        ("total length beyond the frame", with_tot_len(&good, 200).to_vec(), None, Reason::DropMalformed),
+        ("total length below the header", with_tot_len(&good, 19).to_vec(), None, Reason::DropMalformed),
         ("IHL beyond the packet", ipv4_with_ihl(15), None, Reason::DropMalformed),
         ("truncated UDP header", udp_truncated.to_vec(), None, Reason::DropMalformed),
         ("TCP data offset beyond the segment", tcp_bad_offset, None, Reason::DropMalformed),
@@ -652,11 +647,11 @@ fn nothing_leaves_untranslated() {
     let gre = ipv4([0xaa; 6], SENDER_MAC, pod, remote, 47, &[0; 24]);
     let mut fragment = udp4([0xaa; 6], SENDER_MAC, pod, remote, b"first fragment!!");
     fragment[ETH_LEN + 6] = 0x20; // more fragments, offset 0
-    let fragment = with_tot_len(&fragment, 44);
+    let fragment = with_tot_len(&fragment, 44).to_vec();
     let icmp_error = icmp_echo(pod, remote, 3, 0).to_vec(); // destination unreachable
     let mut big = udp4([0xaa; 6], SENDER_MAC, pod, remote, &[0; 1450 - 28]).to_vec();
     big[ETH_LEN + 6] = 0; // DF off: the stack would fragment it with the pod's address
-    let big = with_tot_len(&big, 1450);
+    let big = with_tot_len(&big, 1450).to_vec();
     for (what, frame) in [
         ("GRE", gre.to_vec()),
         ("a fragment", fragment),
@@ -681,7 +676,7 @@ fn nothing_leaves_untranslated() {
     // Too big with DF: the stack only answers "fragmentation needed" to the pod.
     let mut big_df = big;
     big_df[ETH_LEN + 6] = 0x40;
-    let big_df = with_tot_len(&big_df, 1450);
+    let big_df = with_tot_len(&big_df, 1450).to_vec();
     let before = dp.counters();
     assert_eq!(dp.run_on(FROM_POD, &big_df, Some(eth0)).0, TC_ACT_UNSPEC);
     counted(&before, &dp.counters(), Reason::PassFragNeeded);

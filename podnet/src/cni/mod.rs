@@ -25,7 +25,6 @@ use serde_json::json;
 use self::spec::{AddResult, CniError, LATEST, NetConf, SUPPORTED_VERSIONS, cni_arg, code};
 use crate::{
     config::Config,
-    datapath::PinDir,
     error_chain as chain,
     node::{
         self,
@@ -158,7 +157,7 @@ async fn dispatch(
             Ok(None)
         }
         "STATUS" => {
-            let pins = PinDir::for_node(&config.node.name);
+            let pins = node::pin_dir(&config);
             if !pins.program(podnet_common::programs::FROM_POD).exists() {
                 return Err(CniError::new(
                     code::NOT_AVAILABLE,

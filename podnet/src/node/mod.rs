@@ -104,8 +104,17 @@ enum Made {
     Netns(String),
     Link(String),
     PinDir(PinDir),
-    Route { cidr: Ipv4Net, via: Ipv4Addr, link: Iface },
-    Reservation(Ipam, PodRecord),
+    Route {
+        cidr: Ipv4Net,
+        via: Ipv4Addr,
+        link: Iface,
+    },
+    /// A pod this run attached: undone by detaching it, as any pod is.
+    Pod {
+        pins: PinDir,
+        ipam: Ipam,
+        record: PodRecord,
+    },
 }
 
 async fn undo(nl: &Netlink, made: Vec<Made>) {
@@ -117,7 +126,7 @@ async fn undo(nl: &Netlink, made: Vec<Made>) {
             Made::Route { cidr, via, link } => {
                 nl.del_peer_route(*cidr, *via, link).await.map_err(NodeError::from)
             }
-            Made::Reservation(ipam, pod) => ipam.release(pod).map(drop).map_err(NodeError::from),
+            Made::Pod { pins, ipam, record } => pod::detach(nl, pins, ipam, record).await,
         };
         if let Err(e) = result {
             warn!("rollback: could not undo {m:?}: {e}");
@@ -144,7 +153,7 @@ pub async fn up(config: &Config) -> Result<(), NodeError> {
 
 async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result<(), NodeError> {
     let node = &config.node;
-    let pins = PinDir::for_node(&node.name);
+    let pins = pin_dir(config);
     let first_up = !pins.path().exists();
     let uplink = uplink_iface(config, nl).await?;
     let veth = veth_settings(config, uplink.as_ref());
@@ -226,8 +235,8 @@ pub async fn node_net(config: &Config, nl: Netlink) -> Result<NodeNet, NodeError
     NodeNet::new(config, nl, veth).await
 }
 
-/// `[[pod]]` `pod`, recording in `made` what did not exist before (a half-made pod is undone
-/// too).
+/// `[[pod]]` `pod`, recording in `made` what this run added (a failed attach undoes itself; its
+/// namespace, made here, is recorded).
 async fn attach_config_pod(
     net: &NodeNet,
     program: &mut PodProgram,
@@ -236,27 +245,26 @@ async fn attach_config_pod(
 ) -> Result<(), NodeError> {
     let had_netns = netns::exists(&pod.netns);
     let record = PodRecord::config_pod(pod, !had_netns);
-    let held = |ipam: &Ipam| -> Result<bool, NodeError> {
-        Ok(ipam.held()?.iter().any(|(_, r)| r.same_attachment(&record)))
-    };
-    let had_veth = net.nl.link(&record.host_ifname).await?.is_some();
-    let had_address = held(&net.ipam)?;
+    let new = !net.ipam.held()?.iter().any(|(_, r)| r.same_attachment(&record));
     netns::create(&pod.netns)?;
-    let attached = pod::attach(net, program, &record, pod.ip).await;
-    if !had_netns && netns::exists(&pod.netns) {
-        made.push(Made::Netns(pod.netns.clone()));
+    match pod::attach(net, program, &record, pod.ip).await {
+        Ok(attached) => {
+            if new {
+                info!(
+                    "pod {}: {} in namespace {} via {}",
+                    pod.name, attached.ip, pod.netns, record.host_ifname
+                );
+                made.push(Made::Pod { pins: net.pins.clone(), ipam: net.ipam.clone(), record });
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if !had_netns {
+                made.push(Made::Netns(pod.netns.clone()));
+            }
+            Err(e)
+        }
     }
-    if !had_veth && net.nl.link(&record.host_ifname).await?.is_some() {
-        made.push(Made::Link(record.host_ifname.clone()));
-    }
-    if !had_address && held(&net.ipam)? {
-        made.push(Made::Reservation(net.ipam.clone(), record.clone()));
-    }
-    let attached = attached?;
-    if !had_veth {
-        info!("pod {}: {} in namespace {} via {}", pod.name, attached.ip, pod.netns, record.host_ifname);
-    }
-    Ok(())
 }
 
 /// Makes sure the node bridge is there, recording it in `made` if this run created it.
@@ -352,7 +360,7 @@ fn is_pod_veth_name(ifname: &str) -> bool {
 /// skipped, so it is safe to run twice or after a failed `up`. IPv4 forwarding is left as it is.
 pub async fn down(config: &Config) -> Result<(), NodeError> {
     let nl = Netlink::current()?;
-    let pins = PinDir::for_node(&config.node.name);
+    let pins = pin_dir(config);
     let ipam = Ipam::of(config);
     for (_, record) in ipam.held()? {
         pod::detach(&nl, &pins, &ipam, &record).await?;
@@ -401,7 +409,7 @@ pub fn pin_dir(config: &Config) -> PinDir {
 
 /// The pin directory of the node `config` describes, which must be up.
 pub fn pins_of_running_node(config: &Config) -> Result<PinDir, NodeError> {
-    let pins = PinDir::for_node(&config.node.name);
+    let pins = pin_dir(config);
     if !pins.path().exists() {
         return Err(NodeError::NotUp {
             node: config.node.name.clone(),

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::{
     Lab,
-    packets::{ETH_LEN, TCP_ACK, TCP_SYN, inet_checksum, ipv4, tcp4, udp4},
+    packets::{ETH_LEN, TCP_ACK, TCP_SYN, ipv4, tcp4, udp4, with_ttl},
 };
 
 /// Runs per `BPF_PROG_TEST_RUN` call: the TTL (255) must stay above 1 through a whole batch.
@@ -104,20 +104,17 @@ fn measure_in(pins: &PinDir, (ifindex, mac): (u32, [u8; 6]), repeat: u32) -> any
     // The kernel reruns the program on the same packet, keeping its edits: routed cases lower
     // the TTL each run. Start at 255 and run batches of BATCH so that every run is routed. Every
     // frame comes from the sender's MAC.
-    let ttl255 = |mut f: BytesMut| {
+    let ttl255 = |f: BytesMut| {
+        let mut f = with_ttl(&f, 255);
         f[6..12].copy_from_slice(&mac);
-        f[ETH_LEN + 8] = 255;
-        f[ETH_LEN + 10..ETH_LEN + 12].fill(0);
-        let c = inet_checksum(&f[ETH_LEN..ETH_LEN + 20]);
-        f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
         f
     };
-    let frame = |dst| ttl255(udp4([0xaa; 6], [0xbb; 6], pod1, dst, &[0; 18]));
+    let udp = |src, dst| ttl255(udp4([0xaa; 6], [0xbb; 6], src, dst, &[0; 18]));
+    let frame = |dst| udp(pod1, dst);
     // Another pod's address from pod1's veth and MAC.
-    let frame_from_spoofer =
-        |dst| ttl255(udp4([0xaa; 6], [0xbb; 6], Ipv4Addr::new(10, 1, 1, 9), dst, &[0; 18]));
+    let frame_from_spoofer = |dst| udp(Ipv4Addr::new(10, 1, 1, 9), dst);
     // From the uplink: a pod on node2 (a peer, admitted to pods).
-    let from_peer = |dst| ttl255(udp4([0xaa; 6], [0xbb; 6], Ipv4Addr::new(10, 1, 2, 2), dst, &[0; 18]));
+    let from_peer = |dst| udp(Ipv4Addr::new(10, 1, 2, 2), dst);
     let external = Ipv4Addr::new(192, 168, 50, 2);
     let outbound = ttl255(tcp4((pod1, 40000), (external, 80), TCP_ACK));
     // struct __sk_buff is 192 bytes; `ifindex` (the input device for the FIB) sits at offset 40.
@@ -166,12 +163,7 @@ fn measure_in(pins: &PinDir, (ifindex, mac): (u32, [u8; 6]), repeat: u32) -> any
         ),
         one(FROM_UPLINK, "pass-through (for the node)", from_peer(node), TC_ACT_UNSPEC),
         // XDP actions: XDP_DROP 1, XDP_PASS 2, XDP_REDIRECT 4.
-        one(
-            UPLINK_FILTER,
-            "deny-listed source (drop)",
-            ttl255(udp4([0xaa; 6], [0xbb; 6], denied, local, &[0; 18])),
-            1,
-        ),
+        one(UPLINK_FILTER, "deny-listed source (drop)", udp(denied, local), 1),
         one(UPLINK_FILTER, "allowed source (pass)", from_peer(local), 2),
         one(UPLINK_DELIVER, "to local pod (devmap redirect)", from_peer(local), 4),
     ];
