@@ -57,6 +57,25 @@ pub mod maps {
     pub const UPLINK_ALLOW: &str = "UPLINK_ALLOW";
     /// Capacity of [`UPLINK_ALLOW`].
     pub const UPLINK_ALLOW_MAX: usize = 1024;
+
+    /// Every pinned map with the version of its layout: what its keys and values mean. A map's
+    /// version goes up whenever that meaning changes, even when its sizes do not (a counter slot
+    /// that now counts something else), so `podnet up` can tell an old map from a current one and
+    /// migrate it. Version 1 is the layout of podnet 0.1, whose maps carry no version.
+    pub const LAYOUTS: [(&str, u32); 10] = [
+        (ENDPOINTS, 1),
+        (POD_DEVS, 1),
+        (POD_SOURCES, 1),
+        // 2: 64 slots (was one per reason, 20); slot 15 counts drop_not_natable (was
+        // pass_not_natable).
+        (COUNTERS, 2),
+        (PEERS, 1),
+        (NAT_CONFIG, 1),
+        (CT_OUT, 1),
+        (CT_IN, 1),
+        (DENY, 1),
+        (UPLINK_ALLOW, 1),
+    ];
 }
 
 /// Values of the [`maps::UPLINK_ALLOW`] trie.

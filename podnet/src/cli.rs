@@ -63,22 +63,27 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build the node's pods and attach the eBPF datapath.
+    /// Build the node's pods and attach the eBPF datapath; make a running node match its config.
     ///
     /// Creates what is missing (bridge with the gateway address, pod namespaces without IPv6,
     /// veth pairs with the pods' MTU, addresses, default routes), enables ip_forward, reserves the
     /// NAT port range from the node's sockets, mounts bpffs if needed, loads the programs,
     /// attaches `from_pod` at tcx ingress of every host-side pod veth, fills the endpoint map and
     /// pins maps and links under /sys/fs/bpf/podnet/<node>/. Safe to re-run: with the same config
-    /// nothing changes; programs are swapped atomically inside their existing links. If a step
-    /// fails, everything this run created is removed again.
+    /// nothing changes; programs are swapped atomically inside their existing links. With a
+    /// changed config the node follows it: removed pods and peers go, a pod's new address
+    /// replaces its old one, translations made under an old node IP or port range go. Maps pinned
+    /// by an older podnet are migrated in place while traffic flows. If a step fails, everything
+    /// this run created or changed is undone.
     Up,
     /// Remove everything `up` and the CNI plugin made, and nothing else.
     ///
-    /// Every pod's veth (containers lose their podnet interface), the [[pod]] namespaces,
-    /// pinned links (detaching the programs) and maps, peer routes, the bridge and the IPAM
-    /// state. Safe to run twice or after a failed `up`. ip_forward is left as it is. Refused while
-    /// the agent runs: stop it first.
+    /// Every pod's veth (containers lose their podnet interface), the namespaces podnet made,
+    /// pinned links (detaching the programs) and maps, peer routes and the IPAM state; the bridge
+    /// (or only the gateway address, on a bridge podnet found), ip_forward and the NAT port
+    /// reservation only where `up` made or changed them (recorded in <state_dir>/<node>/node.json).
+    /// Safe to run twice, after a failed `up`, or on a node never up. Refused while the agent
+    /// runs: stop it first.
     Down,
     /// Show endpoints, peers, attached programs and per-reason packet counters.
     Status {

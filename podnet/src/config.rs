@@ -346,7 +346,16 @@ impl Validator {
 
     fn uplink(&self, raw: RawUplink, node: &Node) -> Result<Uplink, ConfigError> {
         check_ifname(&raw.interface).map_err(|p| self.invalid("uplink.interface", p))?;
+        if raw.interface == node.bridge {
+            return Err(self.invalid(
+                "node.bridge",
+                format!("{:?} is the uplink interface; the node bridge is a device of its own", node.bridge),
+            ));
+        }
         let ip = self.ipv4("uplink.ip", &raw.ip)?;
+        if node.pod_cidr.contains(&ip) {
+            return Err(self.invalid("uplink.ip", format!("{ip} lies in node.pod_cidr {}", node.pod_cidr)));
+        }
         let xdp = match raw.xdp.as_deref() {
             None => XdpMode::Off,
             Some(name) => XdpMode::parse(name).ok_or_else(|| {
@@ -510,6 +519,24 @@ pub fn check_peer(
     }
     if peer.ip == uplink.ip || known.iter().any(|k| k.ip == peer.ip) {
         return Err(("ip", format!("{} is already another node's address", peer.ip)));
+    }
+    if node.pod_cidr.contains(&peer.ip) {
+        return Err(("ip", format!("{} lies in this node's pod_cidr {}", peer.ip, node.pod_cidr)));
+    }
+    if peer.pod_cidr.contains(&peer.ip) {
+        return Err((
+            "pod_cidr",
+            format!(
+                "{} holds the peer's own address {}: it would be routed via itself",
+                peer.pod_cidr, peer.ip
+            ),
+        ));
+    }
+    if peer.pod_cidr.contains(&uplink.ip) {
+        return Err((
+            "pod_cidr",
+            format!("{} holds this node's uplink address {}", peer.pod_cidr, uplink.ip),
+        ));
     }
     let overlaps = |a: Ipv4Net, b: Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
     if overlaps(peer.pod_cidr, node.pod_cidr) {
@@ -699,6 +726,37 @@ mod tests {
         assert_eq!(err, "test.toml: peer[0].name: peers need an [uplink] section (interface and node IP)");
         let err = parse(&format!("{NODE}{UPLINK}{peer}")).unwrap_err();
         assert_eq!(err, "test.toml: peer[0].ip: 192.168.50.1 is already another node's address");
+    }
+
+    #[test]
+    fn configs_that_would_break_the_node_are_refused() {
+        let uplink = "[uplink]\ninterface = \"eth0\"\nip = \"192.168.50.1\"\n";
+        let peer =
+            |ip: &str, cidr: &str| format!("[[peer]]\nname = \"n2\"\nip = \"{ip}\"\npod_cidr = \"{cidr}\"\n");
+        for (config, error) in [
+            (
+                format!("[node]\nname = \"n1\"\npod_cidr = \"10.1.1.0/24\"\nbridge = \"eth0\"\n{uplink}"),
+                "test.toml: node.bridge: \"eth0\" is the uplink interface; the node bridge is a device of its own",
+            ),
+            (
+                "[node]\nname = \"n1\"\npod_cidr = \"192.168.50.0/24\"\n".to_owned() + uplink,
+                "test.toml: uplink.ip: 192.168.50.1 lies in node.pod_cidr 192.168.50.0/24",
+            ),
+            (
+                format!("{NODE}{uplink}{}", peer("10.1.1.9", "10.1.2.0/24")),
+                "test.toml: peer[0].ip: 10.1.1.9 lies in this node's pod_cidr 10.1.1.0/24",
+            ),
+            (
+                format!("{NODE}{uplink}{}", peer("192.168.50.2", "192.168.0.0/16")),
+                "test.toml: peer[0].pod_cidr: 192.168.0.0/16 holds the peer's own address 192.168.50.2: it would be routed via itself",
+            ),
+            (
+                format!("{NODE}{uplink}{}", peer("172.16.0.2", "192.168.0.0/16")),
+                "test.toml: peer[0].pod_cidr: 192.168.0.0/16 holds this node's uplink address 192.168.50.1",
+            ),
+        ] {
+            assert_eq!(parse(&config).unwrap_err(), error);
+        }
     }
 
     #[test]

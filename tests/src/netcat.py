@@ -2,7 +2,8 @@
 
   netcat.py http-whoami ADDR PORT            answer every GET with the client's address
   netcat.py udp-echo ADDR PORT               answer each datagram with "<data> from <client ip>"
-  netcat.py udp-ask ADDR PORT MESSAGE        send one datagram, print the answer (2 s timeout)
+  netcat.py udp-ask ADDR PORT MESSAGE [SPORT] send one datagram (from SPORT), print the answer
+                                             (2 s timeout)
   netcat.py tcp-record ADDR PORT FILE        accept and hold connections; keep FILE = peers seen
   netcat.py tcp-echo ADDR PORT               echo every connection
   netcat.py tcp-open ADDR PORT N HOLD        open N connections at once, print how many, hold
@@ -33,6 +34,8 @@ elif mode == "udp-echo":
 elif mode == "udp-ask":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(2)
+    if len(sys.argv) > 5:
+        s.bind(("", int(sys.argv[5])))
     s.sendto(sys.argv[4].encode(), (addr, port))
     print(s.recvfrom(2048)[0].decode())
 elif mode in ("tcp-record", "tcp-echo"):

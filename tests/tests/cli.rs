@@ -91,3 +91,17 @@ fn a_huge_config_line_is_not_echoed() {
     assert!(!ok);
     assert!(err.len() < 4000, "{} bytes of stderr", err.len());
 }
+
+/// README lists the counter reasons in the order of their map slots, as `bpftool` shows them.
+#[test]
+fn readme_lists_the_counters_in_slot_order() {
+    let readme = include_str!("../../README.md");
+    let from = readme.find("Counter reasons, in counter-index order").expect("README lists the reasons");
+    let text = &readme[from..];
+    let text = &text[..text.find("\n\n").unwrap_or(text.len())];
+    // The list starts after the sentence's colon.
+    let text = text.split_once("):").map_or(text, |(_, list)| list);
+    let listed: Vec<&str> = text.split('`').skip(1).step_by(2).filter(|w| w.contains('_')).collect();
+    let names: Vec<&str> = podnet_common::Reason::ALL.iter().map(|r| r.name()).collect();
+    assert_eq!(listed, names);
+}

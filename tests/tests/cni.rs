@@ -289,3 +289,44 @@ fn concurrent_ups_end_consistent() -> anyhow::Result<()> {
     assert!(pings(&node.pod_ns("pod1"), "10.1.1.3", 1));
     Ok(())
 }
+
+/// `up` (a new podnet, say) swaps the new `from_pod` into the containers' links too, keeping the
+/// links; a container whose namespace vanished without a DEL does not make `up` fail.
+#[test]
+fn up_updates_the_containers_programs() -> anyhow::Result<()> {
+    let mut lab = Lab::new("cniup")?;
+    let node = node(&mut lab)?;
+    let conf = net_conf(&node, "1.1.0", json!({}));
+    let (c1, c2) = (lab.netns("c1")?, lab.netns("c2")?);
+    for (id, ns) in [("c1id", &c1), ("c2id", &c2)] {
+        let add = call(&node, "ADD", (id, &format!("/run/netns/{ns}"), "eth0"), "", &conf)?;
+        assert!(add.success, "{add:?}");
+    }
+    let links = |node: &Node| -> anyhow::Result<Vec<(String, u64, u64)>> {
+        Ok(node.status()?["programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let id = |f: &str| p[f].as_u64().unwrap_or(0);
+                (p["ifname"].as_str().unwrap_or("").to_owned(), id("link_id"), id("prog_id"))
+            })
+            .collect())
+    };
+    let before = links(&node)?;
+    podnet_tests::run(std::process::Command::new("ip").args(["netns", "del", &c2]))?;
+    node.run_podnet(&["up"])?;
+    let after = links(&node)?;
+    let pod1 = after.iter().find(|(ifname, _, _)| ifname == "brveth_pod1").map(|l| l.2);
+    for (ifname, link_id, prog_id) in &after {
+        let old = before.iter().find(|(i, _, _)| i == ifname);
+        assert_eq!(old.map(|o| o.1), Some(*link_id), "{ifname} kept its link");
+        assert_eq!(Some(*prog_id), pod1, "{ifname} runs the new from_pod");
+        assert_ne!(old.map(|o| o.2), Some(*prog_id), "{ifname} got a new program");
+    }
+    assert!(pings(&c1, "10.1.1.2", 1), "the container still reaches pod1");
+    node.run_podnet(&["down"])?;
+    let state = std::path::Path::new("/var/lib/podnet").join(&node.name);
+    assert!(!state.exists(), "down leaves no state behind");
+    Ok(())
+}

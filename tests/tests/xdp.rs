@@ -159,3 +159,45 @@ fn a_new_uplink_takes_over_and_the_old_one_stays() -> anyhow::Result<()> {
     assert!(pings(&node.pod_ns("pod1"), "10.1.1.3", 1));
     Ok(())
 }
+
+/// Re-running `up` while a deny-listed host floods a pod swaps the XDP program inside its link:
+/// 20 re-ups, none fails, the link id never changes and not one denied packet reaches the pod.
+#[test]
+fn re_up_under_a_denied_flood_opens_no_gap() -> anyhow::Result<()> {
+    for xdp in ["native", "generic"] {
+        re_up_under_flood_with(xdp).with_context(|| format!("uplink xdp = {xdp}"))?;
+    }
+    Ok(())
+}
+
+fn re_up_under_flood_with(xdp: &str) -> anyhow::Result<()> {
+    let mut lab = Lab::new("xdpreup")?;
+    let (switch, node) = node_on_a_switch(&mut lab, xdp)?;
+    let bad = lab.netns("bad")?;
+    lab.plug(&switch, &bad, "portb", "192.168.50.100/24")?;
+    sh(&bad, "ip", &["route", "add", "10.1.1.0/24", "via", "192.168.50.1"])?;
+    node.run_podnet(&["up"])?;
+    node.run_podnet(&["deny", "add", "192.168.50.100/32"])?;
+    let xdp_link = || -> anyhow::Result<serde_json::Value> {
+        let status = node.status()?;
+        status["programs"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["hook"] == format!("xdp {xdp}")))
+            .map(|p| p["link_id"].clone())
+            .with_context(|| format!("no XDP link in {status}"))
+    };
+    let link_id = xdp_link()?;
+    let pcap = lab.capture(&node.pod_ns("pod1"), "veth_pod1", "src host 192.168.50.100")?;
+    let dropped_before = node.counter("xdp_drop_denied")?;
+    lab.spawn(&bad, "ping", &["-f", "-i", "0.001", "-q", "10.1.1.2"])?;
+    for i in 0..20 {
+        node.run_podnet(&["up"]).with_context(|| format!("re-up {i}"))?;
+        assert_eq!(xdp_link()?, link_id, "re-up {i} kept the XDP link");
+        thread::sleep(Duration::from_millis(300));
+    }
+    let dropped = node.counter("xdp_drop_denied")? - dropped_before;
+    // Unanswered, a flood ping paces itself to about 100 packets a second.
+    assert!(dropped >= 300, "the flood went on during the re-ups: {dropped} packets dropped");
+    assert_eq!(lab.captured(&node.pod_ns("pod1"), &pcap, "")?, 0, "denied packets reached the pod");
+    Ok(())
+}

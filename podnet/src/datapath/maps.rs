@@ -117,7 +117,9 @@ impl Endpoints {
             self.set_source(endpoint.host_ifindex, &PodSource::default())?;
         }
         match self.devs.remove(endpoint.host_ifindex) {
+            // The kernel drops a device's entry itself when the device goes.
             Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(access_err("remove", POD_DEVS, endpoint.host_ifindex.to_string())(e)),
         }
     }
@@ -289,10 +291,12 @@ impl Counters {
         open(pins, COUNTERS, Map::PerCpuArray).map(Self)
     }
 
-    /// Packets per reason, summed over CPUs, in [`Reason::ALL`] order.
+    /// Packets per reason, summed over CPUs, in [`Reason::ALL`] order; only the reasons the map
+    /// has slots for (an older podnet's map, before `up` migrates it, has fewer).
     pub fn totals(&self) -> Result<Vec<(Reason, u64)>, MapsError> {
         Reason::ALL
             .iter()
+            .filter(|&&reason| (reason as u32) < self.0.len())
             .map(|&reason| {
                 let per_cpu = self.0.get(&(reason as u32), 0).map_err(access_err(
                     "read",
@@ -311,6 +315,10 @@ pub struct NatSettings(Array<MapData, NatConfig>);
 impl NatSettings {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
         open(pins, NAT_CONFIG, Map::Array).map(Self)
+    }
+
+    pub fn get(&self) -> Result<NatConfig, MapsError> {
+        self.0.get(&0, 0).map_err(access_err("read", NAT_CONFIG, "0".to_owned()))
     }
 
     pub fn set(&mut self, config: &NatConfig) -> Result<(), MapsError> {
@@ -352,16 +360,27 @@ impl Conntrack {
         let _ = self.inbound.remove(reply);
     }
 
-    /// Removes every entry of both maps, including reply entries whose pod side is gone.
-    pub fn flush(&mut self) -> usize {
-        let pairs = self.pairs();
+    /// Removes the translations whose pod side `out` matches (both directions), and reply
+    /// entries `reply` matches whose pod side is gone; returns how many translations went.
+    pub fn remove_where(
+        &mut self,
+        out: impl Fn(&CtKey, &CtEntry) -> bool,
+        reply: impl Fn(&CtKey, &CtEntry) -> bool,
+    ) -> usize {
+        let pairs: Vec<CtPair> = self.pairs().into_iter().filter(|(k, e, _, _)| out(k, e)).collect();
         for (out, _, reply, _) in &pairs {
             self.remove(out, reply);
         }
-        let stray: Vec<CtKey> = self.inbound.keys().flatten().collect();
+        let stray: Vec<CtKey> =
+            self.inbound.iter().flatten().filter(|(k, e)| reply(k, e)).map(|(k, _)| k).collect();
         for key in &stray {
             let _ = self.inbound.remove(key);
         }
         pairs.len()
+    }
+
+    /// Removes every entry of both maps, including reply entries whose pod side is gone.
+    pub fn flush(&mut self) -> usize {
+        self.remove_where(|_, _| true, |_, _| true)
     }
 }

@@ -12,6 +12,8 @@
 //! /sys/fs/bpf/podnet/<node>/links/<ifname>@xdp-<mode>   XDP link: uplink_filter, or
 //!                                            uplink_deliver with [uplink] xdp_deliver
 //! /sys/fs/bpf/podnet/<node>/programs/from_pod   for pods attached after `up` (CNI ADD)
+//! /sys/fs/bpf/podnet/<node>/layout/<MAP>@v<N>    layout version of each map (see [`migrate`])
+//! /sys/fs/bpf/podnet/<node>/old/<MAP>@v<N>       a map being migrated, while `up` runs
 //! ```
 //! Maps are pinned by name (aya reuses a pinned map on the next load), links are pinned so the
 //! programs stay attached after `podnet up` exits, and re-running `up` swaps the program inside
@@ -33,10 +35,11 @@ use podnet_common::programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILT
 use crate::config::XdpMode;
 
 pub mod maps;
+pub mod migrate;
 pub mod nat;
 mod pins;
 
-pub use pins::{PinDir, ensure_bpffs, parse_link_name};
+pub use pins::{PinDir, bpffs_mounted, ensure_bpffs, parse_link_name};
 use pins::{fs_err, remove_file};
 
 /// The compiled kernel programs, embedded at build time (see build.rs).
@@ -121,10 +124,24 @@ impl Datapath {
     pub fn load(pins: &PinDir) -> Result<Self, DatapathError> {
         ensure_bpffs()?;
         std::fs::create_dir_all(pins.links()).map_err(fs_err("create", &pins.links()))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pins.path())
-            .load(OBJECT)
-            .map_err(DatapathError::Load)?;
+        migrate::set_aside_stale(pins)?;
+        let mut ebpf = loop {
+            match EbpfLoader::new().default_map_pin_directory(pins.path()).load(OBJECT) {
+                // Each round sets one map aside, so this ends.
+                Err(aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
+                    name,
+                    property,
+                    expected,
+                    actual,
+                })) => {
+                    let why = format!("its {property} is {actual}, podnet expects {expected}");
+                    migrate::set_aside_incompatible(pins, &name, &why)?;
+                }
+                loaded => break loaded.map_err(DatapathError::Load)?,
+            }
+        };
+        migrate::stamp_all(pins)?;
+        migrate::carry(pins)?;
         for name in [FROM_POD, FROM_UPLINK] {
             classifier(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
         }

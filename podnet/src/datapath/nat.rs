@@ -3,7 +3,7 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use podnet_common::{CtKey, ct_flags, proto};
+use podnet_common::{CtKey, NatConfig, ct_flags, proto};
 use serde::Serialize;
 
 use crate::{
@@ -123,6 +123,28 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts) -> Result<usize, MapsError> {
         ct.remove(&t.keys.0, &t.keys.1);
     }
     Ok(expired.len())
+}
+
+/// Removes the translations of pod address `ip` (the pod is gone or moved); returns how many.
+pub fn forget_pod(pins: &PinDir, ip: Ipv4Addr) -> Result<usize, MapsError> {
+    let mut ct = Conntrack::open(pins)?;
+    Ok(ct.remove_where(|key, _| key.saddr == ip.octets(), |_, entry| entry.addr == ip.octets()))
+}
+
+/// Removes the translations that `settings` no longer allow: all of them when NAT is off, else
+/// those made as another node address or on a node port outside the range; returns how many.
+pub fn forget_unlike(pins: &PinDir, settings: &NatConfig) -> Result<usize, MapsError> {
+    let mut ct = Conntrack::open(pins)?;
+    let fits = |addr: [u8; 4], port: u16| {
+        settings.enabled != 0
+            && addr == settings.node_ip
+            && (settings.port_min..=settings.port_max).contains(&u16::from_be(port))
+    };
+    // ICMP echo identifiers are allocated from the same range as ports.
+    Ok(ct.remove_where(
+        |_, out| !fits(out.addr, out.port),
+        |reply_key, _| !fits(reply_key.daddr, reply_key.dport),
+    ))
 }
 
 /// Removes every translation; returns how many there were.

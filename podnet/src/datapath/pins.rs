@@ -76,25 +76,78 @@ impl PinDir {
         remove_file(&self.link(ifname))
     }
 
+    /// The layout version map `name` was stamped with (see [`podnet_common::maps::LAYOUTS`]):
+    /// an empty directory `layout/<name>@v<version>` beside the maps, so the stamp lives and
+    /// dies with them (bpffs allows no '.' in names). `None` when there is none (a map of podnet 0.1, or none at all).
+    pub(super) fn stamped_version(&self, name: &str) -> Option<u32> {
+        std::fs::read_dir(self.0.join("layout"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .find_map(|stamp| stamp.strip_prefix(name)?.strip_prefix("@v")?.parse().ok())
+    }
+
+    /// Stamps map `name` with layout `version`, replacing its older stamps.
+    pub(super) fn stamp(&self, name: &str, version: u32) -> Result<(), DatapathError> {
+        let dir = self.0.join("layout");
+        std::fs::create_dir_all(&dir).map_err(fs_err("create", &dir))?;
+        while let Some(old) = self.stamped_version(name).filter(|&v| v != version) {
+            remove_dir(&dir.join(format!("{name}@v{old}")))?;
+        }
+        let stamp = dir.join(format!("{name}@v{version}"));
+        match std::fs::create_dir(&stamp) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(fs_err("create", &stamp)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where map `name` of layout `version` waits, set aside, while `up` migrates it.
+    pub(super) fn set_aside_map(&self, name: &str, version: u32) -> PathBuf {
+        self.0.join("old").join(format!("{name}@v{version}"))
+    }
+
+    /// Moves the pinned map `name` (of layout `version`) aside, out of the loader's way; the
+    /// programs using it keep it. A map set aside before (a migration a failed `up` left
+    /// unfinished) is not replaced: it holds the older state.
+    pub(super) fn set_aside(&self, name: &str, version: u32) -> Result<(), DatapathError> {
+        let to = self.set_aside_map(name, version);
+        let dir = to.parent().expect("old/ has a parent");
+        std::fs::create_dir_all(dir).map_err(fs_err("create", dir))?;
+        let from = self.map(name);
+        if self.maps_set_aside().iter().any(|(n, _)| n == name) {
+            return remove_file(&from);
+        }
+        std::fs::rename(&from, &to).map_err(fs_err("rename", &from))
+    }
+
+    /// The maps set aside and not migrated yet: name and layout version.
+    pub(super) fn maps_set_aside(&self) -> Vec<(String, u32)> {
+        let mut all: Vec<(String, u32)> = std::fs::read_dir(self.0.join("old"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let file = e.file_name().into_string().ok()?;
+                let (name, version) = file.rsplit_once("@v")?;
+                Some((name.to_owned(), version.parse().ok()?))
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
     /// Unpins everything (detaching the programs and freeing the maps) and removes the
     /// directory, and the podnet root too once no node is left in it.
     pub fn remove(&self) -> Result<(), DatapathError> {
         if !self.0.exists() {
             return Ok(());
         }
+        // Links first: unpinning them detaches the programs before their maps go.
         for ifname in self.linked_interfaces() {
             self.unpin_link(&ifname)?;
         }
-        remove_dir(&self.links())?;
-        let programs = self.0.join("programs");
-        for entry in std::fs::read_dir(&programs).into_iter().flatten().flatten() {
-            remove_file(&entry.path())?;
-        }
-        remove_dir(&programs)?;
-        for entry in std::fs::read_dir(&self.0).map_err(fs_err("list", &self.0))?.flatten() {
-            remove_file(&entry.path())?;
-        }
-        remove_dir(&self.0)?;
+        remove_tree(&self.0)?;
         if let Some(root) = self.0.parent().filter(|p| p.ends_with("podnet")) {
             // Only succeeds once the last node is gone; anything else is fine.
             let _ = std::fs::remove_dir(root);
@@ -123,6 +176,18 @@ pub(super) fn remove_file(path: &Path) -> Result<(), DatapathError> {
     }
 }
 
+/// Removes `dir` and everything in it: pins, stamps, subdirectories.
+fn remove_tree(dir: &Path) -> Result<(), DatapathError> {
+    for entry in std::fs::read_dir(dir).map_err(fs_err("list", dir))?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path())?;
+        } else {
+            remove_file(&entry.path())?;
+        }
+    }
+    remove_dir(dir)
+}
+
 fn remove_dir(path: &Path) -> Result<(), DatapathError> {
     match std::fs::remove_dir(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(fs_err("remove", path)(e)),
@@ -130,19 +195,30 @@ fn remove_dir(path: &Path) -> Result<(), DatapathError> {
     }
 }
 
-/// Mounts bpffs on /sys/fs/bpf if nothing is mounted there yet.
-///
-/// Refuses when the process runs in a private mount namespace (e.g. `ip netns exec`): a bpffs
-/// mounted there would vanish, with every pin in it, when the command exits.
-pub fn ensure_bpffs() -> Result<(), DatapathError> {
-    const BPFFS: &str = "/sys/fs/bpf";
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Whether bpffs is mounted on /sys/fs/bpf; an error when it is not and this process runs in a
+/// private mount namespace (`ip netns exec`), where the host's pins cannot be seen: it says to
+/// use `--netns` instead.
+pub fn bpffs_mounted() -> Result<bool, DatapathError> {
     if statfs(BPFFS).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC) {
-        return Ok(());
+        return Ok(true);
     }
     let same_mount_ns =
         std::fs::read_link("/proc/self/ns/mnt").ok() == std::fs::read_link("/proc/1/ns/mnt").ok();
     if !same_mount_ns {
         return Err(DatapathError::NoBpffs { path: BPFFS.to_owned() });
+    }
+    Ok(false)
+}
+
+/// Mounts bpffs on /sys/fs/bpf if nothing is mounted there yet.
+///
+/// Refuses when the process runs in a private mount namespace (e.g. `ip netns exec`): a bpffs
+/// mounted there would vanish, with every pin in it, when the command exits.
+pub fn ensure_bpffs() -> Result<(), DatapathError> {
+    if bpffs_mounted()? {
+        return Ok(());
     }
     nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
         .map_err(|source| DatapathError::MountBpffs { path: BPFFS.to_owned(), source })

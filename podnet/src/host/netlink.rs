@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressMessage},
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage},
     },
@@ -25,6 +25,7 @@ use super::{
 const ENODEV: i32 = -19;
 const EEXIST: i32 = -17;
 const ESRCH: i32 = -3;
+const EADDRNOTAVAIL: i32 = -99;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -220,9 +221,12 @@ impl Netlink {
 }
 
 impl Netlink {
-    /// The IPv4 addresses on `link`.
-    pub async fn ipv4_addresses(&self, link: &Iface) -> Result<Vec<Ipv4Addr>, NetlinkError> {
-        let msgs: Vec<_> = self
+    /// The IPv4 addresses on `link`, each with its netlink message.
+    async fn ipv4_address_messages(
+        &self,
+        link: &Iface,
+    ) -> Result<Vec<(Ipv4Addr, AddressMessage)>, NetlinkError> {
+        let msgs: Vec<AddressMessage> = self
             .handle
             .address()
             .get()
@@ -232,13 +236,51 @@ impl Netlink {
             .await
             .map_err(self.request("list addresses of", &link.name))?;
         Ok(msgs
-            .iter()
-            .flat_map(|m| &m.attributes)
-            .filter_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
+            .into_iter()
+            .filter_map(|m| {
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })?;
+                Some((ip, m))
             })
             .collect())
+    }
+
+    /// The IPv4 addresses on `link`.
+    pub async fn ipv4_addresses(&self, link: &Iface) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+        Ok(self.ipv4_address_messages(link).await?.into_iter().map(|(ip, _)| ip).collect())
+    }
+
+    /// The IPv4 networks `link` is on (its addresses with their prefixes, host bits cleared).
+    pub async fn ipv4_networks(&self, link: &Iface) -> Result<Vec<Ipv4Net>, NetlinkError> {
+        Ok(self
+            .ipv4_address_messages(link)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, m)| Ipv4Net::new(ip, m.header.prefix_len).ok().map(|n| n.trunc()))
+            .collect())
+    }
+
+    /// Removes the IPv4 addresses of `link` that `keep` refuses; returns them.
+    pub async fn del_addresses_except(
+        &self,
+        link: &Iface,
+        keep: impl Fn(Ipv4Addr) -> bool,
+    ) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+        let mut removed = Vec::new();
+        for (ip, msg) in self.ipv4_address_messages(link).await? {
+            if keep(ip) {
+                continue;
+            }
+            match self.handle.address().del(msg).execute().await {
+                Err(e) if code(&e) != Some(EADDRNOTAVAIL) => {
+                    return Err(self.request("delete address", format!("{ip} from {}", link.name))(e));
+                }
+                _ => removed.push(ip),
+            }
+        }
+        Ok(removed)
     }
 
     /// Whether the main table has a default route via `gateway`.
@@ -342,5 +384,6 @@ mod tests {
         assert_eq!(super::ENODEV, -libc::ENODEV);
         assert_eq!(super::EEXIST, -libc::EEXIST);
         assert_eq!(super::ESRCH, -libc::ESRCH);
+        assert_eq!(super::EADDRNOTAVAIL, -libc::EADDRNOTAVAIL);
     }
 }

@@ -68,7 +68,7 @@ pub struct PodLink<'a> {
 }
 
 /// Makes sure the pod behind `pod` has IPv6 off, its veth pair (with `veth` settings), address
-/// `ip` and a default route via the node's gateway. The host end stays out of the bridge and
+/// `ip` (and no other) and a default route via the node's gateway. The host end stays out of the bridge and
 /// down until [`connect_host`]: nothing the pod sends gets anywhere before its program is on.
 pub async fn ensure_pod(
     nl: &Netlink,
@@ -99,6 +99,9 @@ pub async fn ensure_pod(
     let lo = inside.existing_link("lo").await?;
     inside.set_up(&lo).await?;
     inside.set_mtu(&pod_if, veth.mtu).await?;
+    // An address the pod had before (its `ip` changed) would stay its primary one. It goes
+    // first: removing a primary address takes the secondaries with it.
+    inside.del_addresses_except(&pod_if, |a| a == ip).await?;
     inside.add_address(&pod_if, ip, node.pod_cidr.prefix_len()).await?;
     inside.set_up(&pod_if).await?;
     gro::set(pod.netns, pod.ifname, veth.xdp_frames).map_err(NetlinkError::from)?;

@@ -37,8 +37,17 @@ fn write(path: &'static str, value: &str) -> Result<(), SysctlError> {
 
 /// Turns on IPv4 forwarding in the current (node) namespace, as the recipe does: packets the
 /// datapath hands to the stack (to the gateway, other nodes, the outside) are routed by it.
-pub fn enable_ip_forward() -> Result<(), SysctlError> {
-    write(IP_FORWARD, "1")
+/// Returns whether it was off (and so turned on by this call).
+pub fn enable_ip_forward() -> Result<bool, SysctlError> {
+    if read(IP_FORWARD)?.trim() == "1" {
+        return Ok(false);
+    }
+    write(IP_FORWARD, "1").map(|()| true)
+}
+
+/// Turns IPv4 forwarding off again (what [`enable_ip_forward`] turned on).
+pub fn restore_ip_forward() -> Result<(), SysctlError> {
+    write(IP_FORWARD, "0")
 }
 
 /// Turns IPv6 off in pod namespace `ns` (new interfaces too), so pods have no IPv6 address and
@@ -55,13 +64,14 @@ pub fn disable_ipv6_in(ns: &str) -> Result<(), SysctlError> {
 
 /// Reserves ports `min..=max` in the current (node) namespace's `ip_local_reserved_ports`, so
 /// the node's own sockets never take a port a translation uses. Ranges already reserved stay.
-pub fn reserve_ports(min: u16, max: u16) -> Result<(), SysctlError> {
+/// Returns whether it reserved anything (false: the node had them reserved already).
+pub fn reserve_ports(min: u16, max: u16) -> Result<bool, SysctlError> {
     let mut ranges = reserved_ports()?;
     if ranges.iter().any(|&(a, b)| a <= min && max <= b) {
-        return Ok(());
+        return Ok(false);
     }
     ranges.push((min, max));
-    write(RESERVED_PORTS, &format_ranges(&ranges))
+    write(RESERVED_PORTS, &format_ranges(&ranges)).map(|()| true)
 }
 
 /// How many of the node's ephemeral ports (`ip_local_port_range`) reserving `min..=max` takes

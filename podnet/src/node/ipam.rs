@@ -94,6 +94,14 @@ impl PodRecord {
     }
 }
 
+/// The address a pod holds after [`Ipam::reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub ip: Ipv4Addr,
+    /// The address it held before, given back: the pod moved to `ip`.
+    pub moved_from: Option<Ipv4Addr>,
+}
+
 /// The node's pod addresses.
 #[derive(Debug, Clone)]
 pub struct Ipam {
@@ -123,33 +131,35 @@ impl Ipam {
     }
 
     /// The address `pod` holds, reserving one if it holds none: `requested` if given (it must be
-    /// free or already the pod's), else the next free one after the last reserved.
-    pub fn reserve(&self, pod: &PodRecord, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+    /// free or already the pod's), else the next free one after the last reserved. A pod that
+    /// holds another address than `requested` moves: `requested` is reserved, then the old one
+    /// is given back (see [`Reservation::moved_from`]).
+    pub fn reserve(&self, pod: &PodRecord, requested: Option<Ipv4Addr>) -> Result<Reservation, IpamError> {
         std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let held = self.held()?;
-        if let Some((ip, _)) = held.iter().find(|(_, r)| r.same_attachment(pod)) {
-            match requested {
-                Some(want) if want != *ip => {
-                    return Err(IpamError::InUse {
-                        ip: *ip,
-                        holder: format!("{} (asked for {want})", pod.display_name()),
-                    });
-                }
-                _ => return Ok(*ip),
+        let holds = held.iter().find(|(_, r)| r.same_attachment(pod)).map(|(ip, _)| *ip);
+        match (holds, requested) {
+            (Some(ip), None) => Ok(Reservation { ip, moved_from: None }),
+            (Some(ip), Some(want)) if ip == want => Ok(Reservation { ip, moved_from: None }),
+            (Some(old), Some(want)) => {
+                let ip = self.reserve_free(&held, pod, want)?;
+                self.remove_file(old)?;
+                Ok(Reservation { ip, moved_from: Some(old) })
+            }
+            (None, requested) => {
+                Ok(Reservation { ip: self.reserve_new(&held, pod, requested)?, moved_from: None })
             }
         }
+    }
+
+    fn reserve_new(
+        &self,
+        held: &[(Ipv4Addr, PodRecord)],
+        pod: &PodRecord,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, IpamError> {
         if let Some(ip) = requested {
-            if !self.assignable(ip) {
-                return Err(IpamError::NotAssignable { ip, cidr: self.cidr });
-            }
-            if let Some((_, holder)) = held.iter().find(|(held_ip, _)| *held_ip == ip) {
-                return Err(IpamError::InUse { ip, holder: holder.display_name() });
-            }
-            return if self.try_reserve(ip, pod)? {
-                Ok(ip)
-            } else {
-                Err(IpamError::InUse { ip, holder: "another pod".to_owned() })
-            };
+            return self.reserve_free(held, pod, ip);
         }
         let hosts: Vec<Ipv4Addr> = self.cidr.hosts().filter(|ip| self.assignable(*ip)).collect();
         let last: Option<Ipv4Addr> =
@@ -166,6 +176,26 @@ impl Ipam {
             }
         }
         Err(IpamError::Exhausted { cidr: self.cidr })
+    }
+
+    /// Reserves `ip`, which must be assignable and free, for `pod`.
+    fn reserve_free(
+        &self,
+        held: &[(Ipv4Addr, PodRecord)],
+        pod: &PodRecord,
+        ip: Ipv4Addr,
+    ) -> Result<Ipv4Addr, IpamError> {
+        if !self.assignable(ip) {
+            return Err(IpamError::NotAssignable { ip, cidr: self.cidr });
+        }
+        if let Some((_, holder)) = held.iter().find(|(held_ip, _)| *held_ip == ip) {
+            return Err(IpamError::InUse { ip, holder: holder.display_name() });
+        }
+        if self.try_reserve(ip, pod)? {
+            Ok(ip)
+        } else {
+            Err(IpamError::InUse { ip, holder: "another pod".to_owned() })
+        }
     }
 
     fn assignable(&self, ip: Ipv4Addr) -> bool {
@@ -199,10 +229,14 @@ impl Ipam {
         let Some((ip, _)) = self.held()?.into_iter().find(|(_, r)| r.same_attachment(pod)) else {
             return Ok(None);
         };
+        self.remove_file(ip).map(|()| Some(ip))
+    }
+
+    fn remove_file(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
         let path = self.dir.join(ip.to_string());
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
-            _ => Ok(Some(ip)),
+            _ => Ok(()),
         }
     }
 
@@ -267,15 +301,15 @@ mod tests {
     #[test]
     fn reserves_round_robin_and_idempotently() {
         let ipam = ipam("rr");
-        let a = ipam.reserve(&pod("a"), None).unwrap();
+        let a = ipam.reserve(&pod("a"), None).unwrap().ip;
         assert_eq!(a, Ipv4Addr::new(10, 9, 0, 2), "the gateway .1 is skipped");
-        assert_eq!(ipam.reserve(&pod("a"), None).unwrap(), a, "the same pod gets the same address");
-        let b = ipam.reserve(&pod("b"), None).unwrap();
+        assert_eq!(ipam.reserve(&pod("a"), None).unwrap().ip, a, "the same pod gets the same address");
+        let b = ipam.reserve(&pod("b"), None).unwrap().ip;
         assert_eq!(b, Ipv4Addr::new(10, 9, 0, 3));
         assert_eq!(ipam.release(&pod("a")).unwrap(), Some(a));
         assert_eq!(ipam.release(&pod("a")).unwrap(), None, "releasing twice is fine");
         assert_eq!(
-            ipam.reserve(&pod("c"), None).unwrap(),
+            ipam.reserve(&pod("c"), None).unwrap().ip,
             Ipv4Addr::new(10, 9, 0, 4),
             "not .2 again at once"
         );
@@ -286,7 +320,7 @@ mod tests {
     fn requested_addresses_and_exhaustion() {
         let ipam = ipam("req");
         assert_eq!(
-            ipam.reserve(&pod("a"), Some(Ipv4Addr::new(10, 9, 0, 6))).unwrap(),
+            ipam.reserve(&pod("a"), Some(Ipv4Addr::new(10, 9, 0, 6))).unwrap().ip,
             Ipv4Addr::new(10, 9, 0, 6)
         );
         let err = ipam.reserve(&pod("b"), Some(Ipv4Addr::new(10, 9, 0, 6))).unwrap_err().to_string();
@@ -298,8 +332,19 @@ mod tests {
             ipam.reserve(&pod(id), None).unwrap();
         }
         let err = ipam.reserve(&pod("f"), None).unwrap_err().to_string();
+        // A pod that asks for another address moves to it, and only to a free one.
+        let moved = ipam.reserve(&pod("a"), Some(Ipv4Addr::new(10, 9, 0, 2)));
+        assert!(matches!(moved, Err(IpamError::InUse { .. })), "{moved:?}");
+        ipam.release(&pod("b")).unwrap();
+        let moved = ipam.reserve(&pod("a"), Some(Ipv4Addr::new(10, 9, 0, 2))).unwrap();
+        assert_eq!(
+            moved,
+            Reservation { ip: Ipv4Addr::new(10, 9, 0, 2), moved_from: Some(Ipv4Addr::new(10, 9, 0, 6)) }
+        );
+        assert!(ipam.reserve(&pod("g"), Some(Ipv4Addr::new(10, 9, 0, 6))).is_ok(), "the old address is free");
+        ipam.release(&pod("g")).unwrap();
         assert_eq!(err, "no free address left in 10.9.0.0/29 (every address is held; see `podnet status`)");
-        assert_eq!(ipam.held().unwrap().len(), 5);
+        assert_eq!(ipam.held().unwrap().len(), 4);
         ipam.remove_all().unwrap();
     }
 }

@@ -7,6 +7,7 @@ pub mod ipam;
 pub mod lock;
 pub mod op;
 pub mod pod;
+pub mod record;
 
 use std::net::Ipv4Addr;
 
@@ -22,12 +23,14 @@ use self::{
     ipam::{Ipam, IpamError, PodKind, PodRecord},
     lock::LockError,
     pod::NodeNet,
+    record::{NodeRecord, RecordError, RecordFile},
 };
 use crate::{
     config::{self, Config, HOST_IF_PREFIX, PeerNode, Pod, XdpMode},
     datapath::{
         self, Datapath, DatapathError, PinDir, PodProgram,
         maps::{Counters, Endpoints, MapsError, NatSettings, Peers, UplinkAllow},
+        migrate,
     },
     host::{
         netlink::{Iface, Netlink, NetlinkError, fmt_mac},
@@ -63,6 +66,8 @@ pub enum NodeError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error("{what}: {problem}")]
     InvalidContainer { what: String, problem: String },
     #[error("the node's agent: {message}")]
@@ -78,31 +83,30 @@ pub enum NodeError {
          serving a node that is gone"
     )]
     AgentRunning { socket: String },
-    #[error("uplink {interface} does not exist in the node's namespace; create and address it first")]
-    NoUplink { interface: String },
-    #[error(
-        "uplink {interface} does not hold the node IP {ip}; podnet does not address the uplink, configure it first"
-    )]
-    UplinkAddress { interface: String, ip: Ipv4Addr },
+    /// What the config says does not hold on this node (checked when `up` runs): the file,
+    /// the field and what is wrong, as config errors read.
+    #[error("{source_name}: {field}: {problem}")]
+    NotAsConfigured { source_name: config::Source, field: String, problem: String },
     #[error("this node has no [uplink] in its config; peers need one")]
     NoUplinkConfigured,
     #[error("peer {field}: {problem}")]
     InvalidPeer { field: &'static str, problem: String },
     #[error("no peer node called {name:?} (see `podnet status`)")]
     UnknownPeer { name: String },
-    #[error(
-        "uplink {ifname} is a veth: native XDP cannot deliver to pods from it, because a frame \
-         redirected at native XDP loses the checksum-offload state the veth carries and pods drop \
-         its TCP and UDP as bad checksums. Set [uplink] xdp = \"generic\", or xdp_deliver = false"
-    )]
-    NativeDeliverOnVeth { ifname: String },
 }
 
 /// Something `up` created, undone in reverse order if a later step fails.
 #[derive(Debug)]
 enum Made {
     Netns(String),
-    Link(String),
+    /// The node bridge.
+    Bridge(String),
+    /// The gateway address on a bridge podnet did not create.
+    GatewayAddress(Iface, Ipv4Addr),
+    /// IPv4 forwarding turned on.
+    IpForward,
+    /// NAT ports reserved from the node's sockets.
+    ReservedPorts(u16, u16),
     PinDir(PinDir),
     Route {
         cidr: Ipv4Net,
@@ -117,11 +121,19 @@ enum Made {
     },
 }
 
-async fn undo(nl: &Netlink, made: Vec<Made>) {
+async fn undo(nl: &Netlink, records: &RecordFile, made: Vec<Made>) {
     for m in made.into_iter().rev() {
         let result = match &m {
             Made::Netns(name) => netns::delete(name).map_err(NodeError::from),
-            Made::Link(name) => nl.del_link(name).await.map_err(NodeError::from),
+            Made::Bridge(name) => undo_recorded(nl.del_link(name).await, records, |r| r.bridge = false),
+            Made::GatewayAddress(bridge, gateway) => {
+                let removed = nl.del_addresses_except(bridge, |a| a != *gateway).await.map(drop);
+                undo_recorded(removed, records, |r| r.gateway_address = false)
+            }
+            Made::IpForward => undo_recorded(sysctl::restore_ip_forward(), records, |r| r.ip_forward = false),
+            Made::ReservedPorts(min, max) => {
+                undo_recorded(sysctl::release_ports(*min, *max), records, |r| r.reserved_ports = None)
+            }
             Made::PinDir(pins) => pins.remove().map_err(NodeError::from),
             Made::Route { cidr, via, link } => {
                 nl.del_peer_route(*cidr, *via, link).await.map_err(NodeError::from)
@@ -134,65 +146,72 @@ async fn undo(nl: &Netlink, made: Vec<Made>) {
     }
 }
 
+/// Undoes one recorded change: if `undone`, the record forgets it too.
+fn undo_recorded<E: Into<NodeError>>(
+    undone: Result<(), E>,
+    records: &RecordFile,
+    forget: impl FnOnce(&mut NodeRecord),
+) -> Result<(), NodeError> {
+    undone.map_err(Into::into)?;
+    Ok(records.update(forget)?)
+}
+
 /// Builds (or completes) the node described by `config` and attaches the datapath. Running it
-/// again with the same config changes nothing.
+/// again with the same config changes nothing; running it with a changed config makes the node
+/// what the new config says.
 pub async fn up(config: &Config) -> Result<(), NodeError> {
     let nl = Netlink::current()?;
+    let records = RecordFile::of(config);
     let mut made = Vec::new();
-    match up_steps(config, &nl, &mut made).await {
+    match up_steps(config, &nl, &records, &mut made).await {
         Ok(()) => Ok(()),
         Err(e) => {
             if !made.is_empty() {
-                warn!("`up` failed; removing the {} object(s) it created", made.len());
-                undo(&nl, made).await;
+                warn!("`up` failed; undoing the {} change(s) it made", made.len());
+                undo(&nl, &records, made).await;
             }
             Err(e)
         }
     }
 }
 
-async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result<(), NodeError> {
+async fn up_steps(
+    config: &Config,
+    nl: &Netlink,
+    records: &RecordFile,
+    made: &mut Vec<Made>,
+) -> Result<(), NodeError> {
     let node = &config.node;
     let pins = pin_dir(config);
     let first_up = !pins.path().exists();
+    adopt_unrecorded_node(config, nl, records, first_up).await?;
     let uplink = uplink_iface(config, nl).await?;
-    let veth = veth_settings(config, uplink.as_ref());
-    let bridge = ensure_bridge(config, nl, made).await?;
-    sysctl::enable_ip_forward()?;
-    if config.nat.enabled {
-        let (min, max) = (config.nat.port_min, config.nat.port_max);
-        let (taken, ephemeral) = sysctl::ephemeral_ports_taken(min, max)?;
-        if taken > 0 {
-            warn!(
-                "nat.ports {min}-{max} takes {taken} of the node's {ephemeral} ephemeral ports \
-                 (net.ipv4.ip_local_port_range): the node's own connections get only the rest"
-            );
-        }
-        sysctl::reserve_ports(min, max)?;
+    if let Some(uplink) = &uplink {
+        check_peers_off_the_uplink(config, nl, uplink).await?;
     }
+    let veth = veth_settings(config, uplink.as_ref());
+    let bridge = ensure_bridge(config, nl, records, made).await?;
+    if sysctl::enable_ip_forward()? {
+        records.update(|r| r.ip_forward = true)?;
+        made.push(Made::IpForward);
+    }
+    reserve_nat_ports(config, records, made)?;
 
     if first_up {
         made.push(Made::PinDir(pins.clone()));
     }
     let mut datapath = Datapath::load(&pins)?;
     datapath.pin_pod_program()?;
-    NatSettings::open(&pins)?.set(&nat_settings(config, uplink.as_ref()))?;
+    set_nat(config, &pins, uplink.as_ref())?;
     if let Some(settings) = &config.uplink {
         let refused = config::refused_sources(node.pod_cidr, settings.ip);
         UplinkAllow::open(&pins)?.set(&settings.allow_from, &refused)?;
     }
-    if let Some(uplink) = uplink {
+    if let Some(uplink) = &uplink {
         datapath.attach(FROM_UPLINK, &uplink.name, uplink.index)?;
-        attach_uplink_xdp(config, &mut datapath, &pins, &uplink)?;
-        let mut peers = Peers::open(&pins)?;
-        for peer in &config.peers {
-            peers.insert(peer)?;
-            nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
-            if first_up {
-                made.push(Made::Route { cidr: peer.pod_cidr, via: peer.ip, link: uplink.clone() });
-            }
-        }
+        attach_uplink_xdp(config, &mut datapath, &pins, uplink)?;
     }
+    set_config_peers(config, nl, &pins, records, uplink.as_ref(), first_up, made).await?;
     let net = NodeNet {
         nl: nl.clone(),
         node: node.clone(),
@@ -208,6 +227,8 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
             .await
             .map_err(|e| NodeError::Pod { pod: pod.name.clone(), source: Box::new(e) })?;
     }
+    reattach_containers(&net, &mut program).await?;
+    migrate::finish(&pins)?;
     info!(
         "node {} is up: {} pod(s), {} peer(s), NAT {}, pins in {}",
         node.name,
@@ -216,6 +237,125 @@ async fn up_steps(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result
         if config.nat.enabled { "on" } else { "off" },
         pins.path().display()
     );
+    Ok(())
+}
+
+/// A node brought up by a podnet that kept no [`NodeRecord`] (0.1): what it made is what that
+/// podnet's `down` removed, the bridge and the NAT port range; and its peers came from the config.
+async fn adopt_unrecorded_node(
+    config: &Config,
+    nl: &Netlink,
+    records: &RecordFile,
+    first_up: bool,
+) -> Result<(), NodeError> {
+    if first_up || records.exists() {
+        return Ok(());
+    }
+    let record = NodeRecord {
+        bridge: nl.link(&config.node.bridge).await?.is_some(),
+        gateway_address: false,
+        ip_forward: false,
+        reserved_ports: config.nat.enabled.then_some((config.nat.port_min, config.nat.port_max)),
+        config_peers: Peers::open(&pin_dir(config))?.list(),
+    };
+    info!("node {} was brought up by an older podnet: recording what it made", config.node.name);
+    Ok(records.save(&record)?)
+}
+
+/// Reserves the NAT port range from the node's sockets, giving back a range an earlier `up`
+/// reserved that the config no longer names.
+fn reserve_nat_ports(config: &Config, records: &RecordFile, made: &mut Vec<Made>) -> Result<(), NodeError> {
+    let wanted = config.nat.enabled.then_some((config.nat.port_min, config.nat.port_max));
+    let reserved = records.load()?.reserved_ports;
+    if let Some((min, max)) = reserved.filter(|&r| Some(r) != wanted) {
+        sysctl::release_ports(min, max)?;
+        records.update(|r| r.reserved_ports = None)?;
+    }
+    let Some((min, max)) = wanted else {
+        return Ok(());
+    };
+    let (taken, ephemeral) = sysctl::ephemeral_ports_taken(min, max)?;
+    if taken > 0 {
+        warn!(
+            "nat.ports {min}-{max} takes {taken} of the node's {ephemeral} ephemeral ports \
+             (net.ipv4.ip_local_port_range): the node's own connections get only the rest"
+        );
+    }
+    if sysctl::reserve_ports(min, max)? {
+        records.update(|r| r.reserved_ports = Some((min, max)))?;
+        made.push(Made::ReservedPorts(min, max));
+    }
+    Ok(())
+}
+
+/// Writes the NAT settings; translations made under other ones (another node address, a port
+/// outside the range, NAT off) are removed: their replies would never match again.
+fn set_nat(config: &Config, pins: &PinDir, uplink: Option<&Iface>) -> Result<(), NodeError> {
+    let mut settings = NatSettings::open(pins)?;
+    let wanted = nat_settings(config, uplink);
+    if settings.get()? != wanted {
+        settings.set(&wanted)?;
+        let removed = datapath::nat::forget_unlike(pins, &wanted)?;
+        if removed > 0 {
+            info!("NAT settings changed: {removed} translation(s) made under the old ones removed");
+        }
+    }
+    Ok(())
+}
+
+/// Makes the peer map and routes hold the config's `[[peer]]`s: adds them, and removes the
+/// ones an earlier `up` added that the config no longer has (peers added at runtime stay).
+async fn set_config_peers(
+    config: &Config,
+    nl: &Netlink,
+    pins: &PinDir,
+    records: &RecordFile,
+    uplink: Option<&Iface>,
+    first_up: bool,
+    made: &mut Vec<Made>,
+) -> Result<(), NodeError> {
+    let mut peers = Peers::open(pins)?;
+    let known = peers.list();
+    for gone in records.load()?.config_peers.iter().filter(|p| !config.peers.contains(p)) {
+        if known.contains(gone) {
+            info!("removing peer {} ({} via {}): no longer in the config", gone.name, gone.pod_cidr, gone.ip);
+            peers.remove(gone)?;
+        }
+        if let Some(uplink) = uplink {
+            nl.del_peer_route(gone.pod_cidr, gone.ip, uplink).await?;
+        }
+    }
+    records.update(|r| r.config_peers.retain(|p| config.peers.contains(p)))?;
+    let Some(uplink) = uplink else {
+        return Ok(());
+    };
+    for peer in &config.peers {
+        peers.insert(peer)?;
+        nl.add_peer_route(peer.pod_cidr, peer.ip, uplink).await?;
+        if first_up {
+            made.push(Made::Route { cidr: peer.pod_cidr, via: peer.ip, link: uplink.clone() });
+        }
+    }
+    records.update(|r| r.config_peers = config.peers.clone())?;
+    Ok(())
+}
+
+/// Swaps the new `from_pod` into the links of the containers the CNI plugin attached (and puts
+/// back what their endpoints need). A container whose namespace is gone is left to the
+/// runtime's `DEL` or `GC`, with a warning.
+async fn reattach_containers(net: &NodeNet, program: &mut PodProgram) -> Result<(), NodeError> {
+    for (ip, record) in net.ipam.held()? {
+        if record.kind != PodKind::Cni {
+            continue;
+        }
+        if let Err(e) = pod::attach(net, program, &record, Some(ip)).await {
+            warn!(
+                "container {} ({ip}) could not be re-attached: {}",
+                record.display_name(),
+                crate::error_chain(&e)
+            );
+        }
+    }
     Ok(())
 }
 
@@ -267,14 +407,29 @@ async fn attach_config_pod(
     }
 }
 
-/// Makes sure the node bridge is there, recording it in `made` if this run created it.
-async fn ensure_bridge(config: &Config, nl: &Netlink, made: &mut Vec<Made>) -> Result<Iface, NodeError> {
+/// Makes sure the node bridge is there with the gateway address, recording what this run
+/// changed: the bridge if it created it, else the address if it added it.
+async fn ensure_bridge(
+    config: &Config,
+    nl: &Netlink,
+    records: &RecordFile,
+    made: &mut Vec<Made>,
+) -> Result<Iface, NodeError> {
     let node = &config.node;
-    let had_bridge = nl.link(&node.bridge).await?.is_some();
+    let existing = nl.link(&node.bridge).await?;
+    let had_gateway = match &existing {
+        Some(bridge) => nl.ipv4_addresses(bridge).await?.contains(&node.gateway),
+        None => false,
+    };
     let bridge = plumbing::ensure_bridge(nl, node).await;
-    if !had_bridge && nl.link(&node.bridge).await?.is_some() {
-        made.push(Made::Link(node.bridge.clone()));
+    if existing.is_none() && nl.link(&node.bridge).await?.is_some() {
+        records.update(|r| r.bridge = true)?;
+        made.push(Made::Bridge(node.bridge.clone()));
         info!("created bridge {} with gateway {}/{}", node.bridge, node.gateway, node.pod_cidr.prefix_len());
+    } else if let Some(found) = existing.filter(|_| !had_gateway && !records.load().is_ok_and(|r| r.bridge)) {
+        records.update(|r| r.gateway_address = true)?;
+        made.push(Made::GatewayAddress(found, node.gateway));
+        info!("bridge {} existed: added the gateway {} to it", node.bridge, node.gateway);
     }
     Ok(bridge?)
 }
@@ -291,7 +446,17 @@ fn attach_uplink_xdp(
         return Ok(pins.unpin_xdp(&uplink.name)?);
     };
     if settings.native_delivery() && uplink.is_veth {
-        return Err(NodeError::NativeDeliverOnVeth { ifname: uplink.name.clone() });
+        return Err(not_as_configured(
+            config,
+            "uplink.xdp_deliver",
+            format!(
+                "{} is a veth: native XDP cannot deliver to pods from it, because a frame \
+                 redirected at native XDP loses the checksum-offload state the veth carries and pods \
+                 drop its TCP and UDP as bad checksums. Set uplink.xdp = \"generic\", or \
+                 xdp_deliver = false",
+                uplink.name
+            ),
+        ));
     }
     let program = if settings.xdp_deliver { UPLINK_DELIVER } else { UPLINK_FILTER };
     Ok(datapath.attach_xdp(program, &uplink.name, uplink.index, settings.xdp)?)
@@ -354,16 +519,19 @@ fn is_pod_veth_name(ifname: &str) -> bool {
     ifname.starts_with(HOST_IF_PREFIX) || (ifname.len() == 14 && ifname.starts_with("pn"))
 }
 
-/// Removes everything `up` and the CNI plugin made on the node: every pod's veth and endpoint
-/// (and the namespaces of `[[pod]]`s), pinned links (detaching the programs) and maps, peer
-/// routes, the bridge, the IPAM state; and gives the NAT port range back. Missing pieces are
-/// skipped, so it is safe to run twice or after a failed `up`. IPv4 forwarding is left as it is.
+/// Removes everything `up` and the CNI plugin made on the node, and only that (see
+/// [`record`]): every pod's veth and endpoint (and the namespaces podnet made), pinned links
+/// (detaching the programs) and maps, peer routes, the bridge or the gateway address, the NAT
+/// port reservation, IPv4 forwarding if podnet turned it on, and the node's state. Missing
+/// pieces are skipped, so it is safe to run twice, after a failed `up`, or on a node never up.
 pub async fn down(config: &Config) -> Result<(), NodeError> {
     let nl = Netlink::current()?;
     let pins = pin_dir(config);
     let ipam = Ipam::of(config);
-    for (_, record) in ipam.held()? {
-        pod::detach(&nl, &pins, &ipam, &record).await?;
+    let records = RecordFile::of(config);
+    let record = records.load()?;
+    for (_, pod) in ipam.held()? {
+        pod::detach(&nl, &pins, &ipam, &pod).await?;
     }
     if let (Ok(peers), Some(uplink)) = (Peers::open(&pins), uplink_iface(config, &nl).await.ok().flatten()) {
         for peer in peers.list() {
@@ -371,16 +539,19 @@ pub async fn down(config: &Config) -> Result<(), NodeError> {
         }
     }
     pins.remove()?;
-    if config.nat.enabled {
-        sysctl::release_ports(config.nat.port_min, config.nat.port_max)?;
+    if let Some((min, max)) = record.reserved_ports {
+        sysctl::release_ports(min, max)?;
     }
-    // Veths of `[[pod]]`s no record holds (a failed `up`); their namespaces only go with a
-    // record that says podnet made them.
-    for pod in &config.pods {
-        nl.del_link(&pod.host_ifname()).await?;
+    if record.ip_forward {
+        sysctl::restore_ip_forward()?;
     }
-    nl.del_link(&config.node.bridge).await?;
+    if record.bridge {
+        nl.del_link(&config.node.bridge).await?;
+    } else if let Some(bridge) = nl.link(&config.node.bridge).await?.filter(|_| record.gateway_address) {
+        nl.del_addresses_except(&bridge, |a| a != config.node.gateway).await?;
+    }
     ipam.remove_all()?;
+    records.remove()?;
     // The node's state directory, if nothing else is in it.
     let _ = std::fs::remove_dir(config.node.state());
     info!("node {} is down", config.node.name);
@@ -392,14 +563,50 @@ async fn uplink_iface(config: &Config, nl: &Netlink) -> Result<Option<Iface>, No
     let Some(uplink) = &config.uplink else {
         return Ok(None);
     };
-    let iface = nl
-        .link(&uplink.interface)
-        .await?
-        .ok_or_else(|| NodeError::NoUplink { interface: uplink.interface.clone() })?;
+    let Some(iface) = nl.link(&uplink.interface).await? else {
+        return Err(not_as_configured(
+            config,
+            "uplink.interface",
+            format!(
+                "{} does not exist in the node's network namespace; create and address it first",
+                uplink.interface
+            ),
+        ));
+    };
     if !nl.ipv4_addresses(&iface).await?.contains(&uplink.ip) {
-        return Err(NodeError::UplinkAddress { interface: uplink.interface.clone(), ip: uplink.ip });
+        return Err(not_as_configured(
+            config,
+            "uplink.ip",
+            format!(
+                "{} is not an address of {}; podnet does not address the uplink, configure it first \
+                 (ip addr add {}/PREFIX dev {})",
+                uplink.ip, uplink.interface, uplink.ip, uplink.interface
+            ),
+        ));
     }
     Ok(Some(iface))
+}
+
+/// Refuses peers whose pod CIDR overlaps a network of the uplink: their route would take that
+/// network (other nodes, the node's own neighbours) away from the uplink.
+async fn check_peers_off_the_uplink(config: &Config, nl: &Netlink, uplink: &Iface) -> Result<(), NodeError> {
+    let networks = nl.ipv4_networks(uplink).await?;
+    for (i, peer) in config.peers.iter().enumerate() {
+        let overlaps =
+            |n: &Ipv4Net| n.contains(&peer.pod_cidr.network()) || peer.pod_cidr.contains(&n.network());
+        if let Some(network) = networks.iter().find(|n| overlaps(n)) {
+            return Err(not_as_configured(
+                config,
+                &format!("peer[{i}].pod_cidr"),
+                format!("{} overlaps {network}, a network of the uplink {}", peer.pod_cidr, uplink.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn not_as_configured(config: &Config, field: &str, problem: String) -> NodeError {
+    NodeError::NotAsConfigured { source_name: config.source.clone(), field: field.to_owned(), problem }
 }
 
 /// The pin directory of the node `config` describes, up or not.
@@ -411,6 +618,8 @@ pub fn pin_dir(config: &Config) -> PinDir {
 pub fn pins_of_running_node(config: &Config) -> Result<PinDir, NodeError> {
     let pins = pin_dir(config);
     if !pins.path().exists() {
+        // Under `ip netns exec` the host's bpffs is out of sight: say so, not "not up".
+        datapath::bpffs_mounted()?;
         return Err(NodeError::NotUp {
             node: config.node.name.clone(),
             path: pins.path().display().to_string(),

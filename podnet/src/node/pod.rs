@@ -7,14 +7,15 @@
 use std::net::Ipv4Addr;
 
 use podnet_common::Endpoint;
+use tracing::info;
 
 use super::{
     NodeError,
-    ipam::{Ipam, PodKind, PodRecord},
+    ipam::{Ipam, PodKind, PodRecord, Reservation},
 };
 use crate::{
     config::{self, Config},
-    datapath::{PinDir, PodProgram, maps::Endpoints},
+    datapath::{PinDir, PodProgram, maps::Endpoints, nat},
     host::{
         netlink::{Iface, Netlink},
         netns,
@@ -145,7 +146,16 @@ pub async fn attach(
     }
     let had_address = held.iter().any(|(_, r)| r.same_attachment(pod));
     let new_veth = net.nl.link(&pod.host_ifname).await?.is_none();
-    let ip = net.ipam.reserve(pod, requested)?;
+    let Reservation { ip, moved_from } = net.ipam.reserve(pod, requested)?;
+    if let Some(old) = moved_from {
+        // The pod's address changed: what the datapath knew of the old one goes with it.
+        Endpoints::open(&net.pins)?.remove(old)?;
+        let forgotten = nat::forget_pod(&net.pins, old)?;
+        info!(
+            "{}: moved from {old} to {ip} ({forgotten} translation(s) of {old} removed)",
+            pod.display_name()
+        );
+    }
     let attached = async {
         let plumbed = plumbing::ensure_pod(&net.nl, &net.node, pod.link(), ip, net.veth).await?;
         let (host, pod_if) = (plumbed.host, plumbed.pod_if);
@@ -186,6 +196,10 @@ pub async fn detach(nl: &Netlink, pins: &PinDir, ipam: &Ipam, pod: &PodRecord) -
     pins.unpin_link(&made.host_ifname)?;
     if let Ok(mut endpoints) = Endpoints::open(pins) {
         endpoints.remove(ip)?;
+    }
+    if pins.path().exists() {
+        // A pod that comes to hold this address later inherits none of its connections.
+        nat::forget_pod(pins, ip)?;
     }
     nl.del_link(&made.host_ifname).await?;
     if made.owns_netns {

@@ -1,0 +1,102 @@
+//! What `up` changed on the node outside its pods and pins, so that `down` and a rollback undo
+//! exactly that and nothing the node had before: a bridge podnet created (or the gateway address
+//! it added to one it found), IPv4 forwarding it turned on, the NAT ports it reserved, and the
+//! peers the config gave (a peer the config drops goes on the next `up`; one added at runtime
+//! with `podnet peer add` stays). Kept as `<state>/node.json`, rewritten atomically after every
+//! change, so a crash never leaves podnet believing it made something it did not.
+
+use std::{io, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, PeerNode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("node state {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("node state {path} is not podnet's record of the node (remove it if the node is down)")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// What podnet made or changed on the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// podnet created the node bridge.
+    #[serde(default)]
+    pub bridge: bool,
+    /// podnet added the gateway address to a bridge it did not create.
+    #[serde(default)]
+    pub gateway_address: bool,
+    /// IPv4 forwarding was off and podnet turned it on.
+    #[serde(default)]
+    pub ip_forward: bool,
+    /// The NAT port range podnet reserved from the node's sockets.
+    #[serde(default)]
+    pub reserved_ports: Option<(u16, u16)>,
+    /// The `[[peer]]`s of the config at the last `up`.
+    #[serde(default)]
+    pub config_peers: Vec<PeerNode>,
+}
+
+/// A node's record on disk.
+#[derive(Debug, Clone)]
+pub struct RecordFile(PathBuf);
+
+impl RecordFile {
+    pub fn of(config: &Config) -> Self {
+        Self(config.node.state().join("node.json"))
+    }
+
+    /// The record; an empty one when there is none (podnet made nothing yet).
+    pub fn load(&self) -> Result<NodeRecord, RecordError> {
+        match std::fs::read(&self.0) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| RecordError::Corrupt { path: self.0.clone(), source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(NodeRecord::default()),
+            Err(source) => Err(RecordError::Io { path: self.0.clone(), source }),
+        }
+    }
+
+    /// Writes `record` (write to a temporary file, sync, rename).
+    pub fn save(&self, record: &NodeRecord) -> Result<(), RecordError> {
+        let io_err = |source| RecordError::Io { path: self.0.clone(), source };
+        let dir = self.0.parent().expect("node.json is in a directory");
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let tmp = self.0.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(record).expect("a node record serializes");
+        std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &self.0))
+            .map_err(io_err)
+    }
+
+    /// Changes the record with `change` and saves it.
+    pub fn update(&self, change: impl FnOnce(&mut NodeRecord)) -> Result<(), RecordError> {
+        let mut record = self.load()?;
+        change(&mut record);
+        self.save(&record)
+    }
+
+    /// Whether the node has a record (podnet changed something on it).
+    pub fn exists(&self) -> bool {
+        self.0.exists()
+    }
+
+    pub fn remove(&self) -> Result<(), RecordError> {
+        match std::fs::remove_file(&self.0) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(RecordError::Io { path: self.0.clone(), source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+}
