@@ -80,6 +80,16 @@ fn a_closed_pipe_ends_quietly() {
     assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
 }
 
+/// Output to a full disk ends with one line saying so, not a panic.
+#[test]
+fn a_full_disk_is_one_line_of_error() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(podnet_bin()).arg("config").stdout(full).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim(), "error: could not write to stdout: No space left on device (os error 28)");
+}
+
 /// A config of one 10 MB line is refused with a short message.
 #[test]
 fn a_huge_config_line_is_not_echoed() {

@@ -6,9 +6,10 @@
 //! set aside under `old/` instead of making `up` fail: the programs attached now keep using it,
 //! and the loader pins a fresh map in its place. Its entries are carried into the new map before
 //! any new program is attached ([`carry`]); once every program is swapped, [`finish`] carries what
-//! the old programs added meanwhile (translations, counts) and unpins the old map. A failed `up`
-//! leaves `old/` where it is; the next one carries from it again. Carrying never overwrites: an
-//! entry the new map holds already stays.
+//! the old programs added meanwhile (translations, counts) and unpins the old map. When the new
+//! programs cannot be loaded, the old maps go back ([`restore`]); an `up` that fails later leaves
+//! `old/` where it is, and the next one carries from it again. Carrying never overwrites: an entry
+//! the new map holds already stays.
 
 use std::path::Path;
 
@@ -52,6 +53,20 @@ pub(super) fn set_aside_incompatible(pins: &PinDir, name: &str, why: &str) -> Re
     let version = pins.stamped_version(name).unwrap_or(1);
     info!("map {name}: {why}; set aside for migration");
     pins.set_aside(name, version)
+}
+
+/// Undoes [`set_aside_stale`] and [`set_aside_incompatible`] when the new programs cannot be
+/// loaded: each map this load set aside (not those in `unfinished`, set aside by an earlier `up`)
+/// goes back to its name and stamp; the map pinned in its place, which no program uses, goes.
+pub(super) fn restore(pins: &PinDir, unfinished: &[(String, u32)]) -> Result<(), DatapathError> {
+    for (name, version) in pins.maps_set_aside().into_iter().filter(|m| !unfinished.contains(m)) {
+        super::pins::remove_file(&pins.map(&name))?;
+        let from = pins.set_aside_map(&name, version);
+        std::fs::rename(&from, pins.map(&name)).map_err(super::pins::fs_err("rename", &from))?;
+        pins.stamp(&name, version)?;
+        warn!("map {name}: migration abandoned, layout v{version} restored");
+    }
+    Ok(())
 }
 
 /// Stamps every map with the layout version it now has.

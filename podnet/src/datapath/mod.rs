@@ -124,6 +124,7 @@ impl Datapath {
     pub fn load(pins: &PinDir) -> Result<Self, DatapathError> {
         ensure_bpffs()?;
         std::fs::create_dir_all(pins.links()).map_err(fs_err("create", &pins.links()))?;
+        let unfinished = pins.maps_set_aside();
         migrate::set_aside_stale(pins)?;
         let mut ebpf = loop {
             match EbpfLoader::new().default_map_pin_directory(pins.path()).load(OBJECT) {
@@ -137,17 +138,22 @@ impl Datapath {
                     let why = format!("its {property} is {actual}, podnet expects {expected}");
                     migrate::set_aside_incompatible(pins, &name, &why)?;
                 }
-                loaded => break loaded.map_err(DatapathError::Load)?,
+                Err(e) => {
+                    // Nothing new runs yet: put the old maps back where the old programs' users
+                    // (the CNI plugin, `podnet` commands) find them.
+                    migrate::restore(pins, &unfinished)?;
+                    return Err(DatapathError::Load(e));
+                }
+                Ok(ebpf) => break ebpf,
             }
         };
+        let loaded = load_programs(&mut ebpf);
+        if loaded.is_err() {
+            migrate::restore(pins, &unfinished)?;
+        }
+        loaded?;
         migrate::stamp_all(pins)?;
         migrate::carry(pins)?;
-        for name in [FROM_POD, FROM_UPLINK] {
-            classifier(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
-        }
-        for name in [UPLINK_FILTER, UPLINK_DELIVER] {
-            xdp(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
-        }
         Ok(Self { ebpf, pins: pins.clone() })
     }
 
@@ -303,6 +309,17 @@ fn attach_when_free<T>(
         }
     }
     attach()
+}
+
+/// Loads (and so verifies) every program of the object.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    for name in [FROM_POD, FROM_UPLINK] {
+        classifier(ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
+    }
+    for name in [UPLINK_FILTER, UPLINK_DELIVER] {
+        xdp(ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
+    }
+    Ok(())
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
