@@ -74,7 +74,7 @@ pub enum Command {
     /// changed config the node follows it: removed pods and peers go, a pod's new address
     /// replaces its old one, translations made under an old node IP or port range go. Maps pinned
     /// by an older podnet are migrated in place while traffic flows. If a step fails, everything
-    /// this run created or changed is undone.
+    /// this run created is removed again.
     Up,
     /// Remove everything `up` and the CNI plugin made, and nothing else.
     ///

@@ -318,12 +318,21 @@ fn up_updates_the_containers_programs() -> anyhow::Result<()> {
     node.run_podnet(&["up"])?;
     let after = links(&node)?;
     let pod1 = after.iter().find(|(ifname, _, _)| ifname == "brveth_pod1").map(|l| l.2);
-    for (ifname, link_id, prog_id) in &after {
+    // c2's veth went with its namespace; its link stays pinned until the runtime's DEL or GC.
+    let live = sh(&node.netns, "ip", &["-o", "link"])?;
+    for (ifname, link_id, prog_id) in
+        after.iter().filter(|(ifname, _, _)| live.contains(&format!(" {ifname}@")))
+    {
         let old = before.iter().find(|(i, _, _)| i == ifname);
         assert_eq!(old.map(|o| o.1), Some(*link_id), "{ifname} kept its link");
         assert_eq!(Some(*prog_id), pod1, "{ifname} runs the new from_pod");
         assert_ne!(old.map(|o| o.2), Some(*prog_id), "{ifname} got a new program");
     }
+    assert_eq!(
+        after.iter().filter(|(ifname, _, _)| live.contains(&format!(" {ifname}@"))).count(),
+        2,
+        "{after:?}"
+    );
     assert!(pings(&c1, "10.1.1.2", 1), "the container still reaches pod1");
     node.run_podnet(&["down"])?;
     let state = std::path::Path::new("/var/lib/podnet").join(&node.name);

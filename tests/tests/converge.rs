@@ -361,3 +361,40 @@ fn runtime_errors_name_the_file_and_field() -> anyhow::Result<()> {
     assert!(!out.status.success() && stderr.contains("--netns"), "{stderr}");
     Ok(())
 }
+
+/// A new `[node] bridge` takes the pods over: the bridge podnet made goes, one it found keeps what
+/// it had (and `down` leaves it); a new `pod_cidr` moves the gateway and the pods' addresses; a
+/// device that is not a bridge is refused as the bridge.
+#[test]
+fn bridge_and_pod_cidr_changes_follow_the_config() -> anyhow::Result<()> {
+    let mut lab = Lab::new("brch")?;
+    let node = lab.node("node", "pod_cidr = \"10.1.1.0/24\"\n[[pod]]\nname = \"pod1\"\n")?;
+    node.run_podnet(&["up"])?;
+    let pod1 = node.pod_ns("pod1");
+    sh(&node.netns, "ip", &["link", "add", "adm0", "type", "bridge"])?;
+    sh(&node.netns, "ip", &["addr", "add", "172.30.9.1/24", "dev", "adm0"])?;
+    sh(&node.netns, "ip", &["link", "add", "vx0", "type", "veth", "peer", "name", "vx1"])?;
+    let addrs = |dev: &str| sh(&node.netns, "ip", &["-4", "-o", "addr", "show", dev]);
+
+    let body = std::fs::read_to_string(&node.config)?;
+    std::fs::write(&node.config, body.replace("pod_cidr", "bridge = \"vx0\"\npod_cidr"))?;
+    let err = node.run_podnet(&["up"]).expect_err("a veth is no bridge");
+    assert!(format!("{err:#}").contains("node.bridge: vx0 exists and is not a bridge"), "{err:#}");
+    assert!(addrs("vx0")?.is_empty(), "vx0 is untouched");
+
+    edit_and_up(&node, |_| body.replace("pod_cidr", "bridge = \"adm0\"\npod_cidr"))?;
+    assert!(!sh(&node.netns, "ip", &["-o", "link"])?.contains("br0"), "podnet's old bridge is gone");
+    assert!(pings(&pod1, "10.1.1.1", 1), "the pod reaches its gateway on adm0");
+
+    edit_and_up(&node, |c| c.replace("10.1.1.0/24", "10.1.7.0/24"))?;
+    let adm0 = addrs("adm0")?;
+    assert!(adm0.contains("10.1.7.1/24") && !adm0.contains("10.1.1.1"), "the gateway moved:\n{adm0}");
+    let pod_addrs = sh(&pod1, "ip", &["-4", "-o", "addr", "show", "veth_pod1"])?;
+    assert!(pod_addrs.contains("10.1.7.") && !pod_addrs.contains("10.1.1."), "the pod moved:\n{pod_addrs}");
+    assert!(pings(&pod1, "10.1.7.1", 1), "the pod reaches its new gateway");
+
+    node.run_podnet(&["down"])?;
+    let adm0 = addrs("adm0")?;
+    assert!(adm0.contains("172.30.9.1/24") && !adm0.contains("10.1.7.1"), "adm0 stays as it was:\n{adm0}");
+    Ok(())
+}

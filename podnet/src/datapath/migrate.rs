@@ -81,15 +81,25 @@ pub(super) fn carry(pins: &PinDir) -> Result<(), DatapathError> {
         if name != COUNTERS {
             copy(pins, &name, version);
         }
+        if !WRITTEN_BY_PROGRAMS.contains(&name.as_str()) {
+            // Only userspace writes it, and only through the new map from now on: unpinned, so a
+            // later carry cannot bring back what is deleted meanwhile (the old programs keep
+            // their own reference until they are swapped).
+            super::pins::remove_file(&pins.set_aside_map(&name, version))?;
+        }
     }
     Ok(())
 }
 
+/// The maps the programs write (translations, counts): carried once more by [`finish`].
+const WRITTEN_BY_PROGRAMS: [&str; 3] = [CT_OUT, CT_IN, COUNTERS];
+
 /// Completes a migration once every program is the new one: carries the translations the old
-/// programs made since [`carry`] and the counts, then unpins the old maps.
+/// programs made since [`carry`] and the counts, then unpins the old maps. (The caller removes
+/// translations the new settings no longer allow afterwards.)
 pub fn finish(pins: &PinDir) -> Result<(), DatapathError> {
     for (name, version) in pins.maps_set_aside() {
-        if [CT_OUT, CT_IN, COUNTERS].contains(&name.as_str()) {
+        if WRITTEN_BY_PROGRAMS.contains(&name.as_str()) {
             copy(pins, &name, version);
         }
         super::pins::remove_file(&pins.set_aside_map(&name, version))?;

@@ -126,24 +126,33 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts) -> Result<usize, MapsError> {
 }
 
 /// Removes the translations of pod address `ip` (the pod is gone or moved); returns how many.
+/// Without conntrack maps (a node half down, or mid-migration) there is nothing to remove.
 pub fn forget_pod(pins: &PinDir, ip: Ipv4Addr) -> Result<usize, MapsError> {
-    let mut ct = Conntrack::open(pins)?;
+    let Ok(mut ct) = Conntrack::open(pins) else {
+        return Ok(0);
+    };
     Ok(ct.remove_where(|key, _| key.saddr == ip.octets(), |_, entry| entry.addr == ip.octets()))
 }
 
-/// Removes the translations that `settings` no longer allow: all of them when NAT is off, else
-/// those made as another node address or on a node port outside the range; returns how many.
-pub fn forget_unlike(pins: &PinDir, settings: &NatConfig) -> Result<usize, MapsError> {
+/// Removes the translations that `settings` no longer allow (all of them when NAT is off, else
+/// those made as another node address or on a node port outside the range) and those of pod
+/// addresses `pod_exists` denies; returns how many.
+pub fn forget_unlike(
+    pins: &PinDir,
+    settings: &NatConfig,
+    pod_exists: impl Fn(Ipv4Addr) -> bool,
+) -> Result<usize, MapsError> {
     let mut ct = Conntrack::open(pins)?;
-    let fits = |addr: [u8; 4], port: u16| {
+    let fits = |addr: [u8; 4], port: u16, pod: [u8; 4]| {
         settings.enabled != 0
             && addr == settings.node_ip
             && (settings.port_min..=settings.port_max).contains(&u16::from_be(port))
+            && pod_exists(Ipv4Addr::from(pod))
     };
     // ICMP echo identifiers are allocated from the same range as ports.
     Ok(ct.remove_where(
-        |_, out| !fits(out.addr, out.port),
-        |reply_key, _| !fits(reply_key.daddr, reply_key.dport),
+        |key, out| !fits(out.addr, out.port, key.saddr),
+        |reply_key, entry| !fits(reply_key.daddr, reply_key.dport, entry.addr),
     ))
 }
 

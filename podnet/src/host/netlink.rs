@@ -56,6 +56,7 @@ pub struct Iface {
     pub mac: [u8; 6],
     /// Whether it is one end of a veth pair.
     pub is_veth: bool,
+    pub is_bridge: bool,
     pub mtu: u32,
     /// For one end of a veth pair: the other end's ifindex (in the other end's namespace).
     pub peer: Option<u32>,
@@ -348,6 +349,7 @@ fn iface(msg: &LinkMessage) -> Iface {
         name: String::new(),
         mac: [0; 6],
         is_veth: false,
+        is_bridge: false,
         mtu: 0,
         peer: None,
     };
@@ -359,6 +361,7 @@ fn iface(msg: &LinkMessage) -> Iface {
             LinkAttribute::Link(peer) => iface.peer = Some(*peer),
             LinkAttribute::LinkInfo(info) => {
                 iface.is_veth = info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                iface.is_bridge = info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
             }
             _ => {}
         }

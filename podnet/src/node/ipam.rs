@@ -137,10 +137,23 @@ impl Ipam {
     pub fn reserve(&self, pod: &PodRecord, requested: Option<Ipv4Addr>) -> Result<Reservation, IpamError> {
         std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let held = self.held()?;
-        let holds = held.iter().find(|(_, r)| r.same_attachment(pod)).map(|(ip, _)| *ip);
+        let mine: Vec<Ipv4Addr> =
+            held.iter().filter(|(_, r)| r.same_attachment(pod)).map(|(ip, _)| *ip).collect();
+        // A crash in the middle of a move leaves the pod two: keep the one asked for (or the
+        // first) and give back the rest.
+        let holds = requested.filter(|r| mine.contains(r)).or(mine.first().copied());
+        for extra in mine.iter().filter(|ip| Some(**ip) != holds) {
+            self.remove_file(*extra)?;
+        }
         match (holds, requested) {
-            (Some(ip), None) => Ok(Reservation { ip, moved_from: None }),
+            (Some(ip), None) if self.assignable(ip) => Ok(Reservation { ip, moved_from: None }),
             (Some(ip), Some(want)) if ip == want => Ok(Reservation { ip, moved_from: None }),
+            // The pod CIDR changed under it: a new address from the new one.
+            (Some(old), None) => {
+                let ip = self.reserve_new(&held, pod, None)?;
+                self.remove_file(old)?;
+                Ok(Reservation { ip, moved_from: Some(old) })
+            }
             (Some(old), Some(want)) => {
                 let ip = self.reserve_free(&held, pod, want)?;
                 self.remove_file(old)?;
@@ -343,6 +356,18 @@ mod tests {
         );
         assert!(ipam.reserve(&pod("g"), Some(Ipv4Addr::new(10, 9, 0, 6))).is_ok(), "the old address is free");
         ipam.release(&pod("g")).unwrap();
+        // Two records of one pod (a move cut short): the one asked for stays.
+        std::fs::copy(ipam.dir.join("10.9.0.2"), ipam.dir.join("10.9.0.6")).unwrap();
+        let kept = ipam.reserve(&pod("a"), Some(Ipv4Addr::new(10, 9, 0, 6))).unwrap();
+        assert_eq!(kept, Reservation { ip: Ipv4Addr::new(10, 9, 0, 6), moved_from: None });
+        assert!(!ipam.dir.join("10.9.0.2").exists());
+        // Outside the pod CIDR (it changed): a new address.
+        let narrow = Ipam { cidr: "10.9.0.0/30".parse().unwrap(), ..ipam.clone() };
+        let moved = narrow.reserve(&pod("a"), None).unwrap();
+        assert_eq!(
+            moved,
+            Reservation { ip: Ipv4Addr::new(10, 9, 0, 2), moved_from: Some(Ipv4Addr::new(10, 9, 0, 6)) }
+        );
         assert_eq!(err, "no free address left in 10.9.0.0/29 (every address is held; see `podnet status`)");
         assert_eq!(ipam.held().unwrap().len(), 4);
         ipam.remove_all().unwrap();

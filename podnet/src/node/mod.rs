@@ -99,10 +99,10 @@ pub enum NodeError {
 #[derive(Debug)]
 enum Made {
     Netns(String),
-    /// The node bridge.
-    Bridge(String),
-    /// The gateway address on a bridge podnet did not create.
-    GatewayAddress(Iface, Ipv4Addr),
+    /// The node bridge, and the bridge the record named before.
+    Bridge(String, Option<String>),
+    /// The gateway address added to a bridge, and the one the record named before.
+    GatewayAddress(Iface, Ipv4Addr, Option<(String, Ipv4Addr)>),
     /// IPv4 forwarding turned on.
     IpForward,
     /// NAT ports reserved from the node's sockets.
@@ -125,10 +125,12 @@ async fn undo(nl: &Netlink, records: &RecordFile, made: Vec<Made>) {
     for m in made.into_iter().rev() {
         let result = match &m {
             Made::Netns(name) => netns::delete(name).map_err(NodeError::from),
-            Made::Bridge(name) => undo_recorded(nl.del_link(name).await, records, |r| r.bridge = false),
-            Made::GatewayAddress(bridge, gateway) => {
+            Made::Bridge(name, before) => {
+                undo_recorded(nl.del_link(name).await, records, |r| r.bridge.clone_from(before))
+            }
+            Made::GatewayAddress(bridge, gateway, before) => {
                 let removed = nl.del_addresses_except(bridge, |a| a != *gateway).await.map(drop);
-                undo_recorded(removed, records, |r| r.gateway_address = false)
+                undo_recorded(removed, records, |r| r.gateway.clone_from(before))
             }
             Made::IpForward => undo_recorded(sysctl::restore_ip_forward(), records, |r| r.ip_forward = false),
             Made::ReservedPorts(min, max) => {
@@ -166,9 +168,13 @@ pub async fn up(config: &Config) -> Result<(), NodeError> {
     match up_steps(config, &nl, &records, &mut made).await {
         Ok(()) => Ok(()),
         Err(e) => {
+            let first_up = made.iter().any(|m| matches!(m, Made::PinDir(_)));
             if !made.is_empty() {
                 warn!("`up` failed; undoing the {} change(s) it made", made.len());
                 undo(&nl, &records, made).await;
+            }
+            if first_up && records.load().is_ok_and(|r| r == NodeRecord::default()) {
+                let _ = records.remove();
             }
             Err(e)
         }
@@ -184,8 +190,13 @@ async fn up_steps(
     let node = &config.node;
     let pins = pin_dir(config);
     let first_up = !pins.path().exists();
-    adopt_unrecorded_node(config, nl, records, first_up).await?;
+    if first_up {
+        // A record without pins predates a reboot (or lost pins): nothing in it is proven now.
+        records.remove()?;
+    }
+    let before = records.load()?;
     let uplink = uplink_iface(config, nl).await?;
+    check_native_delivery(config, uplink.as_ref())?;
     if let Some(uplink) = &uplink {
         check_peers_off_the_uplink(config, nl, uplink).await?;
     }
@@ -202,7 +213,7 @@ async fn up_steps(
     }
     let mut datapath = Datapath::load(&pins)?;
     datapath.pin_pod_program()?;
-    set_nat(config, &pins, uplink.as_ref())?;
+    NatSettings::open(&pins)?.set(&nat_settings(config, uplink.as_ref()))?;
     if let Some(settings) = &config.uplink {
         let refused = config::refused_sources(node.pod_cidr, settings.ip);
         UplinkAllow::open(&pins)?.set(&settings.allow_from, &refused)?;
@@ -228,7 +239,9 @@ async fn up_steps(
             .map_err(|e| NodeError::Pod { pod: pod.name.clone(), source: Box::new(e) })?;
     }
     reattach_containers(&net, &mut program).await?;
+    retire_old_bridge(config, nl, records, &before).await?;
     migrate::finish(&pins)?;
+    forget_stale_translations(config, &pins, uplink.as_ref())?;
     info!(
         "node {} is up: {} pod(s), {} peer(s), NAT {}, pins in {}",
         node.name,
@@ -238,28 +251,6 @@ async fn up_steps(
         pins.path().display()
     );
     Ok(())
-}
-
-/// A node brought up by a podnet that kept no [`NodeRecord`] (0.1): what it made is what that
-/// podnet's `down` removed, the bridge and the NAT port range; and its peers came from the config.
-async fn adopt_unrecorded_node(
-    config: &Config,
-    nl: &Netlink,
-    records: &RecordFile,
-    first_up: bool,
-) -> Result<(), NodeError> {
-    if first_up || records.exists() {
-        return Ok(());
-    }
-    let record = NodeRecord {
-        bridge: nl.link(&config.node.bridge).await?.is_some(),
-        gateway_address: false,
-        ip_forward: false,
-        reserved_ports: config.nat.enabled.then_some((config.nat.port_min, config.nat.port_max)),
-        config_peers: Peers::open(&pin_dir(config))?.list(),
-    };
-    info!("node {} was brought up by an older podnet: recording what it made", config.node.name);
-    Ok(records.save(&record)?)
 }
 
 /// Reserves the NAT port range from the node's sockets, giving back a range an earlier `up`
@@ -288,17 +279,19 @@ fn reserve_nat_ports(config: &Config, records: &RecordFile, made: &mut Vec<Made>
     Ok(())
 }
 
-/// Writes the NAT settings; translations made under other ones (another node address, a port
-/// outside the range, NAT off) are removed: their replies would never match again.
-fn set_nat(config: &Config, pins: &PinDir, uplink: Option<&Iface>) -> Result<(), NodeError> {
-    let mut settings = NatSettings::open(pins)?;
-    let wanted = nat_settings(config, uplink);
-    if settings.get()? != wanted {
-        settings.set(&wanted)?;
-        let removed = datapath::nat::forget_unlike(pins, &wanted)?;
-        if removed > 0 {
-            info!("NAT settings changed: {removed} translation(s) made under the old ones removed");
-        }
+/// Removes the translations `up` leaves without a use: made under other NAT settings (another
+/// node address, a port outside the range, NAT off; their replies would never match again), or
+/// of a pod address no pod holds now (a new pod there inherits none of them).
+fn forget_stale_translations(
+    config: &Config,
+    pins: &PinDir,
+    uplink: Option<&Iface>,
+) -> Result<(), NodeError> {
+    let settings = nat_settings(config, uplink);
+    let endpoints = Endpoints::open(pins)?;
+    let removed = datapath::nat::forget_unlike(pins, &settings, |pod| endpoints.get(pod).is_some())?;
+    if removed > 0 {
+        info!("{removed} translation(s) removed: made under other NAT settings, or for a pod that is gone");
     }
     Ok(())
 }
@@ -340,15 +333,15 @@ async fn set_config_peers(
     Ok(())
 }
 
-/// Swaps the new `from_pod` into the links of the containers the CNI plugin attached (and puts
-/// back what their endpoints need). A container whose namespace is gone is left to the
-/// runtime's `DEL` or `GC`, with a warning.
+/// Swaps the new `from_pod` into the links of the containers the CNI plugin attached and
+/// rewrites their endpoints. A container whose namespace is gone is left to the runtime's `DEL`
+/// or `GC`, with a warning.
 async fn reattach_containers(net: &NodeNet, program: &mut PodProgram) -> Result<(), NodeError> {
     for (ip, record) in net.ipam.held()? {
         if record.kind != PodKind::Cni {
             continue;
         }
-        if let Err(e) = pod::attach(net, program, &record, Some(ip)).await {
+        if let Err(e) = pod::refresh(net, program, &record, ip).await {
             warn!(
                 "container {} ({ip}) could not be re-attached: {}",
                 record.display_name(),
@@ -408,7 +401,7 @@ async fn attach_config_pod(
 }
 
 /// Makes sure the node bridge is there with the gateway address, recording what this run
-/// changed: the bridge if it created it, else the address if it added it.
+/// created: the bridge, the address.
 async fn ensure_bridge(
     config: &Config,
     nl: &Netlink,
@@ -418,32 +411,79 @@ async fn ensure_bridge(
     let node = &config.node;
     let existing = nl.link(&node.bridge).await?;
     let had_gateway = match &existing {
-        Some(bridge) => nl.ipv4_addresses(bridge).await?.contains(&node.gateway),
+        Some(found) if !found.is_bridge => {
+            return Err(not_as_configured(
+                config,
+                "node.bridge",
+                format!(
+                    "{} exists and is not a bridge; name a bridge, or a device that does not exist",
+                    node.bridge
+                ),
+            ));
+        }
+        Some(found) => nl.ipv4_addresses(found).await?.contains(&node.gateway),
         None => false,
     };
-    let bridge = plumbing::ensure_bridge(nl, node).await;
-    if existing.is_none() && nl.link(&node.bridge).await?.is_some() {
-        records.update(|r| r.bridge = true)?;
-        made.push(Made::Bridge(node.bridge.clone()));
+    let bridge = match plumbing::ensure_bridge(nl, node).await {
+        Ok(bridge) => bridge,
+        Err(e) => {
+            if existing.is_none() {
+                // Made by this call and not recorded yet.
+                nl.del_link(&node.bridge).await?;
+            }
+            return Err(e.into());
+        }
+    };
+    let before = records.load()?;
+    if existing.is_none() {
+        records.update(|r| r.bridge = Some(node.bridge.clone()))?;
+        made.push(Made::Bridge(node.bridge.clone(), before.bridge.clone()));
         info!("created bridge {} with gateway {}/{}", node.bridge, node.gateway, node.pod_cidr.prefix_len());
-    } else if let Some(found) = existing.filter(|_| !had_gateway && !records.load().is_ok_and(|r| r.bridge)) {
-        records.update(|r| r.gateway_address = true)?;
-        made.push(Made::GatewayAddress(found, node.gateway));
-        info!("bridge {} existed: added the gateway {} to it", node.bridge, node.gateway);
     }
-    Ok(bridge?)
+    if !had_gateway {
+        records.update(|r| r.gateway = Some((node.bridge.clone(), node.gateway)))?;
+        made.push(Made::GatewayAddress(bridge.clone(), node.gateway, before.gateway));
+        if existing.is_some() {
+            info!("bridge {} existed: added the gateway {} to it", node.bridge, node.gateway);
+        }
+    }
+    Ok(bridge)
 }
 
-/// The uplink's XDP program as `[uplink]` asks: none, the prefilter, or the prefilter with
-/// delivery to local pods.
-fn attach_uplink_xdp(
+/// Once the pods hang on the configured bridge: removes the bridge podnet made and the gateway
+/// address it added under an earlier config (`before`), if the config names others now.
+async fn retire_old_bridge(
     config: &Config,
-    datapath: &mut Datapath,
-    pins: &PinDir,
-    uplink: &Iface,
+    nl: &Netlink,
+    records: &RecordFile,
+    before: &NodeRecord,
 ) -> Result<(), NodeError> {
-    let Some(settings) = config.uplink.as_ref().filter(|u| u.xdp != XdpMode::Off) else {
-        return Ok(pins.unpin_xdp(&uplink.name)?);
+    let node = &config.node;
+    if let Some((bridge, gateway)) = &before.gateway
+        && (bridge != &node.bridge || *gateway != node.gateway)
+    {
+        if let Some(link) = nl.link(bridge).await? {
+            info!("removing the old gateway {gateway} from {bridge}");
+            nl.del_addresses_except(&link, |a| a != *gateway).await?;
+        }
+        records.update(|r| {
+            if r.gateway == before.gateway {
+                r.gateway = None;
+            }
+        })?;
+    }
+    if let Some(bridge) = before.bridge.as_ref().filter(|b| **b != node.bridge) {
+        info!("removing bridge {bridge}: the config names {} now", node.bridge);
+        nl.del_link(bridge).await?;
+        records.update(|r| r.bridge = r.bridge.take().filter(|b| *b == node.bridge))?;
+    }
+    Ok(())
+}
+
+/// Refuses native XDP delivery from a veth uplink (before anything is loaded or changed).
+fn check_native_delivery(config: &Config, uplink: Option<&Iface>) -> Result<(), NodeError> {
+    let (Some(settings), Some(uplink)) = (&config.uplink, uplink) else {
+        return Ok(());
     };
     if settings.native_delivery() && uplink.is_veth {
         return Err(not_as_configured(
@@ -458,6 +498,20 @@ fn attach_uplink_xdp(
             ),
         ));
     }
+    Ok(())
+}
+
+/// The uplink's XDP program as `[uplink]` asks: none, the prefilter, or the prefilter with
+/// delivery to local pods.
+fn attach_uplink_xdp(
+    config: &Config,
+    datapath: &mut Datapath,
+    pins: &PinDir,
+    uplink: &Iface,
+) -> Result<(), NodeError> {
+    let Some(settings) = config.uplink.as_ref().filter(|u| u.xdp != XdpMode::Off) else {
+        return Ok(pins.unpin_xdp(&uplink.name)?);
+    };
     let program = if settings.xdp_deliver { UPLINK_DELIVER } else { UPLINK_FILTER };
     Ok(datapath.attach_xdp(program, &uplink.name, uplink.index, settings.xdp)?)
 }
@@ -529,7 +583,8 @@ pub async fn down(config: &Config) -> Result<(), NodeError> {
     let pins = pin_dir(config);
     let ipam = Ipam::of(config);
     let records = RecordFile::of(config);
-    let record = records.load()?;
+    // A record without pins predates a reboot: what it says podnet did is not proven now.
+    let record = if pins.path().exists() { records.load()? } else { NodeRecord::default() };
     for (_, pod) in ipam.held()? {
         pod::detach(&nl, &pins, &ipam, &pod).await?;
     }
@@ -545,10 +600,13 @@ pub async fn down(config: &Config) -> Result<(), NodeError> {
     if record.ip_forward {
         sysctl::restore_ip_forward()?;
     }
-    if record.bridge {
-        nl.del_link(&config.node.bridge).await?;
-    } else if let Some(bridge) = nl.link(&config.node.bridge).await?.filter(|_| record.gateway_address) {
-        nl.del_addresses_except(&bridge, |a| a != config.node.gateway).await?;
+    if let Some((bridge, gateway)) = record.gateway.filter(|(b, _)| Some(b) != record.bridge.as_ref())
+        && let Some(link) = nl.link(&bridge).await?
+    {
+        nl.del_addresses_except(&link, |a| a != gateway).await?;
+    }
+    if let Some(bridge) = &record.bridge {
+        nl.del_link(bridge).await?;
     }
     ipam.remove_all()?;
     records.remove()?;

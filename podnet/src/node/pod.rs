@@ -186,6 +186,31 @@ pub async fn attach(
     attached
 }
 
+/// Brings an attached container up to date with the node (a new podnet's `up`): its endpoint
+/// and the `from_pod` in its link. Nothing inside the container changes (its addresses, MTU and
+/// settings are the runtime's and the container's business once attached).
+pub async fn refresh(
+    net: &NodeNet,
+    program: &mut PodProgram,
+    pod: &PodRecord,
+    ip: Ipv4Addr,
+) -> Result<(), NodeError> {
+    let gone = |what: String| NodeError::InvalidContainer {
+        what: pod.display_name(),
+        problem: format!("{what} is gone"),
+    };
+    let host =
+        net.nl.link(&pod.host_ifname).await?.ok_or_else(|| gone(format!("host veth {}", pod.host_ifname)))?;
+    let pod_if = Netlink::in_netns(&pod.netns)?
+        .link(&pod.ifname)
+        .await?
+        .ok_or_else(|| gone(format!("{} in {}", pod.ifname, pod.netns)))?;
+    let endpoint = Endpoint { host_ifindex: host.index, flags: 0, pod_mac: pod_if.mac, host_mac: host.mac };
+    Endpoints::open(&net.pins)?.insert(ip, &endpoint)?;
+    program.attach(&host.name, host.index)?;
+    Ok(())
+}
+
 /// Detaches `pod`: program, endpoint, veth, address, and its namespace if podnet made it.
 /// Only what the node's record of the pod says podnet made is removed: a pod it holds no record
 /// of (never attached, or detached already) changes nothing.
@@ -197,10 +222,8 @@ pub async fn detach(nl: &Netlink, pins: &PinDir, ipam: &Ipam, pod: &PodRecord) -
     if let Ok(mut endpoints) = Endpoints::open(pins) {
         endpoints.remove(ip)?;
     }
-    if pins.path().exists() {
-        // A pod that comes to hold this address later inherits none of its connections.
-        nat::forget_pod(pins, ip)?;
-    }
+    // A pod that comes to hold this address later inherits none of its connections.
+    nat::forget_pod(pins, ip)?;
     nl.del_link(&made.host_ifname).await?;
     if made.owns_netns {
         netns::delete(&made.netns)?;

@@ -1,11 +1,12 @@
 //! What `up` changed on the node outside its pods and pins, so that `down` and a rollback undo
-//! exactly that and nothing the node had before: a bridge podnet created (or the gateway address
-//! it added to one it found), IPv4 forwarding it turned on, the NAT ports it reserved, and the
-//! peers the config gave (a peer the config drops goes on the next `up`; one added at runtime
-//! with `podnet peer add` stays). Kept as `<state>/node.json`, rewritten atomically after every
-//! change, so a crash never leaves podnet believing it made something it did not.
+//! exactly that and nothing the node had before: a bridge podnet created, the gateway address it
+//! added, IPv4 forwarding it turned on, the NAT ports it reserved, and the peers the config gave
+//! (a peer the config drops goes on the next `up`; one added at runtime with `podnet node add`
+//! stays). Kept as `<state>/node.json`, rewritten atomically after every change. A record is
+//! trusted only beside the node's pins: one without them predates a reboot or a lost pin
+//! directory, and podnet claims nothing it cannot prove it made.
 
-use std::{io, path::PathBuf};
+use std::{io, net::Ipv4Addr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,12 +31,12 @@ pub enum RecordError {
 /// What podnet made or changed on the node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
-    /// podnet created the node bridge.
+    /// The node bridge podnet created.
     #[serde(default)]
-    pub bridge: bool,
-    /// podnet added the gateway address to a bridge it did not create.
+    pub bridge: Option<String>,
+    /// The gateway address podnet added, and the bridge it is on.
     #[serde(default)]
-    pub gateway_address: bool,
+    pub gateway: Option<(String, Ipv4Addr)>,
     /// IPv4 forwarding was off and podnet turned it on.
     #[serde(default)]
     pub ip_forward: bool,
