@@ -39,14 +39,27 @@ pub mod maps {
     pub const PEERS_MAX: usize = 1024;
     /// NAT settings, one [`crate::NatConfig`] at index 0.
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
-    /// Connection tracking, pod side (LRU hash): [`crate::CtKey`] of the pod's packet ->
+    /// UDP and ICMP translations, pod side (LRU hash): [`crate::CtKey`] of the pod's packet ->
     /// [`crate::CtEntry`] holding the node's address and port.
     pub const CT_OUT: &str = "CT_OUT";
-    /// Connection tracking, reply side (LRU hash): [`crate::CtKey`] of a reply as it arrives
-    /// at the node -> [`crate::CtEntry`] holding the pod's address and port.
+    /// UDP and ICMP translations, reply side (hash, never evicted: an entry is the claim on a
+    /// node port toward one remote, given up only when the translation expires):
+    /// [`crate::CtKey`] of a reply as it arrives at the node -> [`crate::CtEntry`] holding the
+    /// pod's address and port.
     pub const CT_IN: &str = "CT_IN";
-    /// Capacity of each connection-tracking map.
+    /// TCP translations, pod side, as [`CT_OUT`]; TCP has tables of its own, so a flood of
+    /// other protocols cannot crowd out established connections.
+    pub const CT_TCP_OUT: &str = "CT_TCP_OUT";
+    /// TCP translations, reply side, as [`CT_IN`].
+    pub const CT_TCP_IN: &str = "CT_TCP_IN";
+    /// Default capacity of each translation table (`[nat] tcp_table`, `udp_icmp_table`).
     pub const CT_MAX: usize = 65536;
+    /// When a new connection last found a translation table full (array, `bpf_ktime_get_ns`):
+    /// slot [`PRESSURE_OTHER`] for UDP and ICMP, [`PRESSURE_TCP`] for TCP. The agent watches it
+    /// and collects at once.
+    pub const NAT_PRESSURE: &str = "NAT_PRESSURE";
+    pub const PRESSURE_OTHER: u32 = 0;
+    pub const PRESSURE_TCP: u32 = 1;
     /// Denied source CIDRs (LPM trie): [`crate::Ipv4LpmData`] key -> `u32` (reserved, 0).
     pub const DENY: &str = "DENY";
     /// Capacity of [`DENY`].
@@ -62,7 +75,7 @@ pub mod maps {
     /// version goes up whenever that meaning changes, even when its sizes do not (a counter slot
     /// that now counts something else), so `podnet up` can tell an old map from a current one and
     /// migrate it. Version 1 is the layout of podnet 0.1, whose maps carry no version.
-    pub const LAYOUTS: [(&str, u32); 10] = [
+    pub const LAYOUTS: [(&str, u32); 13] = [
         (ENDPOINTS, 1),
         (POD_DEVS, 1),
         (POD_SOURCES, 1),
@@ -70,9 +83,14 @@ pub mod maps {
         // pass_not_natable).
         (COUNTERS, 2),
         (PEERS, 1),
-        (NAT_CONFIG, 1),
-        (CT_OUT, 1),
-        (CT_IN, 1),
+        // 2: idle timeouts added.
+        (NAT_CONFIG, 2),
+        // 2: UDP and ICMP only (TCP moved to CT_TCP_OUT / CT_TCP_IN); CT_IN is no longer LRU.
+        (CT_OUT, 2),
+        (CT_IN, 2),
+        (CT_TCP_OUT, 1),
+        (CT_TCP_IN, 1),
+        (NAT_PRESSURE, 1),
         (DENY, 1),
         (UPLINK_ALLOW, 1),
     ];
@@ -95,7 +113,7 @@ pub mod proto {
 
 /// NAT settings written by `podnet up`.
 ///
-/// Layout: 4 + 4 + 4 + 2 + 2 = 16 bytes, 4-byte aligned, no padding.
+/// Layout: 4 + 4 + 4 + 2 + 2 + 5 * 4 = 36 bytes, 4-byte aligned, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatConfig {
@@ -108,6 +126,77 @@ pub struct NatConfig {
     /// First and last source port (host byte order) for translations.
     pub port_min: u16,
     pub port_max: u16,
+    /// Idle seconds after which a translation is expired, by [`CtState`] (indexed by its
+    /// value): the agent removes it then, and a new connection may take over its node port.
+    pub timeouts_s: [u32; CtState::COUNT],
+}
+
+/// The state of a translation, from the flags both of its directions saw.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtState {
+    /// TCP without a reply yet.
+    TcpSynSent = 0,
+    /// TCP with replies; a FIN in one direction only (a half-close) is still established.
+    TcpEstablished = 1,
+    /// TCP after a FIN in both directions, or an RST: held (TIME_WAIT) so the node port is not
+    /// reused toward the same remote at once.
+    TcpTimeWait = 2,
+    Udp = 3,
+    Icmp = 4,
+}
+
+impl CtState {
+    pub const COUNT: usize = 5;
+    /// Every state, in index order.
+    pub const ALL: [CtState; Self::COUNT] =
+        [CtState::TcpSynSent, CtState::TcpEstablished, CtState::TcpTimeWait, CtState::Udp, CtState::Icmp];
+
+    /// Stable name (`podnet nat list`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            CtState::TcpSynSent => "syn_sent",
+            CtState::TcpEstablished => "established",
+            CtState::TcpTimeWait => "time_wait",
+            CtState::Udp => "udp",
+            CtState::Icmp => "icmp",
+        }
+    }
+
+    /// The state of a translation of `protocol` whose pod side saw `out_flags` and whose reply
+    /// side saw `reply_flags` ([`ct_flags`]).
+    pub const fn of(protocol: u8, out_flags: u8, reply_flags: u8) -> Self {
+        let both = out_flags & reply_flags;
+        match protocol {
+            proto::TCP if (out_flags | reply_flags) & ct_flags::RST != 0 || both & ct_flags::FIN != 0 => {
+                CtState::TcpTimeWait
+            }
+            proto::TCP if reply_flags & ct_flags::SEEN != 0 => CtState::TcpEstablished,
+            proto::TCP => CtState::TcpSynSent,
+            proto::UDP => CtState::Udp,
+            _ => CtState::Icmp,
+        }
+    }
+}
+
+/// Where a new connection's search for a node port starts: its own source port when that is in
+/// the range (as Linux's MASQUERADE and Cilium keep it), else a hash of the connection, so a
+/// connection that lost its translation comes back on the same port where it can.
+pub const fn port_search_start(key: &CtKey, port_min: u16, port_max: u16) -> u32 {
+    // Never 0 (a division by zero would be a panic path the verifier rejects).
+    let range = (port_max as u32).saturating_sub(port_min as u32) + 1;
+    let sport = u16::from_be(key.sport);
+    if sport >= port_min && sport <= port_max {
+        return (sport - port_min) as u32;
+    }
+    let mut h = u32::from_ne_bytes(key.saddr).wrapping_mul(0x9e37_79b1)
+        ^ u32::from_ne_bytes(key.daddr).rotate_left(13).wrapping_mul(0x85eb_ca77)
+        ^ (((key.sport as u32) << 16) | key.dport as u32).wrapping_mul(0xc2b2_ae3d)
+        ^ key.proto as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h % range
 }
 
 /// A connection as one packet shows it: addresses and ports (ICMP echo: the identifier as one
@@ -168,6 +257,8 @@ pub mod ct_flags {
     pub const FIN: u8 = 2;
     /// A TCP RST.
     pub const RST: u8 = 4;
+    /// A TCP SYN without ACK: a connection starting (or restarting).
+    pub const SYN: u8 = 8;
 }
 
 /// Where podnet pins its objects on bpffs; each node gets a directory named after it.
@@ -305,11 +396,17 @@ pub enum Reason {
     /// From a pod to a network in `[uplink] allow_from`: not masqueraded (that network routes
     /// pod addresses back to this node); left to the stack to route.
     PassNoNat = 26,
+    /// From a pod to the outside: a TCP FIN or RST of no translated connection. Dropped: it would
+    /// leave with the pod's address, and it creates no translation.
+    DropNatNoFlow = 27,
+    /// A new connection to the outside found its translation table full (see `[nat]`
+    /// `tcp_table` / `udp_icmp_table`): dropped, and the agent is told to collect at once.
+    DropNatTableFull = 28,
 }
 
 impl Reason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 29] = [
         Reason::RedirectLocal,
         Reason::PassNotIpv4,
         Reason::PassNotLocal,
@@ -337,6 +434,8 @@ impl Reason {
         Reason::DropNotAllowed,
         Reason::PassArp,
         Reason::PassNoNat,
+        Reason::DropNatNoFlow,
+        Reason::DropNatTableFull,
     ];
     /// Number of reasons in use.
     pub const COUNT: usize = Self::ALL.len();
@@ -374,6 +473,8 @@ impl Reason {
             Reason::DropNotAllowed => "drop_not_allowed",
             Reason::PassArp => "pass_arp",
             Reason::PassNoNat => "pass_no_nat",
+            Reason::DropNatNoFlow => "drop_nat_no_flow",
+            Reason::DropNatTableFull => "drop_nat_table_full",
         }
     }
 }
@@ -461,7 +562,7 @@ mod tests {
         assert_eq!(core::mem::align_of::<Endpoint>(), 4);
         assert_eq!(core::mem::size_of::<Peer>(), 36);
         assert_eq!(core::mem::size_of::<PodSource>(), 16);
-        assert_eq!(core::mem::size_of::<NatConfig>(), 16);
+        assert_eq!(core::mem::size_of::<NatConfig>(), 36);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 24);
     }
@@ -509,6 +610,41 @@ mod tests {
     fn checksum_matches_rfc1071_example() {
         // RFC 1071 section 3: the sum of these words is 0xddf2, so the checksum is !0xddf2.
         assert_eq!(inet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+    }
+
+    #[test]
+    fn tcp_closes_on_both_fins_or_a_reset() {
+        use ct_flags::{FIN, RST, SEEN};
+        assert_eq!(CtState::of(proto::TCP, SEEN, 0), CtState::TcpSynSent);
+        assert_eq!(CtState::of(proto::TCP, SEEN, SEEN), CtState::TcpEstablished);
+        assert_eq!(CtState::of(proto::TCP, SEEN | FIN, SEEN), CtState::TcpEstablished, "a half-close");
+        assert_eq!(CtState::of(proto::TCP, SEEN | FIN, SEEN | FIN), CtState::TcpTimeWait);
+        assert_eq!(CtState::of(proto::TCP, SEEN, SEEN | RST), CtState::TcpTimeWait);
+        assert_eq!(CtState::of(proto::UDP, SEEN | FIN, 0), CtState::Udp);
+        assert_eq!(CtState::of(proto::ICMP, SEEN, 0), CtState::Icmp);
+        for (i, state) in CtState::ALL.iter().enumerate() {
+            assert_eq!(*state as usize, i);
+        }
+    }
+
+    #[test]
+    fn port_search_keeps_the_pods_port_or_hashes() {
+        let key = |sport: u16| CtKey {
+            saddr: [10, 1, 1, 2],
+            daddr: [192, 168, 50, 100],
+            sport: sport.to_be(),
+            dport: 80u16.to_be(),
+            proto: proto::TCP,
+            _pad: [0; 3],
+        };
+        assert_eq!(port_search_start(&key(61234), 61000, 65535), 234, "the pod's own port");
+        let a = port_search_start(&key(40000), 61000, 65535);
+        assert_eq!(a, port_search_start(&key(40000), 61000, 65535), "deterministic");
+        assert!(a < 4536);
+        let spread: std::collections::HashSet<u32> =
+            (40000..40100).map(|p| port_search_start(&key(p), 61000, 65535)).collect();
+        assert!(spread.len() > 90, "flows spread over the range: {}", spread.len());
+        assert_eq!(port_search_start(&key(40000), 61000, 61000), 0);
     }
 
     #[test]

@@ -1,21 +1,29 @@
 //! Masquerading (SNAT to the node IP) with podnet's own connection tracking.
 //!
-//! A pod's first packet to the outside allocates a node port: the reply-side entry (CT_IN) is
-//! inserted first with BPF_NOEXIST, which claims the port atomically, then the pod-side entry
-//! (CT_OUT). Later packets find CT_OUT; replies find CT_IN and are translated back and delivered
-//! into the pod. Both maps are LRU hashes; idle entries are removed by `podnet agent` (see the
-//! README), which applies the per-protocol timeouts to `seen_ns`.
+//! TCP and the rest (UDP, ICMP echo) have separate tables, so a flood of one cannot crowd out
+//! the other. In each, a pod's first packet to the outside claims a node port: the reply-side
+//! entry (`*_IN`, a plain hash that never evicts) is inserted with BPF_NOEXIST, which claims
+//! (node port, remote, protocol) atomically, then the pod-side entry (`*_OUT`, an LRU hash).
+//! Later packets find the pod side; replies find the reply side and are translated back into
+//! the pod. So one node port toward one remote carries at most one pod connection, whatever is
+//! evicted: once a second a connection checks that its reply side is still its own (restoring
+//! it, or moving to a new port when another connection holds it), a claim whose holder has been
+//! idle past its state's timeout may be taken over, and two CPUs translating one new connection
+//! agree on one port. Only connections create state: a TCP FIN or RST of no known connection is
+//! dropped. `podnet agent` removes expired translations (and collects at once when a table
+//! fills up); without it they are taken over when their ports are needed.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
-    btf_maps::{Array, LruHashMap},
-    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    btf_maps::{Array, HashMap, LruHashMap},
+    helpers::generated::bpf_ktime_get_ns,
     macros::btf_map,
     programs::TcContext,
 };
 use podnet_common::{
-    CtEntry, CtKey, NatConfig, Reason, ct_flags,
-    maps::CT_MAX,
+    CtEntry, CtKey, CtState, NatConfig, Reason, ct_flags,
+    maps::{CT_MAX, PRESSURE_OTHER, PRESSURE_TCP},
+    port_search_start,
     proto::{ICMP, TCP, UDP},
 };
 
@@ -32,12 +40,54 @@ static NAT_CONFIG: Array<NatConfig, 1> = Array::new();
 #[btf_map(pin_by_name)]
 static CT_OUT: LruHashMap<CtKey, CtEntry, CT_MAX> = LruHashMap::new();
 #[btf_map(pin_by_name)]
-static CT_IN: LruHashMap<CtKey, CtEntry, CT_MAX> = LruHashMap::new();
+static CT_IN: HashMap<CtKey, CtEntry, CT_MAX> = HashMap::new();
+#[btf_map(pin_by_name)]
+static CT_TCP_OUT: LruHashMap<CtKey, CtEntry, CT_MAX> = LruHashMap::new();
+#[btf_map(pin_by_name)]
+static CT_TCP_IN: HashMap<CtKey, CtEntry, CT_MAX> = HashMap::new();
+#[btf_map(pin_by_name)]
+static NAT_PRESSURE: Array<u64, 2> = Array::new();
+
+/// One protocol family's pair of translation tables. Code generic over it is instantiated once
+/// per table, so every map call names one map (the verifier can then inline the lookups).
+trait Tables {
+    fn out() -> &'static LruHashMap<CtKey, CtEntry, CT_MAX>;
+    fn inbound() -> &'static HashMap<CtKey, CtEntry, CT_MAX>;
+    /// Slot of `NAT_PRESSURE`.
+    const PRESSURE: u32;
+}
+
+struct Tcp;
+struct Other;
+
+impl Tables for Tcp {
+    fn out() -> &'static LruHashMap<CtKey, CtEntry, CT_MAX> {
+        &CT_TCP_OUT
+    }
+    fn inbound() -> &'static HashMap<CtKey, CtEntry, CT_MAX> {
+        &CT_TCP_IN
+    }
+    const PRESSURE: u32 = PRESSURE_TCP;
+}
+
+impl Tables for Other {
+    fn out() -> &'static LruHashMap<CtKey, CtEntry, CT_MAX> {
+        &CT_OUT
+    }
+    fn inbound() -> &'static HashMap<CtKey, CtEntry, CT_MAX> {
+        &CT_IN
+    }
+    const PRESSURE: u32 = PRESSURE_OTHER;
+}
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+/// `-E2BIG`: what inserting into a full hash map returns.
+const E2BIG: i32 = -7;
 /// Ports tried for a new connection before it is refused as exhausted (all of them when the
 /// range is smaller).
 const MAX_TRIES: u32 = 32;
@@ -80,7 +130,8 @@ impl Flow {
                     let tcp_flags = packet::read::<u8>(ctx, l4 + 13)?;
                     let flags = ct_flags::SEEN
                         | if tcp_flags & TCP_FIN != 0 { ct_flags::FIN } else { 0 }
-                        | if tcp_flags & TCP_RST != 0 { ct_flags::RST } else { 0 };
+                        | if tcp_flags & TCP_RST != 0 { ct_flags::RST } else { 0 }
+                        | if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN { ct_flags::SYN } else { 0 };
                     Flow { key, csum: l4 + 16, port, pseudo: true, mangled: 0, flags }
                 } else {
                     let mangled = u64::from(BPF_F_MARK_MANGLED_0);
@@ -133,13 +184,14 @@ impl Flow {
 
 /// How stale `seen_ns` may get: refreshing it at most this often keeps busy flows from writing
 /// (and bouncing between CPUs) the entry's cache line on every packet. Idle timeouts are seconds.
+/// It is also how often a connection checks that its reply side is still its own.
 const SEEN_REFRESH_NS: u64 = 1_000_000_000;
 
 /// Marks a conntrack entry as seen now (to within [`SEEN_REFRESH_NS`]), with this packet's flags.
 #[inline(always)]
 fn touch(entry: *mut CtEntry, now: u64, flags: u8) {
-    // SAFETY: `entry` comes from a successful lookup in an LRU hash; concurrent writers only
-    // store timestamps and OR flags, so a lost update is harmless.
+    // SAFETY: `entry` comes from a successful map lookup; concurrent writers only store
+    // timestamps and OR flags, so a lost update is harmless.
     unsafe {
         if now.saturating_sub((*entry).seen_ns) >= SEEN_REFRESH_NS {
             (*entry).seen_ns = now;
@@ -179,27 +231,19 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
         Err(reason) => return Ok(Some(Verdict::pass(reason))),
     };
     let flow = if ip.is_fragment() { None } else { Flow::parse(ctx, ip, true)? };
-    let translated = flow.as_ref().and_then(|flow| CT_OUT.get_ptr_mut(&flow.key));
-    // Networks in `allow_from` route the pod CIDR back to this node: they get pod addresses.
-    // Asked only where there is no translation, so established flows pay no lookup for it.
-    if translated.is_none() && isolation::in_allowed_network(ip.daddr()) {
-        return Ok(Some(Verdict::pass(Reason::PassNoNat)));
-    }
     let Some(flow) = flow else {
-        return Ok(Some(Verdict::drop(Reason::DropNotNatable)));
+        // Networks in `allow_from` route the pod CIDR back to this node: they get pod addresses.
+        return Ok(Some(if isolation::in_allowed_network(ip.daddr()) {
+            Verdict::pass(Reason::PassNoNat)
+        } else {
+            Verdict::drop(Reason::DropNotNatable)
+        }));
     };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let translated =
+        if flow.key.proto == TCP { translate::<Tcp>(ip, &flow, &cfg) } else { translate::<Other>(ip, &flow, &cfg) };
     let (port, reason) = match translated {
-        Some(entry) => {
-            touch(entry, now, flow.flags);
-            // SAFETY: as in `touch`; the port is never rewritten after insertion.
-            (unsafe { (*entry).port }, Reason::RedirectNat)
-        }
-        None => match allocate(&flow, &cfg, now) {
-            Some(port) => (port, Reason::RedirectNatNew),
-            None => return Ok(Some(Verdict::drop(Reason::DropNatPortsExhausted))),
-        },
+        Ok(translation) => translation,
+        Err(verdict) => return Ok(Some(verdict)),
     };
     flow.rewrite(ctx, Ipv4::SADDR_OFFSET, (flow.key.saddr, cfg.node_ip), (flow.key.sport, port))?;
     // The helpers may have moved the packet: parse it again before the last writes.
@@ -207,37 +251,154 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
     Ok(Some(routing::transmit(&ip, &route, reason)))
 }
 
-/// Claims a free node port for `flow` and records both directions; `None` when none of the
-/// tried ports is free.
+/// The node port of `flow`'s translation in tables `T`, made now if it has none, with the reason
+/// to count; or the verdict for a packet that gets no translation.
 #[inline(always)]
-fn allocate(flow: &Flow, cfg: &NatConfig, now: u64) -> Option<u16> {
-    let range = u32::from(cfg.port_max).saturating_sub(u32::from(cfg.port_min)) + 1;
+fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig) -> Result<(u16, Reason), Verdict> {
     // SAFETY: a helper without arguments.
-    let start = unsafe { bpf_get_prandom_u32() } % range;
-    let pod_side = CtEntry {
-        created_ns: now,
-        seen_ns: now,
-        addr: flow.key.saddr,
-        port: flow.key.sport,
-        flags: 0,
-        _pad: 0,
-    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = T::out().get_ptr_mut(&flow.key) {
+        return Ok((established::<T>(flow, entry, cfg, now)?, Reason::RedirectNat));
+    }
+    // Asked only where there is no translation, so established flows pay no lookup for it.
+    if isolation::in_allowed_network(ip.daddr()) {
+        return Err(Verdict::pass(Reason::PassNoNat));
+    }
+    if flow.flags & (ct_flags::FIN | ct_flags::RST) != 0 {
+        return Err(Verdict::drop(Reason::DropNatNoFlow));
+    }
+    let port = claim::<T>(flow, cfg, now).map_err(Verdict::drop)?;
+    let node_side = CtEntry { created_ns: now, seen_ns: now, addr: cfg.node_ip, port, flags: flow.flags, _pad: 0 };
+    if T::out().insert(&flow.key, &node_side, u64::from(BPF_NOEXIST)).is_err() {
+        // Another CPU translated this connection a moment ago: its port is the connection's,
+        // and the one claimed here goes back.
+        let _ = T::inbound().remove(&flow.key.reply(cfg.node_ip, port));
+        let winner = T::out().get_ptr(&flow.key).ok_or(Verdict::drop(Reason::DropNatPortsExhausted))?;
+        // SAFETY: from a successful lookup; the port is never rewritten in place but by this
+        // connection's own packets.
+        return Ok((unsafe { (*winner).port }, Reason::RedirectNat));
+    }
+    Ok((port, Reason::RedirectNatNew))
+}
+
+/// A packet of a translated connection (`entry` its pod side): its node port. Once a second,
+/// and when a SYN restarts a closed connection, the reply side is checked: restored when it is
+/// gone, and the connection moves to another port when another one holds it.
+#[inline(always)]
+fn established<T: Tables>(flow: &Flow, entry: *mut CtEntry, cfg: &NatConfig, now: u64) -> Result<u16, Verdict> {
+    // SAFETY: from a successful lookup; see `touch` for concurrent writers.
+    let (seen, flags, mut port) = unsafe { ((*entry).seen_ns, (*entry).flags, (*entry).port) };
+    let reopen = flow.flags & ct_flags::SYN != 0 && flags & (ct_flags::FIN | ct_flags::RST) != 0;
+    if reopen || now.saturating_sub(seen) >= SEEN_REFRESH_NS {
+        let reply_key = flow.key.reply(cfg.node_ip, port);
+        match T::inbound().get_ptr_mut(&reply_key) {
+            Some(reply) if holds(reply, &flow.key) => {
+                if reopen {
+                    // SAFETY: from a successful lookup; a racing reply only ORs flags in.
+                    unsafe {
+                        (*reply).flags = 0;
+                        (*reply).created_ns = now;
+                    }
+                }
+            }
+            held => {
+                let pod_side = pod_side(flow, now);
+                let restored = held.is_none()
+                    && T::inbound().insert(&reply_key, &pod_side, u64::from(BPF_NOEXIST)).is_ok();
+                if !restored {
+                    port = claim::<T>(flow, cfg, now).map_err(Verdict::drop)?;
+                    // SAFETY: as above; this connection's packets are the only writers of port.
+                    unsafe { (*entry).port = port };
+                }
+            }
+        }
+    }
+    if reopen {
+        // SAFETY: as above.
+        unsafe {
+            (*entry).flags = flow.flags;
+            (*entry).created_ns = now;
+        }
+    }
+    touch(entry, now, flow.flags);
+    Ok(port)
+}
+
+/// The reply-side entry of a new translation of `flow`.
+#[inline(always)]
+fn pod_side(flow: &Flow, now: u64) -> CtEntry {
+    CtEntry { created_ns: now, seen_ns: now, addr: flow.key.saddr, port: flow.key.sport, flags: 0, _pad: 0 }
+}
+
+/// Whether reply-side entry `reply` belongs to the connection with pod-side key `key`.
+#[inline(always)]
+fn holds(reply: *const CtEntry, key: &CtKey) -> bool {
+    // SAFETY: from a successful lookup.
+    unsafe { (*reply).addr == key.saddr && (*reply).port == key.sport }
+}
+
+/// Claims a node port for `flow` in tables `T` (its reply-side entry); the drop reason when none
+/// of the tried ports can be had. The search starts at [`port_search_start`]; a port held by
+/// `flow` itself (its pod side was lost) is its own again, one held by a translation idle past
+/// its timeout is taken over.
+#[inline(always)]
+fn claim<T: Tables>(flow: &Flow, cfg: &NatConfig, now: u64) -> Result<u16, Reason> {
+    let range = u32::from(cfg.port_max).saturating_sub(u32::from(cfg.port_min)) + 1;
+    let start = port_search_start(&flow.key, cfg.port_min, cfg.port_max);
+    let pod_side = pod_side(flow, now);
     for i in 0..MAX_TRIES.min(range) {
         let port = ((u32::from(cfg.port_min) + (start + i) % range) as u16).to_be();
-        let reply = flow.key.reply(cfg.node_ip, port);
-        if CT_IN.insert(&reply, &pod_side, u64::from(BPF_NOEXIST)).is_err() {
+        let reply_key = flow.key.reply(cfg.node_ip, port);
+        match T::inbound().insert(&reply_key, &pod_side, u64::from(BPF_NOEXIST)) {
+            Ok(()) => return Ok(port),
+            Err(E2BIG) => {
+                if let Some(slot) = NAT_PRESSURE.get_ptr_mut(T::PRESSURE) {
+                    // SAFETY: an array slot; a racing store of another timestamp is as good.
+                    unsafe { *slot = now };
+                }
+                return Err(Reason::DropNatTableFull);
+            }
+            Err(_) => {}
+        }
+        let Some(held) = T::inbound().get_ptr(&reply_key) else {
             continue;
+        };
+        if holds(held, &flow.key) {
+            return Ok(port);
         }
-        let node_side = CtEntry { addr: cfg.node_ip, port, flags: flow.flags, ..pod_side };
-        if CT_OUT.insert(&flow.key, &node_side, u64::from(BPF_NOEXIST)).is_err() {
-            // Another CPU translated this connection a moment ago: give our port back; the
-            // packet is dropped as if exhausted and the connection's next packet finds the entry.
-            let _ = CT_IN.remove(&reply);
-            return None;
+        if expired::<T>(held, &reply_key, cfg, now)
+            && T::inbound().remove(&reply_key).is_ok()
+            && T::inbound().insert(&reply_key, &pod_side, u64::from(BPF_NOEXIST)).is_ok()
+        {
+            return Ok(port);
         }
-        return Some(port);
     }
-    None
+    Err(Reason::DropNatPortsExhausted)
+}
+
+/// Whether the translation whose reply side is `reply` (under `reply_key`) has been idle longer
+/// than its state's timeout.
+#[inline(always)]
+fn expired<T: Tables>(reply: *const CtEntry, reply_key: &CtKey, cfg: &NatConfig, now: u64) -> bool {
+    // SAFETY: from a successful lookup.
+    let (addr, port, reply_seen, reply_flags) =
+        unsafe { ((*reply).addr, (*reply).port, (*reply).seen_ns, (*reply).flags) };
+    let pod_key = CtKey {
+        saddr: addr,
+        daddr: reply_key.saddr,
+        sport: port,
+        dport: reply_key.sport,
+        proto: reply_key.proto,
+        _pad: [0; 3],
+    };
+    let (out_seen, out_flags) = match T::out().get_ptr(&pod_key) {
+        // SAFETY: from a successful lookup.
+        Some(out) => unsafe { ((*out).seen_ns, (*out).flags) },
+        None => (0, 0),
+    };
+    let state = CtState::of(reply_key.proto, out_flags, reply_flags) as usize;
+    let timeout_s = cfg.timeouts_s.get(state).copied().unwrap_or(0);
+    now.saturating_sub(reply_seen.max(out_seen)) > u64::from(timeout_s) * 1_000_000_000
 }
 
 /// Translates a reply to a masqueraded connection back to the pod and delivers it; `None` when
@@ -253,7 +414,8 @@ pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malfo
     let Some(flow) = Flow::parse(ctx, ip, false)? else {
         return Ok(None);
     };
-    let Some(entry) = CT_IN.get_ptr_mut(&flow.key) else {
+    let entry = if flow.key.proto == TCP { CT_TCP_IN.get_ptr_mut(&flow.key) } else { CT_IN.get_ptr_mut(&flow.key) };
+    let Some(entry) = entry else {
         return Ok(None);
     };
     // SAFETY: a helper without arguments.

@@ -77,7 +77,15 @@ pub struct Nat {
     pub port_min: u16,
     pub port_max: u16,
     pub timeouts: Timeouts,
+    /// Translations each table holds: TCP, and UDP with ICMP (separate, so a flood of one
+    /// cannot crowd out the other).
+    pub tcp_table: u32,
+    pub udp_icmp_table: u32,
 }
+
+/// Smallest and largest translation table.
+const TABLE_MIN: u32 = 1024;
+const TABLE_MAX: u32 = 4 << 20;
 
 /// Idle time after which `podnet agent` removes a translation, per protocol and TCP state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,10 +93,24 @@ pub struct Timeouts {
     /// TCP that has not seen a reply yet.
     pub tcp_syn: Duration,
     pub tcp_established: Duration,
-    /// TCP after a FIN or RST.
-    pub tcp_closing: Duration,
+    /// TCP after a FIN in both directions or an RST: the TIME_WAIT hold, during which the node
+    /// port is not reused toward the same remote.
+    pub tcp_time_wait: Duration,
     pub udp: Duration,
     pub icmp: Duration,
+}
+
+impl Default for Timeouts {
+    /// Linux conntrack's defaults, but for UDP (60 s, Linux has 30 s unreplied / 120 s stream).
+    fn default() -> Self {
+        Self {
+            tcp_syn: Duration::from_secs(60),
+            tcp_established: Duration::from_secs(21600),
+            tcp_time_wait: Duration::from_secs(120),
+            udp: Duration::from_secs(60),
+            icmp: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The interface that joins this node to the others, and the node's address on it.
@@ -205,7 +227,11 @@ struct RawNat {
     ports: Option<String>,
     tcp_syn_timeout: Option<u64>,
     tcp_established_timeout: Option<u64>,
+    tcp_time_wait: Option<u64>,
+    /// Renamed to `tcp_time_wait`; refused with a message that says so.
     tcp_closing_timeout: Option<u64>,
+    tcp_table: Option<u32>,
+    udp_icmp_table: Option<u32>,
     udp_timeout: Option<u64>,
     icmp_timeout: Option<u64>,
 }
@@ -333,15 +359,28 @@ impl Validator {
             None => (61000, 65535),
             Some(text) => parse_port_range(&text).map_err(|p| self.invalid("nat.ports", p))?,
         };
-        let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+        if raw.tcp_closing_timeout.is_some() {
+            return Err(self.invalid(
+                "nat.tcp_closing_timeout",
+                "renamed: use tcp_time_wait (seconds a closed connection holds its node port, default 120)",
+            ));
+        }
+        let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
+        let d = Timeouts::default();
         let timeouts = Timeouts {
-            tcp_syn: secs(raw.tcp_syn_timeout, 60),
-            tcp_established: secs(raw.tcp_established_timeout, 21600),
-            tcp_closing: secs(raw.tcp_closing_timeout, 10),
-            udp: secs(raw.udp_timeout, 60),
-            icmp: secs(raw.icmp_timeout, 30),
+            tcp_syn: secs(raw.tcp_syn_timeout, d.tcp_syn),
+            tcp_established: secs(raw.tcp_established_timeout, d.tcp_established),
+            tcp_time_wait: secs(raw.tcp_time_wait, d.tcp_time_wait),
+            udp: secs(raw.udp_timeout, d.udp),
+            icmp: secs(raw.icmp_timeout, d.icmp),
         };
-        Ok(Nat { enabled, port_min, port_max, timeouts })
+        let table = |field: &str, v: Option<u32>| match v.unwrap_or(podnet_common::maps::CT_MAX as u32) {
+            n @ TABLE_MIN..=TABLE_MAX => Ok(n),
+            n => Err(self.invalid(field, format!("{n} is not a table size from {TABLE_MIN} to {TABLE_MAX}"))),
+        };
+        let tcp_table = table("nat.tcp_table", raw.tcp_table)?;
+        let udp_icmp_table = table("nat.udp_icmp_table", raw.udp_icmp_table)?;
+        Ok(Nat { enabled, port_min, port_max, timeouts, tcp_table, udp_icmp_table })
     }
 
     fn uplink(&self, raw: RawUplink, node: &Node) -> Result<Uplink, ConfigError> {

@@ -145,7 +145,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 show(&format!("removed {} translation(s)", change(Op::NatFlush).await?["removed"]))?;
             }
             Command::Nat(NatCommand::Gc) => {
-                show(&format!("removed {} idle translation(s)", change(Op::NatGc).await?["removed"]))?;
+                let removed = change(Op::NatGc { pressure: false }).await?;
+                show(&format!("removed {} idle translation(s)", removed["removed"]))?;
             }
             Command::Agent { interval } => {
                 agent::run(cli.config.as_deref(), config.clone(), Duration::from_secs(interval.max(1)))

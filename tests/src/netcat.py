@@ -8,6 +8,12 @@
   netcat.py tcp-echo ADDR PORT               echo every connection
   netcat.py tcp-open ADDR PORT N HOLD        open N connections at once, print how many, hold
   netcat.py tcp-exhaust ADDR PORT N          open N connections, try one more (2 s), echo on all
+  netcat.py tcp-slow ADDR PORT DELAY         read each connection to its end, answer DELAY s later
+  netcat.py tcp-half-close ADDR PORT MSG     send MSG, shut the sending side, print the answer
+  netcat.py tcp-hold ADDR PORT FILE          connect and keep the connection; each line added to
+                                             FILE.in is sent, its echo appended to FILE.out
+  netcat.py udp-spray ADDR PORT N            N datagrams, each a flow of its own (source ports, then
+                                             destination ports from PORT on; raw socket)
 """
 import json, socket, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,3 +82,49 @@ elif mode == "tcp-exhaust":
         s.sendall(b"still here")
         echoed += s.recv(64) == b"still here"
     print(json.dumps({"opened": len(socks), "extra": extra, "echoed": echoed}))
+elif mode == "tcp-slow":
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((addr, port))
+    srv.listen(64)
+    def slow(c):
+        data = b""
+        while chunk := c.recv(1024):
+            data += chunk
+        time.sleep(float(sys.argv[4]))
+        c.sendall(b"late answer to " + data)
+        c.close()
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=slow, args=(c,), daemon=True).start()
+elif mode == "tcp-half-close":
+    s = socket.create_connection((addr, port), timeout=60)
+    s.sendall(sys.argv[4].encode())
+    s.shutdown(socket.SHUT_WR)
+    answer = b""
+    while chunk := s.recv(1024):
+        answer += chunk
+    print(answer.decode())
+elif mode == "tcp-hold":
+    import os
+    s = socket.create_connection((addr, port), timeout=10)
+    done = 0
+    while True:
+        path = sys.argv[4] + ".in"
+        lines = open(path).read().splitlines() if os.path.exists(path) else []
+        for line in lines[done:]:
+            s.sendall(line.encode())
+            with open(sys.argv[4] + ".out", "a") as out:
+                out.write(s.recv(1024).decode() + "\n")
+        done = len(lines)
+        time.sleep(0.1)
+elif mode == "udp-spray":
+    import struct
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    sent = 0
+    for i in range(int(sys.argv[4])):
+        sport, dport = 1024 + i % 64000, port + i // 64000
+        # Checksum 0: none (allowed over IPv4); the kernel adds the IPv4 header.
+        raw.sendto(struct.pack("!HHHH", sport, dport, 9, 0) + b"x", (addr, 0))
+        sent += 1
+    print(sent)

@@ -16,7 +16,9 @@ pub const ARP_REPLY: u16 = 2;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_ICMP: u8 = 1;
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// An Ethernet header.

@@ -252,7 +252,7 @@ fn older_maps_migrate_while_traffic_flows() -> anyhow::Result<()> {
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     assert!(
-        stamps.contains(&"COUNTERS@v2".to_owned()) && stamps.contains(&"CT_OUT@v1".to_owned()),
+        stamps.contains(&"COUNTERS@v2".to_owned()) && stamps.contains(&"CT_OUT@v2".to_owned()),
         "{stamps:?}"
     );
     let old = node.pin_dir().join("old");

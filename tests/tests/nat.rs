@@ -173,3 +173,91 @@ fn idle_translations_expire_with_the_agent_with(xdp: &str) -> anyhow::Result<()>
     assert!(waited >= 10, "entries vanished before their 2 s timeout");
     Ok(())
 }
+
+/// The node port of the one translation of `proto` from `pod` (an "ip:port" prefix match).
+fn node_port_of(node: &Node, proto: &str, pod: &str) -> anyhow::Result<Option<String>> {
+    Ok(translations(node)?
+        .into_iter()
+        .find(|t| t["protocol"] == proto && t["pod"].as_str().is_some_and(|p| p.starts_with(pod)))
+        .and_then(|t| t["node"].as_str().map(str::to_owned)))
+}
+
+/// Waits (at most 10 s) until `path` holds a line `line`.
+fn wait_for_line(path: &std::path::Path, line: &str) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if std::fs::read_to_string(path).is_ok_and(|t| t.lines().any(|l| l == line)) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("no line {line:?} in {} after 10 s", path.display())
+}
+
+/// One pod sprays 100,000 UDP flows into a small UDP table while another keeps an idle TCP
+/// connection: the TCP connection keeps its translation and node port and still works, the full
+/// table is counted, the agent collects at once, and new UDP flows work again afterwards.
+#[test]
+fn a_udp_flood_leaves_tcp_connections_alone() -> anyhow::Result<()> {
+    let mut lab = Lab::new("natf")?;
+    let (node, ext) = nat_node(&mut lab, "[nat]\nudp_icmp_table = 4096\n", "off")?;
+    let nc = lab.netcat()?;
+    lab.spawn(&ext, "python3", &[&nc, "tcp-echo", EXT, "7000"])?;
+    lab.spawn(&ext, "python3", &[&nc, "udp-echo", EXT, "9999"])?;
+    podnet_tests::wait_listening(&ext, 7000)?;
+    lab.agent(&node)?;
+    let (pod1, pod2) = (node.pod_ns("pod1"), node.pod_ns("pod2"));
+    let held = lab.dir().join("held");
+    lab.spawn(&pod2, "python3", &[&nc, "tcp-hold", EXT, "7000", held.to_str().unwrap_or_default()])?;
+    std::fs::write(held.with_extension("in"), "before\n")?;
+    wait_for_line(&held.with_extension("out"), "before")?;
+    let tcp_port = node_port_of(&node, "tcp", "10.1.1.3:")?.expect("pod2's TCP translation");
+
+    let sent = sh(&pod1, "python3", &[&nc, "udp-spray", EXT, "20000", "100000"])?;
+    assert_eq!(sent.trim(), "100000");
+    assert!(node.counter("drop_nat_table_full")? > 0, "the UDP table filled up");
+    assert_eq!(node_port_of(&node, "tcp", "10.1.1.3:")?, Some(tcp_port), "pod2 keeps its translation");
+    std::fs::write(held.with_extension("in"), "before\nafter\n")?;
+    wait_for_line(&held.with_extension("out"), "after")?;
+
+    // The agent dropped unanswered flows under pressure: a new UDP flow gets through.
+    let mut answered = false;
+    for _ in 0..20 {
+        let out = podnet_tests::in_ns(&pod1, "python3").args([&nc, "udp-ask", EXT, "9999", "hi"]).output()?;
+        if String::from_utf8_lossy(&out.stdout).trim() == "hi from 192.168.50.1" {
+            answered = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(answered, "a new UDP flow works again after the flood");
+    Ok(())
+}
+
+/// A client that shuts its sending side and waits 15 s for a slow server's answer keeps its
+/// translation (one FIN is a half-close, not a close), with the agent sweeping every second; and
+/// a pod's own source port is kept as the node port when it is in the range.
+#[test]
+fn a_half_closed_connection_waits_for_a_slow_server() -> anyhow::Result<()> {
+    let mut lab = Lab::new("nath")?;
+    let (node, ext) = nat_node(&mut lab, "", "off")?;
+    let nc = lab.netcat()?;
+    lab.spawn(&ext, "python3", &[&nc, "tcp-slow", EXT, "7001", "15"])?;
+    lab.spawn(&ext, "python3", &[&nc, "udp-echo", EXT, "9999"])?;
+    podnet_tests::wait_listening(&ext, 7001)?;
+    lab.agent(&node)?;
+    let pod = node.pod_ns("pod1");
+
+    assert_eq!(
+        sh(&pod, "python3", &[&nc, "udp-ask", EXT, "9999", "hi", "61500"])?.trim(),
+        "hi from 192.168.50.1"
+    );
+    assert_eq!(
+        node_port_of(&node, "udp", "10.1.1.2:61500")?.as_deref(),
+        Some("192.168.50.1:61500"),
+        "sticky"
+    );
+
+    let answer = sh(&pod, "python3", &[&nc, "tcp-half-close", EXT, "7001", "hello"])?;
+    assert_eq!(answer.trim(), "late answer to hello");
+    Ok(())
+}

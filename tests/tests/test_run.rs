@@ -10,19 +10,20 @@ use ipnet::Ipv4Net;
 use podnet::{
     config,
     config::PeerNode,
+    config::Timeouts,
     datapath::maps::{Conntrack, Counters, Deny, Endpoints, NatSettings, Peers, UplinkAllow},
-    datapath::{Datapath, PinDir},
+    datapath::{Datapath, PinDir, TableSizes, nat},
     host::netns,
 };
 use podnet_common::{
-    Endpoint, NatConfig, PodSource, Reason,
+    CtEntry, CtKey, CtState, Endpoint, NatConfig, PodSource, Reason,
     programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
 };
 use podnet_tests::{
     FIB_NEIGH_MAC, FibFixture, Lab,
     packets::{
-        ARP_REPLY, ARP_REQUEST, ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, TCP_ACK, TCP_SYN, arp,
-        checksums_valid, ethernet, icmp_echo, inet_checksum, ipv4, router_advertisement, tcp4, udp4,
+        ARP_REPLY, ARP_REQUEST, ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        arp, checksums_valid, ethernet, icmp_echo, inet_checksum, ipv4, router_advertisement, tcp4, udp4,
         udp4_checksummed, vlan_tagged, with_tot_len, with_ttl,
     },
 };
@@ -52,7 +53,7 @@ struct Loaded {
 impl Loaded {
     fn new(tag: &str) -> Self {
         let pins = PinDir::for_node(&format!("testrun-{tag}{}", std::process::id()));
-        let datapath = Datapath::load(&pins).expect("load the embedded eBPF object");
+        let datapath = Datapath::load(&pins, TableSizes::default()).expect("load the embedded eBPF object");
         let mut endpoints = Endpoints::open(&pins).unwrap();
         // The pod's "host veth" is `lo` (ifindex 1): the devmap takes only devices that exist.
         let endpoint = Endpoint { host_ifindex: 1, flags: 0, pod_mac: POD_MAC, host_mac: HOST_MAC };
@@ -74,6 +75,7 @@ impl Loaded {
             uplink_ifindex: eth0,
             port_min: 61000,
             port_max,
+            timeouts_s: Timeouts::default().seconds(),
         };
         NatSettings::open(&dp.pins).unwrap().set(&config).unwrap();
         dp.add_sender(NAT_POD, eth0);
@@ -341,6 +343,109 @@ fn nat_rewrites() {
     assert_eq!(u16::from_be_bytes([out[ETH_LEN + 24], out[ETH_LEN + 25]]), 0x1234, "identifier restored");
     assert_eq!(dst(&out).0, pod);
     assert!(checksums_valid(&out), "ICMP checksum after reverse NAT");
+}
+
+/// A pinned translation table, to lose entries by hand.
+fn ct_table(pins: &PinDir, name: &str) -> aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry> {
+    let data = aya::maps::MapData::from_pin(pins.map(name)).expect("the table is pinned");
+    aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("a hash of translations")
+}
+
+/// One node port only: a connection that loses either side of its translation keeps its port,
+/// one whose port another connection took is never translated onto it again, packets that are
+/// no connection make no state, TCP closes on FINs both ways and reopens on a SYN, and a port
+/// whose translation expired is taken over.
+#[test]
+fn nat_keeps_one_connection_per_node_port() {
+    let mut lab = Lab::new("trpair").unwrap();
+    let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
+    netns::enter(&ns).unwrap();
+    let (node, pod, remote) = (NAT_NODE, NAT_POD, Ipv4Addr::new(192, 168, 50, 2));
+    let mut dp = Loaded::with_nat("pair", eth0, 61000);
+    let port = 61000u16;
+    let src_port = |f: &[u8]| u16::from_be_bytes([f[34], f[35]]);
+    let dst = |f: &[u8]| (Ipv4Addr::new(f[30], f[31], f[32], f[33]), u16::from_be_bytes([f[36], f[37]]));
+    let a = |flags| tcp4((pod, 40000), (remote, 80), flags);
+    let b = |flags| tcp4((pod, 40001), (remote, 80), flags);
+    let reply = |flags| tcp4((remote, 80), (node, port), flags);
+    let key = |sport: u16| CtKey {
+        saddr: pod.octets(),
+        daddr: remote.octets(),
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto: 6,
+        _pad: [0; 3],
+    };
+    let reply_key = key(40000).reply(node.octets(), port.to_be());
+    let states = |dp: &Loaded| -> Vec<(String, &'static str)> {
+        nat::list(&dp.pins).unwrap().into_iter().map(|t| (t.pod, t.state)).collect()
+    };
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    let (action, out) = dp.run_on(FROM_POD, &a(TCP_SYN), Some(eth0));
+    assert_eq!((action, src_port(&out)), (TC_ACT_REDIRECT, port));
+    assert_eq!(dp.run_on(FROM_UPLINK, &reply(TCP_SYN | TCP_ACK), Some(eth0)).0, TC_ACT_REDIRECT);
+
+    // Its pod side is lost: the next packet finds its port again (the reply side names it).
+    ct_table(&dp.pins, "CT_TCP_OUT").remove(&key(40000)).unwrap();
+    assert_eq!(src_port(&dp.run_on(FROM_POD, &a(TCP_ACK), Some(eth0)).1), port);
+    // Its reply side is lost: checked once a second, restored, and replies reach the pod again.
+    ct_table(&dp.pins, "CT_TCP_IN").remove(&reply_key).unwrap();
+    settle();
+    assert_eq!(src_port(&dp.run_on(FROM_POD, &a(TCP_ACK), Some(eth0)).1), port);
+    let restored = ct_table(&dp.pins, "CT_TCP_IN").get(&reply_key, 0).expect("the reply side is back");
+    assert_eq!((restored.addr, u16::from_be(restored.port)), (pod.octets(), 40000));
+    assert_eq!(dst(&dp.run_on(FROM_UPLINK, &reply(TCP_ACK), Some(eth0)).1), (pod, 40000));
+
+    // Lost again, and another connection claims the port meanwhile: it is the port's only
+    // connection from then on; the first finds no port and is dropped, never translated onto it.
+    ct_table(&dp.pins, "CT_TCP_IN").remove(&reply_key).unwrap();
+    let (action, out) = dp.run_on(FROM_POD, &b(TCP_SYN), Some(eth0));
+    assert_eq!((action, src_port(&out)), (TC_ACT_REDIRECT, port));
+    settle();
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &a(TCP_ACK), Some(eth0)).0, TC_ACT_SHOT);
+    counted(&before, &dp.counters(), Reason::DropNatPortsExhausted);
+    assert_eq!(dst(&dp.run_on(FROM_UPLINK, &reply(TCP_SYN | TCP_ACK), Some(eth0)).1), (pod, 40001));
+
+    // No connection, no state: a lone RST or FIN, a truncated datagram.
+    let pairs = Conntrack::open(&dp.pins).unwrap().pairs().len();
+    for lone in
+        [tcp4((pod, 40002), (remote, 80), TCP_RST), tcp4((pod, 40003), (remote, 80), TCP_FIN | TCP_ACK)]
+    {
+        let before = dp.counters();
+        assert_eq!(dp.run_on(FROM_POD, &lone, Some(eth0)).0, TC_ACT_SHOT);
+        counted(&before, &dp.counters(), Reason::DropNatNoFlow);
+    }
+    let udp = udp4_checksummed((pod, 5000), (remote, 53), b"query");
+    let truncated = with_tot_len(&udp[..ETH_LEN + 24], 24);
+    for _ in 0..200 {
+        assert_eq!(dp.run_on(FROM_POD, &truncated, Some(eth0)).0, TC_ACT_SHOT);
+    }
+    assert_eq!(Conntrack::open(&dp.pins).unwrap().pairs().len(), pairs, "no state was made");
+
+    // FIN one way is a half-close; FINs both ways close; a SYN reopens.
+    let b_out = states(&dp).into_iter().find(|(p, _)| p.ends_with(":40001")).map(|(_, s)| s);
+    assert_eq!(b_out, Some("established"));
+    dp.run_on(FROM_POD, &b(TCP_FIN | TCP_ACK), Some(eth0));
+    assert!(states(&dp).contains(&(format!("{pod}:40001"), "established")), "half-closed");
+    dp.run_on(FROM_UPLINK, &reply(TCP_FIN | TCP_ACK), Some(eth0));
+    assert!(states(&dp).contains(&(format!("{pod}:40001"), "time_wait")), "{:?}", states(&dp));
+    assert_eq!(src_port(&dp.run_on(FROM_POD, &b(TCP_SYN), Some(eth0)).1), port);
+    assert!(states(&dp).contains(&(format!("{pod}:40001"), "syn_sent")), "reopened: {:?}", states(&dp));
+
+    // Held in TIME_WAIT until its timeout (1 s here); then another connection takes the port.
+    dp.run_on(FROM_POD, &b(TCP_RST), Some(eth0));
+    let c = tcp4((pod, 40004), (remote, 80), TCP_SYN);
+    assert_eq!(dp.run_on(FROM_POD, &c, Some(eth0)).0, TC_ACT_SHOT, "held");
+    let mut settings = NatSettings::open(&dp.pins).unwrap();
+    let mut config = settings.get().unwrap();
+    config.timeouts_s[CtState::TcpTimeWait as usize] = 1;
+    settings.set(&config).unwrap();
+    settle();
+    let (action, out) = dp.run_on(FROM_POD, &c, Some(eth0));
+    assert_eq!((action, src_port(&out)), (TC_ACT_REDIRECT, port), "taken over once expired");
+    assert_eq!(dst(&dp.run_on(FROM_UPLINK, &reply(TCP_SYN | TCP_ACK), Some(eth0)).1), (pod, 40004));
 }
 
 const XDP_DROP: u32 = 1;

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use self::api::{Answer, socket_path};
 use crate::{
     config::Config,
+    datapath::nat,
     error_chain as chain,
     node::{
         NodeError,
@@ -83,6 +84,9 @@ pub async fn run(path: Option<&Path>, config: Config, interval: Duration) -> Res
     );
     let served = Rc::new(Mutex::new(Served { path: path.map(Path::to_path_buf), config }));
     let mut sweep = tokio::time::interval(interval);
+    // A translation table that fills up is collected at once, not at the next sweep.
+    let mut watch = tokio::time::interval(PRESSURE_WATCH);
+    let mut pressure_seen = 0;
     info!(
         "agent for node {node}: serving {}, expiring idle translations every {interval:?}",
         socket.display()
@@ -95,7 +99,19 @@ pub async fn run(path: Option<&Path>, config: Config, interval: Duration) -> Res
                 tokio::select! {
                     _ = term.recv() => break,
                     _ = int.recv() => break,
-                    _ = sweep.tick() => sweep_nat(&served.lock().await.config).await,
+                    _ = sweep.tick() => sweep_nat(&served.lock().await.config, false).await,
+                    _ = watch.tick() => {
+                        let config = served.lock().await.config.clone();
+                        let latest = crate::node::pins_of_running_node(&config)
+                            .ok()
+                            .and_then(|pins| nat::pressure(&pins).ok())
+                            .unwrap_or(pressure_seen);
+                        if latest > pressure_seen {
+                            pressure_seen = latest;
+                            warn!("agent: a NAT translation table is full; collecting now");
+                            sweep_nat(&config, true).await;
+                        }
+                    }
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => drop(tokio::task::spawn_local(serve(stream, served.clone()))),
                         Err(e) => warn!("agent: accept on {}: {e}", socket.display()),
@@ -180,17 +196,23 @@ async fn node_lock(node: &str) -> Result<NodeLock, NodeError> {
         .expect("the lock task does not panic")?)
 }
 
-async fn sweep_nat(config: &Config) {
+/// How often the agent looks whether the datapath found a translation table full.
+const PRESSURE_WATCH: Duration = Duration::from_millis(200);
+
+async fn sweep_nat(config: &Config, pressure: bool) {
     if !config.nat.enabled {
         return;
     }
     let result = async {
         let _lock = node_lock(&config.node.name).await?;
-        op::execute(config, &Op::NatGc).await
+        op::execute(config, &Op::NatGc { pressure }).await
     };
     match result.await {
         Ok(value) if value["removed"].as_u64().unwrap_or(0) > 0 => {
-            info!("agent: removed {} idle translation(s)", value["removed"]);
+            info!(
+                "agent: removed {} translation(s): {} expired, {} orphaned, {} unanswered under pressure",
+                value["removed"], value["expired"], value["orphans"], value["early"]
+            );
         }
         Ok(_) => {}
         Err(e) => warn!("agent: NAT sweep: {}", chain(&e)),

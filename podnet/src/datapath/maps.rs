@@ -10,9 +10,10 @@ use podnet_common::{
     CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, PodSource, Reason,
     admission,
     maps::{
-        COUNTERS, CT_IN, CT_OUT, DENY, ENDPOINTS, NAT_CONFIG, PEERS, POD_DEVS, POD_SOURCES, POD_SOURCES_MAX,
-        UPLINK_ALLOW,
+        COUNTERS, CT_IN, CT_OUT, CT_TCP_IN, CT_TCP_OUT, DENY, ENDPOINTS, NAT_CONFIG, NAT_PRESSURE, PEERS,
+        POD_DEVS, POD_SOURCES, POD_SOURCES_MAX, UPLINK_ALLOW,
     },
+    proto,
 };
 
 use crate::{config::PeerNode, datapath::PinDir};
@@ -326,38 +327,113 @@ impl NatSettings {
     }
 }
 
-/// Both connection-tracking maps.
-pub struct Conntrack {
+/// One protocol family's translation tables (TCP, or UDP and ICMP).
+struct CtTables {
     out: HashMap<MapData, CtKey, CtEntry>,
     inbound: HashMap<MapData, CtKey, CtEntry>,
+    /// Node ports the table can claim (the reply side's size).
+    capacity: u32,
+}
+
+impl CtTables {
+    fn open(pins: &PinDir, out: &'static str, inbound: &'static str) -> Result<Self, MapsError> {
+        let path = pins.map(inbound);
+        let capacity =
+            MapData::from_pin(&path).and_then(|data| data.info()).map(|info| info.max_entries()).map_err(
+                |source| MapsError::Open { path: path.display().to_string(), source: source.into() },
+            )?;
+        Ok(Self {
+            out: open(pins, out, Map::LruHashMap)?,
+            inbound: open(pins, inbound, Map::HashMap)?,
+            capacity,
+        })
+    }
+}
+
+/// The translation tables: TCP, and UDP with ICMP.
+pub struct Conntrack {
+    tcp: CtTables,
+    other: CtTables,
 }
 
 /// One translation: the pod-side key and entry, and the reply-side key and entry (the latter
-/// `None` if the LRU evicted it).
+/// `None` if it is gone).
 pub type CtPair = (CtKey, CtEntry, CtKey, Option<CtEntry>);
+
+/// Whether reply side `reply` belongs to the connection whose pod side is `out`.
+fn holds(reply: &CtEntry, out: &CtKey) -> bool {
+    reply.addr == out.saddr && reply.port == out.sport
+}
+
+/// How full one translation table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TableUse {
+    pub table: &'static str,
+    /// Reply-side entries: node ports claimed.
+    pub entries: usize,
+    pub capacity: u32,
+}
 
 impl Conntrack {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
-        Ok(Self { out: open(pins, CT_OUT, Map::LruHashMap)?, inbound: open(pins, CT_IN, Map::LruHashMap)? })
+        Ok(Self {
+            tcp: CtTables::open(pins, CT_TCP_OUT, CT_TCP_IN)?,
+            other: CtTables::open(pins, CT_OUT, CT_IN)?,
+        })
+    }
+
+    fn tables(&self, protocol: u8) -> &CtTables {
+        if protocol == proto::TCP { &self.tcp } else { &self.other }
     }
 
     /// Every translation, from the pod side.
     pub fn pairs(&self) -> Vec<CtPair> {
-        self.out
-            .iter()
-            .flatten()
-            .map(|(key, entry)| {
-                let reply = key.reply(entry.addr, entry.port);
-                let reply_entry = self.inbound.get(&reply, 0).ok();
-                (key, entry, reply, reply_entry)
+        [&self.tcp, &self.other]
+            .into_iter()
+            .flat_map(|t| {
+                t.out.iter().flatten().map(|(key, entry)| {
+                    let reply = key.reply(entry.addr, entry.port);
+                    (key, entry, reply, t.inbound.get(&reply, 0).ok().filter(|r| holds(r, &key)))
+                })
             })
             .collect()
     }
 
-    /// Removes one translation (both directions; either may already be gone).
+    /// Reply sides whose pod side is gone (evicted, or deleted), with the pod-side key they
+    /// belong to.
+    pub fn orphans(&self) -> Vec<(CtKey, CtEntry, CtKey)> {
+        [&self.tcp, &self.other]
+            .into_iter()
+            .flat_map(|t| {
+                t.inbound.iter().flatten().filter_map(|(reply, entry)| {
+                    let pod = CtKey {
+                        saddr: entry.addr,
+                        daddr: reply.saddr,
+                        sport: entry.port,
+                        dport: reply.sport,
+                        proto: reply.proto,
+                        _pad: [0; 3],
+                    };
+                    t.out.get(&pod, 0).is_err().then_some((reply, entry, pod))
+                })
+            })
+            .collect()
+    }
+
+    /// The pod side and reply side of a translation as they are now.
+    pub fn get(&self, out: &CtKey, reply: &CtKey) -> (Option<CtEntry>, Option<CtEntry>) {
+        let t = self.tables(out.proto);
+        (t.out.get(out, 0).ok(), t.inbound.get(reply, 0).ok().filter(|r| holds(r, out)))
+    }
+
+    /// Removes one translation (both directions; either may already be gone). A reply side
+    /// that another connection holds now is not this translation's and stays.
     pub fn remove(&mut self, out: &CtKey, reply: &CtKey) {
-        let _ = self.out.remove(out);
-        let _ = self.inbound.remove(reply);
+        let t = if out.proto == proto::TCP { &mut self.tcp } else { &mut self.other };
+        let _ = t.out.remove(out);
+        if t.inbound.get(reply, 0).is_ok_and(|r| holds(&r, out)) {
+            let _ = t.inbound.remove(reply);
+        }
     }
 
     /// Removes the translations whose pod side `out` matches (both directions), and reply
@@ -371,16 +447,38 @@ impl Conntrack {
         for (out, _, reply, _) in &pairs {
             self.remove(out, reply);
         }
-        let stray: Vec<CtKey> =
-            self.inbound.iter().flatten().filter(|(k, e)| reply(k, e)).map(|(k, _)| k).collect();
-        for key in &stray {
-            let _ = self.inbound.remove(key);
+        for (key, entry, pod) in self.orphans() {
+            if reply(&key, &entry) {
+                self.remove(&pod, &key);
+            }
         }
         pairs.len()
     }
 
-    /// Removes every entry of both maps, including reply entries whose pod side is gone.
+    /// Removes every entry of the tables; returns how many translations there were.
     pub fn flush(&mut self) -> usize {
         self.remove_where(|_, _| true, |_, _| true)
+    }
+
+    /// How full each table is.
+    pub fn usage(&self) -> [TableUse; 2] {
+        let of =
+            |table, t: &CtTables| TableUse { table, entries: t.inbound.keys().count(), capacity: t.capacity };
+        [of("tcp", &self.tcp), of("udp_icmp", &self.other)]
+    }
+}
+
+/// When a new connection last found each translation table full (see
+/// [`podnet_common::maps::NAT_PRESSURE`]).
+pub struct NatPressure(Array<MapData, u64>);
+
+impl NatPressure {
+    pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
+        open(pins, NAT_PRESSURE, Map::Array).map(Self)
+    }
+
+    /// The latest time (`bpf_ktime_get_ns`) a table was found full; 0 when never.
+    pub fn latest(&self) -> u64 {
+        self.0.iter().flatten().max().unwrap_or(0)
     }
 }

@@ -15,11 +15,12 @@ use std::path::Path;
 
 use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use podnet_common::{
-    CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, Peer, PodSource, Reason,
+    CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, Peer, PodSource, Reason,
     maps::{
-        COUNTERS, CT_IN, CT_OUT, DENY, ENDPOINTS, LAYOUTS, NAT_CONFIG, PEERS, POD_DEVS, POD_SOURCES,
-        UPLINK_ALLOW,
+        COUNTERS, CT_IN, CT_OUT, CT_TCP_IN, CT_TCP_OUT, DENY, ENDPOINTS, LAYOUTS, NAT_CONFIG, NAT_PRESSURE,
+        PEERS, POD_DEVS, POD_SOURCES, UPLINK_ALLOW,
     },
+    proto,
 };
 use tracing::{info, warn};
 
@@ -92,7 +93,7 @@ pub(super) fn carry(pins: &PinDir) -> Result<(), DatapathError> {
 }
 
 /// The maps the programs write (translations, counts): carried once more by [`finish`].
-const WRITTEN_BY_PROGRAMS: [&str; 3] = [CT_OUT, CT_IN, COUNTERS];
+const WRITTEN_BY_PROGRAMS: [&str; 5] = [CT_OUT, CT_IN, CT_TCP_OUT, CT_TCP_IN, COUNTERS];
 
 /// Completes a migration once every program is the new one: carries the translations the old
 /// programs made since [`carry`] and the counts, then unpins the old maps. (The caller removes
@@ -114,11 +115,17 @@ fn copy(pins: &PinDir, name: &str, version: u32) {
     let (old, new) = (pins.set_aside_map(name, version), pins.map(name));
     let copied = match name {
         ENDPOINTS => copy_hash::<EndpointKey, Endpoint>(&old, &new),
-        CT_OUT | CT_IN => copy_hash::<CtKey, CtEntry>(&old, &new),
+        // Up to v1, one pair of tables held every protocol: TCP goes to its own now.
+        CT_OUT | CT_IN => {
+            let tcp = if name == CT_OUT { CT_TCP_OUT } else { CT_TCP_IN };
+            copy_translations(&old, &new, &pins.map(tcp))
+        }
+        CT_TCP_OUT | CT_TCP_IN => copy_hash::<CtKey, CtEntry>(&old, &new),
+        // Written by `up` before any program runs.
+        NAT_CONFIG | NAT_PRESSURE => Ok(Copied::default()),
         PEERS => copy_trie::<Peer>(&old, &new),
         DENY | UPLINK_ALLOW => copy_trie::<u32>(&old, &new),
         POD_SOURCES => copy_array::<PodSource>(&old, &new),
-        NAT_CONFIG => copy_array::<NatConfig>(&old, &new),
         POD_DEVS => copy_devs(&old, &new),
         COUNTERS => add_counters(&old, &new, version),
         _ => Ok(Copied::default()),
@@ -161,6 +168,19 @@ fn copy_hash<K: aya::Pod, V: aya::Pod>(old: &Path, new: &Path) -> Result<Copied,
     let mut to: HashMap<MapData, K, V> = open(new, Map::HashMap)?;
     let mut copied = Copied::default();
     for (k, v) in from.iter().flatten() {
+        copied.count(to.insert(&k, &v, NOEXIST));
+    }
+    Ok(copied)
+}
+
+/// Translations of an old table into the new one of their protocol family.
+fn copy_translations(old: &Path, other: &Path, tcp: &Path) -> Result<Copied, MapError> {
+    let from: HashMap<MapData, CtKey, CtEntry> = open(old, Map::HashMap)?;
+    let mut to_other: HashMap<MapData, CtKey, CtEntry> = open(other, Map::HashMap)?;
+    let mut to_tcp: HashMap<MapData, CtKey, CtEntry> = open(tcp, Map::HashMap)?;
+    let mut copied = Copied::default();
+    for (k, v) in from.iter().flatten() {
+        let to = if k.proto == proto::TCP { &mut to_tcp } else { &mut to_other };
         copied.count(to.insert(&k, &v, NOEXIST));
     }
     Ok(copied)

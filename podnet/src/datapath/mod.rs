@@ -5,7 +5,9 @@
 //! /sys/fs/bpf/podnet/<node>/ENDPOINTS        pod IP -> endpoint
 //! /sys/fs/bpf/podnet/<node>/COUNTERS         per-CPU counters by reason
 //! /sys/fs/bpf/podnet/<node>/PEERS            other nodes' pod CIDRs (LPM trie) -> node
-//! /sys/fs/bpf/podnet/<node>/DENY, NAT_CONFIG, CT_OUT, CT_IN
+//! /sys/fs/bpf/podnet/<node>/DENY, NAT_CONFIG, NAT_PRESSURE
+//! /sys/fs/bpf/podnet/<node>/CT_TCP_OUT, CT_TCP_IN   TCP translations (pod side, reply side)
+//! /sys/fs/bpf/podnet/<node>/CT_OUT, CT_IN           UDP and ICMP translations
 //! /sys/fs/bpf/podnet/<node>/links/<ifname>   tcx link on an interface: from_pod on host
 //!                                            veths, from_uplink on the uplink
 //! /sys/fs/bpf/podnet/<node>/POD_DEVS         pod host veths (devmap) for uplink_deliver
@@ -30,7 +32,10 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use podnet_common::programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER};
+use podnet_common::{
+    maps::{CT_IN, CT_MAX, CT_OUT, CT_TCP_IN, CT_TCP_OUT},
+    programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
+};
 
 use crate::config::XdpMode;
 
@@ -111,6 +116,19 @@ pub enum DatapathError {
     },
 }
 
+/// Entries of each pair of translation tables (`[nat] tcp_table`, `udp_icmp_table`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSizes {
+    pub tcp: u32,
+    pub udp_icmp: u32,
+}
+
+impl Default for TableSizes {
+    fn default() -> Self {
+        Self { tcp: CT_MAX as u32, udp_icmp: CT_MAX as u32 }
+    }
+}
+
 /// podnet's programs, loaded and verified, with their maps pinned in a node's [`PinDir`].
 #[derive(Debug)]
 pub struct Datapath {
@@ -120,14 +138,22 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the embedded object, reusing the maps already pinned in `pins` (or pinning new
-    /// ones there), and loads every program into the kernel.
-    pub fn load(pins: &PinDir) -> Result<Self, DatapathError> {
+    /// ones there; pinned maps of another layout or size are migrated, see [`migrate`]), with
+    /// translation tables of `tables` entries, and loads every program into the kernel.
+    pub fn load(pins: &PinDir, tables: TableSizes) -> Result<Self, DatapathError> {
         ensure_bpffs()?;
         std::fs::create_dir_all(pins.links()).map_err(fs_err("create", &pins.links()))?;
         let unfinished = pins.maps_set_aside();
         migrate::set_aside_stale(pins)?;
         let mut ebpf = loop {
-            match EbpfLoader::new().default_map_pin_directory(pins.path()).load(OBJECT) {
+            let mut loader = EbpfLoader::new();
+            loader.default_map_pin_directory(pins.path());
+            for (names, size) in [([CT_TCP_OUT, CT_TCP_IN], tables.tcp), ([CT_OUT, CT_IN], tables.udp_icmp)] {
+                for name in names {
+                    loader.map_max_entries(name, size);
+                }
+            }
+            match loader.load(OBJECT) {
                 // Each round sets one map aside, so this ends.
                 Err(aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
                     name,

@@ -3,49 +3,30 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use podnet_common::{CtKey, NatConfig, ct_flags, proto};
+use podnet_common::{CtKey, CtState, NatConfig, ct_flags, proto};
 use serde::Serialize;
 
 use crate::{
     config::Timeouts,
     datapath::PinDir,
-    datapath::maps::{Conntrack, CtPair, MapsError},
+    datapath::maps::{Conntrack, CtPair, MapsError, NatPressure, TableUse},
 };
 
-/// What a translation's packets have shown so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// TCP, no reply yet.
-    SynSent,
-    /// TCP, replies seen, no FIN or RST.
-    Established,
-    /// TCP after a FIN or RST in either direction.
-    Closing,
-    Udp,
-    Icmp,
-}
-
-impl State {
-    fn of(protocol: u8, out_flags: u8, reply_flags: u8) -> Self {
-        match protocol {
-            proto::UDP => State::Udp,
-            proto::ICMP => State::Icmp,
-            _ if (out_flags | reply_flags) & (ct_flags::FIN | ct_flags::RST) != 0 => State::Closing,
-            _ if reply_flags & ct_flags::SEEN != 0 => State::Established,
-            _ => State::SynSent,
+impl Timeouts {
+    /// How long a translation in `state` may stay idle.
+    pub fn of(&self, state: CtState) -> Duration {
+        match state {
+            CtState::TcpSynSent => self.tcp_syn,
+            CtState::TcpEstablished => self.tcp_established,
+            CtState::TcpTimeWait => self.tcp_time_wait,
+            CtState::Udp => self.udp,
+            CtState::Icmp => self.icmp,
         }
     }
 
-    /// How long a translation in this state may stay idle.
-    pub fn timeout(self, t: &Timeouts) -> Duration {
-        match self {
-            State::SynSent => t.tcp_syn,
-            State::Established => t.tcp_established,
-            State::Closing => t.tcp_closing,
-            State::Udp => t.udp,
-            State::Icmp => t.icmp,
-        }
+    /// The timeouts in whole seconds, indexed by state, as the datapath reads them.
+    pub fn seconds(&self) -> [u32; CtState::COUNT] {
+        CtState::ALL.map(|state| u32::try_from(self.of(state).as_secs()).unwrap_or(u32::MAX))
     }
 }
 
@@ -56,13 +37,21 @@ pub struct Translation {
     pub pod: String,
     pub node: String,
     pub remote: String,
-    pub state: State,
+    /// `syn_sent`, `established`, `time_wait`, `udp` or `icmp`.
+    pub state: &'static str,
     /// Seconds since the translation was made.
     pub age_s: f64,
     /// Seconds since the last packet in either direction.
     pub idle_s: f64,
     #[serde(skip)]
     keys: (CtKey, CtKey),
+    #[serde(skip)]
+    ct_state: CtState,
+    /// `seen_ns` of both sides when read: a translation is removed only if they are unchanged.
+    #[serde(skip)]
+    seen: (u64, Option<u64>),
+    #[serde(skip)]
+    replied: bool,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
@@ -94,10 +83,13 @@ fn decode((key, out, reply_key, reply): &CtPair, now: u64) -> Translation {
         } else {
             endpoint(key.daddr, key.dport)
         },
-        state: State::of(key.proto, out.flags, reply_flags),
+        state: CtState::of(key.proto, out.flags, reply_flags).name(),
         age_s: secs(out.created_ns),
         idle_s: secs(seen),
         keys: (*key, *reply_key),
+        ct_state: CtState::of(key.proto, out.flags, reply_flags),
+        seen: (out.seen_ns, reply.map(|r| r.seen_ns)),
+        replied: reply_flags & ct_flags::SEEN != 0,
     }
 }
 
@@ -109,20 +101,80 @@ pub fn list(pins: &PinDir) -> Result<Vec<Translation>, MapsError> {
     Ok(all)
 }
 
-/// Removes translations idle longer than their state's timeout; returns how many.
-pub fn gc(pins: &PinDir, timeouts: &Timeouts) -> Result<usize, MapsError> {
+/// What one collection removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Collected {
+    /// Translations idle past their state's timeout.
+    pub expired: usize,
+    /// Reply sides left without a pod side, idle past their timeout.
+    pub orphans: usize,
+    /// Under pressure: UDP and ICMP translations that never had a reply, and TCP that never
+    /// got past SYN, oldest first, until the table is three quarters full.
+    pub early: usize,
+}
+
+/// Removes translations idle longer than their state's timeout, and reply sides whose pod side
+/// is gone once idle as long. A translation the datapath used while the scan ran is kept: it is
+/// removed only if both sides are as they were read. With `pressure` (a table filled up), also
+/// drops, oldest first, translations that never saw an answer until each table is at most three
+/// quarters full (as Linux's conntrack early drop does).
+pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collected, MapsError> {
     let mut ct = Conntrack::open(pins)?;
     let now = now_ns();
-    let expired: Vec<Translation> = ct
-        .pairs()
-        .iter()
-        .map(|p| decode(p, now))
-        .filter(|t| Duration::from_secs_f64(t.idle_s) > t.state.timeout(timeouts))
-        .collect();
-    for t in &expired {
-        ct.remove(&t.keys.0, &t.keys.1);
+    let mut done = Collected::default();
+    let mut live: Vec<Translation> = Vec::new();
+    for t in ct.pairs().iter().map(|p| decode(p, now)) {
+        if Duration::from_secs_f64(t.idle_s) > timeouts.of(t.ct_state) {
+            done.expired += usize::from(remove_if_unchanged(&mut ct, &t));
+        } else {
+            live.push(t);
+        }
     }
-    Ok(expired.len())
+    for (reply_key, entry, pod_key) in ct.orphans() {
+        let state = CtState::of(reply_key.proto, 0, entry.flags);
+        if Duration::from_nanos(now.saturating_sub(entry.seen_ns)) > timeouts.of(state) {
+            ct.remove(&pod_key, &reply_key);
+            done.orphans += 1;
+        }
+    }
+    if pressure {
+        for table in ct.usage() {
+            let target = table.capacity as usize * 3 / 4;
+            let Some(excess) = table.entries.checked_sub(target).filter(|&n| n > 0) else {
+                continue;
+            };
+            let mut unanswered: Vec<&Translation> = live
+                .iter()
+                .filter(|t| (t.keys.0.proto == proto::TCP) == (table.table == "tcp"))
+                .filter(|t| !t.replied)
+                .collect();
+            unanswered.sort_by(|a, b| b.idle_s.total_cmp(&a.idle_s));
+            for t in unanswered.into_iter().take(excess) {
+                done.early += usize::from(remove_if_unchanged(&mut ct, t));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Removes translation `t` if neither side was used since it was read.
+fn remove_if_unchanged(ct: &mut Conntrack, t: &Translation) -> bool {
+    let (out, reply) = ct.get(&t.keys.0, &t.keys.1);
+    if out.map(|o| o.seen_ns) != Some(t.seen.0) || reply.map(|r| r.seen_ns) != t.seen.1 {
+        return false;
+    }
+    ct.remove(&t.keys.0, &t.keys.1);
+    true
+}
+
+/// How full the translation tables are.
+pub fn usage(pins: &PinDir) -> Result<[TableUse; 2], MapsError> {
+    Ok(Conntrack::open(pins)?.usage())
+}
+
+/// When a new connection last found a translation table full (`bpf_ktime_get_ns`; 0: never).
+pub fn pressure(pins: &PinDir) -> Result<u64, MapsError> {
+    Ok(NatPressure::open(pins)?.latest())
 }
 
 /// Removes the translations of pod address `ip` (the pod is gone or moved); returns how many.
@@ -168,27 +220,18 @@ mod tests {
     const T: Timeouts = Timeouts {
         tcp_syn: Duration::from_secs(60),
         tcp_established: Duration::from_secs(21600),
-        tcp_closing: Duration::from_secs(10),
+        tcp_time_wait: Duration::from_secs(120),
         udp: Duration::from_secs(30),
         icmp: Duration::from_secs(5),
     };
 
     #[test]
-    fn tcp_state_follows_flags_in_both_directions() {
-        use ct_flags::{FIN, RST, SEEN};
-        assert_eq!(State::of(proto::TCP, SEEN, 0), State::SynSent);
-        assert_eq!(State::of(proto::TCP, SEEN, SEEN), State::Established);
-        assert_eq!(State::of(proto::TCP, SEEN | FIN, SEEN), State::Closing);
-        assert_eq!(State::of(proto::TCP, SEEN, SEEN | RST), State::Closing);
-        assert_eq!(State::of(proto::UDP, SEEN | FIN, 0), State::Udp);
-    }
-
-    #[test]
     fn timeouts_by_state() {
-        assert_eq!(State::SynSent.timeout(&T), Duration::from_secs(60));
-        assert_eq!(State::Established.timeout(&T), Duration::from_secs(21600));
-        assert_eq!(State::Closing.timeout(&T), Duration::from_secs(10));
-        assert_eq!(State::Icmp.timeout(&T), Duration::from_secs(5));
+        assert_eq!(T.of(CtState::TcpSynSent), Duration::from_secs(60));
+        assert_eq!(T.of(CtState::TcpEstablished), Duration::from_secs(21600));
+        assert_eq!(T.of(CtState::TcpTimeWait), Duration::from_secs(120));
+        assert_eq!(T.of(CtState::Icmp), Duration::from_secs(5));
+        assert_eq!(T.seconds(), [60, 21600, 120, 30, 5]);
     }
 
     #[test]
@@ -216,6 +259,6 @@ mod tests {
             (t.pod.as_str(), t.node.as_str(), t.remote.as_str()),
             ("10.1.1.2:40000", "192.168.50.1:61000", "192.168.50.100:80")
         );
-        assert_eq!((t.state, t.age_s, t.idle_s), (State::Established, 5.0, 1.0));
+        assert_eq!((t.state, t.age_s, t.idle_s), ("established", 5.0, 1.0));
     }
 }

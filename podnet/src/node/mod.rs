@@ -28,7 +28,7 @@ use self::{
 use crate::{
     config::{self, Config, HOST_IF_PREFIX, PeerNode, Pod, XdpMode},
     datapath::{
-        self, Datapath, DatapathError, PinDir, PodProgram,
+        self, Datapath, DatapathError, PinDir, PodProgram, TableSizes,
         maps::{Counters, Endpoints, MapsError, NatSettings, Peers, UplinkAllow},
         migrate,
     },
@@ -211,7 +211,8 @@ async fn up_steps(
     if first_up {
         made.push(Made::PinDir(pins.clone()));
     }
-    let mut datapath = Datapath::load(&pins)?;
+    let tables = TableSizes { tcp: config.nat.tcp_table, udp_icmp: config.nat.udp_icmp_table };
+    let mut datapath = Datapath::load(&pins, tables)?;
     datapath.pin_pod_program()?;
     NatSettings::open(&pins)?.set(&nat_settings(config, uplink.as_ref()))?;
     if let Some(settings) = &config.uplink {
@@ -525,6 +526,7 @@ fn nat_settings(config: &Config, uplink: Option<&Iface>) -> NatConfig {
         uplink_ifindex: on.map_or(0, |(_, iface)| iface.index),
         port_min: config.nat.port_min,
         port_max: config.nat.port_max,
+        timeouts_s: config.nat.timeouts.seconds(),
     }
 }
 

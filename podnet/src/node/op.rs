@@ -43,7 +43,12 @@ pub enum Op {
         cidr: Ipv4Net,
     },
     NatFlush,
-    NatGc,
+    /// Remove expired translations; under `pressure` (a table filled up) also drop unanswered
+    /// ones until each table is three quarters full.
+    NatGc {
+        #[serde(default)]
+        pressure: bool,
+    },
     /// Attach a container (CNI ADD), with address `ip` or one from IPAM.
     PodAdd {
         container: Container,
@@ -121,7 +126,15 @@ pub async fn execute(config: &Config, op: &Op) -> Result<Value, NodeError> {
             Value::Null
         }
         Op::NatFlush => json!({ "removed": nat::flush(&pins()?)? }),
-        Op::NatGc => json!({ "removed": nat::gc(&pins()?, &config.nat.timeouts)? }),
+        Op::NatGc { pressure } => {
+            let collected = nat::gc(&pins()?, &config.nat.timeouts, *pressure)?;
+            json!({
+                "removed": collected.expired + collected.orphans + collected.early,
+                "expired": collected.expired,
+                "orphans": collected.orphans,
+                "early": collected.early,
+            })
+        }
         Op::PodAdd { container, ip } => {
             let record = container.record();
             record.check_container()?;

@@ -8,8 +8,9 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use bytes::BytesMut;
 use podnet::{
     config::PeerNode,
+    config::Timeouts,
     datapath::maps::{Deny, Endpoints, NatSettings, Peers},
-    datapath::{Datapath, PinDir},
+    datapath::{Datapath, PinDir, TableSizes},
     host::netns,
 };
 use podnet_common::{
@@ -70,7 +71,7 @@ const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 const TC_ACT_SHOT: u32 = 2;
 
 fn measure_in(pins: &PinDir, (ifindex, mac): (u32, [u8; 6]), repeat: u32) -> anyhow::Result<Vec<Cost>> {
-    let mut datapath = Datapath::load(pins)?;
+    let mut datapath = Datapath::load(pins, TableSizes::default())?;
     let local = Ipv4Addr::new(10, 1, 1, 3);
     // Runs of a batch see the frame as the previous run left it: delivery writes `host_mac` and
     // routing the uplink's MAC as the source, so both are the sender's MAC (`mac`), which keeps
@@ -97,6 +98,7 @@ fn measure_in(pins: &PinDir, (ifindex, mac): (u32, [u8; 6]), repeat: u32) -> any
         uplink_ifindex: ifindex,
         port_min: 1024,
         port_max: 65535,
+        timeouts_s: Timeouts::default().seconds(),
     };
     NatSettings::open(pins)?.set(&nat)?;
     let denied = Ipv4Addr::new(203, 0, 113, 7);
