@@ -239,8 +239,11 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
             Verdict::drop(Reason::DropNotNatable)
         }));
     };
-    let translated =
-        if flow.key.proto == TCP { translate::<Tcp>(ip, &flow, &cfg) } else { translate::<Other>(ip, &flow, &cfg) };
+    let translated = if flow.key.proto == TCP {
+        translate::<Tcp>(ip, &flow, &cfg)
+    } else {
+        translate::<Other>(ip, &flow, &cfg)
+    };
     let (port, reason) = match translated {
         Ok(translation) => translation,
         Err(verdict) => return Ok(Some(verdict)),
@@ -268,7 +271,8 @@ fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig) -> Result<(u16,
         return Err(Verdict::drop(Reason::DropNatNoFlow));
     }
     let port = claim::<T>(flow, cfg, now).map_err(Verdict::drop)?;
-    let node_side = CtEntry { created_ns: now, seen_ns: now, addr: cfg.node_ip, port, flags: flow.flags, _pad: 0 };
+    let node_side =
+        CtEntry { created_ns: now, seen_ns: now, addr: cfg.node_ip, port, flags: flow.flags, _pad: 0 };
     if T::out().insert(&flow.key, &node_side, u64::from(BPF_NOEXIST)).is_err() {
         // Another CPU translated this connection a moment ago: its port is the connection's,
         // and the one claimed here goes back.
@@ -285,7 +289,12 @@ fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig) -> Result<(u16,
 /// and when a SYN restarts a closed connection, the reply side is checked: restored when it is
 /// gone, and the connection moves to another port when another one holds it.
 #[inline(always)]
-fn established<T: Tables>(flow: &Flow, entry: *mut CtEntry, cfg: &NatConfig, now: u64) -> Result<u16, Verdict> {
+fn established<T: Tables>(
+    flow: &Flow,
+    entry: *mut CtEntry,
+    cfg: &NatConfig,
+    now: u64,
+) -> Result<u16, Verdict> {
     // SAFETY: from a successful lookup; see `touch` for concurrent writers.
     let (seen, flags, mut port) = unsafe { ((*entry).seen_ns, (*entry).flags, (*entry).port) };
     let reopen = flow.flags & ct_flags::SYN != 0 && flags & (ct_flags::FIN | ct_flags::RST) != 0;
@@ -414,7 +423,8 @@ pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malfo
     let Some(flow) = Flow::parse(ctx, ip, false)? else {
         return Ok(None);
     };
-    let entry = if flow.key.proto == TCP { CT_TCP_IN.get_ptr_mut(&flow.key) } else { CT_IN.get_ptr_mut(&flow.key) };
+    let entry =
+        if flow.key.proto == TCP { CT_TCP_IN.get_ptr_mut(&flow.key) } else { CT_IN.get_ptr_mut(&flow.key) };
     let Some(entry) = entry else {
         return Ok(None);
     };
