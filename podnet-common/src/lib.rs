@@ -492,6 +492,25 @@ pub const fn checksum_after_ttl_decrement(check: u16) -> u16 {
     (sum + (sum >= 0xffff) as u32) as u16
 }
 
+/// An Internet checksum after one of the 4-byte fields it covers changed from `from` to `to`
+/// (RFC 1624: HC' = ~(~HC + ~m + m'), word by word). `check` is the checksum as a big-endian
+/// number (`u16::from_be_bytes` of the field); so is the result.
+pub const fn checksum_after_replace(check: u16, from: [u8; 4], to: [u8; 4]) -> u16 {
+    let mut sum = !check as u32 & 0xffff;
+    sum += !word(from, 0) & 0xffff;
+    sum += !word(from, 2) & 0xffff;
+    sum += word(to, 0);
+    sum += word(to, 2);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The 16-bit word at byte `i` of `b`, big-endian.
+const fn word(b: [u8; 4], i: usize) -> u32 {
+    ((b[i] as u32) << 8) | b[i + 1] as u32
+}
+
 /// Whether a pod may never send to `daddr`: "this network" 0.0.0.0/8, loopback 127.0.0.0/8,
 /// multicast 224.0.0.0/4 and reserved 240.0.0.0/4 (which holds the limited broadcast
 /// 255.255.255.255). Such packets are neither routed nor translated.
@@ -645,6 +664,21 @@ mod tests {
             (40000..40100).map(|p| port_search_start(&key(p), 61000, 65535)).collect();
         assert!(spread.len() > 90, "flows spread over the range: {}", spread.len());
         assert_eq!(port_search_start(&key(40000), 61000, 61000), 0);
+    }
+
+    #[test]
+    fn checksum_replace_matches_a_full_recompute() {
+        let mut header =
+            [0x45, 0, 0, 0x54, 0x12, 0x34, 0x40, 0, 64, 1, 0, 0, 192, 168, 50, 1, 192, 168, 60, 100];
+        let check = inet_checksum(&header);
+        header[10..12].copy_from_slice(&check.to_be_bytes());
+        for new_source in [[10, 1, 1, 2], [255, 255, 255, 255], [0, 0, 0, 0], [192, 168, 50, 1]] {
+            let updated = checksum_after_replace(check, [192, 168, 50, 1], new_source);
+            let mut changed = header;
+            changed[12..16].copy_from_slice(&new_source);
+            changed[10..12].copy_from_slice(&[0, 0]);
+            assert_eq!(updated, inet_checksum(&changed), "{new_source:?}");
+        }
     }
 
     #[test]

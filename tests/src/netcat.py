@@ -12,6 +12,10 @@
   netcat.py tcp-half-close ADDR PORT MSG     send MSG, shut the sending side, print the answer
   netcat.py tcp-hold ADDR PORT FILE          connect and keep the connection; each line added to
                                              FILE.in is sent, its echo appended to FILE.out
+  netcat.py udp-refused ADDR PORT            send on a connected socket: print "refused" when the
+                                             peer's "port unreachable" comes back, else "timeout"
+  netcat.py tcp-sink ADDR PORT               read each connection to its end, answer the byte count
+  netcat.py tcp-send ADDR PORT BYTES         send BYTES, shut the sending side, print the answer
   netcat.py udp-spray ADDR PORT N            N datagrams, each a flow of its own (source ports, then
                                              destination ports from PORT on; raw socket)
 """
@@ -128,3 +132,34 @@ elif mode == "udp-spray":
         raw.sendto(struct.pack("!HHHH", sport, dport, 9, 0) + b"x", (addr, 0))
         sent += 1
     print(sent)
+elif mode == "udp-refused":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.connect((addr, port))
+    s.send(b"anyone?")
+    try:
+        s.recv(64)
+        print("answered")
+    except ConnectionRefusedError:
+        print("refused")
+    except socket.timeout:
+        print("timeout")
+elif mode == "tcp-sink":
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((addr, port))
+    srv.listen(16)
+    def sink(c):
+        n = 0
+        while chunk := c.recv(65536):
+            n += len(chunk)
+        c.sendall(str(n).encode())
+        c.close()
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=sink, args=(c,), daemon=True).start()
+elif mode == "tcp-send":
+    s = socket.create_connection((addr, port), timeout=20)
+    s.sendall(b"x" * int(sys.argv[4]))
+    s.shutdown(socket.SHUT_WR)
+    print(s.recv(64).decode())

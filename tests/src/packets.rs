@@ -126,6 +126,29 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, id: u16) -> BytesM
     ipv4([0xaa; 6], [0xbb; 6], src, dst, PROTO_ICMP, &icmp)
 }
 
+/// An ICMP error (`icmp_type`/`code`, e.g. 3/4 "fragmentation needed" with next-hop MTU
+/// `mtu`) from `src` to `dst` quoting `quoted` (an IPv4 frame: its IPv4 header and the first
+/// 28 bytes after it, as routers send), with a correct checksum.
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    (icmp_type, code): (u8, u8),
+    mtu: u16,
+    quoted: &[u8],
+) -> BytesMut {
+    let inner = &quoted[ETH_LEN..quoted.len().min(ETH_LEN + 48)];
+    let mut icmp = BytesMut::with_capacity(8 + inner.len());
+    icmp.put_u8(icmp_type);
+    icmp.put_u8(code);
+    icmp.put_u16(0);
+    icmp.put_u16(0);
+    icmp.put_u16(mtu);
+    icmp.put_slice(inner);
+    let c = inet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4([0xaa; 6], [0xbb; 6], src, dst, PROTO_ICMP, &icmp)
+}
+
 /// An Ethernet/IPv4 ARP frame: `op` ([`ARP_REQUEST`] or [`ARP_REPLY`]) with sender `sha`/`spa`
 /// and target `tpa` (target MAC zero).
 pub fn arp(

@@ -261,3 +261,37 @@ fn a_half_closed_connection_waits_for_a_slow_server() -> anyhow::Result<()> {
     assert_eq!(answer.trim(), "late answer to hello");
     Ok(())
 }
+
+/// ICMP errors reach pods through the NAT: UDP to a closed port of the external host is
+/// "connection refused" in the pod, and a TCP transfer to a host behind a hop with a lower MTU
+/// completes because the hop's "fragmentation needed" reaches the sender (path MTU discovery).
+#[test]
+fn icmp_errors_reach_pods_through_the_nat() -> anyhow::Result<()> {
+    let mut lab = Lab::new("nati")?;
+    let (node, ext) = nat_node(&mut lab, "", "off")?;
+    let nc = lab.netcat()?;
+    let pod = node.pod_ns("pod1");
+    assert_eq!(sh(&pod, "python3", &[&nc, "udp-refused", EXT, "9"])?.trim(), "refused");
+
+    // ext routes to a far host through a link of MTU 1280 (the far end keeps 1500, so its MSS
+    // does not tell the sender); the node routes that network via ext.
+    let far = lab.netns("far")?;
+    sh(&ext, "ip", &["link", "add", "mtu0", "type", "veth", "peer", "name", "mtu1", "netns", &far])?;
+    sh(&ext, "ip", &["addr", "add", "192.168.60.1/24", "dev", "mtu0"])?;
+    sh(&ext, "ip", &["link", "set", "mtu0", "up", "mtu", "1280"])?;
+    sh(&ext, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    sh(&far, "ip", &["addr", "add", "192.168.60.100/24", "dev", "mtu1"])?;
+    sh(&far, "ip", &["link", "set", "mtu1", "up"])?;
+    sh(&far, "ip", &["route", "add", "default", "via", "192.168.60.1"])?;
+    sh(&node.netns, "ip", &["route", "add", "192.168.60.0/24", "via", EXT])?;
+    lab.spawn(&far, "python3", &[&nc, "tcp-sink", "192.168.60.100", "7002"])?;
+    podnet_tests::wait_listening(&far, 7002)?;
+    let received = sh(&pod, "python3", &[&nc, "tcp-send", "192.168.60.100", "7002", "2000000"])?;
+    assert_eq!(received.trim(), "2000000", "the whole transfer arrived");
+    let learned = sh(&pod, "ip", &["route", "get", "192.168.60.100"])?;
+    assert!(
+        learned.contains("mtu 1280"),
+        "the pod learned the path MTU from the translated error:\n{learned}"
+    );
+    Ok(())
+}

@@ -23,8 +23,8 @@ use podnet_tests::{
     FIB_NEIGH_MAC, FibFixture, Lab,
     packets::{
         ARP_REPLY, ARP_REQUEST, ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-        arp, checksums_valid, ethernet, icmp_echo, inet_checksum, ipv4, router_advertisement, tcp4, udp4,
-        udp4_checksummed, vlan_tagged, with_tot_len, with_ttl,
+        arp, checksums_valid, ethernet, icmp_echo, icmp_error, inet_checksum, ipv4, router_advertisement,
+        tcp4, udp4, udp4_checksummed, vlan_tagged, with_tot_len, with_ttl,
     },
 };
 
@@ -446,6 +446,77 @@ fn nat_keeps_one_connection_per_node_port() {
     let (action, out) = dp.run_on(FROM_POD, &c, Some(eth0));
     assert_eq!((action, src_port(&out)), (TC_ACT_REDIRECT, port), "taken over once expired");
     assert_eq!(dst(&dp.run_on(FROM_UPLINK, &reply(TCP_SYN | TCP_ACK), Some(eth0)).1), (pod, 40004));
+}
+
+/// ICMP errors about translated connections are translated both ways: one from outside (a
+/// router's "fragmentation needed" about a pod's TCP segment, a host's "port unreachable" about
+/// its UDP, a time exceeded about its ping) reaches the pod with the pod's address and port
+/// quoted; one a pod sends about a reply leaves as the node. Every checksum verifies, the quoted
+/// header's included. An error about no translation goes to the stack (inbound) or is dropped
+/// (outbound: it would leave with the pod's address).
+#[test]
+fn icmp_errors_are_translated_both_ways() {
+    let mut lab = Lab::new("tricmp").unwrap();
+    let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
+    netns::enter(&ns).unwrap();
+    let (node, pod, remote, router) =
+        (NAT_NODE, NAT_POD, Ipv4Addr::new(192, 168, 50, 2), Ipv4Addr::new(192, 168, 50, 3));
+    let mut dp = Loaded::with_nat("icmp", eth0, 61000);
+    // The quoted IPv4 header: after the outer one and the 8-byte ICMP header.
+    let q = ETH_LEN + 28;
+    let addr = |f: &[u8], at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
+    let port = |f: &[u8], at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+    let valid = |f: &[u8]| checksums_valid(f) && inet_checksum(&f[q..q + 20]) == 0;
+
+    for (connection, proto, error) in [
+        (tcp4((pod, 40000), (remote, 80), TCP_SYN), 6, (3, 4)),
+        (udp4_checksummed((pod, 5000), (remote, 53), b"query"), 17, (3, 3)),
+        (icmp_echo(pod, remote, 8, 0x1234), 1, (11, 0)),
+    ] {
+        let (action, out) = dp.run_on(FROM_POD, &connection, Some(eth0));
+        assert_eq!(action, TC_ACT_REDIRECT, "protocol {proto} translated");
+        // The id of an echo sits 4 bytes into the ICMP header, ports at 0.
+        let port_at = if proto == 1 { 4 } else { 0 };
+        let node_port = port(&out, ETH_LEN + 20 + port_at);
+        let error_frame = icmp_error(router, node, error, 1280, &out);
+        let before = dp.counters();
+        let (action, back) = dp.run_on(FROM_UPLINK, &error_frame, Some(eth0));
+        assert_eq!(action, TC_ACT_REDIRECT, "protocol {proto}: the error is delivered");
+        counted(&before, &dp.counters(), Reason::RedirectNatReply);
+        assert_eq!(addr(&back, ETH_LEN + 16), pod, "outer destination");
+        assert_eq!(
+            (addr(&back, q + 12), port(&back, q + 20 + port_at)),
+            (pod, if proto == 1 { 0x1234 } else { port(&connection, ETH_LEN + 20) })
+        );
+        assert_eq!(addr(&back, q + 16), remote);
+        assert!(valid(&back), "protocol {proto}: outer, ICMP and quoted checksums");
+        assert_ne!(node_port, 0);
+    }
+
+    // The pod answers a reply with "port unreachable": it leaves as the node, about the node port.
+    // (Another remote port: with one node port, there is one connection per remote port.)
+    let (action, out) = dp.run_on(FROM_POD, &udp4_checksummed((pod, 5001), (remote, 54), b"q"), Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    let node_port = port(&out, ETH_LEN + 20);
+    let (_, reply) =
+        dp.run_on(FROM_UPLINK, &udp4_checksummed((remote, 54), (node, node_port), b"a"), Some(eth0));
+    let (action, sent) = dp.run_on(FROM_POD, &icmp_error(pod, remote, (3, 3), 0, &reply), Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(addr(&sent, ETH_LEN + 12), node, "outer source");
+    assert_eq!((addr(&sent, q + 16), port(&sent, q + 22)), (node, node_port), "quoted destination");
+    assert!(valid(&sent));
+
+    // About no translation: inbound to the stack, outbound dropped.
+    let stray = tcp4((node, 61999), (remote, 80), TCP_SYN);
+    assert_eq!(
+        dp.run_on(FROM_UPLINK, &icmp_error(router, node, (3, 4), 1280, &stray), Some(eth0)).0,
+        TC_ACT_UNSPEC
+    );
+    let not_ours = udp4_checksummed((remote, 53), (pod, 6000), b"a");
+    assert_eq!(
+        dp.run_on(FROM_POD, &icmp_error(pod, remote, (3, 3), 0, &not_ours), Some(eth0)).0,
+        TC_ACT_SHOT
+    );
 }
 
 const XDP_DROP: u32 = 1;

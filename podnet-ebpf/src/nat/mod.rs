@@ -27,6 +27,8 @@ use podnet_common::{
     proto::{ICMP, TCP, UDP},
 };
 
+mod icmp;
+
 use crate::{
     endpoints::{self, Hop},
     isolation,
@@ -232,6 +234,10 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
     };
     let flow = if ip.is_fragment() { None } else { Flow::parse(ctx, ip, true)? };
     let Some(flow) = flow else {
+        if icmp::outbound(ctx, ip, &cfg)? {
+            let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
+            return Ok(Some(routing::transmit(&ip, &route, Reason::RedirectNat)));
+        }
         // Networks in `allow_from` route the pod CIDR back to this node: they get pod addresses.
         return Ok(Some(if isolation::in_allowed_network(ip.daddr()) {
             Verdict::pass(Reason::PassNoNat)
@@ -419,6 +425,13 @@ pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malfo
     };
     if ip.daddr() != cfg.node_ip || ip.is_fragment() {
         return Ok(None);
+    }
+    if let Some(pod) = icmp::inbound(ctx, ip, &cfg)? {
+        let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
+        return Ok(Some(match endpoints::lookup(pod) {
+            Some(ep) => endpoints::deliver(&ip, &ep, Hop::NatReply),
+            None => Verdict::pass(Reason::PassUplinkNotLocal),
+        }));
     }
     let Some(flow) = Flow::parse(ctx, ip, false)? else {
         return Ok(None);
