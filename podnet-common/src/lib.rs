@@ -60,6 +60,12 @@ pub mod maps {
     pub const NAT_PRESSURE: &str = "NAT_PRESSURE";
     pub const PRESSURE_OTHER: u32 = 0;
     pub const PRESSURE_TCP: u32 = 1;
+    /// Fragmented datagrams being translated (LRU hash): [`crate::FragKey`] of a datagram as
+    /// it arrives -> [`crate::FragEntry`], the address its later fragments get. The first
+    /// fragment (the one with the ports) is translated as any packet and records it.
+    pub const NAT_FRAGS: &str = "NAT_FRAGS";
+    /// Capacity of [`NAT_FRAGS`]: datagrams in flight at once.
+    pub const FRAGS_MAX: usize = 8192;
     /// Denied source CIDRs (LPM trie): [`crate::Ipv4LpmData`] key -> `u32` (reserved, 0).
     pub const DENY: &str = "DENY";
     /// Capacity of [`DENY`].
@@ -75,7 +81,7 @@ pub mod maps {
     /// version goes up whenever that meaning changes, even when its sizes do not (a counter slot
     /// that now counts something else), so `podnet up` can tell an old map from a current one and
     /// migrate it. Version 1 is the layout of podnet 0.1, whose maps carry no version.
-    pub const LAYOUTS: [(&str, u32); 13] = [
+    pub const LAYOUTS: [(&str, u32); 14] = [
         (ENDPOINTS, 1),
         (POD_DEVS, 1),
         (POD_SOURCES, 1),
@@ -91,6 +97,7 @@ pub mod maps {
         (CT_TCP_OUT, 1),
         (CT_TCP_IN, 1),
         (NAT_PRESSURE, 1),
+        (NAT_FRAGS, 1),
         (DENY, 1),
         (UPLINK_ALLOW, 1),
     ];
@@ -228,6 +235,30 @@ impl CtKey {
             _pad: [0; 3],
         }
     }
+}
+
+/// A fragmented datagram: its addresses (network byte order), IP identification (as in the
+/// packet) and protocol.
+///
+/// Layout: 4 + 4 + 2 + 1 + 1 = 12 bytes, 4-byte aligned, explicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// What the later fragments of a translated datagram get: the address written over their
+/// source (out of the node) or destination (into a pod).
+///
+/// Layout: 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragEntry {
+    pub addr: [u8; 4],
 }
 
 /// One direction of a translated connection: what to rewrite to, and what was seen.
@@ -582,6 +613,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Peer>(), 36);
         assert_eq!(core::mem::size_of::<PodSource>(), 16);
         assert_eq!(core::mem::size_of::<NatConfig>(), 36);
+        assert_eq!(core::mem::size_of::<FragKey>(), 12);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 24);
     }

@@ -291,6 +291,13 @@ impl Ipv4 {
         self.frag_off() & 0x3fff != 0
     }
 
+    /// The identification field, as it sits in the packet.
+    #[inline(always)]
+    pub fn id(&self) -> u16 {
+        // SAFETY: `parse` bounds-checked the IPv4 header.
+        unsafe { (*self.ip).id }
+    }
+
     /// The fragment offset in 8-byte units: 0 for a whole packet or a first fragment.
     #[inline(always)]
     pub fn fragment_offset(&self) -> u16 {

@@ -39,7 +39,7 @@ elif mode == "udp-echo":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((addr, port))
     while True:
-        data, peer = s.recvfrom(2048)
+        data, peer = s.recvfrom(65535)
         s.sendto(data + b" from " + peer[0].encode(), peer)
 elif mode == "udp-ask":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -47,7 +47,7 @@ elif mode == "udp-ask":
     if len(sys.argv) > 5:
         s.bind(("", int(sys.argv[5])))
     s.sendto(sys.argv[4].encode(), (addr, port))
-    print(s.recvfrom(2048)[0].decode())
+    print(s.recvfrom(65535)[0].decode())
 elif mode in ("tcp-record", "tcp-echo"):
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

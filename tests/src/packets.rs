@@ -191,6 +191,13 @@ pub fn with_ttl(frame: &[u8], ttl: u8) -> BytesMut {
     with_header_bytes(frame, 8, &[ttl])
 }
 
+/// `frame` (IPv4) as a fragment: `more` fragments follow, at `offset` bytes (a multiple of 8)
+/// into its datagram; DF off; a valid header checksum.
+pub fn as_fragment(frame: &[u8], more: bool, offset: u16) -> BytesMut {
+    let field = u16::from(more) << 13 | offset / 8;
+    with_header_bytes(frame, 6, &field.to_be_bytes())
+}
+
 /// `frame` with `bytes` at `offset` of its (option-less) IPv4 header, checksum recomputed.
 fn with_header_bytes(frame: &[u8], offset: usize, bytes: &[u8]) -> BytesMut {
     let mut f = BytesMut::from(frame);

@@ -295,3 +295,21 @@ fn icmp_errors_reach_pods_through_the_nat() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A 3000-byte UDP datagram goes out in fragments, every one translated, and the 3000-byte
+/// answer comes back in fragments into the pod; the external host never sees a pod address.
+#[test]
+fn fragmented_datagrams_cross_the_nat() -> anyhow::Result<()> {
+    let mut lab = Lab::new("natg")?;
+    let (node, ext) = nat_node(&mut lab, "", "off")?;
+    let nc = lab.netcat()?;
+    lab.spawn(&ext, "python3", &[&nc, "udp-echo", EXT, "9999"])?;
+    thread::sleep(Duration::from_millis(300));
+    let pcap = lab.capture(&ext, "eth0", "ip")?;
+    let big = "x".repeat(3000);
+    let answer = sh(&node.pod_ns("pod1"), "python3", &[&nc, "udp-ask", EXT, "9999", &big])?;
+    assert_eq!(answer.trim(), format!("{big} from 192.168.50.1"));
+    assert!(lab.captured(&ext, &pcap, "ip[6:2] & 0x3fff != 0")? >= 4, "fragments both ways on the wire");
+    assert_eq!(lab.captured(&ext, &pcap, "src net 10.1.0.0/16")?, 0, "no pod address on the wire");
+    Ok(())
+}

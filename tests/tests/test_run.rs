@@ -23,8 +23,8 @@ use podnet_tests::{
     FIB_NEIGH_MAC, FibFixture, Lab,
     packets::{
         ARP_REPLY, ARP_REQUEST, ETH_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV6, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-        arp, checksums_valid, ethernet, icmp_echo, icmp_error, inet_checksum, ipv4, router_advertisement,
-        tcp4, udp4, udp4_checksummed, vlan_tagged, with_tot_len, with_ttl,
+        arp, as_fragment, checksums_valid, ethernet, icmp_echo, icmp_error, inet_checksum, ipv4,
+        router_advertisement, tcp4, udp4, udp4_checksummed, vlan_tagged, with_tot_len, with_ttl,
     },
 };
 
@@ -519,6 +519,53 @@ fn icmp_errors_are_translated_both_ways() {
     );
 }
 
+/// A fragmented datagram is translated fragment by fragment, both ways: the first by its ports,
+/// the later ones (no ports) as their first was; a later fragment whose first was not translated
+/// is dropped going out (it would carry the pod's address) and left to the stack coming in.
+#[test]
+fn fragmented_datagrams_are_translated_both_ways() {
+    let mut lab = Lab::new("trfrag").unwrap();
+    let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
+    netns::enter(&ns).unwrap();
+    let (node, pod, remote) = (NAT_NODE, NAT_POD, Ipv4Addr::new(192, 168, 50, 2));
+    let mut dp = Loaded::with_nat("frag", eth0, 61000);
+    let addr = |f: &[u8], at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
+    let ports = |f: &[u8]| (u16::from_be_bytes([f[34], f[35]]), u16::from_be_bytes([f[36], f[37]]));
+    let header_ok = |f: &[u8]| inet_checksum(&f[ETH_LEN..ETH_LEN + 20]) == 0;
+    // Every frame of the datagram shares the IP identification `ipv4` gives (0x1234).
+    let first = as_fragment(&udp4_checksummed((pod, 5000), (remote, 53), &[7; 24]), true, 0);
+    let later = as_fragment(&ipv4([0xaa; 6], SENDER_MAC, pod, remote, 17, &[7; 16]), false, 32);
+
+    let (action, out) = dp.run_on(FROM_POD, &first, Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!((addr(&out, ETH_LEN + 12), ports(&out).0), (node, 61000), "first fragment translated");
+    assert!(header_ok(&out));
+    let (action, out) = dp.run_on(FROM_POD, &later, Some(eth0));
+    assert_eq!((action, addr(&out, ETH_LEN + 12)), (TC_ACT_REDIRECT, node), "later fragment follows");
+    assert!(header_ok(&out));
+    let stray = as_fragment(
+        &ipv4([0xaa; 6], SENDER_MAC, pod, Ipv4Addr::new(192, 168, 50, 3), 17, &[7; 16]),
+        false,
+        32,
+    );
+    assert_eq!(dp.run_on(FROM_POD, &stray, Some(eth0)).0, TC_ACT_SHOT, "no first fragment, no way out");
+
+    let first_back = as_fragment(&udp4_checksummed((remote, 53), (node, 61000), &[9; 24]), true, 0);
+    let later_back = as_fragment(&ipv4([0xaa; 6], [0xbb; 6], remote, node, 17, &[9; 16]), false, 32);
+    let (action, out) = dp.run_on(FROM_UPLINK, &first_back, Some(eth0));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!((addr(&out, ETH_LEN + 16), ports(&out).1), (pod, 5000));
+    let (action, out) = dp.run_on(FROM_UPLINK, &later_back, Some(eth0));
+    assert_eq!((action, addr(&out, ETH_LEN + 16)), (TC_ACT_REDIRECT, pod));
+    assert!(header_ok(&out));
+    let stray_back = as_fragment(
+        &ipv4([0xaa; 6], [0xbb; 6], Ipv4Addr::new(192, 168, 50, 3), node, 17, &[9; 16]),
+        false,
+        32,
+    );
+    assert_eq!(dp.run_on(FROM_UPLINK, &stray_back, Some(eth0)).0, TC_ACT_UNSPEC);
+}
+
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
@@ -821,16 +868,16 @@ fn nothing_leaves_untranslated() {
     let remote = Ipv4Addr::new(198, 51, 100, 1);
 
     let gre = ipv4([0xaa; 6], SENDER_MAC, pod, remote, 47, &[0; 24]);
-    let mut fragment = udp4([0xaa; 6], SENDER_MAC, pod, remote, b"first fragment!!");
-    fragment[ETH_LEN + 6] = 0x20; // more fragments, offset 0
-    let fragment = with_tot_len(&fragment, 44).to_vec();
+    // A later fragment of a datagram whose first fragment was never translated.
+    let fragment =
+        as_fragment(&udp4([0xaa; 6], SENDER_MAC, pod, remote, b"later fragment!!"), true, 64).to_vec();
     let icmp_error = icmp_echo(pod, remote, 3, 0).to_vec(); // destination unreachable
     let mut big = udp4([0xaa; 6], SENDER_MAC, pod, remote, &[0; 1450 - 28]).to_vec();
     big[ETH_LEN + 6] = 0; // DF off: the stack would fragment it with the pod's address
     let big = with_tot_len(&big, 1450).to_vec();
     for (what, frame) in [
         ("GRE", gre.to_vec()),
-        ("a fragment", fragment),
+        ("a stray fragment", fragment),
         ("an ICMP error", icmp_error),
         ("too big, no DF", big.clone()),
     ] {

@@ -27,6 +27,7 @@ use podnet_common::{
     proto::{ICMP, TCP, UDP},
 };
 
+mod frag;
 mod icmp;
 
 use crate::{
@@ -232,8 +233,14 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
         }
         Err(reason) => return Ok(Some(Verdict::pass(reason))),
     };
-    let flow = if ip.is_fragment() { None } else { Flow::parse(ctx, ip, true)? };
-    let Some(flow) = flow else {
+    if frag::is_later(ip) {
+        if frag::translate(ctx, ip, Ipv4::SADDR_OFFSET)?.is_none() {
+            return Ok(Some(Verdict::drop(Reason::DropNotNatable)));
+        }
+        let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
+        return Ok(Some(routing::transmit(&ip, &route, Reason::RedirectNat)));
+    }
+    let Some(flow) = Flow::parse(ctx, ip, true)? else {
         if icmp::outbound(ctx, ip, &cfg)? {
             let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
             return Ok(Some(routing::transmit(&ip, &route, Reason::RedirectNat)));
@@ -254,6 +261,7 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
         Ok(translation) => translation,
         Err(verdict) => return Ok(Some(verdict)),
     };
+    frag::remember(ip, cfg.node_ip);
     flow.rewrite(ctx, Ipv4::SADDR_OFFSET, (flow.key.saddr, cfg.node_ip), (flow.key.sport, port))?;
     // The helpers may have moved the packet: parse it again before the last writes.
     let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
@@ -423,15 +431,20 @@ pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malfo
     let Some(cfg) = config() else {
         return Ok(None);
     };
-    if ip.daddr() != cfg.node_ip || ip.is_fragment() {
+    if ip.daddr() != cfg.node_ip {
         return Ok(None);
     }
-    if let Some(pod) = icmp::inbound(ctx, ip, &cfg)? {
+    let pod = if frag::is_later(ip) {
+        frag::translate(ctx, ip, Ipv4::DADDR_OFFSET)?
+    } else {
+        icmp::inbound(ctx, ip, &cfg)?
+    };
+    if let Some(pod) = pod {
         let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
-        return Ok(Some(match endpoints::lookup(pod) {
-            Some(ep) => endpoints::deliver(&ip, &ep, Hop::NatReply),
-            None => Verdict::pass(Reason::PassUplinkNotLocal),
-        }));
+        return Ok(Some(deliver_reply(&ip, pod)));
+    }
+    if frag::is_later(ip) {
+        return Ok(None);
     }
     let Some(flow) = Flow::parse(ctx, ip, false)? else {
         return Ok(None);
@@ -445,10 +458,17 @@ pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malfo
     touch(entry, unsafe { bpf_ktime_get_ns() }, flow.flags);
     // SAFETY: as in `touch`; address and port are never rewritten after insertion.
     let (pod_ip, pod_port) = unsafe { ((*entry).addr, (*entry).port) };
+    frag::remember(ip, pod_ip);
     flow.rewrite(ctx, Ipv4::DADDR_OFFSET, (flow.key.daddr, pod_ip), (flow.key.dport, pod_port))?;
     let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
-    Ok(Some(match endpoints::lookup(ip.daddr()) {
-        Some(ep) => endpoints::deliver(&ip, &ep, Hop::NatReply),
+    Ok(Some(deliver_reply(&ip, pod_ip)))
+}
+
+/// Delivers translated reply `ip` into pod `pod`.
+#[inline(always)]
+fn deliver_reply(ip: &Ipv4, pod: [u8; 4]) -> Verdict {
+    match endpoints::lookup(pod) {
+        Some(ep) => endpoints::deliver(ip, &ep, Hop::NatReply),
         None => Verdict::pass(Reason::PassUplinkNotLocal),
-    }))
+    }
 }

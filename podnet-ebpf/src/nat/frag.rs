@@ -1,0 +1,52 @@
+//! Fragmented datagrams through the NAT, both ways. The first fragment carries the ports: it
+//! is translated as any packet, and records in `NAT_FRAGS` what the later fragments of its
+//! datagram (same addresses, IP identification and protocol) get: the node's address as their
+//! source going out, the pod's as their destination coming in. A later fragment whose first one
+//! was not translated gets nothing: going out it is dropped (it would carry the pod's address),
+//! coming in it is left to the stack. Fragments are expected in order, as Linux sends them.
+
+use aya_ebpf::{btf_maps::LruHashMap, macros::btf_map, programs::TcContext};
+use podnet_common::{FragEntry, FragKey, maps::FRAGS_MAX};
+
+use crate::packet::{Ipv4, Malformed};
+
+#[btf_map(pin_by_name)]
+static NAT_FRAGS: LruHashMap<FragKey, FragEntry, FRAGS_MAX> = LruHashMap::new();
+
+#[inline(always)]
+fn key(ip: &Ipv4) -> FragKey {
+    FragKey { saddr: ip.saddr(), daddr: ip.daddr(), id: ip.id(), proto: ip.protocol(), _pad: 0 }
+}
+
+/// Whether `ip` is a later fragment (no ports in it).
+#[inline(always)]
+pub fn is_later(ip: &Ipv4) -> bool {
+    ip.fragment_offset() != 0
+}
+
+/// After translating first fragment `ip` (as it arrived): its datagram's later fragments get
+/// `addr`. Whole packets record nothing.
+#[inline(always)]
+pub fn remember(ip: &Ipv4, addr: [u8; 4]) {
+    if ip.is_fragment() {
+        // An LRU hash makes room itself; a lost record costs one datagram.
+        let _ = NAT_FRAGS.insert(&key(ip), &FragEntry { addr }, 0);
+    }
+}
+
+/// Rewrites later fragment `ip` as its first fragment was: the address at `addr_offset` (source
+/// or destination) becomes the recorded one. Returns it, or `None` when its first fragment was
+/// not translated.
+#[inline(always)]
+pub fn translate(ctx: &TcContext, ip: &Ipv4, addr_offset: usize) -> Result<Option<[u8; 4]>, Malformed> {
+    let Some(entry) = NAT_FRAGS.get_ptr(&key(ip)) else {
+        return Ok(None);
+    };
+    // SAFETY: from a successful lookup; entries are written whole, once per datagram.
+    let new = unsafe { (*entry).addr };
+    let old = if addr_offset == Ipv4::SADDR_OFFSET { ip.saddr() } else { ip.daddr() };
+    let (old32, new32) = (u64::from(u32::from_ne_bytes(old)), u64::from(u32::from_ne_bytes(new)));
+    ctx.store(addr_offset, &new, 0).map_err(|_| Malformed)?;
+    ctx.l3_csum_replace(Ipv4::CHECK_OFFSET, old32, new32, 4).map_err(|_| Malformed)?;
+    Ok(Some(new))
+}
