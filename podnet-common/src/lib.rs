@@ -66,6 +66,11 @@ pub mod maps {
     pub const NAT_FRAGS: &str = "NAT_FRAGS";
     /// Capacity of [`NAT_FRAGS`]: datagrams in flight at once.
     pub const FRAGS_MAX: usize = 8192;
+    /// Reply-side keys being taken over or removed (hash): [`crate::CtKey`] -> 0. Whoever inserts
+    /// a key first (`BPF_NOEXIST`: the datapath taking over an expired claim, the agent removing
+    /// one) acts on that claim; the others leave it alone until the key is gone again.
+    pub const NAT_LOCKS: &str = "NAT_LOCKS";
+    pub const LOCKS_MAX: usize = 1024;
     /// Denied source CIDRs (LPM trie): [`crate::Ipv4LpmData`] key -> `u32` (reserved, 0).
     pub const DENY: &str = "DENY";
     /// Capacity of [`DENY`].
@@ -81,7 +86,7 @@ pub mod maps {
     /// version goes up whenever that meaning changes, even when its sizes do not (a counter slot
     /// that now counts something else), so `podnet up` can tell an old map from a current one and
     /// migrate it. Version 1 is the layout of podnet 0.1, whose maps carry no version.
-    pub const LAYOUTS: [(&str, u32); 14] = [
+    pub const LAYOUTS: [(&str, u32); 15] = [
         (ENDPOINTS, 1),
         (POD_DEVS, 1),
         (POD_SOURCES, 1),
@@ -98,6 +103,7 @@ pub mod maps {
         (CT_TCP_IN, 1),
         (NAT_PRESSURE, 1),
         (NAT_FRAGS, 1),
+        (NAT_LOCKS, 1),
         (DENY, 1),
         (UPLINK_ALLOW, 1),
     ];
@@ -120,7 +126,7 @@ pub mod proto {
 
 /// NAT settings written by `podnet up`.
 ///
-/// Layout: 4 + 4 + 4 + 2 + 2 + 5 * 4 = 36 bytes, 4-byte aligned, no padding.
+/// Layout: 4 + 4 + 4 + 2 + 2 + 6 * 4 = 40 bytes, 4-byte aligned, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatConfig {
@@ -146,18 +152,27 @@ pub enum CtState {
     TcpSynSent = 0,
     /// TCP with replies; a FIN in one direction only (a half-close) is still established.
     TcpEstablished = 1,
-    /// TCP after a FIN in both directions, or an RST: held (TIME_WAIT) so the node port is not
-    /// reused toward the same remote at once.
+    /// TCP after a FIN in both directions: held (TIME_WAIT) so the node port is not reused
+    /// toward the same remote at once.
     TcpTimeWait = 2,
-    Udp = 3,
-    Icmp = 4,
+    /// TCP after an RST in either direction: held briefly (resets' sequence numbers are not
+    /// checked, and a flood of them must not pin ports for long).
+    TcpReset = 3,
+    Udp = 4,
+    Icmp = 5,
 }
 
 impl CtState {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
     /// Every state, in index order.
-    pub const ALL: [CtState; Self::COUNT] =
-        [CtState::TcpSynSent, CtState::TcpEstablished, CtState::TcpTimeWait, CtState::Udp, CtState::Icmp];
+    pub const ALL: [CtState; Self::COUNT] = [
+        CtState::TcpSynSent,
+        CtState::TcpEstablished,
+        CtState::TcpTimeWait,
+        CtState::TcpReset,
+        CtState::Udp,
+        CtState::Icmp,
+    ];
 
     /// Stable name (`podnet nat list`).
     pub const fn name(self) -> &'static str {
@@ -165,6 +180,7 @@ impl CtState {
             CtState::TcpSynSent => "syn_sent",
             CtState::TcpEstablished => "established",
             CtState::TcpTimeWait => "time_wait",
+            CtState::TcpReset => "reset",
             CtState::Udp => "udp",
             CtState::Icmp => "icmp",
         }
@@ -173,11 +189,9 @@ impl CtState {
     /// The state of a translation of `protocol` whose pod side saw `out_flags` and whose reply
     /// side saw `reply_flags` ([`ct_flags`]).
     pub const fn of(protocol: u8, out_flags: u8, reply_flags: u8) -> Self {
-        let both = out_flags & reply_flags;
         match protocol {
-            proto::TCP if (out_flags | reply_flags) & ct_flags::RST != 0 || both & ct_flags::FIN != 0 => {
-                CtState::TcpTimeWait
-            }
+            proto::TCP if (out_flags | reply_flags) & ct_flags::RST != 0 => CtState::TcpReset,
+            proto::TCP if out_flags & reply_flags & ct_flags::FIN != 0 => CtState::TcpTimeWait,
             proto::TCP if reply_flags & ct_flags::SEEN != 0 => CtState::TcpEstablished,
             proto::TCP => CtState::TcpSynSent,
             proto::UDP => CtState::Udp,
@@ -612,7 +626,7 @@ mod tests {
         assert_eq!(core::mem::align_of::<Endpoint>(), 4);
         assert_eq!(core::mem::size_of::<Peer>(), 36);
         assert_eq!(core::mem::size_of::<PodSource>(), 16);
-        assert_eq!(core::mem::size_of::<NatConfig>(), 36);
+        assert_eq!(core::mem::size_of::<NatConfig>(), 40);
         assert_eq!(core::mem::size_of::<FragKey>(), 12);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 24);
@@ -670,7 +684,8 @@ mod tests {
         assert_eq!(CtState::of(proto::TCP, SEEN, SEEN), CtState::TcpEstablished);
         assert_eq!(CtState::of(proto::TCP, SEEN | FIN, SEEN), CtState::TcpEstablished, "a half-close");
         assert_eq!(CtState::of(proto::TCP, SEEN | FIN, SEEN | FIN), CtState::TcpTimeWait);
-        assert_eq!(CtState::of(proto::TCP, SEEN, SEEN | RST), CtState::TcpTimeWait);
+        assert_eq!(CtState::of(proto::TCP, SEEN, SEEN | RST), CtState::TcpReset);
+        assert_eq!(CtState::of(proto::TCP, SEEN | FIN | RST, SEEN | FIN), CtState::TcpReset);
         assert_eq!(CtState::of(proto::UDP, SEEN | FIN, 0), CtState::Udp);
         assert_eq!(CtState::of(proto::ICMP, SEEN, 0), CtState::Icmp);
         for (i, state) in CtState::ALL.iter().enumerate() {

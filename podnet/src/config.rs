@@ -85,7 +85,10 @@ pub struct Nat {
 
 /// Smallest and largest translation table.
 const TABLE_MIN: u32 = 1024;
-const TABLE_MAX: u32 = 4 << 20;
+const TABLE_MAX: u32 = 1 << 20;
+/// Shortest and longest idle timeout, in seconds.
+const TIMEOUT_MIN: u64 = 2;
+const TIMEOUT_MAX: u64 = 7 * 24 * 3600;
 
 /// Idle time after which `podnet agent` removes a translation, per protocol and TCP state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +96,11 @@ pub struct Timeouts {
     /// TCP that has not seen a reply yet.
     pub tcp_syn: Duration,
     pub tcp_established: Duration,
-    /// TCP after a FIN in both directions or an RST: the TIME_WAIT hold, during which the node
-    /// port is not reused toward the same remote.
+    /// TCP after a FIN in both directions: the TIME_WAIT hold, during which the node port is
+    /// not reused toward the same remote.
     pub tcp_time_wait: Duration,
+    /// TCP after an RST.
+    pub tcp_reset: Duration,
     pub udp: Duration,
     pub icmp: Duration,
 }
@@ -107,6 +112,7 @@ impl Default for Timeouts {
             tcp_syn: Duration::from_secs(60),
             tcp_established: Duration::from_secs(21600),
             tcp_time_wait: Duration::from_secs(120),
+            tcp_reset: Duration::from_secs(10),
             udp: Duration::from_secs(60),
             icmp: Duration::from_secs(30),
         }
@@ -227,8 +233,9 @@ struct RawNat {
     ports: Option<String>,
     tcp_syn_timeout: Option<u64>,
     tcp_established_timeout: Option<u64>,
-    tcp_time_wait: Option<u64>,
-    /// Renamed to `tcp_time_wait`; refused with a message that says so.
+    tcp_time_wait_timeout: Option<u64>,
+    tcp_reset_timeout: Option<u64>,
+    /// Replaced by `tcp_time_wait_timeout` and `tcp_reset_timeout`; refused with a message.
     tcp_closing_timeout: Option<u64>,
     tcp_table: Option<u32>,
     udp_icmp_table: Option<u32>,
@@ -362,17 +369,29 @@ impl Validator {
         if raw.tcp_closing_timeout.is_some() {
             return Err(self.invalid(
                 "nat.tcp_closing_timeout",
-                "renamed: use tcp_time_wait (seconds a closed connection holds its node port, default 120)",
+                "replaced: tcp_time_wait_timeout (after FINs both ways, default 120) and \
+                 tcp_reset_timeout (after an RST, default 10)",
             ));
         }
-        let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
+        let secs = |field: &str, v: Option<u64>, default: Duration| match v {
+            None => Ok(default),
+            // Idle times are known to within a second (busy entries note the time once a second).
+            Some(s @ TIMEOUT_MIN..=TIMEOUT_MAX) => Ok(Duration::from_secs(s)),
+            Some(s) => Err(self
+                .invalid(field, format!("{s} is not a timeout from {TIMEOUT_MIN} to {TIMEOUT_MAX} seconds"))),
+        };
         let d = Timeouts::default();
         let timeouts = Timeouts {
-            tcp_syn: secs(raw.tcp_syn_timeout, d.tcp_syn),
-            tcp_established: secs(raw.tcp_established_timeout, d.tcp_established),
-            tcp_time_wait: secs(raw.tcp_time_wait, d.tcp_time_wait),
-            udp: secs(raw.udp_timeout, d.udp),
-            icmp: secs(raw.icmp_timeout, d.icmp),
+            tcp_syn: secs("nat.tcp_syn_timeout", raw.tcp_syn_timeout, d.tcp_syn)?,
+            tcp_established: secs(
+                "nat.tcp_established_timeout",
+                raw.tcp_established_timeout,
+                d.tcp_established,
+            )?,
+            tcp_time_wait: secs("nat.tcp_time_wait_timeout", raw.tcp_time_wait_timeout, d.tcp_time_wait)?,
+            tcp_reset: secs("nat.tcp_reset_timeout", raw.tcp_reset_timeout, d.tcp_reset)?,
+            udp: secs("nat.udp_timeout", raw.udp_timeout, d.udp)?,
+            icmp: secs("nat.icmp_timeout", raw.icmp_timeout, d.icmp)?,
         };
         let table = |field: &str, v: Option<u32>| match v.unwrap_or(podnet_common::maps::CT_MAX as u32) {
             n @ TABLE_MIN..=TABLE_MAX => Ok(n),

@@ -194,7 +194,7 @@ pub fn with_ttl(frame: &[u8], ttl: u8) -> BytesMut {
 /// `frame` (IPv4) as a fragment: `more` fragments follow, at `offset` bytes (a multiple of 8)
 /// into its datagram; DF off; a valid header checksum.
 pub fn as_fragment(frame: &[u8], more: bool, offset: u16) -> BytesMut {
-    let field = u16::from(more) << 13 | offset / 8;
+    let field = (u16::from(more) << 13) | (offset / 8);
     with_header_bytes(frame, 6, &field.to_be_bytes())
 }
 

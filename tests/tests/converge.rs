@@ -246,7 +246,7 @@ fn older_maps_migrate_while_traffic_flows() -> anyhow::Result<()> {
     let info =
         bpftool(&["-j", "map", "show", "pinned", &node.pin_dir().join("CT_OUT").display().to_string()])?;
     let info: serde_json::Value = serde_json::from_str(&info)?;
-    assert_eq!(info["max_entries"], 65536, "CT_OUT has this podnet's capacity: {info}");
+    assert_eq!(info["max_entries"], 2 * 65536, "CT_OUT has this podnet's capacity: {info}");
     let stamps: Vec<String> = std::fs::read_dir(node.pin_dir().join("layout"))?
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())

@@ -313,3 +313,42 @@ fn fragmented_datagrams_cross_the_nat() -> anyhow::Result<()> {
     assert_eq!(lab.captured(&ext, &pcap, "src net 10.1.0.0/16")?, 0, "no pod address on the wire");
     Ok(())
 }
+
+/// Two CPUs translating one new connection at once agree on one port and keep its claim: 500
+/// connections, each started at the same moment from both CPUs, leave as many claims (reply
+/// sides) as translations (pod sides).
+#[test]
+fn two_cpus_on_one_new_connection_keep_one_claim() -> anyhow::Result<()> {
+    let mut lab = Lab::new("natr")?;
+    let (node, ext) = nat_node(&mut lab, "", "off")?;
+    let nc = lab.netcat()?;
+    lab.spawn(&ext, "python3", &[&nc, "udp-echo", EXT, "9999"])?;
+    let pod = node.pod_ns("pod1");
+    // Both racers, one per CPU, send from the same 500 source ports on the same clock tick.
+    let racers: Vec<std::process::Child> = ["0", "1"]
+        .iter()
+        .map(|cpu| {
+            podnet_tests::in_ns(&pod, "taskset")
+                .args(["-c", cpu, "python3", &nc, "udp-race", EXT, "9999", "20000", "500"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for racer in racers {
+        let out = racer.wait_with_output()?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "500");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let count = |map: &str| -> anyhow::Result<usize> {
+        let out = podnet_tests::run(
+            std::process::Command::new("bpftool")
+                .args(["-j", "map", "dump", "pinned"])
+                .arg(node.pin_dir().join(map)),
+        )?;
+        Ok(serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)?.len())
+    };
+    let (out, claims) = (count("CT_OUT")?, count("CT_IN")?);
+    assert!(out >= 500, "{out} translations");
+    assert_eq!(claims, out, "every translation holds its claim");
+    Ok(())
+}

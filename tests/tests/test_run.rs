@@ -434,13 +434,14 @@ fn nat_keeps_one_connection_per_node_port() {
     assert_eq!(src_port(&dp.run_on(FROM_POD, &b(TCP_SYN), Some(eth0)).1), port);
     assert!(states(&dp).contains(&(format!("{pod}:40001"), "syn_sent")), "reopened: {:?}", states(&dp));
 
-    // Held in TIME_WAIT until its timeout (1 s here); then another connection takes the port.
+    // A reset holds the port until its timeout (1 s here); then another connection takes it.
     dp.run_on(FROM_POD, &b(TCP_RST), Some(eth0));
+    assert!(states(&dp).contains(&(format!("{pod}:40001"), "reset")), "{:?}", states(&dp));
     let c = tcp4((pod, 40004), (remote, 80), TCP_SYN);
     assert_eq!(dp.run_on(FROM_POD, &c, Some(eth0)).0, TC_ACT_SHOT, "held");
     let mut settings = NatSettings::open(&dp.pins).unwrap();
     let mut config = settings.get().unwrap();
-    config.timeouts_s[CtState::TcpTimeWait as usize] = 1;
+    config.timeouts_s[CtState::TcpReset as usize] = 1;
     settings.set(&config).unwrap();
     settle();
     let (action, out) = dp.run_on(FROM_POD, &c, Some(eth0));

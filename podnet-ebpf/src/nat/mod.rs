@@ -7,11 +7,13 @@
 //! Later packets find the pod side; replies find the reply side and are translated back into
 //! the pod. So one node port toward one remote carries at most one pod connection, whatever is
 //! evicted: once a second a connection checks that its reply side is still its own (restoring
-//! it, or moving to a new port when another connection holds it), a claim whose holder has been
-//! idle past its state's timeout may be taken over, and two CPUs translating one new connection
-//! agree on one port. Only connections create state: a TCP FIN or RST of no known connection is
-//! dropped. `podnet agent` removes expired translations (and collects at once when a table
-//! fills up); without it they are taken over when their ports are needed.
+//! it, or moving to a new port when another connection holds it); two CPUs translating one new
+//! connection agree on one port and keep its claim; a claim whose holder has been idle past its
+//! state's timeout may be taken over, under its key in `NAT_LOCKS` (so two take-overs, or a
+//! take-over and the agent's removal, never act on one claim at once). Only connections create
+//! state: a TCP FIN or RST of no known connection is dropped, unless the connection's claim
+//! lives on (its pod side was evicted): then it is restored, so the close still goes out.
+//! `podnet agent` removes expired translations (and collects at once when a table fills up).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
@@ -22,7 +24,7 @@ use aya_ebpf::{
 };
 use podnet_common::{
     CtEntry, CtKey, CtState, NatConfig, Reason, ct_flags,
-    maps::{CT_MAX, PRESSURE_OTHER, PRESSURE_TCP},
+    maps::{CT_MAX, LOCKS_MAX, PRESSURE_OTHER, PRESSURE_TCP},
     port_search_start,
     proto::{ICMP, TCP, UDP},
 };
@@ -50,6 +52,8 @@ static CT_TCP_OUT: LruHashMap<CtKey, CtEntry, CT_MAX> = LruHashMap::new();
 static CT_TCP_IN: HashMap<CtKey, CtEntry, CT_MAX> = HashMap::new();
 #[btf_map(pin_by_name)]
 static NAT_PRESSURE: Array<u64, 2> = Array::new();
+#[btf_map(pin_by_name)]
+static NAT_LOCKS: HashMap<CtKey, u8, LOCKS_MAX> = HashMap::new();
 
 /// One protocol family's pair of translation tables. Code generic over it is instantiated once
 /// per table, so every map call names one map (the verifier can then inline the lookups).
@@ -281,27 +285,30 @@ fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig) -> Result<(u16,
     if isolation::in_allowed_network(ip.daddr()) {
         return Err(Verdict::pass(Reason::PassNoNat));
     }
-    if flow.flags & (ct_flags::FIN | ct_flags::RST) != 0 {
-        return Err(Verdict::drop(Reason::DropNatNoFlow));
-    }
-    let port = claim::<T>(flow, cfg, now).map_err(Verdict::drop)?;
+    // A FIN or RST starts nothing: it may only close a connection whose pod side was lost
+    // (evicted) while its claim lives on.
+    let create = flow.flags & (ct_flags::FIN | ct_flags::RST) == 0;
+    let port = claim::<T>(flow, cfg, now, create).map_err(Verdict::drop)?;
     let node_side =
         CtEntry { created_ns: now, seen_ns: now, addr: cfg.node_ip, port, flags: flow.flags, _pad: 0 };
     if T::out().insert(&flow.key, &node_side, u64::from(BPF_NOEXIST)).is_err() {
-        // Another CPU translated this connection a moment ago: its port is the connection's,
-        // and the one claimed here goes back.
-        let _ = T::inbound().remove(&flow.key.reply(cfg.node_ip, port));
+        // Another CPU translated this connection a moment ago: its port is the connection's.
         let winner = T::out().get_ptr(&flow.key).ok_or(Verdict::drop(Reason::DropNatPortsExhausted))?;
-        // SAFETY: from a successful lookup; the port is never rewritten in place but by this
-        // connection's own packets.
-        return Ok((unsafe { (*winner).port }, Reason::RedirectNat));
+        // SAFETY: from a successful lookup; the port is rewritten only by the connection's own
+        // packets.
+        let winner_port = unsafe { (*winner).port };
+        if winner_port != port {
+            // The claim made here goes back (it may also be the winner's: then it stays).
+            release::<T>(&flow.key.reply(cfg.node_ip, port), &flow.key);
+        }
+        return Ok((winner_port, Reason::RedirectNat));
     }
-    Ok((port, Reason::RedirectNatNew))
+    Ok((port, if create { Reason::RedirectNatNew } else { Reason::RedirectNat }))
 }
 
 /// A packet of a translated connection (`entry` its pod side): its node port. Once a second,
-/// and when a SYN restarts a closed connection, the reply side is checked: restored when it is
-/// gone, and the connection moves to another port when another one holds it.
+/// and when a SYN may restart a closed connection, the reply side is checked: restored when it
+/// is gone, and the connection moves to another port when another one holds it.
 #[inline(always)]
 fn established<T: Tables>(
     flow: &Flow,
@@ -311,36 +318,36 @@ fn established<T: Tables>(
 ) -> Result<u16, Verdict> {
     // SAFETY: from a successful lookup; see `touch` for concurrent writers.
     let (seen, flags, mut port) = unsafe { ((*entry).seen_ns, (*entry).flags, (*entry).port) };
-    let reopen = flow.flags & ct_flags::SYN != 0 && flags & (ct_flags::FIN | ct_flags::RST) != 0;
-    if reopen || now.saturating_sub(seen) >= SEEN_REFRESH_NS {
+    let syn = flow.flags & ct_flags::SYN != 0;
+    if syn || now.saturating_sub(seen) >= SEEN_REFRESH_NS {
         let reply_key = flow.key.reply(cfg.node_ip, port);
         match T::inbound().get_ptr_mut(&reply_key) {
             Some(reply) if holds(reply, &flow.key) => {
-                if reopen {
-                    // SAFETY: from a successful lookup; a racing reply only ORs flags in.
+                // SAFETY: from a successful lookup; a racing reply only ORs flags in.
+                let closed = (flags | unsafe { (*reply).flags }) & (ct_flags::FIN | ct_flags::RST) != 0;
+                if syn && closed {
+                    // A SYN restarts the connection: both sides start over.
+                    // SAFETY: as above.
                     unsafe {
                         (*reply).flags = 0;
                         (*reply).created_ns = now;
+                        (*entry).flags = 0;
+                        (*entry).created_ns = now;
                     }
                 }
             }
             held => {
                 let pod_side = pod_side(flow, now);
                 let restored = held.is_none()
-                    && T::inbound().insert(&reply_key, &pod_side, u64::from(BPF_NOEXIST)).is_ok();
+                    && (T::inbound().insert(&reply_key, &pod_side, u64::from(BPF_NOEXIST)).is_ok()
+                        // Another CPU restored it first.
+                        || T::inbound().get_ptr(&reply_key).is_some_and(|r| holds(r, &flow.key)));
                 if !restored {
-                    port = claim::<T>(flow, cfg, now).map_err(Verdict::drop)?;
+                    port = claim::<T>(flow, cfg, now, true).map_err(Verdict::drop)?;
                     // SAFETY: as above; this connection's packets are the only writers of port.
                     unsafe { (*entry).port = port };
                 }
             }
-        }
-    }
-    if reopen {
-        // SAFETY: as above.
-        unsafe {
-            (*entry).flags = flow.flags;
-            (*entry).created_ns = now;
         }
     }
     touch(entry, now, flow.flags);
@@ -362,26 +369,24 @@ fn holds(reply: *const CtEntry, key: &CtKey) -> bool {
 
 /// Claims a node port for `flow` in tables `T` (its reply-side entry); the drop reason when none
 /// of the tried ports can be had. The search starts at [`port_search_start`]; a port held by
-/// `flow` itself (its pod side was lost) is its own again, one held by a translation idle past
-/// its timeout is taken over.
+/// `flow` itself (its pod side was lost) is its own again, and with `create` a free port is
+/// claimed and one held by a translation idle past its timeout is taken over (a full table
+/// only stops new claims, not take-overs). Without `create` only the flow's own claim is found.
 #[inline(always)]
-fn claim<T: Tables>(flow: &Flow, cfg: &NatConfig, now: u64) -> Result<u16, Reason> {
+fn claim<T: Tables>(flow: &Flow, cfg: &NatConfig, now: u64, create: bool) -> Result<u16, Reason> {
     let range = u32::from(cfg.port_max).saturating_sub(u32::from(cfg.port_min)) + 1;
     let start = port_search_start(&flow.key, cfg.port_min, cfg.port_max);
     let pod_side = pod_side(flow, now);
+    let mut full = false;
     for i in 0..MAX_TRIES.min(range) {
         let port = ((u32::from(cfg.port_min) + (start + i) % range) as u16).to_be();
         let reply_key = flow.key.reply(cfg.node_ip, port);
-        match T::inbound().insert(&reply_key, &pod_side, u64::from(BPF_NOEXIST)) {
-            Ok(()) => return Ok(port),
-            Err(E2BIG) => {
-                if let Some(slot) = NAT_PRESSURE.get_ptr_mut(T::PRESSURE) {
-                    // SAFETY: an array slot; a racing store of another timestamp is as good.
-                    unsafe { *slot = now };
-                }
-                return Err(Reason::DropNatTableFull);
+        if create && !full {
+            match T::inbound().insert(&reply_key, &pod_side, u64::from(BPF_NOEXIST)) {
+                Ok(()) => return Ok(port),
+                Err(E2BIG) => full = true,
+                Err(_) => {}
             }
-            Err(_) => {}
         }
         let Some(held) = T::inbound().get_ptr(&reply_key) else {
             continue;
@@ -389,14 +394,49 @@ fn claim<T: Tables>(flow: &Flow, cfg: &NatConfig, now: u64) -> Result<u16, Reaso
         if holds(held, &flow.key) {
             return Ok(port);
         }
-        if expired::<T>(held, &reply_key, cfg, now)
-            && T::inbound().remove(&reply_key).is_ok()
-            && T::inbound().insert(&reply_key, &pod_side, u64::from(BPF_NOEXIST)).is_ok()
-        {
+        if create && take_over::<T>(&reply_key, &pod_side, cfg, now) {
             return Ok(port);
         }
     }
-    Err(Reason::DropNatPortsExhausted)
+    if full {
+        if let Some(slot) = NAT_PRESSURE.get_ptr_mut(T::PRESSURE) {
+            // SAFETY: an array slot; a racing store of another timestamp is as good.
+            unsafe { *slot = now };
+        }
+        return Err(Reason::DropNatTableFull);
+    }
+    Err(if create { Reason::DropNatPortsExhausted } else { Reason::DropNatNoFlow })
+}
+
+/// Takes claim `reply_key` over for `pod_side` if its translation has expired. Under its key in
+/// `NAT_LOCKS`, so two CPUs (or the agent) never act on one claim at once: a second one taking
+/// it over would delete the first one's new claim.
+#[inline(always)]
+fn take_over<T: Tables>(reply_key: &CtKey, pod_side: &CtEntry, cfg: &NatConfig, now: u64) -> bool {
+    if NAT_LOCKS.insert(reply_key, &0, u64::from(BPF_NOEXIST)).is_err() {
+        return false;
+    }
+    let taken = match T::inbound().get_ptr(reply_key) {
+        Some(held) if expired::<T>(held, reply_key, cfg, now) => {
+            T::inbound().remove(reply_key).is_ok()
+                && T::inbound().insert(reply_key, pod_side, u64::from(BPF_NOEXIST)).is_ok()
+        }
+        _ => false,
+    };
+    let _ = NAT_LOCKS.remove(reply_key);
+    taken
+}
+
+/// Gives claim `reply_key` back if it is still the one of pod-side key `key`.
+#[inline(always)]
+fn release<T: Tables>(reply_key: &CtKey, key: &CtKey) {
+    if NAT_LOCKS.insert(reply_key, &0, u64::from(BPF_NOEXIST)).is_err() {
+        return;
+    }
+    if T::inbound().get_ptr(reply_key).is_some_and(|r| holds(r, key)) {
+        let _ = T::inbound().remove(reply_key);
+    }
+    let _ = NAT_LOCKS.remove(reply_key);
 }
 
 /// Whether the translation whose reply side is `reply` (under `reply_key`) has been idle longer

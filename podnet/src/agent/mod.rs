@@ -86,7 +86,7 @@ pub async fn run(path: Option<&Path>, config: Config, interval: Duration) -> Res
     let mut sweep = tokio::time::interval(interval);
     // A translation table that fills up is collected at once, not at the next sweep.
     let mut watch = tokio::time::interval(PRESSURE_WATCH);
-    let mut pressure_seen = 0;
+    let (mut pressure_seen, mut last_pressure_sweep) = (0, 0);
     info!(
         "agent for node {node}: serving {}, expiring idle translations every {interval:?}",
         socket.display()
@@ -106,8 +106,11 @@ pub async fn run(path: Option<&Path>, config: Config, interval: Duration) -> Res
                             .ok()
                             .and_then(|pins| nat::pressure(&pins).ok())
                             .unwrap_or(pressure_seen);
-                        if latest > pressure_seen {
+                        // At most once per PRESSURE_GAP_NS: a table that stays full (nothing
+                        // droppable in it) must not keep the agent scanning.
+                        if latest > pressure_seen.max(last_pressure_sweep + PRESSURE_GAP_NS) {
                             pressure_seen = latest;
+                            last_pressure_sweep = latest;
                             warn!("agent: a NAT translation table is full; collecting now");
                             sweep_nat(&config, true).await;
                         }
@@ -198,6 +201,8 @@ async fn node_lock(node: &str) -> Result<NodeLock, NodeError> {
 
 /// How often the agent looks whether the datapath found a translation table full.
 const PRESSURE_WATCH: Duration = Duration::from_millis(200);
+/// Least time between two collections for pressure (`bpf_ktime_get_ns` units).
+const PRESSURE_GAP_NS: u64 = 1_000_000_000;
 
 async fn sweep_nat(config: &Config, pressure: bool) {
     if !config.nat.enabled {

@@ -10,8 +10,8 @@ use podnet_common::{
     CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, PodSource, Reason,
     admission,
     maps::{
-        COUNTERS, CT_IN, CT_OUT, CT_TCP_IN, CT_TCP_OUT, DENY, ENDPOINTS, NAT_CONFIG, NAT_PRESSURE, PEERS,
-        POD_DEVS, POD_SOURCES, POD_SOURCES_MAX, UPLINK_ALLOW,
+        COUNTERS, CT_IN, CT_OUT, CT_TCP_IN, CT_TCP_OUT, DENY, ENDPOINTS, NAT_CONFIG, NAT_LOCKS, NAT_PRESSURE,
+        PEERS, POD_DEVS, POD_SOURCES, POD_SOURCES_MAX, UPLINK_ALLOW,
     },
     proto,
 };
@@ -354,6 +354,8 @@ impl CtTables {
 pub struct Conntrack {
     tcp: CtTables,
     other: CtTables,
+    /// Claims being taken over or removed (see [`podnet_common::maps::NAT_LOCKS`]).
+    locks: HashMap<MapData, CtKey, u8>,
 }
 
 /// One translation: the pod-side key and entry, and the reply-side key and entry (the latter
@@ -364,6 +366,9 @@ pub type CtPair = (CtKey, CtEntry, CtKey, Option<CtEntry>);
 fn holds(reply: &CtEntry, out: &CtKey) -> bool {
     reply.addr == out.saddr && reply.port == out.sport
 }
+
+/// `BPF_NOEXIST`.
+const NOEXIST: u64 = 1;
 
 /// How full one translation table is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -379,11 +384,8 @@ impl Conntrack {
         Ok(Self {
             tcp: CtTables::open(pins, CT_TCP_OUT, CT_TCP_IN)?,
             other: CtTables::open(pins, CT_OUT, CT_IN)?,
+            locks: open(pins, NAT_LOCKS, Map::HashMap)?,
         })
-    }
-
-    fn tables(&self, protocol: u8) -> &CtTables {
-        if protocol == proto::TCP { &self.tcp } else { &self.other }
     }
 
     /// Every translation, from the pod side.
@@ -420,20 +422,37 @@ impl Conntrack {
             .collect()
     }
 
-    /// The pod side and reply side of a translation as they are now.
-    pub fn get(&self, out: &CtKey, reply: &CtKey) -> (Option<CtEntry>, Option<CtEntry>) {
-        let t = self.tables(out.proto);
-        (t.out.get(out, 0).ok(), t.inbound.get(reply, 0).ok().filter(|r| holds(r, out)))
-    }
-
     /// Removes one translation (both directions; either may already be gone). A reply side
     /// that another connection holds now is not this translation's and stays.
     pub fn remove(&mut self, out: &CtKey, reply: &CtKey) {
-        let t = if out.proto == proto::TCP { &mut self.tcp } else { &mut self.other };
-        let _ = t.out.remove(out);
-        if t.inbound.get(reply, 0).is_ok_and(|r| holds(&r, out)) {
-            let _ = t.inbound.remove(reply);
+        self.remove_if(out, reply, |_, _| true);
+    }
+
+    /// Removes translation `out`/`reply` if `unchanged` says both sides (as they are now, the
+    /// reply side only if it is still this translation's) are as they were read; whether it did.
+    /// Under the reply key's lock, so the datapath cannot take the claim over meanwhile; a claim
+    /// being taken over is left for the next round.
+    pub fn remove_if(
+        &mut self,
+        out: &CtKey,
+        reply: &CtKey,
+        unchanged: impl Fn(Option<CtEntry>, Option<CtEntry>) -> bool,
+    ) -> bool {
+        if self.locks.insert(reply, &0, NOEXIST).is_err() {
+            return false;
         }
+        let t = if out.proto == proto::TCP { &mut self.tcp } else { &mut self.other };
+        let now_out = t.out.get(out, 0).ok();
+        let now_reply = t.inbound.get(reply, 0).ok().filter(|r| holds(r, out));
+        let removed = unchanged(now_out, now_reply);
+        if removed {
+            let _ = t.out.remove(out);
+            if now_reply.is_some() {
+                let _ = t.inbound.remove(reply);
+            }
+        }
+        let _ = self.locks.remove(reply);
+        removed
     }
 
     /// Removes the translations whose pod side `out` matches (both directions), and reply
@@ -462,8 +481,11 @@ impl Conntrack {
 
     /// How full each table is.
     pub fn usage(&self) -> [TableUse; 2] {
-        let of =
-            |table, t: &CtTables| TableUse { table, entries: t.inbound.keys().count(), capacity: t.capacity };
+        let of = |table, t: &CtTables| TableUse {
+            table,
+            entries: t.inbound.keys().flatten().count(),
+            capacity: t.capacity,
+        };
         [of("tcp", &self.tcp), of("udp_icmp", &self.other)]
     }
 }

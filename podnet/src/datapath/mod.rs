@@ -148,10 +148,13 @@ impl Datapath {
         let mut ebpf = loop {
             let mut loader = EbpfLoader::new();
             loader.default_map_pin_directory(pins.path());
-            for (names, size) in [([CT_TCP_OUT, CT_TCP_IN], tables.tcp), ([CT_OUT, CT_IN], tables.udp_icmp)] {
-                for name in names {
-                    loader.map_max_entries(name, size);
-                }
+            for ((out, inbound), size) in
+                [((CT_TCP_OUT, CT_TCP_IN), tables.tcp), ((CT_OUT, CT_IN), tables.udp_icmp)]
+            {
+                // The claims (reply sides) are the table's size; the pod sides, an LRU hash, get
+                // room to spare: the kernel's LRU evicts before it is full (per-CPU free lists).
+                loader.map_max_entries(inbound, size);
+                loader.map_max_entries(out, size.saturating_mul(2));
             }
             match loader.load(OBJECT) {
                 // Each round sets one map aside, so this ends.

@@ -3,7 +3,7 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use podnet_common::{CtKey, CtState, NatConfig, ct_flags, proto};
+use podnet_common::{CtEntry, CtKey, CtState, NatConfig, ct_flags, proto};
 use serde::Serialize;
 
 use crate::{
@@ -19,6 +19,7 @@ impl Timeouts {
             CtState::TcpSynSent => self.tcp_syn,
             CtState::TcpEstablished => self.tcp_established,
             CtState::TcpTimeWait => self.tcp_time_wait,
+            CtState::TcpReset => self.tcp_reset,
             CtState::Udp => self.udp,
             CtState::Icmp => self.icmp,
         }
@@ -116,8 +117,8 @@ pub struct Collected {
 /// Removes translations idle longer than their state's timeout, and reply sides whose pod side
 /// is gone once idle as long. A translation the datapath used while the scan ran is kept: it is
 /// removed only if both sides are as they were read. With `pressure` (a table filled up), also
-/// drops, oldest first, translations that never saw an answer until each table is at most three
-/// quarters full (as Linux's conntrack early drop does).
+/// drops, oldest first, translations that never saw an answer or are closed (TIME_WAIT, reset)
+/// until each table is at most three quarters full (as Linux's conntrack early drop does).
 pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collected, MapsError> {
     let mut ct = Conntrack::open(pins)?;
     let now = now_ns();
@@ -133,8 +134,11 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collecte
     for (reply_key, entry, pod_key) in ct.orphans() {
         let state = CtState::of(reply_key.proto, 0, entry.flags);
         if Duration::from_nanos(now.saturating_sub(entry.seen_ns)) > timeouts.of(state) {
-            ct.remove(&pod_key, &reply_key);
-            done.orphans += 1;
+            // Only while it is still an orphan, and as it was read.
+            let unchanged = |out: Option<CtEntry>, reply: Option<CtEntry>| {
+                out.is_none() && reply.is_some_and(|r| r.seen_ns == entry.seen_ns)
+            };
+            done.orphans += usize::from(ct.remove_if(&pod_key, &reply_key, unchanged));
         }
     }
     if pressure {
@@ -143,13 +147,15 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collecte
             let Some(excess) = table.entries.checked_sub(target).filter(|&n| n > 0) else {
                 continue;
             };
-            let mut unanswered: Vec<&Translation> = live
+            // What holds a claim without a live conversation: no answer yet, or closed.
+            let mut droppable: Vec<&Translation> = live
                 .iter()
                 .filter(|t| (t.keys.0.proto == proto::TCP) == (table.table == "tcp"))
-                .filter(|t| !t.replied)
+                .filter(|t| t.seen.1.is_some())
+                .filter(|t| !t.replied || matches!(t.ct_state, CtState::TcpTimeWait | CtState::TcpReset))
                 .collect();
-            unanswered.sort_by(|a, b| b.idle_s.total_cmp(&a.idle_s));
-            for t in unanswered.into_iter().take(excess) {
+            droppable.sort_by(|a, b| b.idle_s.total_cmp(&a.idle_s));
+            for t in droppable.into_iter().take(excess) {
                 done.early += usize::from(remove_if_unchanged(&mut ct, t));
             }
         }
@@ -159,12 +165,9 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collecte
 
 /// Removes translation `t` if neither side was used since it was read.
 fn remove_if_unchanged(ct: &mut Conntrack, t: &Translation) -> bool {
-    let (out, reply) = ct.get(&t.keys.0, &t.keys.1);
-    if out.map(|o| o.seen_ns) != Some(t.seen.0) || reply.map(|r| r.seen_ns) != t.seen.1 {
-        return false;
-    }
-    ct.remove(&t.keys.0, &t.keys.1);
-    true
+    ct.remove_if(&t.keys.0, &t.keys.1, |out, reply| {
+        out.map(|o| o.seen_ns) == Some(t.seen.0) && reply.map(|r| r.seen_ns) == t.seen.1
+    })
 }
 
 /// How full the translation tables are.
@@ -221,6 +224,7 @@ mod tests {
         tcp_syn: Duration::from_secs(60),
         tcp_established: Duration::from_secs(21600),
         tcp_time_wait: Duration::from_secs(120),
+        tcp_reset: Duration::from_secs(10),
         udp: Duration::from_secs(30),
         icmp: Duration::from_secs(5),
     };
@@ -231,7 +235,7 @@ mod tests {
         assert_eq!(T.of(CtState::TcpEstablished), Duration::from_secs(21600));
         assert_eq!(T.of(CtState::TcpTimeWait), Duration::from_secs(120));
         assert_eq!(T.of(CtState::Icmp), Duration::from_secs(5));
-        assert_eq!(T.seconds(), [60, 21600, 120, 30, 5]);
+        assert_eq!(T.seconds(), [60, 21600, 120, 10, 30, 5]);
     }
 
     #[test]
