@@ -53,14 +53,20 @@ pub fn render(s: &Status) -> String {
         .collect();
     let counters: Vec<Vec<String>> =
         s.counters.iter().map(|c| vec![c.reason.to_owned(), c.packets.to_string()]).collect();
+    let tables: Vec<Vec<String>> = s
+        .nat_tables
+        .iter()
+        .map(|t| vec![t.table.to_owned(), t.entries.to_string(), t.capacity.to_string()])
+        .collect();
     format!(
-        "node {} (pins: {})\n\nEndpoints\n{}\nPeers\n{}\nPrograms\n{}\nCounters\n{}",
+        "node {} (pins: {})\n\nEndpoints\n{}\nPeers\n{}\nPrograms\n{}\nCounters\n{}\nNAT translation tables\n{}",
         s.node,
         s.pin_dir,
         table(&["POD", "IP", "MAC", "HOST IF", "IFINDEX"], &endpoints),
         table(&["NODE", "NODE IP", "POD CIDR"], &peers),
         table(&["PROGRAM", "HOOK", "INTERFACE", "LINK", "PROG"], &programs),
         table(&["REASON", "PACKETS"], &counters),
+        table(&["TABLE", "CLAIMS", "CAPACITY"], &tables),
     )
     .trim_end()
     .to_owned()

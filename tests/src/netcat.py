@@ -26,6 +26,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 mode, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 
+
+def listen(backlog):
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((addr, port))
+    srv.listen(backlog)
+    return srv
+
+
+def serve(handle):
+    """Accept connections forever, each handled by `handle(conn)` in a thread of its own."""
+    srv = listen(64)
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=handle, args=(c,), daemon=True).start()
+
 if mode == "http-whoami":
     class Whoami(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -51,10 +67,7 @@ elif mode == "udp-ask":
     s.sendto(sys.argv[4].encode(), (addr, port))
     print(s.recvfrom(65535)[0].decode())
 elif mode in ("tcp-record", "tcp-echo"):
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((addr, port))
-    srv.listen(4096)
+    srv = listen(4096)
     held, peers = [], set()
     def echo(c):
         while data := c.recv(1024):
@@ -89,10 +102,6 @@ elif mode == "tcp-exhaust":
         echoed += s.recv(64) == b"still here"
     print(json.dumps({"opened": len(socks), "extra": extra, "echoed": echoed}))
 elif mode == "tcp-slow":
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((addr, port))
-    srv.listen(64)
     def slow(c):
         data = b""
         while chunk := c.recv(1024):
@@ -100,9 +109,7 @@ elif mode == "tcp-slow":
         time.sleep(float(sys.argv[4]))
         c.sendall(b"late answer to " + data)
         c.close()
-    while True:
-        c, _ = srv.accept()
-        threading.Thread(target=slow, args=(c,), daemon=True).start()
+    serve(slow)
 elif mode == "tcp-half-close":
     s = socket.create_connection((addr, port), timeout=60)
     s.sendall(sys.argv[4].encode())
@@ -147,19 +154,13 @@ elif mode == "udp-refused":
     except socket.timeout:
         print("timeout")
 elif mode == "tcp-sink":
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((addr, port))
-    srv.listen(16)
     def sink(c):
         n = 0
         while chunk := c.recv(65536):
             n += len(chunk)
         c.sendall(str(n).encode())
         c.close()
-    while True:
-        c, _ = srv.accept()
-        threading.Thread(target=sink, args=(c,), daemon=True).start()
+    serve(sink)
 elif mode == "tcp-send":
     s = socket.create_connection((addr, port), timeout=20)
     s.sendall(b"x" * int(sys.argv[4]))

@@ -41,24 +41,23 @@ fn translations(node: &Node) -> anyhow::Result<Vec<(String, String)>> {
         .collect())
 }
 
-fn endpoints(node: &Node) -> anyhow::Result<Vec<String>> {
+/// The `field` of every entry of `list` in `podnet status`.
+fn status_list(node: &Node, list: &str, field: &str) -> anyhow::Result<Vec<String>> {
     let status = node.status()?;
-    Ok(status["endpoints"]
+    Ok(status[list]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|e| e["ip"].as_str().map(str::to_owned))
+        .filter_map(|e| e[field].as_str().map(str::to_owned))
         .collect())
 }
 
+fn endpoints(node: &Node) -> anyhow::Result<Vec<String>> {
+    status_list(node, "endpoints", "ip")
+}
+
 fn peers(node: &Node) -> anyhow::Result<Vec<String>> {
-    let status = node.status()?;
-    Ok(status["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["name"].as_str().map(str::to_owned))
-        .collect())
+    status_list(node, "peers", "name")
 }
 
 fn port_of(endpoint: &str) -> u16 {

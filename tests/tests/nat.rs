@@ -215,6 +215,9 @@ fn a_udp_flood_leaves_tcp_connections_alone() -> anyhow::Result<()> {
     let sent = sh(&pod1, "python3", &[&nc, "udp-spray", EXT, "20000", "100000"])?;
     assert_eq!(sent.trim(), "100000");
     assert!(node.counter("drop_nat_table_full")? > 0, "the UDP table filled up");
+    let tables = node.status()?["nat_tables"].clone();
+    let udp = tables.as_array().and_then(|ts| ts.iter().find(|t| t["table"] == "udp_icmp")).cloned();
+    assert_eq!(udp.map(|t| t["capacity"].clone()), Some(4096.into()), "status shows the table: {tables}");
     assert_eq!(node_port_of(&node, "tcp", "10.1.1.3:")?, Some(tcp_port), "pod2 keeps its translation");
     std::fs::write(held.with_extension("in"), "before\nafter\n")?;
     wait_for_line(&held.with_extension("out"), "after")?;

@@ -164,24 +164,26 @@ fn open<T: TryFrom<Map, Error = MapError>>(path: &Path, kind: fn(MapData) -> Map
 }
 
 fn copy_hash<K: aya::Pod, V: aya::Pod>(old: &Path, new: &Path) -> Result<Copied, MapError> {
-    let from: HashMap<MapData, K, V> = open(old, Map::HashMap)?;
-    let mut to: HashMap<MapData, K, V> = open(new, Map::HashMap)?;
-    let mut copied = Copied::default();
-    for (k, v) in from.iter().flatten() {
-        copied.count(to.insert(&k, &v, NOEXIST));
-    }
-    Ok(copied)
+    copy_hash_by::<K, V>(old, &[new], |_| 0)
 }
 
 /// Translations of an old table into the new one of their protocol family.
 fn copy_translations(old: &Path, other: &Path, tcp: &Path) -> Result<Copied, MapError> {
-    let from: HashMap<MapData, CtKey, CtEntry> = open(old, Map::HashMap)?;
-    let mut to_other: HashMap<MapData, CtKey, CtEntry> = open(other, Map::HashMap)?;
-    let mut to_tcp: HashMap<MapData, CtKey, CtEntry> = open(tcp, Map::HashMap)?;
+    copy_hash_by::<CtKey, CtEntry>(old, &[other, tcp], |k| usize::from(k.proto == proto::TCP))
+}
+
+/// Copies hash `old` into `targets`, each entry into the one `pick` names.
+fn copy_hash_by<K: aya::Pod, V: aya::Pod>(
+    old: &Path,
+    targets: &[&Path],
+    pick: impl Fn(&K) -> usize,
+) -> Result<Copied, MapError> {
+    let from: HashMap<MapData, K, V> = open(old, Map::HashMap)?;
+    let mut to: Vec<HashMap<MapData, K, V>> =
+        targets.iter().map(|path| open(path, Map::HashMap)).collect::<Result<_, _>>()?;
     let mut copied = Copied::default();
     for (k, v) in from.iter().flatten() {
-        let to = if k.proto == proto::TCP { &mut to_tcp } else { &mut to_other };
-        copied.count(to.insert(&k, &v, NOEXIST));
+        copied.count(to[pick(&k)].insert(&k, &v, NOEXIST));
     }
     Ok(copied)
 }

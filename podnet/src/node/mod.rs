@@ -29,7 +29,7 @@ use crate::{
     config::{self, Config, HOST_IF_PREFIX, PeerNode, Pod, XdpMode},
     datapath::{
         self, Datapath, DatapathError, PinDir, PodProgram, TableSizes,
-        maps::{Counters, Endpoints, MapsError, NatSettings, Peers, UplinkAllow},
+        maps::{Counters, Endpoints, MapsError, NatSettings, Peers, TableUse, UplinkAllow},
         migrate,
     },
     host::{
@@ -731,6 +731,8 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     pub programs: Vec<ProgramStatus>,
     pub counters: Vec<CounterStatus>,
+    /// How full the NAT translation tables are (claims against capacity).
+    pub nat_tables: Vec<TableUse>,
 }
 
 #[derive(Debug, Serialize)]
@@ -814,5 +816,6 @@ pub fn status(config: &Config) -> Result<Status, NodeError> {
         peers,
         programs,
         counters,
+        nat_tables: datapath::nat::usage(&pins)?.to_vec(),
     })
 }
