@@ -266,13 +266,16 @@ pub struct FragKey {
 }
 
 /// What the later fragments of a translated datagram get: the address written over their
-/// source (out of the node) or destination (into a pod).
+/// source (out of the node) or destination (into a pod); and when its first fragment passed.
 ///
-/// Layout: 4 bytes.
+/// Layout: 8 + 4 + 4 = 16 bytes, 8-byte aligned, explicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FragEntry {
+    /// `bpf_ktime_get_ns` of the first fragment.
+    pub created_ns: u64,
     pub addr: [u8; 4],
+    pub _pad: u32,
 }
 
 /// One direction of a translated connection: what to rewrite to, and what was seen.

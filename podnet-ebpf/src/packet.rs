@@ -304,6 +304,12 @@ impl Ipv4 {
         self.frag_off() & 0x1fff
     }
 
+    /// Whether more fragments of this datagram follow (MF).
+    #[inline(always)]
+    pub fn more_fragments(&self) -> bool {
+        self.frag_off() & 0x2000 != 0
+    }
+
     /// Whether the sender forbade fragmentation (DF).
     #[inline(always)]
     pub fn dont_fragment(&self) -> bool {

@@ -565,6 +565,17 @@ fn fragmented_datagrams_are_translated_both_ways() {
         32,
     );
     assert_eq!(dp.run_on(FROM_UPLINK, &stray_back, Some(eth0)).0, TC_ACT_UNSPEC);
+
+    // To an `allow_from` network the datagram goes untranslated, its later fragments too.
+    UplinkAllow::open(&dp.pins).unwrap().set(&["192.168.50.0/24".parse().unwrap()], &[]).unwrap();
+    let other = Ipv4Addr::new(192, 168, 50, 4);
+    let first = as_fragment(&udp4_checksummed((pod, 5002), (other, 53), &[7; 24]), true, 0);
+    let later = as_fragment(&ipv4([0xaa; 6], SENDER_MAC, pod, other, 17, &[7; 16]), false, 32);
+    for frame in [first, later] {
+        let before = dp.counters();
+        assert_eq!(dp.run_on(FROM_POD, &frame, Some(eth0)).0, TC_ACT_UNSPEC);
+        counted(&before, &dp.counters(), Reason::PassNoNat);
+    }
 }
 
 const XDP_DROP: u32 = 1;

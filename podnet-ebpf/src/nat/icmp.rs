@@ -11,7 +11,7 @@ use podnet_common::{
     proto::{ICMP, TCP, UDP},
 };
 
-use super::{Other, Tables, Tcp};
+use super::{Other, Tables, Tcp, holds};
 use crate::packet::{Ipv4, Malformed};
 
 const DEST_UNREACH: u8 = 3;
@@ -146,7 +146,12 @@ fn lookup<T: Tables>(q: &Quoted, outbound: bool) -> Option<([u8; 4], u16)> {
     let entry: *const CtEntry =
         if outbound { T::out().get_ptr(&key)? } else { T::inbound().get_ptr(&key)? };
     // SAFETY: from a successful lookup; address and port of an entry are read once.
-    Some(unsafe { ((*entry).addr, (*entry).port) })
+    let (addr, port) = unsafe { ((*entry).addr, (*entry).port) };
+    // A pod side whose port was taken over by another connection speaks for nobody.
+    if outbound && !T::inbound().get_ptr(&key.reply(addr, port)).is_some_and(|r| holds(r, &key)) {
+        return None;
+    }
+    Some((addr, port))
 }
 
 /// Writes `new` over the outer address at `outer_at` and over the quoted address at `at`

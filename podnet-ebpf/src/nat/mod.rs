@@ -53,7 +53,7 @@ static CT_TCP_IN: HashMap<CtKey, CtEntry, CT_MAX> = HashMap::new();
 #[btf_map(pin_by_name)]
 static NAT_PRESSURE: Array<u64, 2> = Array::new();
 #[btf_map(pin_by_name)]
-static NAT_LOCKS: HashMap<CtKey, u8, LOCKS_MAX> = HashMap::new();
+static NAT_LOCKS: HashMap<CtKey, u64, LOCKS_MAX> = HashMap::new();
 
 /// One protocol family's pair of translation tables. Code generic over it is instantiated once
 /// per table, so every map call names one map (the verifier can then inline the lookups).
@@ -239,7 +239,12 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
     };
     if frag::is_later(ip) {
         if frag::translate(ctx, ip, Ipv4::SADDR_OFFSET)?.is_none() {
-            return Ok(Some(Verdict::drop(Reason::DropNotNatable)));
+            // Its first fragment went untranslated to an `allow_from` network, or was dropped.
+            return Ok(Some(if isolation::in_allowed_network(ip.daddr()) {
+                Verdict::pass(Reason::PassNoNat)
+            } else {
+                Verdict::drop(Reason::DropNotNatable)
+            }));
         }
         let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
         return Ok(Some(routing::transmit(&ip, &route, Reason::RedirectNat)));
@@ -293,13 +298,18 @@ fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig) -> Result<(u16,
         CtEntry { created_ns: now, seen_ns: now, addr: cfg.node_ip, port, flags: flow.flags, _pad: 0 };
     if T::out().insert(&flow.key, &node_side, u64::from(BPF_NOEXIST)).is_err() {
         // Another CPU translated this connection a moment ago: its port is the connection's.
-        let winner = T::out().get_ptr(&flow.key).ok_or(Verdict::drop(Reason::DropNatPortsExhausted))?;
+        let claimed = flow.key.reply(cfg.node_ip, port);
+        let Some(winner) = T::out().get_ptr(&flow.key) else {
+            // ... and it is gone again already: give the claim back, and this packet up.
+            release::<T>(&claimed, &flow.key, now);
+            return Err(Verdict::drop(Reason::DropNatPortsExhausted));
+        };
         // SAFETY: from a successful lookup; the port is rewritten only by the connection's own
         // packets.
         let winner_port = unsafe { (*winner).port };
         if winner_port != port {
             // The claim made here goes back (it may also be the winner's: then it stays).
-            release::<T>(&flow.key.reply(cfg.node_ip, port), &flow.key);
+            release::<T>(&claimed, &flow.key, now);
         }
         return Ok((winner_port, Reason::RedirectNat));
     }
@@ -362,7 +372,7 @@ fn pod_side(flow: &Flow, now: u64) -> CtEntry {
 
 /// Whether reply-side entry `reply` belongs to the connection with pod-side key `key`.
 #[inline(always)]
-fn holds(reply: *const CtEntry, key: &CtKey) -> bool {
+pub(super) fn holds(reply: *const CtEntry, key: &CtKey) -> bool {
     // SAFETY: from a successful lookup.
     unsafe { (*reply).addr == key.saddr && (*reply).port == key.sport }
 }
@@ -413,7 +423,7 @@ fn claim<T: Tables>(flow: &Flow, cfg: &NatConfig, now: u64, create: bool) -> Res
 /// it over would delete the first one's new claim.
 #[inline(always)]
 fn take_over<T: Tables>(reply_key: &CtKey, pod_side: &CtEntry, cfg: &NatConfig, now: u64) -> bool {
-    if NAT_LOCKS.insert(reply_key, &0, u64::from(BPF_NOEXIST)).is_err() {
+    if NAT_LOCKS.insert(reply_key, &now, u64::from(BPF_NOEXIST)).is_err() {
         return false;
     }
     let taken = match T::inbound().get_ptr(reply_key) {
@@ -429,8 +439,8 @@ fn take_over<T: Tables>(reply_key: &CtKey, pod_side: &CtEntry, cfg: &NatConfig, 
 
 /// Gives claim `reply_key` back if it is still the one of pod-side key `key`.
 #[inline(always)]
-fn release<T: Tables>(reply_key: &CtKey, key: &CtKey) {
-    if NAT_LOCKS.insert(reply_key, &0, u64::from(BPF_NOEXIST)).is_err() {
+fn release<T: Tables>(reply_key: &CtKey, key: &CtKey, now: u64) {
+    if NAT_LOCKS.insert(reply_key, &now, u64::from(BPF_NOEXIST)).is_err() {
         return;
     }
     if T::inbound().get_ptr(reply_key).is_some_and(|r| holds(r, key)) {

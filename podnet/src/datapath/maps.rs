@@ -354,8 +354,8 @@ impl CtTables {
 pub struct Conntrack {
     tcp: CtTables,
     other: CtTables,
-    /// Claims being taken over or removed (see [`podnet_common::maps::NAT_LOCKS`]).
-    locks: HashMap<MapData, CtKey, u8>,
+    /// Claims being taken over or removed (see [`podnet_common::maps::NAT_LOCKS`]), with when.
+    locks: HashMap<MapData, CtKey, u64>,
 }
 
 /// One translation: the pod-side key and entry, and the reply-side key and entry (the latter
@@ -438,7 +438,7 @@ impl Conntrack {
         reply: &CtKey,
         unchanged: impl Fn(Option<CtEntry>, Option<CtEntry>) -> bool,
     ) -> bool {
-        if self.locks.insert(reply, &0, NOEXIST).is_err() {
+        if self.locks.insert(reply, &super::nat::now_ns(), NOEXIST).is_err() {
             return false;
         }
         let t = if out.proto == proto::TCP { &mut self.tcp } else { &mut self.other };
@@ -446,13 +446,28 @@ impl Conntrack {
         let now_reply = t.inbound.get(reply, 0).ok().filter(|r| holds(r, out));
         let removed = unchanged(now_out, now_reply);
         if removed {
-            let _ = t.out.remove(out);
+            // The claim first: a connection that comes back in between makes a new one.
             if now_reply.is_some() {
                 let _ = t.inbound.remove(reply);
             }
+            let _ = t.out.remove(out);
         }
         let _ = self.locks.remove(reply);
         removed
+    }
+
+    /// Removes locks held longer than `stale_ns` (by a process that died holding one: the
+    /// datapath and the agent hold theirs for microseconds); returns how many.
+    pub fn clear_stale_locks(&mut self, stale_ns: u64) -> usize {
+        let now = super::nat::now_ns();
+        let stale: Vec<CtKey> = self
+            .locks
+            .iter()
+            .flatten()
+            .filter(|(_, since)| now.saturating_sub(*since) > stale_ns)
+            .map(|(key, _)| key)
+            .collect();
+        stale.iter().filter(|key| self.locks.remove(key).is_ok()).count()
     }
 
     /// Removes the translations whose pod side `out` matches (both directions), and reply

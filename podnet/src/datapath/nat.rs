@@ -131,9 +131,16 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collecte
             live.push(t);
         }
     }
+    ct.clear_stale_locks(STALE_LOCK_NS);
     for (reply_key, entry, pod_key) in ct.orphans() {
+        // Without its pod side a TCP claim's state is half known (no FIN of the pod's side):
+        // held no longer than TIME_WAIT.
         let state = CtState::of(reply_key.proto, 0, entry.flags);
-        if Duration::from_nanos(now.saturating_sub(entry.seen_ns)) > timeouts.of(state) {
+        let timeout = match state {
+            CtState::Udp | CtState::Icmp => timeouts.of(state),
+            tcp => timeouts.of(tcp).min(timeouts.tcp_time_wait),
+        };
+        if Duration::from_nanos(now.saturating_sub(entry.seen_ns)) > timeout {
             // Only while it is still an orphan, and as it was read.
             let unchanged = |out: Option<CtEntry>, reply: Option<CtEntry>| {
                 out.is_none() && reply.is_some_and(|r| r.seen_ns == entry.seen_ns)
@@ -162,6 +169,9 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collecte
     }
     Ok(done)
 }
+
+/// A lock older than this was left by a process that died holding it.
+const STALE_LOCK_NS: u64 = 1_000_000_000;
 
 /// Removes translation `t` if neither side was used since it was read.
 fn remove_if_unchanged(ct: &mut Conntrack, t: &Translation) -> bool {
