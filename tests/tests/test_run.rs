@@ -434,6 +434,13 @@ fn nat_keeps_one_connection_per_node_port() {
     assert_eq!(src_port(&dp.run_on(FROM_POD, &b(TCP_SYN), Some(eth0)).1), port);
     assert!(states(&dp).contains(&(format!("{pod}:40001"), "syn_sent")), "reopened: {:?}", states(&dp));
 
+    // A reset the other side goes on talking after was not its own: taken back.
+    dp.run_on(FROM_UPLINK, &reply(TCP_SYN | TCP_ACK), Some(eth0));
+    dp.run_on(FROM_UPLINK, &reply(TCP_RST), Some(eth0));
+    assert!(states(&dp).contains(&(format!("{pod}:40001"), "reset")), "{:?}", states(&dp));
+    dp.run_on(FROM_UPLINK, &reply(TCP_ACK), Some(eth0));
+    assert!(states(&dp).contains(&(format!("{pod}:40001"), "established")), "{:?}", states(&dp));
+
     // A reset holds the port until its timeout (1 s here); then another connection takes it.
     dp.run_on(FROM_POD, &b(TCP_RST), Some(eth0));
     assert!(states(&dp).contains(&(format!("{pod}:40001"), "reset")), "{:?}", states(&dp));

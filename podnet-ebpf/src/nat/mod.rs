@@ -195,16 +195,24 @@ impl Flow {
 const SEEN_REFRESH_NS: u64 = 1_000_000_000;
 
 /// Marks a conntrack entry as seen now (to within [`SEEN_REFRESH_NS`]), with this packet's flags.
+/// A packet without RST after an RST in the same direction takes the RST back: the sender goes
+/// on talking, so that reset was not its own (resets' sequence numbers are not checked; a forged
+/// one must not end a live connection's translation).
 #[inline(always)]
 fn touch(entry: *mut CtEntry, now: u64, flags: u8) {
     // SAFETY: `entry` comes from a successful map lookup; concurrent writers only store
-    // timestamps and OR flags, so a lost update is harmless.
+    // timestamps and set or clear flags, so a lost update is harmless.
     unsafe {
         if now.saturating_sub((*entry).seen_ns) >= SEEN_REFRESH_NS {
             (*entry).seen_ns = now;
         }
-        if (*entry).flags | flags != (*entry).flags {
-            (*entry).flags |= flags;
+        let had = (*entry).flags;
+        let mut want = had | flags;
+        if flags & ct_flags::RST == 0 {
+            want &= !ct_flags::RST;
+        }
+        if want != had {
+            (*entry).flags = want;
         }
     }
 }
