@@ -53,7 +53,11 @@ struct Loaded {
 impl Loaded {
     fn new(tag: &str) -> Self {
         let pins = PinDir::for_node(&format!("testrun-{tag}{}", std::process::id()));
-        let datapath = Datapath::load(&pins, TableSizes::default()).expect("load the embedded eBPF object");
+        let datapath = Datapath::load(&pins, TableSizes::default()).unwrap_or_else(|e| {
+            // No `Loaded` to drop yet: what the load pinned goes here.
+            let _ = pins.remove();
+            panic!("load the embedded eBPF object: {e:?}")
+        });
         let mut endpoints = Endpoints::open(&pins).unwrap();
         // The pod's "host veth" is `lo` (ifindex 1): the devmap takes only devices that exist.
         let endpoint = Endpoint { host_ifindex: 1, flags: 0, pod_mac: POD_MAC, host_mac: HOST_MAC };
