@@ -249,6 +249,19 @@ impl CtKey {
             _pad: [0; 3],
         }
     }
+
+    /// The inverse of [`CtKey::reply`]: the pod-side key of the connection whose reply key this
+    /// is, the pod being `pod_ip`:`pod_port` (what its reply-side entry holds).
+    pub const fn pod_side(&self, pod_ip: [u8; 4], pod_port: u16) -> CtKey {
+        CtKey {
+            saddr: pod_ip,
+            daddr: self.saddr,
+            sport: pod_port,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// A fragmented datagram: its addresses (network byte order), IP identification (as in the

@@ -82,10 +82,7 @@ pub fn nat_table(translations: &[Translation]) -> String {
                 t.pod.clone(),
                 t.node.clone(),
                 t.remote.clone(),
-                serde_json::to_value(t.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                t.state.name().to_owned(),
                 format!("{:.0}s", t.age_s),
                 format!("{:.0}s", t.idle_s),
             ]

@@ -382,7 +382,7 @@ fn nat_keeps_one_connection_per_node_port() {
     };
     let reply_key = key(40000).reply(node.octets(), port.to_be());
     let states = |dp: &Loaded| -> Vec<(String, &'static str)> {
-        nat::list(&dp.pins).unwrap().into_iter().map(|t| (t.pod, t.state)).collect()
+        nat::list(&dp.pins).unwrap().into_iter().map(|t| (t.pod, t.state.name())).collect()
     };
     let settle = || std::thread::sleep(std::time::Duration::from_millis(1100));
 

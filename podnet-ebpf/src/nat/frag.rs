@@ -63,8 +63,6 @@ pub fn translate(ctx: &TcContext, ip: &Ipv4, addr_offset: usize) -> Result<Optio
         let _ = NAT_FRAGS.remove(&key);
     }
     let old = if addr_offset == Ipv4::SADDR_OFFSET { ip.saddr() } else { ip.daddr() };
-    let (old32, new32) = (u64::from(u32::from_ne_bytes(old)), u64::from(u32::from_ne_bytes(new)));
-    ctx.store(addr_offset, &new, 0).map_err(|_| Malformed)?;
-    ctx.l3_csum_replace(Ipv4::CHECK_OFFSET, old32, new32, 4).map_err(|_| Malformed)?;
+    super::set_address(ctx, addr_offset, old, new)?;
     Ok(Some(new))
 }

@@ -23,9 +23,7 @@ const ECHO_REQUEST: u8 = 8;
 struct Quoted {
     /// Offset of the quoted IPv4 header.
     ip: usize,
-    /// Its addresses (network byte order) and its header checksum as it sits in the packet.
-    saddr: [u8; 4],
-    daddr: [u8; 4],
+    /// Its header checksum as it sits in the packet.
     check: u16,
     /// The connection key it shows, from its own source to its destination (for an echo
     /// request the identifier is the source "port", for an echo reply the destination one).
@@ -76,7 +74,7 @@ impl Quoted {
             _ => return None,
         };
         let key = CtKey { saddr, daddr, sport, dport, proto, _pad: [0; 3] };
-        Some(Quoted { ip: inner, saddr, daddr, check, key, sport_at, dport_at })
+        Some(Quoted { ip: inner, check, key, sport_at, dport_at })
     }
 
     /// The key of the translation this packet belongs to, seen from the other end: for a
@@ -102,14 +100,21 @@ pub fn inbound(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<Option<[u8
     let Some(q) = Quoted::parse(ctx, ip) else {
         return Ok(None);
     };
-    if q.saddr != cfg.node_ip {
+    if q.key.saddr != cfg.node_ip {
         return Ok(None);
     }
     let entry = if q.key.proto == TCP { lookup::<Tcp>(&q, false) } else { lookup::<Other>(&q, false) };
     let Some((pod, pod_port)) = entry else {
         return Ok(None);
     };
-    rewrite(ctx, ip, &q, Ipv4::DADDR_OFFSET, (q.ip + 12, q.saddr, pod), (q.sport_at, q.key.sport, pod_port))?;
+    rewrite(
+        ctx,
+        ip,
+        &q,
+        Ipv4::DADDR_OFFSET,
+        (q.ip + 12, q.key.saddr, pod),
+        (q.sport_at, q.key.sport, pod_port),
+    )?;
     Ok(Some(pod))
 }
 
@@ -120,7 +125,7 @@ pub fn outbound(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<bool, Mal
     let Some(q) = Quoted::parse(ctx, ip) else {
         return Ok(false);
     };
-    if q.daddr != ip.saddr() {
+    if q.key.daddr != ip.saddr() {
         return Ok(false);
     }
     let entry = if q.key.proto == TCP { lookup::<Tcp>(&q, true) } else { lookup::<Other>(&q, true) };
@@ -132,7 +137,7 @@ pub fn outbound(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<bool, Mal
         ip,
         &q,
         Ipv4::SADDR_OFFSET,
-        (q.ip + 16, q.daddr, node),
+        (q.ip + 16, q.key.daddr, node),
         (q.dport_at, q.key.dport, node_port),
     )?;
     Ok(true)
@@ -167,9 +172,7 @@ fn rewrite(
     (port_at, old_port, new_port): (usize, u16, u16),
 ) -> Result<(), Malformed> {
     let icmp_check = ip.l4_offset() + 2;
-    let (old32, new32) = (u64::from(u32::from_ne_bytes(old)), u64::from(u32::from_ne_bytes(new)));
-    ctx.store(outer_at, &new, 0).map_err(|_| Malformed)?;
-    ctx.l3_csum_replace(Ipv4::CHECK_OFFSET, old32, new32, 4).map_err(|_| Malformed)?;
+    let (old32, new32) = super::set_address(ctx, outer_at, old, new)?;
     // Inside the ICMP payload: each change moves the ICMP checksum by as much.
     ctx.store(at, &new, 0).map_err(|_| Malformed)?;
     ctx.l4_csum_replace(icmp_check, old32, new32, 4).map_err(|_| Malformed)?;

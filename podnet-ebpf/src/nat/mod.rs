@@ -175,10 +175,7 @@ impl Flow {
         (old_addr, new_addr): ([u8; 4], [u8; 4]),
         (old_port, new_port): (u16, u16),
     ) -> Result<(), Malformed> {
-        let (old_a, new_a) =
-            (u64::from(u32::from_ne_bytes(old_addr)), u64::from(u32::from_ne_bytes(new_addr)));
-        ctx.store(addr_offset, &new_addr, 0).map_err(|_| Malformed)?;
-        ctx.l3_csum_replace(Ipv4::CHECK_OFFSET, old_a, new_a, 4).map_err(|_| Malformed)?;
+        let (old_a, new_a) = set_address(ctx, addr_offset, old_addr, new_addr)?;
         if self.pseudo {
             let flags = u64::from(BPF_F_PSEUDO_HDR) | self.mangled | 4;
             ctx.l4_csum_replace(self.csum, old_a, new_a, flags).map_err(|_| Malformed)?;
@@ -187,6 +184,17 @@ impl Flow {
         ctx.l4_csum_replace(self.csum, u64::from(old_port), u64::from(new_port), self.mangled | 2)
             .map_err(|_| Malformed)
     }
+}
+
+/// Writes IPv4 address `new` over `old` at `offset` (source or destination) and fixes the header
+/// checksum; returns both as the checksum helpers take them, for the L4 checksums that cover
+/// the address too.
+#[inline(always)]
+fn set_address(ctx: &TcContext, offset: usize, old: [u8; 4], new: [u8; 4]) -> Result<(u64, u64), Malformed> {
+    let (old32, new32) = (u64::from(u32::from_ne_bytes(old)), u64::from(u32::from_ne_bytes(new)));
+    ctx.store(offset, &new, 0).map_err(|_| Malformed)?;
+    ctx.l3_csum_replace(Ipv4::CHECK_OFFSET, old32, new32, 4).map_err(|_| Malformed)?;
+    Ok((old32, new32))
 }
 
 /// How stale `seen_ns` may get: refreshing it at most this often keeps busy flows from writing
@@ -254,13 +262,11 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
                 Verdict::drop(Reason::DropNotNatable)
             }));
         }
-        let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
-        return Ok(Some(routing::transmit(&ip, &route, Reason::RedirectNat)));
+        return send_translated(ctx, &route, Reason::RedirectNat);
     }
     let Some(flow) = Flow::parse(ctx, ip, true)? else {
         if icmp::outbound(ctx, ip, &cfg)? {
-            let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
-            return Ok(Some(routing::transmit(&ip, &route, Reason::RedirectNat)));
+            return send_translated(ctx, &route, Reason::RedirectNat);
         }
         // Networks in `allow_from` route the pod CIDR back to this node: they get pod addresses.
         return Ok(Some(if isolation::in_allowed_network(ip.daddr()) {
@@ -280,9 +286,19 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
     };
     frag::remember(ip, cfg.node_ip);
     flow.rewrite(ctx, Ipv4::SADDR_OFFSET, (flow.key.saddr, cfg.node_ip), (flow.key.sport, port))?;
-    // The helpers may have moved the packet: parse it again before the last writes.
+    send_translated(ctx, &route, reason)
+}
+
+/// Sends a packet just translated out by `route`, counted as `reason` (the checksum helpers may
+/// have moved the packet: it is parsed again before the last writes).
+#[inline(always)]
+fn send_translated(
+    ctx: &TcContext,
+    route: &routing::Route,
+    reason: Reason,
+) -> Result<Option<Verdict>, Malformed> {
     let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
-    Ok(Some(routing::transmit(&ip, &route, reason)))
+    Ok(Some(routing::transmit(&ip, route, reason)))
 }
 
 /// The node port of `flow`'s translation in tables `T`, made now if it has none, with the reason
@@ -464,15 +480,7 @@ fn expired<T: Tables>(reply: *const CtEntry, reply_key: &CtKey, cfg: &NatConfig,
     // SAFETY: from a successful lookup.
     let (addr, port, reply_seen, reply_flags) =
         unsafe { ((*reply).addr, (*reply).port, (*reply).seen_ns, (*reply).flags) };
-    let pod_key = CtKey {
-        saddr: addr,
-        daddr: reply_key.saddr,
-        sport: port,
-        dport: reply_key.sport,
-        proto: reply_key.proto,
-        _pad: [0; 3],
-    };
-    let (out_seen, out_flags) = match T::out().get_ptr(&pod_key) {
+    let (out_seen, out_flags) = match T::out().get_ptr(&reply_key.pod_side(addr, port)) {
         // SAFETY: from a successful lookup.
         Some(out) => unsafe { ((*out).seen_ns, (*out).flags) },
         None => (0, 0),
@@ -492,17 +500,14 @@ pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malfo
     if ip.daddr() != cfg.node_ip {
         return Ok(None);
     }
-    let pod = if frag::is_later(ip) {
-        frag::translate(ctx, ip, Ipv4::DADDR_OFFSET)?
-    } else {
-        icmp::inbound(ctx, ip, &cfg)?
-    };
-    if let Some(pod) = pod {
-        let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
-        return Ok(Some(deliver_reply(&ip, pod)));
-    }
     if frag::is_later(ip) {
-        return Ok(None);
+        let Some(pod) = frag::translate(ctx, ip, Ipv4::DADDR_OFFSET)? else {
+            return Ok(None);
+        };
+        return deliver_reply(ctx, pod);
+    }
+    if let Some(pod) = icmp::inbound(ctx, ip, &cfg)? {
+        return deliver_reply(ctx, pod);
     }
     let Some(flow) = Flow::parse(ctx, ip, false)? else {
         return Ok(None);
@@ -518,15 +523,16 @@ pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malfo
     let (pod_ip, pod_port) = unsafe { ((*entry).addr, (*entry).port) };
     frag::remember(ip, pod_ip);
     flow.rewrite(ctx, Ipv4::DADDR_OFFSET, (flow.key.daddr, pod_ip), (flow.key.dport, pod_port))?;
-    let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
-    Ok(Some(deliver_reply(&ip, pod_ip)))
+    deliver_reply(ctx, pod_ip)
 }
 
-/// Delivers translated reply `ip` into pod `pod`.
+/// Delivers a reply just translated for pod `pod` into it (the rewrite may have moved the
+/// packet: it is parsed again).
 #[inline(always)]
-fn deliver_reply(ip: &Ipv4, pod: [u8; 4]) -> Verdict {
-    match endpoints::lookup(pod) {
-        Some(ep) => endpoints::deliver(ip, &ep, Hop::NatReply),
+fn deliver_reply(ctx: &TcContext, pod: [u8; 4]) -> Result<Option<Verdict>, Malformed> {
+    let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
+    Ok(Some(match endpoints::lookup(pod) {
+        Some(ep) => endpoints::deliver(&ip, &ep, Hop::NatReply),
         None => Verdict::pass(Reason::PassUplinkNotLocal),
-    }
+    }))
 }

@@ -408,14 +408,7 @@ impl Conntrack {
             .into_iter()
             .flat_map(|t| {
                 t.inbound.iter().flatten().filter_map(|(reply, entry)| {
-                    let pod = CtKey {
-                        saddr: entry.addr,
-                        daddr: reply.saddr,
-                        sport: entry.port,
-                        dport: reply.sport,
-                        proto: reply.proto,
-                        _pad: [0; 3],
-                    };
+                    let pod = reply.pod_side(entry.addr, entry.port);
                     t.out.get(&pod, 0).is_err().then_some((reply, entry, pod))
                 })
             })

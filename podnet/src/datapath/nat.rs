@@ -38,21 +38,24 @@ pub struct Translation {
     pub pod: String,
     pub node: String,
     pub remote: String,
-    /// `syn_sent`, `established`, `time_wait`, `udp` or `icmp`.
-    pub state: &'static str,
+    /// Shown by name: `syn_sent`, `established`, `time_wait`, `reset`, `udp` or `icmp`.
+    #[serde(serialize_with = "state_name")]
+    pub state: CtState,
     /// Seconds since the translation was made.
     pub age_s: f64,
     /// Seconds since the last packet in either direction.
     pub idle_s: f64,
     #[serde(skip)]
     keys: (CtKey, CtKey),
-    #[serde(skip)]
-    ct_state: CtState,
     /// `seen_ns` of both sides when read: a translation is removed only if they are unchanged.
     #[serde(skip)]
     seen: (u64, Option<u64>),
     #[serde(skip)]
     replied: bool,
+}
+
+fn state_name<S: serde::Serializer>(state: &CtState, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(state.name())
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
@@ -84,11 +87,10 @@ fn decode((key, out, reply_key, reply): &CtPair, now: u64) -> Translation {
         } else {
             endpoint(key.daddr, key.dport)
         },
-        state: CtState::of(key.proto, out.flags, reply_flags).name(),
+        state: CtState::of(key.proto, out.flags, reply_flags),
         age_s: secs(out.created_ns),
         idle_s: secs(seen),
         keys: (*key, *reply_key),
-        ct_state: CtState::of(key.proto, out.flags, reply_flags),
         seen: (out.seen_ns, reply.map(|r| r.seen_ns)),
         replied: reply_flags & ct_flags::SEEN != 0,
     }
@@ -125,7 +127,7 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collecte
     let mut done = Collected::default();
     let mut live: Vec<Translation> = Vec::new();
     for t in ct.pairs().iter().map(|p| decode(p, now)) {
-        if Duration::from_secs_f64(t.idle_s) > timeouts.of(t.ct_state) {
+        if Duration::from_secs_f64(t.idle_s) > timeouts.of(t.state) {
             done.expired += usize::from(remove_if_unchanged(&mut ct, &t));
         } else {
             live.push(t);
@@ -159,7 +161,7 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collecte
                 .iter()
                 .filter(|t| (t.keys.0.proto == proto::TCP) == (table.table == "tcp"))
                 .filter(|t| t.seen.1.is_some())
-                .filter(|t| !t.replied || matches!(t.ct_state, CtState::TcpTimeWait | CtState::TcpReset))
+                .filter(|t| !t.replied || matches!(t.state, CtState::TcpTimeWait | CtState::TcpReset))
                 .collect();
             droppable.sort_by(|a, b| b.idle_s.total_cmp(&a.idle_s));
             for t in droppable.into_iter().take(excess) {
@@ -273,6 +275,6 @@ mod tests {
             (t.pod.as_str(), t.node.as_str(), t.remote.as_str()),
             ("10.1.1.2:40000", "192.168.50.1:61000", "192.168.50.100:80")
         );
-        assert_eq!((t.state, t.age_s, t.idle_s), ("established", 5.0, 1.0));
+        assert_eq!((t.state.name(), t.age_s, t.idle_s), ("established", 5.0, 1.0));
     }
 }
