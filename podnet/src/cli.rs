@@ -118,6 +118,13 @@ pub enum Command {
     /// it without detaching anything: the pinned datapath keeps forwarding, and the next agent
     /// (after a crash or an upgrade) picks the pinned state up. Run it under your service manager
     /// on every node; without it the CLI and the CNI plugin change the pinned state directly.
+    ///
+    /// With a [cluster] section it first joins the cluster through etcd: it leases the node's
+    /// pod CIDR (node.pod_cidr, or a free one of cluster_cidr, kept across restarts in
+    /// <state_dir>/<node>/lease.json) under an etcd lease it keeps alive, then follows the other
+    /// nodes' leases: a node that joins becomes a peer, one whose lease runs out goes. While etcd
+    /// is unreachable nothing is removed and it retries. Keys and values: see README, "A cluster
+    /// through etcd"; inspect them with `etcdctl get --prefix /podnet`.
     Agent {
         /// Seconds between NAT sweeps.
         #[arg(long, default_value_t = 5)]

@@ -52,6 +52,13 @@ pub enum ConfigError {
     Parse { source_name: Source, message: String },
     #[error("{source_name}: {field}: {problem}")]
     Invalid { source_name: Source, field: String, problem: String },
+    #[error(
+        "{source_name}: node.pod_cidr is not set and node {node:?} holds no lease from the cluster yet: \
+         start `podnet agent`, which leases one from [cluster] etcd"
+    )]
+    NotLeased { source_name: Source, node: String },
+    #[error("cannot read the node's lease record")]
+    LeaseRecord(#[source] Box<crate::discovery::DiscoveryError>),
 }
 
 /// A validated node configuration.
@@ -66,7 +73,41 @@ pub struct Config {
     pub peers: Vec<PeerNode>,
     /// Masquerading of pod traffic to the outside.
     pub nat: Nat,
+    /// Membership of a cluster through etcd: a leased pod CIDR and peers learned from it.
+    pub cluster: Option<Cluster>,
 }
+
+/// A cluster whose nodes find each other through etcd (see [`crate::discovery`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Client URLs of the etcd members, all `http://` or all `https://`.
+    pub etcd: Vec<String>,
+    /// TLS for `https://` endpoints.
+    pub tls: Option<EtcdTls>,
+    /// Pod CIDRs are leased out of this range.
+    pub cluster_cidr: Ipv4Net,
+    /// Prefix length of every node's pod CIDR.
+    pub node_prefix: u8,
+    /// How long a node's lease outlives its agent.
+    pub lease_ttl: Duration,
+    /// Key prefix in etcd, e.g. "/podnet".
+    pub prefix: String,
+    /// `node.pod_cidr` was set: the node claims that one instead of leasing any.
+    pub pod_cidr_configured: bool,
+}
+
+/// Files for TLS to etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA that signed the etcd servers' certificates.
+    pub ca: PathBuf,
+    /// A client certificate and its key, when etcd asks for one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// Shortest and longest lease TTL, in seconds.
+const LEASE_TTL_MIN: u64 = 2;
+const LEASE_TTL_MAX: u64 = 3600;
 
 /// Masquerade settings: on by default when the node has an uplink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +265,20 @@ struct RawConfig {
     peers: Vec<RawPeer>,
     #[serde(default)]
     nat: RawNat,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    etcd: Vec<String>,
+    cluster_cidr: String,
+    node_prefix: u8,
+    lease_ttl: Option<u64>,
+    prefix: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -266,7 +321,7 @@ struct RawPeer {
 #[serde(deny_unknown_fields)]
 struct RawNode {
     name: String,
-    pod_cidr: String,
+    pod_cidr: Option<String>,
     #[serde(default = "default_bridge")]
     bridge: String,
     gateway: Option<String>,
@@ -287,25 +342,116 @@ fn default_bridge() -> String {
 }
 
 impl Config {
-    /// Reads and validates `path`, or the built-in config when `path` is `None`.
+    /// Reads and validates `path`, or the built-in config when `path` is `None`. A node of a
+    /// `[cluster]` without `node.pod_cidr` gets the pod CIDR its agent leased (see [`Draft`]).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Draft::load(path)?.resolve(None)
+    }
+
+    /// Parses and validates TOML text whose `node.pod_cidr` is set.
+    pub fn parse(text: &str, source: Source) -> Result<Self, ConfigError> {
+        Draft::parse(text.to_owned(), source)?.resolve(None)
+    }
+
+    /// Whether the pod CIDR came from the cluster rather than the file.
+    pub fn pod_cidr_leased(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| !c.pod_cidr_configured)
+    }
+}
+
+/// A config file checked as far as it can be before its node has a pod CIDR: a `[cluster]` node
+/// without `node.pod_cidr` leases one (`podnet agent` does, see [`crate::discovery`]). Every check
+/// that depends on the pod CIDR holds for any CIDR the cluster can lease (pods then have no
+/// fixed addresses, `allow_from` stays out of `cluster_cidr`, ...), so a draft that loads
+/// resolves with any lease.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    text: String,
+    source: Source,
+    /// The config with the configured pod CIDR, or a stand-in from the cluster range.
+    checked: Config,
+}
+
+impl Draft {
+    /// Reads and checks `path`, or the built-in config when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         match path {
-            None => Self::parse(DEFAULT_TOML, Source::BuiltIn),
+            None => Self::parse(DEFAULT_TOML.to_owned(), Source::BuiltIn),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                Self::parse(&text, Source::File(path.to_owned()))
+                Self::parse(text, Source::File(path.to_owned()))
             }
         }
     }
 
-    /// Parses and validates TOML text.
-    pub fn parse(text: &str, source: Source) -> Result<Self, ConfigError> {
+    fn parse(text: String, source: Source) -> Result<Self, ConfigError> {
+        let checked = Self::validate(&text, &source, None)?;
+        Ok(Self { text, source, checked })
+    }
+
+    fn validate(text: &str, source: &Source, leased: Option<Ipv4Net>) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             source_name: source.clone(),
             message: cut_lines(e.to_string().trim_end(), QUOTED_MAX),
         })?;
-        Validator { source }.validate(raw)
+        Validator { source: source.clone() }.validate(raw, leased)
+    }
+
+    /// The node's name.
+    pub fn node_name(&self) -> &str {
+        &self.checked.node.name
+    }
+
+    /// What the node needs to join its cluster; `None` without `[cluster]`.
+    pub fn membership(&self) -> Option<Membership> {
+        self.checked.membership()
+    }
+
+    /// The node's config with its pod CIDR: the configured one; else `leased`, or the one the
+    /// node's agent leased last (its lease record), if the cluster still leases it.
+    pub fn resolve(&self, leased: Option<Ipv4Net>) -> Result<Config, ConfigError> {
+        let Some(cluster) = self.checked.cluster.as_ref().filter(|c| !c.pod_cidr_configured) else {
+            return Ok(self.checked.clone());
+        };
+        let leased = match leased {
+            Some(cidr) => Some(cidr),
+            None => crate::discovery::LeaseRecord::load(&self.checked.node.state())
+                .map_err(|e| ConfigError::LeaseRecord(Box::new(e)))?
+                .map(|record| record.pod_cidr),
+        };
+        let leased = leased.filter(|c| cluster.leases(*c)).ok_or_else(|| ConfigError::NotLeased {
+            source_name: self.source.clone(),
+            node: self.node_name().to_owned(),
+        })?;
+        Self::validate(&self.text, &self.source, Some(leased))
+    }
+}
+
+/// What a node needs to join its cluster, known before it has a pod CIDR.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub cluster: Cluster,
+    pub node: String,
+    /// The node's address in the cluster: its uplink IP.
+    pub node_ip: Ipv4Addr,
+    /// The node's state directory (its lease record is kept there).
+    pub state: PathBuf,
+    /// `node.pod_cidr`, when the file sets it: the node claims that one.
+    pub pod_cidr: Option<Ipv4Net>,
+}
+
+impl Config {
+    /// What the node needs to join its cluster; `None` without `[cluster]`.
+    pub fn membership(&self) -> Option<Membership> {
+        let (cluster, uplink) = (self.cluster.as_ref()?, self.uplink.as_ref()?);
+        Some(Membership {
+            cluster: cluster.clone(),
+            node: self.node.name.clone(),
+            node_ip: uplink.ip,
+            state: self.node.state(),
+            pod_cidr: cluster.pod_cidr_configured.then_some(self.node.pod_cidr),
+        })
     }
 }
 
@@ -322,8 +468,14 @@ impl Validator {
         }
     }
 
-    fn validate(self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let node = self.node(raw.node)?;
+    fn validate(self, raw: RawConfig, leased: Option<Ipv4Net>) -> Result<Config, ConfigError> {
+        let configured = raw.node.pod_cidr.is_some();
+        let cluster = raw.cluster.map(|c| self.cluster(c, configured)).transpose()?;
+        let leased = match (&cluster, leased) {
+            (Some(cluster), None) if !configured => Some(cluster.stand_in()),
+            (_, leased) => leased,
+        };
+        let node = self.node(raw.node, leased)?;
         let mut pods = Vec::with_capacity(raw.pods.len());
         let (mut names, mut ips, mut namespaces) = (HashSet::new(), HashSet::new(), HashSet::new());
         for (i, raw_pod) in raw.pods.into_iter().enumerate() {
@@ -351,10 +503,135 @@ impl Validator {
             let pod_cidr = self.cidr(&field("pod_cidr"), &raw_peer.pod_cidr)?;
             let peer = PeerNode { name: raw_peer.name, ip, pod_cidr };
             check_peer(&node, uplink.as_ref(), &peers, &peer).map_err(|(f, p)| self.invalid(field(f), p))?;
+            if let Some(cluster) = cluster.as_ref().filter(|c| overlaps(c.cluster_cidr, peer.pod_cidr)) {
+                return Err(self.invalid(
+                    field("pod_cidr"),
+                    format!(
+                        "{} overlaps cluster.cluster_cidr {}: the cluster's nodes are peers through etcd",
+                        peer.pod_cidr, cluster.cluster_cidr
+                    ),
+                ));
+            }
             peers.push(peer);
         }
+        if let Some(cluster) = &cluster {
+            self.check_cluster_node(cluster, &pods, uplink.as_ref())?;
+        }
         let nat = self.nat(raw.nat, uplink.is_some())?;
-        Ok(Config { source: self.source, node, pods, uplink, peers, nat })
+        Ok(Config { source: self.source, node, pods, uplink, peers, nat, cluster })
+    }
+
+    fn cluster(&self, raw: RawCluster, pod_cidr_configured: bool) -> Result<Cluster, ConfigError> {
+        if raw.etcd.is_empty() {
+            return Err(self.invalid("cluster.etcd", "no endpoint: list etcd's client URLs"));
+        }
+        let tls = raw.etcd.iter().any(|e| e.starts_with("https://"));
+        for (i, endpoint) in raw.etcd.iter().enumerate() {
+            check_endpoint(endpoint, tls).map_err(|p| self.invalid(format!("cluster.etcd[{i}]"), p))?;
+        }
+        let tls = match (tls, raw.ca, raw.cert, raw.key) {
+            (false, None, None, None) => None,
+            (false, ..) => {
+                return Err(self.invalid("cluster.ca", "ca, cert and key are for https:// endpoints"));
+            }
+            (true, None, ..) => {
+                return Err(self.invalid(
+                    "cluster.ca",
+                    "missing: https:// endpoints need the CA that signed etcd's certificate",
+                ));
+            }
+            (true, Some(ca), Some(cert), Some(key)) => Some(EtcdTls { ca, identity: Some((cert, key)) }),
+            (true, Some(ca), None, None) => Some(EtcdTls { ca, identity: None }),
+            (true, Some(_), ..) => {
+                return Err(self.invalid("cluster.cert", "a client certificate needs both cert and key"));
+            }
+        };
+        let cluster_cidr = self.cidr("cluster.cluster_cidr", &raw.cluster_cidr)?;
+        if !(cluster_cidr.prefix_len()..=30).contains(&raw.node_prefix) {
+            return Err(self.invalid(
+                "cluster.node_prefix",
+                format!(
+                    "{} is not a prefix length from {} (cluster_cidr's own) to 30",
+                    raw.node_prefix,
+                    cluster_cidr.prefix_len()
+                ),
+            ));
+        }
+        let lease_ttl = match raw.lease_ttl.unwrap_or(30) {
+            s @ LEASE_TTL_MIN..=LEASE_TTL_MAX => Duration::from_secs(s),
+            s => {
+                return Err(self.invalid(
+                    "cluster.lease_ttl",
+                    format!("{s} is not a TTL from {LEASE_TTL_MIN} to {LEASE_TTL_MAX} seconds"),
+                ));
+            }
+        };
+        let prefix = raw.prefix.unwrap_or_else(|| "/podnet".to_owned());
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b"/-_.".contains(&b);
+        if !prefix.starts_with('/')
+            || prefix.ends_with('/')
+            || prefix.len() > 64
+            || !prefix.bytes().all(plain)
+        {
+            return Err(self.invalid(
+                "cluster.prefix",
+                format!(
+                    "{prefix:?} is not a key prefix like \"/podnet\" (a leading '/', no trailing one, \
+                     at most 64 of a-z, A-Z, 0-9, '/', '-', '_', '.')"
+                ),
+            ));
+        }
+        Ok(Cluster {
+            etcd: raw.etcd,
+            tls,
+            cluster_cidr,
+            node_prefix: raw.node_prefix,
+            lease_ttl,
+            prefix,
+            pod_cidr_configured,
+        })
+    }
+
+    /// What a cluster node needs: an uplink outside the cluster range, and, when its pod CIDR is
+    /// leased, nothing in the file that depends on which one it gets.
+    fn check_cluster_node(
+        &self,
+        cluster: &Cluster,
+        pods: &[Pod],
+        uplink: Option<&Uplink>,
+    ) -> Result<(), ConfigError> {
+        let Some(uplink) = uplink else {
+            return Err(self.invalid(
+                "cluster",
+                "a cluster node needs an [uplink]: its ip is the node's address in the cluster",
+            ));
+        };
+        if cluster.cluster_cidr.contains(&uplink.ip) {
+            return Err(self.invalid(
+                "uplink.ip",
+                format!("{} lies in cluster.cluster_cidr {}", uplink.ip, cluster.cluster_cidr),
+            ));
+        }
+        if cluster.pod_cidr_configured {
+            return Ok(());
+        }
+        if let Some(i) = pods.iter().position(|p| p.ip.is_some()) {
+            return Err(self.invalid(
+                format!("pod[{i}].ip"),
+                "the node's pod CIDR is leased from the cluster, so pods get their addresses from IPAM: \
+                 leave ip out, or set node.pod_cidr",
+            ));
+        }
+        if let Some(i) = uplink.allow_from.iter().position(|a| overlaps(*a, cluster.cluster_cidr)) {
+            return Err(self.invalid(
+                format!("uplink.allow_from[{i}]"),
+                format!(
+                    "{} overlaps cluster.cluster_cidr {}: other nodes' pods reach pods as peers",
+                    uplink.allow_from[i], cluster.cluster_cidr
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn nat(&self, raw: RawNat, has_uplink: bool) -> Result<Nat, ConfigError> {
@@ -450,10 +727,26 @@ impl Validator {
         parse_cidr(text).map_err(|p| self.invalid(field, p))
     }
 
-    fn node(&self, raw: RawNode) -> Result<Node, ConfigError> {
+    fn node(&self, raw: RawNode, leased: Option<Ipv4Net>) -> Result<Node, ConfigError> {
         check_name(&raw.name, 32).map_err(|p| self.invalid("node.name", p))?;
         check_ifname(&raw.bridge).map_err(|p| self.invalid("node.bridge", p))?;
-        let pod_cidr = self.cidr("node.pod_cidr", &raw.pod_cidr)?;
+        let pod_cidr = match (&raw.pod_cidr, leased) {
+            (Some(text), _) => self.cidr("node.pod_cidr", text)?,
+            (None, Some(leased)) => leased,
+            (None, None) => {
+                return Err(self.invalid(
+                    "node.pod_cidr",
+                    "missing: set the node's pod address range, or add a [cluster] to lease one",
+                ));
+            }
+        };
+        if raw.pod_cidr.is_none() && raw.gateway.is_some() {
+            return Err(self.invalid(
+                "node.gateway",
+                "the pod CIDR is leased from the cluster, so the gateway is its first address: \
+                 leave gateway out, or set node.pod_cidr",
+            ));
+        }
         if pod_cidr.prefix_len() > 30 {
             return Err(
                 self.invalid("node.pod_cidr", format!("{pod_cidr} is too small: use a /30 or larger"))
@@ -596,7 +889,6 @@ pub fn check_peer(
             format!("{} holds this node's uplink address {}", peer.pod_cidr, uplink.ip),
         ));
     }
-    let overlaps = |a: Ipv4Net, b: Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
     if overlaps(peer.pod_cidr, node.pod_cidr) {
         return Err((
             "pod_cidr",
@@ -609,8 +901,49 @@ pub fn check_peer(
     Ok(())
 }
 
+/// Whether two networks share an address.
+pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+impl Cluster {
+    /// Pod CIDRs the cluster leases, in order.
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> {
+        self.cluster_cidr.subnets(self.node_prefix).into_iter().flatten()
+    }
+
+    /// Whether `cidr` is one the cluster leases.
+    pub fn leases(&self, cidr: Ipv4Net) -> bool {
+        cidr.prefix_len() == self.node_prefix && self.cluster_cidr.contains(&cidr)
+    }
+
+    /// A pod CIDR the cluster could lease, to check a config against before the node has one.
+    fn stand_in(&self) -> Ipv4Net {
+        self.subnets().next().expect("node_prefix is at least cluster_cidr's")
+    }
+}
+
+/// Checks an etcd client URL: `http://HOST:PORT` (or `https://` when `tls`), nothing after.
+fn check_endpoint(endpoint: &str, tls: bool) -> Result<(), String> {
+    let scheme = if tls { "https://" } else { "http://" };
+    let bad = || format!("{endpoint:?} is not an etcd client URL like {scheme}192.168.50.250:2379");
+    let Some(rest) = endpoint.strip_prefix(scheme) else {
+        return Err(if endpoint.starts_with("http") {
+            format!("{endpoint:?}: all endpoints use one scheme ({scheme} here)")
+        } else {
+            bad()
+        });
+    };
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
+    if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 /// Names end up in interface names, namespace names and bpffs paths: keep them plain.
-fn check_name(name: &str, max: usize) -> Result<(), String> {
+pub fn check_name(name: &str, max: usize) -> Result<(), String> {
     if name.is_empty() || name.len() > max {
         return Err(format!("{name:?} must be 1 to {max} characters long"));
     }
@@ -870,5 +1203,129 @@ mod tests {
         .unwrap();
         assert_eq!(c.node.gateway, Ipv4Addr::new(10, 1, 1, 254));
         assert_eq!(c.pods[0].netns, "ns_a");
+    }
+
+    const CLUSTER: &str = "[cluster]\netcd = [\"http://192.168.50.250:2379\"]\ncluster_cidr = \"10.1.0.0/16\"\nnode_prefix = 24\n";
+
+    #[test]
+    fn a_cluster_node_leases_its_pod_cidr() {
+        let text = format!("[node]\nname = \"n1\"\n{UPLINK}{CLUSTER}[[pod]]\nname = \"a\"\n");
+        let draft = Draft::parse(text, Source::File("test.toml".into())).unwrap();
+        let member = draft.membership().unwrap();
+        assert_eq!(member.pod_cidr, None);
+        assert_eq!(member.cluster.lease_ttl, Duration::from_secs(30));
+        assert_eq!(member.cluster.prefix, "/podnet");
+        assert_eq!(member.cluster.subnets().count(), 256);
+        let leased: Ipv4Net = "10.1.7.0/24".parse().unwrap();
+        let config = draft.resolve(Some(leased)).unwrap();
+        assert_eq!((config.node.pod_cidr, config.node.gateway), (leased, Ipv4Addr::new(10, 1, 7, 1)));
+        assert!(config.pod_cidr_leased());
+        // Configured: claimed as it is.
+        let text = format!("{NODE}{UPLINK}{CLUSTER}");
+        let config = Config::parse(&text, Source::BuiltIn).unwrap();
+        assert!(!config.pod_cidr_leased());
+        assert_eq!(config.membership().unwrap().pod_cidr, Some("10.1.1.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let node = "[node]\nname = \"n1\"\n";
+        let cluster = |body: &str| format!("[cluster]\n{body}");
+        let base = "cluster_cidr = \"10.1.0.0/16\"\nnode_prefix = 24\n";
+        let etcd = "etcd = [\"http://192.168.50.250:2379\"]\n";
+        for (config, error) in [
+            (
+                format!("{node}{UPLINK}"),
+                "test.toml: node.pod_cidr: missing: set the node's pod address range, or add a [cluster] to lease one",
+            ),
+            (
+                format!("{node}{UPLINK}{}", cluster(&format!("etcd = []\n{base}"))),
+                "test.toml: cluster.etcd: no endpoint: list etcd's client URLs",
+            ),
+            (
+                format!("{node}{UPLINK}{}", cluster(&format!("etcd = [\"192.168.50.250:2379\"]\n{base}"))),
+                "test.toml: cluster.etcd[0]: \"192.168.50.250:2379\" is not an etcd client URL like http://192.168.50.250:2379",
+            ),
+            (
+                format!(
+                    "{node}{UPLINK}{}",
+                    cluster(&format!("etcd = [\"https://a:1\", \"http://b:2\"]\n{base}ca = \"/ca\"\n"))
+                ),
+                "test.toml: cluster.etcd[1]: \"http://b:2\": all endpoints use one scheme (https:// here)",
+            ),
+            (
+                format!("{node}{UPLINK}{}", cluster(&format!("etcd = [\"https://a:1\"]\n{base}"))),
+                "test.toml: cluster.ca: missing: https:// endpoints need the CA that signed etcd's certificate",
+            ),
+            (
+                format!(
+                    "{node}{UPLINK}{}",
+                    cluster(&format!("etcd = [\"https://a:1\"]\n{base}ca = \"/ca\"\ncert = \"/c\"\n"))
+                ),
+                "test.toml: cluster.cert: a client certificate needs both cert and key",
+            ),
+            (
+                format!("{node}{UPLINK}{}", cluster(&format!("{etcd}{base}ca = \"/ca\"\n"))),
+                "test.toml: cluster.ca: ca, cert and key are for https:// endpoints",
+            ),
+            (
+                format!(
+                    "{node}{UPLINK}{}",
+                    cluster(&format!("{etcd}cluster_cidr = \"10.1.0.0/16\"\nnode_prefix = 8\n"))
+                ),
+                "test.toml: cluster.node_prefix: 8 is not a prefix length from 16 (cluster_cidr's own) to 30",
+            ),
+            (
+                format!("{node}{UPLINK}{}", cluster(&format!("{etcd}{base}lease_ttl = 1\n"))),
+                "test.toml: cluster.lease_ttl: 1 is not a TTL from 2 to 3600 seconds",
+            ),
+            (
+                format!("{node}{UPLINK}{}", cluster(&format!("{etcd}{base}prefix = \"podnet/\"\n"))),
+                "test.toml: cluster.prefix: \"podnet/\" is not a key prefix like \"/podnet\" (a leading '/', no trailing one, at most 64 of a-z, A-Z, 0-9, '/', '-', '_', '.')",
+            ),
+            (
+                format!("{node}{}", cluster(&format!("{etcd}{base}"))),
+                "test.toml: cluster: a cluster node needs an [uplink]: its ip is the node's address in the cluster",
+            ),
+            (
+                format!(
+                    "{node}[uplink]\ninterface = \"eth0\"\nip = \"10.1.200.1\"\n{}",
+                    cluster(&format!("{etcd}{base}"))
+                ),
+                "test.toml: uplink.ip: 10.1.200.1 lies in cluster.cluster_cidr 10.1.0.0/16",
+            ),
+            (
+                format!("{node}{UPLINK}{CLUSTER}[[pod]]\nname = \"a\"\nip = \"10.1.0.5\"\n"),
+                "test.toml: pod[0].ip: the node's pod CIDR is leased from the cluster, so pods get their addresses from IPAM: leave ip out, or set node.pod_cidr",
+            ),
+            (
+                format!("{node}gateway = \"10.1.0.1\"\n{UPLINK}{CLUSTER}"),
+                "test.toml: node.gateway: the pod CIDR is leased from the cluster, so the gateway is its first address: leave gateway out, or set node.pod_cidr",
+            ),
+            (
+                format!("{node}{UPLINK}allow_from = [\"10.1.9.0/24\"]\n{CLUSTER}"),
+                "test.toml: uplink.allow_from[0]: 10.1.9.0/24 overlaps cluster.cluster_cidr 10.1.0.0/16: other nodes' pods reach pods as peers",
+            ),
+            (
+                format!(
+                    "{NODE}{UPLINK}[[peer]]\nname = \"n2\"\nip = \"192.168.50.2\"\npod_cidr = \"10.1.2.0/24\"\n{CLUSTER}"
+                ),
+                "test.toml: peer[0].pod_cidr: 10.1.2.0/24 overlaps cluster.cluster_cidr 10.1.0.0/16: the cluster's nodes are peers through etcd",
+            ),
+        ] {
+            assert_eq!(parse(&config).unwrap_err(), error, "{config}");
+        }
+    }
+
+    #[test]
+    fn a_leased_node_without_a_lease_says_what_to_run() {
+        let dir = std::env::temp_dir().join(format!("podnet-config-test-{}", std::process::id()));
+        let text = format!("[node]\nname = \"n1\"\nstate_dir = \"{}\"\n{UPLINK}{CLUSTER}", dir.display());
+        let err = Config::parse(&text, Source::File("test.toml".into())).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "test.toml: node.pod_cidr is not set and node \"n1\" holds no lease from the cluster yet: start \
+             `podnet agent`, which leases one from [cluster] etcd"
+        );
     }
 }

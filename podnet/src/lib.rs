@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cni;
 pub mod config;
 pub mod datapath;
+pub mod discovery;
 pub mod host;
 pub mod node;
 pub mod status;

@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use podnet::{
     agent,
-    config::{Config, PeerNode, XdpMode},
+    config::{ConfigError, Draft, PeerNode, XdpMode},
     datapath::{maps::Deny, nat},
     host::netns,
     node::{
@@ -71,12 +71,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         show(podnet::config::DEFAULT_TOML.trim_end())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let config = Config::load(cli.config.as_deref())?;
+    let draft = Draft::load(cli.config.as_deref())?;
     // Enter the node namespace before the runtime starts, so every thread is born in it.
     if let Some(ns) = &cli.netns {
         netns::enter(ns).with_context(|| format!("cannot act as node {ns:?}"))?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if let Command::Agent { interval } = cli.command {
+        // The agent resolves the config itself: a cluster node leases its pod CIDR first.
+        let interval = Duration::from_secs(interval.max(1));
+        rt.block_on(agent::run(cli.config.as_deref(), draft, interval))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = match draft.resolve(None) {
+        // Never leased, so never up: nothing to take down.
+        Err(e @ ConfigError::NotLeased { .. }) if matches!(cli.command, Command::Down) => {
+            tracing::info!("{e}: nothing to take down");
+            return Ok(ExitCode::SUCCESS);
+        }
+        config => config?,
+    };
     rt.block_on(async {
         // State-changing verbs go through the node's agent when it runs (see `op::run`).
         let change = |op: Op| {
@@ -148,11 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let removed = change(Op::NatGc { pressure: false }).await?;
                 show(&format!("removed {} idle translation(s)", removed["removed"]))?;
             }
-            Command::Agent { interval } => {
-                agent::run(cli.config.as_deref(), config.clone(), Duration::from_secs(interval.max(1)))
-                    .await?;
-            }
-            Command::Config => unreachable!("handled above"),
+            Command::Agent { .. } | Command::Config => unreachable!("handled above"),
         }
         Ok(ExitCode::SUCCESS)
     })

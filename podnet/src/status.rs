@@ -36,8 +36,11 @@ pub fn render(s: &Status) -> String {
             ]
         })
         .collect();
-    let peers: Vec<Vec<String>> =
-        s.peers.iter().map(|p| vec![p.name.clone(), p.node_ip.to_string(), p.pod_cidr.clone()]).collect();
+    let peers: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .map(|p| vec![p.name.clone(), p.node_ip.to_string(), p.pod_cidr.clone(), p.source.to_owned()])
+        .collect();
     let programs: Vec<Vec<String>> = s
         .programs
         .iter()
@@ -58,12 +61,16 @@ pub fn render(s: &Status) -> String {
         .iter()
         .map(|t| vec![t.table.to_owned(), t.entries.to_string(), t.capacity.to_string()])
         .collect();
+    let cluster = s.cluster.as_ref().map_or_else(String::new, |c| {
+        let lease = c.lease.map_or_else(|| "configured, none held".to_owned(), |l| format!("{l:x}"));
+        format!("cluster: pod CIDR {} (lease {lease}) from etcd {}\n", c.pod_cidr, c.etcd.join(","))
+    });
     format!(
-        "node {} (pins: {})\n\nEndpoints\n{}\nPeers\n{}\nPrograms\n{}\nCounters\n{}\nNAT translation tables\n{}",
+        "node {} (pins: {})\n{cluster}\nEndpoints\n{}\nPeers\n{}\nPrograms\n{}\nCounters\n{}\nNAT translation tables\n{}",
         s.node,
         s.pin_dir,
         table(&["POD", "IP", "MAC", "HOST IF", "IFINDEX"], &endpoints),
-        table(&["NODE", "NODE IP", "POD CIDR"], &peers),
+        table(&["NODE", "NODE IP", "POD CIDR", "SOURCE"], &peers),
         table(&["PROGRAM", "HOOK", "INTERFACE", "LINK", "PROG"], &programs),
         table(&["REASON", "PACKETS"], &counters),
         table(&["TABLE", "CLAIMS", "CAPACITY"], &tables),

@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 
 pub mod bench;
 pub mod cni;
+pub mod etcd;
 pub mod packets;
 pub mod podman;
 
@@ -282,9 +283,18 @@ impl Lab {
     }
 
     /// Starts `podnet agent` for `node` and waits (at most 20 s) until it answers on its socket.
-    /// Returns its pid.
+    /// Returns its pid. Its log goes to [`Self::agent_log`].
     pub fn agent(&mut self, node: &Node) -> anyhow::Result<u32> {
-        let pid = self.spawn_command(&mut node.podnet(&["agent", "--interval", "1"]))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.agent_log(node))?;
+        let mut cmd = node.podnet(&["agent", "--interval", "1"]);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        let pid = child.id();
+        self.children.push(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(node.agent_socket()).is_err() {
             anyhow::ensure!(
@@ -295,6 +305,11 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(pid)
+    }
+
+    /// Where the agents of `node` log (every run appends).
+    pub fn agent_log(&self, node: &Node) -> PathBuf {
+        self.dir.join(format!("{}.agent.log", node.name))
     }
 
     /// Starts a long-running process in `ns`; it is killed when the lab is dropped.

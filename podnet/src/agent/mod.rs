@@ -2,8 +2,11 @@
 //! serves the node's operations ([`Op`]) on a unix socket ([`api`]) one at a time, each under
 //! the node lock, so while it runs it is the single writer of the node's maps: the CLI's
 //! state-changing verbs and the CNI plugin hand their operations to it. Between requests it
-//! expires idle NAT translations. SIGTERM or SIGINT stops it without detaching anything: the
-//! datapath is pinned and keeps forwarding, and the next agent picks the pinned state up.
+//! expires idle NAT translations. A node of a `[cluster]` first joins it (leasing its pod CIDR)
+//! and then follows it: peers come and go as the cluster's store says ([`crate::discovery`]).
+//! SIGTERM or SIGINT stops it without detaching anything: the datapath is pinned and keeps
+//! forwarding, the node's lease runs out after its TTL unless the next agent renews it, and the
+//! next agent picks the pinned state up.
 
 pub mod api;
 
@@ -18,18 +21,19 @@ use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
-    sync::Mutex,
+    sync::{Mutex, mpsc},
     task::LocalSet,
 };
 use tracing::{info, warn};
 
 use self::api::{Answer, socket_path};
 use crate::{
-    config::Config,
+    config::{Config, ConfigError, Draft},
     datapath::nat,
+    discovery::{DiscoveryError, PeerSource as _, Update, etcd::Etcd},
     error_chain as chain,
     node::{
-        NodeError,
+        self, NodeError,
         lock::{NodeLock, RUN_DIR},
         op::{self, Op},
     },
@@ -52,6 +56,10 @@ pub enum AgentError {
     },
     #[error("could not bring the node up")]
     Up(#[source] NodeError),
+    #[error("could not join the cluster")]
+    Join(#[source] DiscoveryError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("could not watch for signals")]
     Signals(#[source] std::io::Error),
 }
@@ -62,19 +70,34 @@ struct Served {
     config: Config,
 }
 
-/// Runs the agent for the node in `config` (loaded from `path`, re-read on every `up`) until
-/// SIGTERM or SIGINT, sweeping NAT translations every `interval`.
-pub async fn run(path: Option<&Path>, config: Config, interval: Duration) -> Result<(), AgentError> {
-    let node = config.node.name.clone();
+/// Runs the agent for the node in `draft` (loaded from `path`, re-read on every `up`) until
+/// SIGTERM or SIGINT, sweeping NAT translations every `interval`. A `[cluster]` node joins its
+/// cluster first and follows it while it runs.
+pub async fn run(path: Option<&Path>, draft: Draft, interval: Duration) -> Result<(), AgentError> {
+    let node = draft.node_name().to_owned();
     // Held until the agent exits (the kernel drops it on kill -9): one agent per node.
     let _agent = NodeLock::agent(&node)
         .map_err(|e| AgentError::Up(e.into()))?
         .ok_or_else(|| AgentError::AlreadyRunning { node: node.clone() })?;
-    {
-        let _lock = node_lock(&node).await.map_err(AgentError::Up)?;
-        op::execute(&config, &Op::Up { config: path.map(Path::to_path_buf) })
-            .await
-            .map_err(AgentError::Up)?;
+    let mut source = draft.membership().map(Etcd::of).transpose().map_err(AgentError::Join)?;
+    let joined = match &mut source {
+        Some(source) => Some(source.join().await.map_err(AgentError::Join)?),
+        None => None,
+    };
+    let config = draft.resolve(joined.map(|j| j.pod_cidr))?;
+    let up = async {
+        let _lock = node_lock(&node).await?;
+        op::execute(&config, &Op::Up { config: path.map(Path::to_path_buf) }).await
+    };
+    if let Err(e) = up.await {
+        // A lease taken for this run and never used: give it back rather than hold a CIDR.
+        if let (Some(source), Some(joined)) = (&mut source, joined)
+            && joined.fresh
+            && let Err(left) = source.leave().await
+        {
+            warn!("agent: could not give the new lease back (it runs out by itself): {}", chain(&left));
+        }
+        return Err(AgentError::Up(e));
     }
     let socket = socket_path(&node);
     let listener = listen(&socket)?;
@@ -83,6 +106,7 @@ pub async fn run(path: Option<&Path>, config: Config, interval: Duration) -> Res
         signal(SignalKind::interrupt()).map_err(AgentError::Signals)?,
     );
     let served = Rc::new(Mutex::new(Served { path: path.map(Path::to_path_buf), config }));
+    let (cluster_updates, mut updates) = mpsc::channel(16);
     let mut sweep = tokio::time::interval(interval);
     // A translation table that fills up is collected at once, not at the next sweep.
     let mut watch = tokio::time::interval(PRESSURE_WATCH);
@@ -95,8 +119,15 @@ pub async fn run(path: Option<&Path>, config: Config, interval: Duration) -> Res
     // for run one at a time.
     LocalSet::new()
         .run_until(async {
+            // Without a cluster the channel closes at once and its branch below never fires.
+            if let Some(source) = source {
+                drop(tokio::task::spawn_local(source.follow(cluster_updates)));
+            } else {
+                drop(cluster_updates);
+            }
             loop {
                 tokio::select! {
+                    Some(update) = updates.recv() => follow_cluster(update, &mut *served.lock().await).await,
                     _ = term.recv() => break,
                     _ = int.recv() => break,
                     _ = sweep.tick() => sweep_nat(&served.lock().await.config, false).await,
@@ -189,6 +220,26 @@ async fn handle(op: &Op, served: &mut Served) -> Result<Value, NodeError> {
     }
     let _lock = node_lock(&served.config.node.name).await?;
     op::execute(&served.config, op).await
+}
+
+/// Makes the node what the cluster says: its peers, or (after its lease was lost and another
+/// CIDR leased) its pod CIDR.
+async fn follow_cluster(update: Update, served: &mut Served) {
+    let result = async {
+        if let Update::PodCidr(cidr) = update {
+            let draft =
+                Draft::load(served.path.as_deref()).map_err(|e| NodeError::Agent { message: chain(&e) })?;
+            served.config = draft.resolve(Some(cidr)).map_err(|e| NodeError::Agent { message: chain(&e) })?;
+        }
+        let _lock = node_lock(&served.config.node.name).await?;
+        match &update {
+            Update::Peers(view) => node::set_cluster_peers(&served.config, view).await,
+            Update::PodCidr(_) => node::up(&served.config).await,
+        }
+    };
+    if let Err(e) = result.await {
+        warn!("agent: following the cluster: {}", chain(&e));
+    }
 }
 
 /// The node lock, waited for off the runtime's thread.

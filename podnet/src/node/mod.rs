@@ -32,6 +32,7 @@ use crate::{
         maps::{Counters, Endpoints, MapsError, NatSettings, Peers, TableUse, UplinkAllow},
         migrate,
     },
+    discovery::{DiscoveryError, LeaseRecord, PeerSource as _, etcd::Etcd},
     host::{
         netlink::{Iface, Netlink, NetlinkError, fmt_mac},
         netns,
@@ -93,6 +94,8 @@ pub enum NodeError {
     InvalidPeer { field: &'static str, problem: String },
     #[error("no peer node called {name:?} (see `podnet status`)")]
     UnknownPeer { name: String },
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
 }
 
 /// Something `up` created, undone in reverse order if a later step fails.
@@ -611,12 +614,33 @@ pub async fn down(config: &Config) -> Result<(), NodeError> {
         nl.del_link(bridge).await?;
     }
     ipam.remove_all()?;
+    leave_cluster(config).await?;
     records.remove()?;
     // The node's state directory, if nothing else is in it.
     let _ = std::fs::remove_dir(config.node.state());
     info!("node {} is down", config.node.name);
     Ok(())
 }
+
+/// Gives the node's lease back to its cluster, if it holds one. With etcd out of reach the
+/// lease runs out by itself after its TTL; the node forgets it either way.
+async fn leave_cluster(config: &Config) -> Result<(), NodeError> {
+    let Some(member) = config.membership() else {
+        return Ok(());
+    };
+    let (state, ttl) = (member.state.clone(), member.cluster.lease_ttl);
+    let mut etcd = Etcd::of(member)?;
+    match tokio::time::timeout(LEAVE_TIMEOUT, etcd.leave()).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => warn!("could not give the node's lease back: {}", crate::error_chain(&e)),
+        Err(_) => warn!("etcd did not answer within {LEAVE_TIMEOUT:?}"),
+    }
+    warn!("the node's lease (and its pod CIDR) runs out within {} s", ttl.as_secs());
+    Ok(LeaseRecord::remove(&state)?)
+}
+
+/// How long `down` waits for etcd to take the node's lease back.
+const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The configured uplink, checked to exist and to hold the node IP; `None` without one.
 async fn uplink_iface(config: &Config, nl: &Netlink) -> Result<Option<Iface>, NodeError> {
@@ -704,6 +728,55 @@ pub async fn add_peer(config: &Config, peer: PeerNode) -> Result<(), NodeError> 
     Ok(())
 }
 
+/// Makes the peers the cluster gave those of `view` (a complete view from a
+/// [`crate::discovery::PeerSource`]): adds the new ones, removes the ones gone, and touches
+/// nothing else. A peer that clashes with this node, the config's peers, peers added at runtime
+/// or the uplink's networks is left out with a warning: a store's value never takes a route
+/// away from anyone.
+pub async fn set_cluster_peers(config: &Config, view: &[PeerNode]) -> Result<(), NodeError> {
+    let pins = pins_of_running_node(config)?;
+    let nl = Netlink::current()?;
+    let uplink = uplink_iface(config, &nl).await?.ok_or(NodeError::NoUplinkConfigured)?;
+    let records = RecordFile::of(config);
+    let mut peers = Peers::open(&pins)?;
+    let before = records.load()?.cluster_peers;
+    for gone in before.iter().filter(|p| !view.contains(p)) {
+        info!("peer {} ({} via {}) left the cluster", gone.name, gone.pod_cidr, gone.ip);
+        if peers.list().contains(gone) {
+            peers.remove(gone)?;
+        }
+        nl.del_peer_route(gone.pod_cidr, gone.ip, &uplink).await?;
+    }
+    let mut kept: Vec<PeerNode> = before.into_iter().filter(|p| view.contains(p)).collect();
+    records.update(|r| r.cluster_peers.clone_from(&kept))?;
+    let networks = nl.ipv4_networks(&uplink).await?;
+    let joined: Vec<PeerNode> = view.iter().filter(|p| !kept.contains(p)).cloned().collect();
+    for peer in &joined {
+        let known = peers.list();
+        let checked = config::check_peer(&config.node, config.uplink.as_ref(), &known, peer).and_then(|()| {
+            match networks.iter().find(|n| config::overlaps(**n, peer.pod_cidr)) {
+                Some(n) => {
+                    Err(("pod_cidr", format!("{} overlaps {n}, a network of the uplink", peer.pod_cidr)))
+                }
+                None => Ok(()),
+            }
+        });
+        if let Err((field, problem)) = checked {
+            warn!(
+                "cluster peer {} ({} via {}) left out: {field}: {problem}",
+                peer.name, peer.pod_cidr, peer.ip
+            );
+            continue;
+        }
+        peers.insert(peer)?;
+        nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+        info!("peer {} ({} via {}) joined the cluster", peer.name, peer.pod_cidr, peer.ip);
+        kept.push(peer.clone());
+        records.update(|r| r.cluster_peers.clone_from(&kept))?;
+    }
+    Ok(())
+}
+
 /// Removes a peer node at runtime: map entry and kernel route.
 pub async fn del_peer(config: &Config, name: &str) -> Result<(), NodeError> {
     let pins = pins_of_running_node(config)?;
@@ -733,6 +806,16 @@ pub struct Status {
     pub counters: Vec<CounterStatus>,
     /// How full the NAT translation tables are (claims against capacity).
     pub nat_tables: Vec<TableUse>,
+    /// The node's place in its cluster, with `[cluster]`.
+    pub cluster: Option<ClusterStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    pub pod_cidr: String,
+    /// The etcd lease holding it (`None`: configured, and no lease recorded yet).
+    pub lease: Option<i64>,
+    pub etcd: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -740,6 +823,9 @@ pub struct PeerStatus {
     pub name: String,
     pub node_ip: Ipv4Addr,
     pub pod_cidr: String,
+    /// Where the peer came from: "config" (`[[peer]]`), "cluster" (etcd) or "cli"
+    /// (`podnet node add`).
+    pub source: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -799,10 +885,20 @@ pub fn status(config: &Config) -> Result<Status, NodeError> {
             })
         })
         .collect::<Result<_, DatapathError>>()?;
+    let record = RecordFile::of(config).load()?;
     let peers = Peers::open(&pins)?
         .list()
         .into_iter()
-        .map(|p| PeerStatus { name: p.name, node_ip: p.ip, pod_cidr: p.pod_cidr.to_string() })
+        .map(|p| {
+            let source = if record.config_peers.contains(&p) {
+                "config"
+            } else if record.cluster_peers.contains(&p) {
+                "cluster"
+            } else {
+                "cli"
+            };
+            PeerStatus { name: p.name, node_ip: p.ip, pod_cidr: p.pod_cidr.to_string(), source }
+        })
         .collect();
     let counters = Counters::open(&pins)?
         .totals()?
@@ -817,5 +913,13 @@ pub fn status(config: &Config) -> Result<Status, NodeError> {
         programs,
         counters,
         nat_tables: datapath::nat::usage(&pins)?.to_vec(),
+        cluster: match &config.cluster {
+            None => None,
+            Some(cluster) => Some(ClusterStatus {
+                pod_cidr: config.node.pod_cidr.to_string(),
+                lease: LeaseRecord::load(&config.node.state())?.map(|r| r.lease),
+                etcd: cluster.etcd.clone(),
+            }),
+        },
     })
 }

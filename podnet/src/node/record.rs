@@ -1,8 +1,8 @@
 //! What `up` changed on the node outside its pods and pins, so that `down` and a rollback undo
 //! exactly that and nothing the node had before: a bridge podnet created, the gateway address it
-//! added, IPv4 forwarding it turned on, the NAT ports it reserved, and the peers the config gave
-//! (a peer the config drops goes on the next `up`; one added at runtime with `podnet node add`
-//! stays). Kept as `<state>/node.json`, rewritten atomically after every change. A record is
+//! added, IPv4 forwarding it turned on, the NAT ports it reserved, and the peers the config and
+//! the cluster gave (a peer the config drops goes on the next `up`, one the cluster drops when
+//! the agent hears of it; one added at runtime with `podnet node add` stays). Kept as `<state>/node.json`, rewritten atomically after every change. A record is
 //! trusted only beside the node's pins: one without them predates a reboot or a lost pin
 //! directory, and podnet claims nothing it cannot prove it made.
 
@@ -46,6 +46,9 @@ pub struct NodeRecord {
     /// The `[[peer]]`s of the config at the last `up`.
     #[serde(default)]
     pub config_peers: Vec<PeerNode>,
+    /// The peers the cluster gave (see [`crate::discovery`]), as the agent last set them.
+    #[serde(default)]
+    pub cluster_peers: Vec<PeerNode>,
 }
 
 /// A node's record on disk.

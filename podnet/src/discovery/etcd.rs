@@ -1,0 +1,560 @@
+//! Cluster membership through etcd, the way flannel leases subnets.
+//!
+//! Keys, under `[cluster] prefix` ("/podnet" by default), both attached to the node's etcd lease
+//! so that they vanish once its agent has been gone for `lease_ttl`:
+//!
+//! - `<prefix>/subnets/<network>-<len>`, e.g. `/podnet/subnets/10.1.3.0-24`: who holds that pod
+//!   CIDR;
+//! - `<prefix>/nodes/<name>`: who holds that node name.
+//!
+//! Both hold the same JSON value, a [`Member`]:
+//! `{"node":"node3","node_ip":"192.168.50.3","pod_cidr":"10.1.3.0/24"}`.
+//!
+//! A node joins with one transaction that creates both keys only if neither exists, so no two
+//! live nodes hold one CIDR or one name. It follows the cluster by listing the subnet keys and
+//! watching them from the listing's revision. Values are read as untrusted input: a subnet key
+//! that is not a node of this cluster (not JSON, a CIDR that is not its key's or not one the
+//! cluster leases, an address that cannot be a node's, a name or address another key holds) is
+//! left out of the view, with one warning.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+};
+use ipnet::Ipv4Net;
+use podnet_common::PEER_NAME_MAX;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{DiscoveryError, Joined, LeaseRecord, PeerSource, Update};
+use crate::{
+    config::{self, Cluster, EtcdTls, Membership, PeerNode},
+    error_chain as chain,
+};
+
+/// Longest wait for one answer from etcd (connecting included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 pings on an idle connection: a dead etcd is noticed within two of them.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest part of a key a warning quotes (keys are anyone's input).
+const KEY_QUOTED_MAX: usize = 100;
+/// First and longest wait before trying etcd again.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// A node as etcd holds it: the value of its subnet and node keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node: String,
+    pub node_ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+}
+
+impl Member {
+    fn parse(value: &[u8]) -> Option<Self> {
+        serde_json::from_slice(value).ok()
+    }
+}
+
+/// This node's membership of a cluster in etcd.
+pub struct Etcd {
+    cluster: Cluster,
+    name: String,
+    node_ip: Ipv4Addr,
+    state: PathBuf,
+    /// `node.pod_cidr`, when the node claims that one.
+    configured: Option<Ipv4Net>,
+    /// The lease the node holds (or held last, as its lease record says).
+    held: Option<LeaseRecord>,
+    /// The last view sent, so that an unchanged cluster sends nothing.
+    last_view: Option<Vec<PeerNode>>,
+    /// Subnet keys already warned about, with the value that was wrong.
+    warned: HashSet<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Etcd {
+    /// The membership `member` describes.
+    pub fn of(member: Membership) -> Result<Self, DiscoveryError> {
+        Ok(Self {
+            held: LeaseRecord::load(&member.state)?,
+            cluster: member.cluster,
+            name: member.node,
+            node_ip: member.node_ip,
+            state: member.state,
+            configured: member.pod_cidr,
+            last_view: None,
+            warned: HashSet::new(),
+        })
+    }
+
+    fn endpoints(&self) -> String {
+        self.cluster.etcd.join(",")
+    }
+
+    /// Turns a client error into one line: a gRPC status is its message, without the transport's
+    /// debug dump.
+    fn etcd_error(&self) -> impl Fn(etcd_client::Error) -> DiscoveryError + use<> {
+        let endpoints = self.endpoints();
+        move |e| {
+            let reason = match e {
+                etcd_client::Error::GRpcStatus(status) => status.message().to_owned(),
+                other => other.to_string(),
+            };
+            DiscoveryError::Etcd { endpoints: endpoints.clone(), reason }
+        }
+    }
+
+    /// One request to etcd, given at most [`CALL_TIMEOUT`].
+    async fn call<T>(
+        &self,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, DiscoveryError> {
+        match tokio::time::timeout(CALL_TIMEOUT, request).await {
+            Ok(answer) => answer.map_err(self.etcd_error()),
+            Err(_) => {
+                Err(DiscoveryError::Timeout { endpoints: self.endpoints(), secs: CALL_TIMEOUT.as_secs() })
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, DiscoveryError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(CALL_TIMEOUT)
+            .with_keep_alive(PING_INTERVAL, CALL_TIMEOUT)
+            .with_keep_alive_while_idle(true);
+        if let Some(tls) = &self.cluster.tls {
+            options = options.with_tls(tls_options(tls)?);
+        }
+        self.call(Client::connect(&self.cluster.etcd, Some(options))).await
+    }
+
+    fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.cluster.prefix)
+    }
+
+    fn subnet_key(&self, cidr: Ipv4Net) -> String {
+        format!("{}{}-{}", self.subnets_prefix(), cidr.network(), cidr.prefix_len())
+    }
+
+    fn node_key(&self) -> String {
+        format!("{}/nodes/{}", self.cluster.prefix, self.name)
+    }
+
+    fn value(&self, pod_cidr: Ipv4Net) -> Vec<u8> {
+        let member = Member { node: self.name.clone(), node_ip: self.node_ip, pod_cidr };
+        serde_json::to_vec(&member).expect("a member serializes")
+    }
+
+    /// Whether this node may hold `cidr`: one the cluster leases, and the configured one if set.
+    fn usable(&self, cidr: Ipv4Net) -> bool {
+        self.cluster.leases(cidr) && self.configured.is_none_or(|c| c == cidr)
+    }
+
+    /// Resumes the node's lease, or takes a new one; the lease record follows.
+    async fn claim(&mut self, client: &mut Client) -> Result<Joined, DiscoveryError> {
+        let fresh = self.held.is_none();
+        let record = match self.resume(client).await? {
+            Some(record) => record,
+            None => {
+                let ttl = self.cluster.lease_ttl.as_secs() as i64;
+                let lease = self.call(client.lease_grant(ttl, None)).await?.id();
+                match self.claim_free(client, lease).await {
+                    Ok(pod_cidr) => LeaseRecord { pod_cidr, lease },
+                    Err(e) => {
+                        let _ = self.call(client.lease_revoke(lease)).await;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        if self.held != Some(record) {
+            record.save(&self.state)?;
+            self.held = Some(record);
+        }
+        Ok(Joined { pod_cidr: record.pod_cidr, fresh })
+    }
+
+    /// The node's lease from before, if it lives and holds the node's name (this node's when the
+    /// lease record names it, or when it holds this name at this address: a node that lost its
+    /// state). Its subnet key is made whole again. A lease of this node that can no longer be
+    /// used (a CIDR the config does not allow now) is revoked.
+    async fn resume(&self, client: &mut Client) -> Result<Option<LeaseRecord>, DiscoveryError> {
+        let found = self.call(client.get(self.node_key(), None)).await?;
+        let Some(kv) = found.kvs().first() else {
+            return Ok(None);
+        };
+        let holder = Member::parse(kv.value());
+        let lease = kv.lease();
+        let mine = self.held.is_some_and(|h| h.lease == lease && lease != 0)
+            || holder.as_ref().is_some_and(|h| h.node == self.name && h.node_ip == self.node_ip);
+        if !mine {
+            return Err(DiscoveryError::NameHeld {
+                name: self.name.clone(),
+                holder_ip: holder.map_or_else(|| "an unknown address".to_owned(), |h| h.node_ip.to_string()),
+                node_ip: self.node_ip,
+                ttl: self.cluster.lease_ttl.as_secs(),
+            });
+        }
+        let alive = lease != 0 && self.call(client.lease_time_to_live(lease, None)).await?.ttl() > 0;
+        if let Some(cidr) = holder.map(|h| h.pod_cidr).filter(|c| alive && self.usable(*c))
+            && self.hold_subnet(client, lease, cidr).await?
+        {
+            return Ok(Some(LeaseRecord { pod_cidr: cidr, lease }));
+        }
+        // This node's, but not usable: give it up, keys and all.
+        if lease != 0 {
+            info!("cluster: giving up lease {lease:x}, which no longer fits this node's config");
+            let _ = self.call(client.lease_revoke(lease)).await;
+        }
+        let unchanged = Compare::mod_revision(self.node_key(), CompareOp::Equal, kv.mod_revision());
+        let delete = TxnOp::delete(self.node_key(), None);
+        self.call(client.txn(Txn::new().when([unchanged]).and_then([delete]))).await?;
+        Ok(None)
+    }
+
+    /// Makes `cidr`'s subnet key this node's under `lease`, if nobody else holds it.
+    async fn hold_subnet(
+        &self,
+        client: &mut Client,
+        lease: i64,
+        cidr: Ipv4Net,
+    ) -> Result<bool, DiscoveryError> {
+        let key = self.subnet_key(cidr);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), self.value(cidr), Some(PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(key, None)]);
+        let answer = self.call(client.txn(txn)).await?;
+        Ok(answer.succeeded() || got(&answer, 0).is_some_and(|kv| kv.lease() == lease))
+    }
+
+    /// Takes the configured CIDR, or the first free one (the one the node held last first),
+    /// with the node's name, under `lease`.
+    async fn claim_free(&self, client: &mut Client, lease: i64) -> Result<Ipv4Net, DiscoveryError> {
+        let listing = GetOptions::new().with_prefix().with_keys_only();
+        let taken: HashSet<Vec<u8>> = self
+            .call(client.get(self.subnets_prefix(), Some(listing)))
+            .await?
+            .kvs()
+            .iter()
+            .map(|kv| kv.key().to_vec())
+            .collect();
+        let last = self.held.map(|h| h.pod_cidr).filter(|c| self.usable(*c));
+        let candidates: Box<dyn Iterator<Item = Ipv4Net>> = match self.configured {
+            Some(cidr) => Box::new(std::iter::once(cidr)),
+            None => {
+                Box::new(last.into_iter().chain(self.cluster.subnets().filter(move |c| Some(*c) != last)))
+            }
+        };
+        for cidr in candidates {
+            let (subnet, node) = (self.subnet_key(cidr), self.node_key());
+            if self.configured.is_none() && taken.contains(subnet.as_bytes()) {
+                continue;
+            }
+            let put =
+                |key: &str| TxnOp::put(key, self.value(cidr), Some(PutOptions::new().with_lease(lease)));
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(subnet.clone(), CompareOp::Equal, 0),
+                    Compare::create_revision(node.clone(), CompareOp::Equal, 0),
+                ])
+                .and_then([put(&subnet), put(&node)])
+                .or_else([TxnOp::get(subnet, None), TxnOp::get(node, None)]);
+            let answer = self.call(client.txn(txn)).await?;
+            if answer.succeeded() {
+                info!("cluster: node {} leased pod CIDR {cidr} (lease {lease:x})", self.name);
+                return Ok(cidr);
+            }
+            if let Some(kv) = got(&answer, 1) {
+                return Err(DiscoveryError::NameHeld {
+                    name: self.name.clone(),
+                    holder_ip: Member::parse(kv.value())
+                        .map_or_else(|| "an unknown address".to_owned(), |h| h.node_ip.to_string()),
+                    node_ip: self.node_ip,
+                    ttl: self.cluster.lease_ttl.as_secs(),
+                });
+            }
+            if self.configured.is_some() {
+                let holder = got(&answer, 0).and_then(|kv| Member::parse(kv.value()));
+                return Err(DiscoveryError::CidrTaken {
+                    cidr,
+                    holder: holder.as_ref().map_or_else(|| "?".to_owned(), |h| h.node.clone()),
+                    holder_ip: holder.map_or_else(|| "?".to_owned(), |h| h.node_ip.to_string()),
+                });
+            }
+            // Another node took it between the listing and now: the next one.
+        }
+        Err(DiscoveryError::Exhausted {
+            node: self.name.clone(),
+            cluster_cidr: self.cluster.cluster_cidr,
+            node_prefix: self.cluster.node_prefix,
+            count: self.cluster.subnets().count(),
+            prefix: self.cluster.prefix.clone(),
+        })
+    }
+
+    /// One connection's worth of following: (re)claim, renew, list, watch. Returns on an error.
+    async fn session(
+        &mut self,
+        updates: &mpsc::Sender<Update>,
+        backoff: &mut Backoff,
+    ) -> Result<(), DiscoveryError> {
+        let mut client = self.connect().await?;
+        let before = self.held.map(|h| h.pod_cidr);
+        let joined = self.claim(&mut client).await?;
+        if before != Some(joined.pod_cidr) {
+            warn!(
+                "cluster: node {} lost its lease on {} and now holds {}: its pods move",
+                self.name,
+                before.map_or_else(|| "no CIDR".to_owned(), |c| c.to_string()),
+                joined.pod_cidr
+            );
+            if updates.send(Update::PodCidr(joined.pod_cidr)).await.is_err() {
+                return Ok(());
+            }
+        }
+        let lease = self.held.expect("claimed").lease;
+        let (mut keeper, mut renewed) = self.call(client.lease_keep_alive(lease)).await?;
+        let prefix = self.subnets_prefix();
+        let listing = self.call(client.get(prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
+        let revision = listing.header().map_or(0, |h| h.revision());
+        let mut members: BTreeMap<Vec<u8>, Vec<u8>> =
+            listing.kvs().iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())).collect();
+        if !self.send_view(&members, updates).await {
+            return Ok(());
+        }
+        let watch_from = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+        let mut watch = self.call(client.watch(prefix.clone(), Some(watch_from))).await?;
+        *backoff = Backoff::new(&self.cluster);
+        info!("cluster: following {prefix} in etcd from revision {revision}");
+        let mut renew = tokio::time::interval(self.cluster.lease_ttl / 3);
+        let own_key = self.subnet_key(joined.pod_cidr);
+        let etcd_error = self.etcd_error();
+        loop {
+            tokio::select! {
+                _ = renew.tick() => self.call(keeper.keep_alive()).await?,
+                answer = renewed.message() => match answer.map_err(&etcd_error)? {
+                    Some(answer) if answer.ttl() > 0 => {}
+                    _ => return Err(DiscoveryError::LeaseLost { lease }),
+                },
+                changes = watch.message() => {
+                    let ended = |reason: String| DiscoveryError::WatchEnded { prefix: prefix.clone(), reason };
+                    let changes = changes.map_err(&etcd_error)?.ok_or_else(|| ended("the stream closed".into()))?;
+                    if changes.canceled() {
+                        return Err(ended(format!(
+                            "{} (compacted at revision {})",
+                            changes.cancel_reason(),
+                            changes.compact_revision()
+                        )));
+                    }
+                    for event in changes.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        if kv.key() == own_key.as_bytes() && (event.event_type() == EventType::Delete || kv.lease() != lease) {
+                            return Err(DiscoveryError::KeyTaken { key: own_key });
+                        }
+                        match event.event_type() {
+                            EventType::Put => members.insert(kv.key().to_vec(), kv.value().to_vec()),
+                            EventType::Delete => members.remove(kv.key()),
+                        };
+                    }
+                    if !self.send_view(&members, updates).await {
+                        return Ok(());
+                    }
+                }
+                () = updates.closed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Sends the view `members` make, if it changed; false when nobody listens any more.
+    async fn send_view(
+        &mut self,
+        members: &BTreeMap<Vec<u8>, Vec<u8>>,
+        updates: &mpsc::Sender<Update>,
+    ) -> bool {
+        let view = self.view(members);
+        if self.last_view.as_ref() == Some(&view) {
+            return true;
+        }
+        self.last_view = Some(view.clone());
+        updates.send(Update::Peers(view)).await.is_ok()
+    }
+
+    /// The other nodes `members` (subnet keys and values) hold, checked as untrusted input.
+    fn view(&mut self, members: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<PeerNode> {
+        let mut peers: Vec<PeerNode> = Vec::new();
+        let (mut names, mut ips) = (HashSet::new(), HashSet::new());
+        for (key, value) in members {
+            let peer = self.member(key, value).and_then(|peer| match peer {
+                Some(p) if names.contains(&p.name) || ips.contains(&p.ip) => {
+                    Err(format!("node {} ({}) clashes with a node listed before it", p.name, p.ip))
+                }
+                peer => Ok(peer),
+            });
+            match peer {
+                Ok(Some(peer)) => {
+                    names.insert(peer.name.clone());
+                    ips.insert(peer.ip);
+                    peers.push(peer);
+                }
+                Ok(None) => {}
+                Err(problem) => {
+                    if self.warned.insert((key.clone(), value.clone())) {
+                        let key = String::from_utf8_lossy(&key[..key.len().min(KEY_QUOTED_MAX)]);
+                        warn!("cluster: ignoring {key}: {problem}");
+                    }
+                }
+            }
+        }
+        peers
+    }
+
+    /// The peer a subnet key names; `None` for this node's own.
+    fn member(&self, key: &[u8], value: &[u8]) -> Result<Option<PeerNode>, String> {
+        let key_cidr = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| k.strip_prefix(&self.subnets_prefix()))
+            .and_then(|k| k.replacen('-', "/", 1).parse::<Ipv4Net>().ok())
+            .ok_or("the key is not <prefix>/subnets/<network>-<len>")?;
+        let member = Member::parse(value)
+            .ok_or("the value is not {\"node\": NAME, \"node_ip\": IPv4, \"pod_cidr\": CIDR}")?;
+        if member.pod_cidr != key_cidr || !self.cluster.leases(member.pod_cidr) {
+            return Err(format!(
+                "pod_cidr {} is not the key's, or not a /{} of cluster_cidr {}",
+                member.pod_cidr, self.cluster.node_prefix, self.cluster.cluster_cidr
+            ));
+        }
+        if member.node == self.name || member.node_ip == self.node_ip {
+            return match self.held {
+                Some(held) if member.node == self.name && member.pod_cidr == held.pod_cidr => Ok(None),
+                _ => Err(format!("{} ({}) poses as this node", member.node, member.node_ip)),
+            };
+        }
+        if let Err(problem) = config::check_name(&member.node, PEER_NAME_MAX) {
+            return Err(format!("not a node name: {}", &problem[..problem.len().min(KEY_QUOTED_MAX)]));
+        }
+        let ip = member.node_ip;
+        if ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || ip.is_broadcast()
+            || self.cluster.cluster_cidr.contains(&ip)
+        {
+            return Err(format!("{ip} cannot be a node's address"));
+        }
+        Ok(Some(PeerNode { name: member.node, ip, pod_cidr: member.pod_cidr }))
+    }
+}
+
+impl PeerSource for Etcd {
+    async fn join(&mut self) -> Result<Joined, DiscoveryError> {
+        let mut backoff = Backoff::new(&self.cluster);
+        loop {
+            let attempt = async {
+                let mut client = self.connect().await?;
+                self.claim(&mut client).await
+            };
+            match attempt.await {
+                Ok(joined) => return Ok(joined),
+                Err(e) if e.is_transient() => {
+                    if let Some(held) = self.held.filter(|h| self.usable(h.pod_cidr)) {
+                        warn!(
+                            "cluster: {}; going on with pod CIDR {}, leased before, and renewing once etcd answers",
+                            chain(&e),
+                            held.pod_cidr
+                        );
+                        return Ok(Joined { pod_cidr: held.pod_cidr, fresh: false });
+                    }
+                    let delay = backoff.next();
+                    warn!("cluster: {}; trying to join again in {delay:?}", chain(&e));
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn follow(mut self, updates: mpsc::Sender<Update>) {
+        let mut backoff = Backoff::new(&self.cluster);
+        loop {
+            let ended = tokio::select! {
+                ended = self.session(&updates, &mut backoff) => ended,
+                () = updates.closed() => return,
+            };
+            match ended {
+                Ok(()) => return,
+                Err(e) => {
+                    let delay = backoff.next();
+                    warn!(
+                        "cluster: {}; trying again in {delay:?} (peers stay as they are meanwhile)",
+                        chain(&e)
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn leave(&mut self) -> Result<(), DiscoveryError> {
+        if let Some(held) = self.held {
+            let mut client = self.connect().await?;
+            match self.call(client.lease_revoke(held.lease)).await {
+                // Gone already (expired): nothing to give back.
+                Err(DiscoveryError::Etcd { reason, .. }) if reason.contains("lease not found") => {}
+                answer => {
+                    answer?;
+                }
+            }
+            info!("cluster: node {} gave back pod CIDR {}", self.name, held.pod_cidr);
+        }
+        self.held = None;
+        LeaseRecord::remove(&self.state)
+    }
+}
+
+/// The `n`th get of a transaction's answer, if it found a key.
+fn got(answer: &TxnResponse, n: usize) -> Option<KeyValue> {
+    match answer.op_responses().into_iter().nth(n)? {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        _ => None,
+    }
+}
+
+fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, DiscoveryError> {
+    let read = |field: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| DiscoveryError::TlsFile { field, path: path.to_owned(), source })
+    };
+    let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(read("ca", &tls.ca)?));
+    if let Some((cert, key)) = &tls.identity {
+        options = options.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+    }
+    Ok(options)
+}
+
+/// Waits between attempts: doubling from [`BACKOFF_MIN`] up to [`BACKOFF_MAX`], and never more
+/// than a third of the lease TTL, so that once etcd is back (it gives every lease a full TTL
+/// when it starts) the node renews its lease before it runs out.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(cluster: &Cluster) -> Self {
+        Self { next: BACKOFF_MIN, max: BACKOFF_MAX.min(cluster.lease_ttl / 3) }
+    }
+
+    fn next(&mut self) -> Duration {
+        let delay = self.next.min(self.max);
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}

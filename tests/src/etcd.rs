@@ -1,0 +1,230 @@
+//! A real etcd (Debian's etcd-server) for cluster tests: one member, started as a child process
+//! inside a lab namespace on an address of that namespace, with its data in the lab's directory,
+//! and stopped by pid.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use crate::{Lab, in_ns, sh};
+
+/// One etcd server of a lab.
+#[derive(Debug)]
+pub struct Etcd {
+    pub ns: String,
+    pub ip: String,
+    data: PathBuf,
+    pid: Option<u32>,
+    /// With TLS: client certificates are required.
+    pub tls: Option<Certs>,
+}
+
+/// A test CA, a server certificate for etcd's address, and a client certificate, as PEM files.
+#[derive(Debug, Clone)]
+pub struct Certs {
+    pub ca: PathBuf,
+    pub server: (PathBuf, PathBuf),
+    pub client: (PathBuf, PathBuf),
+}
+
+impl Certs {
+    /// Makes them in `dir` with openssl (P-256 keys, valid for a day). `name` names the CA.
+    pub fn make(dir: &std::path::Path, name: &str, server_ip: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = |f: &str| dir.join(format!("{name}-{f}"));
+        let p = |f: &str| path(f).to_str().map(str::to_owned).context("utf-8 path");
+        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let openssl = |args: &[&str]| crate::run(Command::new("openssl").args(args)).map(drop);
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &key,
+                &[
+                    "-keyout",
+                    &p("ca.key")?,
+                    "-out",
+                    &p("ca.crt")?,
+                    "-days",
+                    "1",
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat(),
+        )?;
+        for (who, ext) in [
+            ("server", format!("subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth")),
+            ("client", "extendedKeyUsage=clientAuth".to_owned()),
+        ] {
+            let ext_file = path(&format!("{who}.ext"));
+            std::fs::write(&ext_file, ext)?;
+            openssl(
+                &[
+                    &["req"][..],
+                    &key,
+                    &[
+                        "-keyout",
+                        &p(&format!("{who}.key"))?,
+                        "-out",
+                        &p(&format!("{who}.csr"))?,
+                        "-subj",
+                        &format!("/CN={who}"),
+                    ],
+                ]
+                .concat(),
+            )?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &p(&format!("{who}.csr"))?,
+                "-CA",
+                &p("ca.crt")?,
+                "-CAkey",
+                &p("ca.key")?,
+                "-CAcreateserial",
+                "-out",
+                &p(&format!("{who}.crt"))?,
+                "-days",
+                "1",
+                "-extfile",
+                ext_file.to_str().context("utf-8 path")?,
+            ])?;
+        }
+        Ok(Self {
+            ca: path("ca.crt"),
+            server: (path("server.crt"), path("server.key")),
+            client: (path("client.crt"), path("client.key")),
+        })
+    }
+}
+
+impl Etcd {
+    /// Starts etcd in `ns` on `ip` (an address `ns` holds) and waits until it answers; with
+    /// `tls`, on https and requiring client certificates.
+    pub fn start(lab: &mut Lab, ns: &str, ip: &str, tls: Option<Certs>) -> anyhow::Result<Self> {
+        let data = lab.dir().join(format!("etcd-{ns}"));
+        let mut etcd = Self { ns: ns.to_owned(), ip: ip.to_owned(), data, pid: None, tls };
+        etcd.restart(lab)?;
+        Ok(etcd)
+    }
+
+    /// The client URL, for `[cluster] etcd`.
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:2379", self.ip)
+    }
+
+    /// etcd's TLS flags, or etcdctl's.
+    fn tls_args(&self, server: bool) -> Vec<String> {
+        let Some(certs) = &self.tls else {
+            return Vec::new();
+        };
+        let s = |p: &PathBuf| p.display().to_string();
+        if server {
+            vec![
+                "--cert-file".into(),
+                s(&certs.server.0),
+                "--key-file".into(),
+                s(&certs.server.1),
+                "--trusted-ca-file".into(),
+                s(&certs.ca),
+                "--client-cert-auth".into(),
+            ]
+        } else {
+            vec![
+                "--cacert".into(),
+                s(&certs.ca),
+                "--cert".into(),
+                s(&certs.client.0),
+                "--key".into(),
+                s(&certs.client.1),
+            ]
+        }
+    }
+
+    /// Starts the server again on the same data (after [`Self::kill`]) and waits until it answers.
+    pub fn restart(&mut self, lab: &mut Lab) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.data)?;
+        let (client, peer) = (self.endpoint(), format!("http://{}:2380", self.ip));
+        let data = self.data.to_str().context("utf-8 path")?;
+        let log = self.data.join("etcd.log");
+        let log = log.to_str().context("utf-8 path")?;
+        let pid = lab.spawn_command(
+            in_ns(&self.ns, "etcd")
+                .args([
+                    "--name",
+                    "t",
+                    "--data-dir",
+                    data,
+                    "--logger",
+                    "zap",
+                    "--log-outputs",
+                    log,
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                    "--initial-cluster",
+                    &format!("t={peer}"),
+                    "--initial-cluster-state",
+                    "new",
+                ])
+                .args(self.tls_args(true)),
+        )?;
+        self.pid = Some(pid);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.ctl(&["endpoint", "health"]).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "etcd in {} did not answer within 20 s", self.ns);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Kills the server (SIGKILL) and waits until its port is closed.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let pid = self.pid.take().context("etcd is not running")?;
+        crate::run(Command::new("kill").args(["-9", &pid.to_string()]))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sh(&self.ns, "ss", &["-Hltn", "sport = :2379"])?.trim().is_empty() {
+            anyhow::ensure!(Instant::now() < deadline, "etcd still listens 10 s after kill -9");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Runs `etcdctl` (API v3) against the server; its stdout.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = in_ns(&self.ns, "etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint(), "--command-timeout", "2s"])
+            .args(self.tls_args(false))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Every key under `prefix` with its value, as etcdctl prints them (key line, value line).
+    pub fn get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let out = self.ctl(&["get", "--prefix", prefix])?;
+        let lines: Vec<&str> = out.lines().collect();
+        Ok(lines
+            .chunks(2)
+            .map(|kv| (kv[0].to_owned(), kv.get(1).copied().unwrap_or("").to_owned()))
+            .collect())
+    }
+}

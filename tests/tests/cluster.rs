@@ -1,0 +1,348 @@
+//! Nodes find each other through a real etcd: they lease distinct pod CIDRs, become each other's
+//! peers, drop a node whose lease runs out, take their CIDR back after a restart, keep
+//! forwarding (and flap nothing) while etcd is down, and refuse clearly what cannot be.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use podnet_tests::{
+    Lab, Node,
+    etcd::{Certs, Etcd},
+    iperf3_tcp, pings,
+};
+
+const ETCD_IP: &str = "192.168.50.250";
+/// Short, so that a stopped agent's lease runs out within the test.
+const TTL: u64 = 3;
+
+/// Config body of cluster node `k`: no pod CIDR, no peers, two pods without addresses, and
+/// `[cluster]` with `etcd`'s endpoint and the settings `cluster`.
+fn member_config(k: u8, etcd: &Etcd, cluster: &str) -> String {
+    format!(
+        "[uplink]\ninterface = \"eth0\"\nip = \"192.168.50.{k}\"\n\n\
+         [cluster]\netcd = [\"{}\"]\n{cluster}\n\
+         [[pod]]\nname = \"pod1\"\n\n[[pod]]\nname = \"pod2\"\n",
+        etcd.endpoint()
+    )
+}
+
+/// A lab with a switch that also holds etcd's address, and etcd running on it (with `tls`, on
+/// https and requiring client certificates).
+fn etcd_lab(tag: &str, tls: bool) -> anyhow::Result<(Lab, String, Etcd)> {
+    let mut lab = Lab::new(tag)?;
+    let switch = lab.switch("sw")?;
+    podnet_tests::sh(&switch, "ip", &["addr", "add", &format!("{ETCD_IP}/24"), "dev", "sw0"])?;
+    let certs = tls.then(|| Certs::make(&lab.dir().join("pki"), "podnet-test-ca", ETCD_IP)).transpose()?;
+    let etcd = Etcd::start(&mut lab, &switch, ETCD_IP, certs)?;
+    Ok((lab, switch, etcd))
+}
+
+/// Node `k` on `switch`, a member of `etcd`'s cluster with the settings `cluster`.
+fn member(lab: &mut Lab, switch: &str, etcd: &Etcd, k: u8, cluster: &str) -> anyhow::Result<Node> {
+    let node = lab.node(&format!("node{k}"), &member_config(k, etcd, cluster))?;
+    lab.plug(switch, &node.netns, &format!("port{k}"), &format!("192.168.50.{k}/24"))?;
+    Ok(node)
+}
+
+/// The address pod `pod` of `node` holds.
+fn pod_ip(node: &Node, pod: &str) -> anyhow::Result<String> {
+    let status = node.status()?;
+    status["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["pod"] == pod)
+        .and_then(|e| e["ip"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("{} has no pod {pod}: {status}", node.name))
+}
+
+/// `node`'s peers as (name, pod CIDR, source).
+fn peers(node: &Node) -> anyhow::Result<Vec<(String, String, String)>> {
+    let status = node.status()?;
+    let mut peers: Vec<_> = status["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let field = |f: &str| p[f].as_str().unwrap_or_default().to_owned();
+            (field("name"), field("pod_cidr"), field("source"))
+        })
+        .collect();
+    peers.sort();
+    Ok(peers)
+}
+
+fn peer_names(node: &Node) -> anyhow::Result<Vec<String>> {
+    Ok(peers(node)?.into_iter().map(|(name, ..)| name).collect())
+}
+
+/// Waits (at most `secs`) until `node`'s peers are exactly `names`.
+fn wait_peers(node: &Node, names: &[&str], secs: u64) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut want: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    want.sort();
+    loop {
+        let have = peer_names(node)?;
+        if have == want {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(secs),
+            "{}'s peers are {have:?} after {secs} s, not {want:?}",
+            node.name
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn kill(signal: &str, pid: u32) -> anyhow::Result<()> {
+    podnet_tests::run(std::process::Command::new("kill").args([signal, &pid.to_string()])).map(drop)
+}
+
+#[test]
+fn nodes_lease_cidrs_and_find_each_other_through_etcd() -> anyhow::Result<()> {
+    let (mut lab, switch, mut etcd) = etcd_lab("cl", false)?;
+    let cluster = format!("cluster_cidr = \"10.1.0.0/16\"\nnode_prefix = 24\nlease_ttl = {TTL}\n");
+    let nodes: Vec<Node> =
+        (1..=3).map(|k| member(&mut lab, &switch, &etcd, k, &cluster)).collect::<Result<_, _>>()?;
+    let mut agents = Vec::new();
+    for node in &nodes {
+        agents.push(lab.agent(node)?);
+    }
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+
+    // Distinct CIDRs out of the cluster range, and a full mesh of cluster peers.
+    let mut cidrs = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let others: Vec<&str> = names.iter().copied().filter(|n| *n != node.name).collect();
+        wait_peers(node, &others, 5)?;
+        assert!(peers(node)?.iter().all(|(.., source)| source == "cluster"), "{:?}", peers(node)?);
+        let ip: std::net::Ipv4Addr = pod_ip(node, "pod1")?.parse()?;
+        let cidr = ipnet::Ipv4Net::new(ip, 24)?.trunc();
+        assert!("10.1.0.0/16".parse::<ipnet::Ipv4Net>()?.contains(&cidr), "node {i}: {cidr}");
+        cidrs.push(cidr);
+    }
+    let mut distinct = cidrs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{cidrs:?}");
+    for from in &nodes {
+        for to in nodes.iter().filter(|n| n.name != from.name) {
+            for pod in ["pod1", "pod2"] {
+                let ip = pod_ip(to, pod)?;
+                assert!(
+                    pings(&from.pod_ns("pod1"), &ip, 1),
+                    "{} pod1 -> {} {pod} ({ip})",
+                    from.name,
+                    to.name
+                );
+            }
+        }
+    }
+    // The text status names where peers came from.
+    assert!(nodes[0].run_podnet(&["status"])?.contains("cluster"));
+    // The keys are documented JSON, readable with etcdctl.
+    let keys = etcd.get_prefix("/podnet/")?;
+    assert_eq!(keys.len(), 6, "a subnet key and a node key per node: {keys:?}");
+    for (key, value) in &keys {
+        let value: serde_json::Value = serde_json::from_str(value)?;
+        let node = value["node"].as_str().unwrap_or_default();
+        assert!(names.contains(&node), "{key}: {value}");
+        let cidr = value["pod_cidr"].as_str().unwrap_or_default();
+        assert!(
+            *key == format!("/podnet/nodes/{node}")
+                || *key == format!("/podnet/subnets/{}", cidr.replace('/', "-")),
+            "{key}: {value}"
+        );
+    }
+
+    // An agent that stops: its lease runs out and the others drop it; its datapath stays.
+    let (n1, n3) = (&nodes[0], &nodes[2]);
+    kill("-TERM", agents[2])?;
+    let gone = wait_peers(n1, &names[1..2], TTL + 7)?;
+    wait_peers(&nodes[1], &names[..1], 3)?;
+    assert!(!pings(&n1.pod_ns("pod1"), &pod_ip(n3, "pod1")?, 1), "a node out of the cluster is no peer");
+    // Restarted, it takes its CIDR back and the others take it back.
+    lab.agent(n3)?;
+    wait_peers(n1, &names[1..], 5)?;
+    let back: std::net::Ipv4Addr = pod_ip(n3, "pod1")?.parse()?;
+    assert!(cidrs[2].contains(&back), "node3 came back with {back}, not in {}", cidrs[2]);
+    assert!(pings(&n1.pod_ns("pod1"), &back.to_string(), 1));
+
+    // etcd killed under a pod-to-pod stream: nothing drops, no peer goes.
+    let n2 = &nodes[1];
+    lab.iperf3_server(&n2.pod_ns("pod1"), 5201)?;
+    let target = pod_ip(n2, "pod1")?;
+    let iperf = thread::scope(|s| -> anyhow::Result<_> {
+        let stream = s.spawn(|| iperf3_tcp(&n1.pod_ns("pod1"), &target, 5201, 8));
+        thread::sleep(Duration::from_secs(2));
+        etcd.kill()?;
+        // Down for longer than a lease lives: the agents must not read that as nodes leaving.
+        thread::sleep(Duration::from_secs(TTL + 2));
+        assert_eq!(peer_names(n1)?, names[1..], "peers while etcd is down");
+        stream.join().expect("no panic")
+    })?;
+    assert!(iperf.bytes > 100_000_000, "the stream moved only {} bytes while etcd was down", iperf.bytes);
+    etcd.restart(&mut lab)?;
+    // A fourth node joins once etcd is back, and everyone reaches it.
+    let n4 = member(&mut lab, &switch, &etcd, 4, &cluster)?;
+    lab.agent(&n4)?;
+    let all: Vec<&str> = names.iter().copied().chain([n4.name.as_str()]).collect();
+    wait_peers(n1, &all[1..], 20)?;
+    wait_peers(n2, &[all[0], all[2], all[3]], 20)?;
+    let n4_pod = pod_ip(&n4, "pod1")?;
+    assert!(pings(&n1.pod_ns("pod1"), &n4_pod, 3), "node1 -> node4 ({n4_pod})");
+    assert!(pings(&n4.pod_ns("pod1"), &pod_ip(n2, "pod2")?, 1), "node4 -> node2");
+    // No flapping: node1 saw node3 leave once (its agent stopped) and nobody else, outage included.
+    let log = std::fs::read_to_string(lab.agent_log(n1))?;
+    let left: Vec<&str> = log.lines().filter(|l| l.contains("left the cluster")).collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains(&n3.name), "{left:?}");
+    eprintln!("a stopped node left its peers after {gone:?} (lease_ttl {TTL} s)");
+    Ok(())
+}
+
+#[test]
+fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
+    let (mut lab, switch, etcd) = etcd_lab("clr", false)?;
+    // Room for four nodes.
+    let small = "cluster_cidr = \"10.2.0.0/22\"\nnode_prefix = 24\nlease_ttl = 30\n";
+    let a = lab.node("nodea", &format!("pod_cidr = \"10.2.0.0/24\"\n{}", member_config(1, &etcd, small)))?;
+    lab.plug(&switch, &a.netns, "porta", "192.168.50.1/24")?;
+    let a_agent = lab.agent(&a)?;
+    // Values nobody should trust: two of them take the last free CIDRs.
+    let poser = format!(r#"{{"node":"{}","node_ip":"192.168.50.1","pod_cidr":"10.2.3.0/24"}}"#, a.name);
+    let hostile = [
+        ("/podnet/subnets/10.2.2.0-24", "not json".to_owned()),
+        ("/podnet/subnets/10.2.3.0-24", poser),
+        (
+            "/podnet/subnets/10.9.0.0-24",
+            r#"{"node":"evil","node_ip":"192.168.50.66","pod_cidr":"10.9.0.0/24"}"#.to_owned(),
+        ),
+        (
+            "/podnet/subnets/10.2.0.128-25",
+            r#"{"node":"evil","node_ip":"192.168.50.67","pod_cidr":"10.2.0.128/25"}"#.to_owned(),
+        ),
+        (
+            "/podnet/subnets/10.2.9.9-99",
+            r#"{"node":"evil","node_ip":"192.168.50.68","pod_cidr":"10.2.9.9/32"}"#.to_owned(),
+        ),
+    ];
+    for (key, value) in &hostile {
+        etcd.ctl(&["put", key, value])?;
+    }
+    let b = member(&mut lab, &switch, &etcd, 2, small)?;
+    lab.agent(&b)?;
+    assert_eq!(pod_ip(&b, "pod1")?.rsplit_once('.').map(|(net, _)| net), Some("10.2.1"));
+    wait_peers(&b, &[&a.name], 5)?;
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(peer_names(&b)?, std::slice::from_ref(&a.name), "only the genuine node is b's peer");
+    let log = std::fs::read_to_string(lab.agent_log(&b))?;
+    for (key, _) in &hostile {
+        assert!(log.contains(&format!("ignoring {key}:")), "{key} not ignored:\n{log}");
+    }
+
+    // A lease revoked behind the node's back: it leases its CIDR again, its pods keep their
+    // addresses.
+    let record = std::path::Path::new("/var/lib/podnet").join(&b.name).join("lease.json");
+    let lease = |_: ()| -> anyhow::Result<i64> {
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&record)?)?;
+        json["lease"].as_i64().ok_or_else(|| anyhow::anyhow!("no lease in {json}"))
+    };
+    let revoked = lease(())?;
+    etcd.ctl(&["lease", "revoke", &format!("{revoked:x}")])?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lease(())? == revoked || etcd.get_prefix("/podnet/subnets/10.2.1.0-24")?.is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "b did not lease its CIDR again within 5 s");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pod_ip(&b, "pod1")?.rsplit_once('.').map(|(net, _)| net), Some("10.2.1"));
+
+    let refused = |node: &Node, expected: &str| -> anyhow::Result<()> {
+        let out = node.podnet(&["agent"]).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{}: {stderr}", node.name);
+        assert!(!node.pin_dir().exists(), "{} built something", node.name);
+        assert!(!std::path::Path::new("/var/lib/podnet").join(&node.name).join("lease.json").exists());
+        Ok(())
+    };
+    // The range is full.
+    let c = member(&mut lab, &switch, &etcd, 3, small)?;
+    refused(&c, "has no free /24 left")?;
+    // A configured CIDR another node holds.
+    let d = lab.node("noded", &format!("pod_cidr = \"10.2.1.0/24\"\n{}", member_config(4, &etcd, small)))?;
+    lab.plug(&switch, &d.netns, "portd", "192.168.50.4/24")?;
+    refused(&d, &format!("10.2.1.0/24 is leased by node \"{}\"", b.name))?;
+    // A name that a live lease of another address holds (a's agent is gone; its lease lives on).
+    kill("-TERM", a_agent)?;
+    let impostor = lab.netns("impostor")?;
+    lab.plug(&switch, &impostor, "porti", "192.168.50.5/24")?;
+    let state = lab.dir().join("impostor-state");
+    let config = lab.dir().join("impostor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nname = \"{}\"\nstate_dir = \"{}\"\n{}",
+            a.name,
+            state.display(),
+            member_config(5, &etcd, small)
+        ),
+    )?;
+    let out = std::process::Command::new(podnet_tests::podnet_bin())
+        .args(["--netns", &impostor, "--config", config.to_str().unwrap_or_default(), "agent"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("is held by a live lease of the node at 192.168.50.1"),
+        "{stderr}"
+    );
+    assert!(!state.join(&a.name).join("lease.json").exists());
+    // `down` gives a's lease back: its keys go at once, not after the TTL.
+    for (key, _) in &hostile {
+        etcd.ctl(&["del", key])?;
+    }
+    a.run_podnet(&["down"])?;
+    let left = etcd.get_prefix("/podnet/nodes/")?;
+    assert_eq!(
+        left.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        [format!("/podnet/nodes/{}", b.name)]
+    );
+    wait_peers(&b, &[], 3)?;
+    Ok(())
+}
+
+#[test]
+fn etcd_over_tls_with_client_certificates() -> anyhow::Result<()> {
+    let (mut lab, switch, etcd) = etcd_lab("clt", true)?;
+    let certs = etcd.tls.clone().expect("a TLS etcd");
+    let settings = |client: bool| {
+        let mut c =
+            format!("cluster_cidr = \"10.3.0.0/16\"\nnode_prefix = 24\nca = \"{}\"\n", certs.ca.display());
+        if client {
+            c +=
+                &format!("cert = \"{}\"\nkey = \"{}\"\n", certs.client.0.display(), certs.client.1.display());
+        }
+        c
+    };
+    let n1 = member(&mut lab, &switch, &etcd, 1, &settings(true))?;
+    let n2 = member(&mut lab, &switch, &etcd, 2, &settings(true))?;
+    lab.agent(&n1)?;
+    lab.agent(&n2)?;
+    wait_peers(&n1, &[&n2.name], 5)?;
+    assert!(pings(&n1.pod_ns("pod1"), &pod_ip(&n2, "pod1")?, 1));
+    assert_eq!(etcd.get_prefix("/podnet/nodes/")?.len(), 2);
+    // Without a client certificate etcd refuses the node: it keeps trying, says so, builds nothing.
+    let n3 = member(&mut lab, &switch, &etcd, 3, &settings(false))?;
+    let log = lab.dir().join("n3.log");
+    let mut agent = n3.podnet(&["agent"]).stderr(std::fs::File::create(&log)?).spawn()?;
+    thread::sleep(Duration::from_secs(3));
+    let _ = agent.kill();
+    agent.wait()?;
+    let text = std::fs::read_to_string(&log)?;
+    assert!(text.contains("trying to join again"), "{text}");
+    assert!(!n3.pin_dir().exists());
+    Ok(())
+}
