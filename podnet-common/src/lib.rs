@@ -14,6 +14,10 @@ pub mod programs {
     /// XDP on the node's uplink, `[uplink] xdp_deliver = true`: the prefilter, then frames for
     /// local pods are redirected to the pod's veth at XDP instead of going on to tc.
     pub const UPLINK_DELIVER: &str = "uplink_deliver";
+    /// Tail-called by the tc programs to write a log line (loaded only with a log level).
+    pub const LOG_TC: &str = "log_tc";
+    /// The program array the logger is put in.
+    pub const LOGGERS: &str = "LOGGERS";
 }
 
 /// Map names (as the kernel and bpftool show them, at most 15 bytes) and sizes.
@@ -81,12 +85,27 @@ pub mod maps {
     pub const UPLINK_ALLOW: &str = "UPLINK_ALLOW";
     /// Capacity of [`UPLINK_ALLOW`].
     pub const UPLINK_ALLOW_MAX: usize = 1024;
+    /// Per-pod traffic (per-CPU array): the [`crate::Endpoint`]'s slot -> [`crate::PodStats`].
+    /// Slot 0 belongs to no pod.
+    pub const POD_STATS: &str = "POD_STATS";
+    pub const POD_STATS_SLOTS: usize = ENDPOINTS_MAX + 1;
+    /// Drop and new-translation events for `podnet monitor` (ring buffer of [`crate::Event`]).
+    pub const EVENTS: &str = "EVENTS";
+    /// Bytes of [`EVENTS`]: about 5000 events.
+    pub const EVENTS_BYTES: usize = 256 * 1024;
+    /// When `podnet monitor` last said it listens (array, one `bpf_ktime_get_ns` value): the
+    /// programs write events only within [`crate::events::LISTENER_TTL_NS`] of it.
+    pub const MONITOR: &str = "MONITOR";
+    /// What became of events (per-CPU array, [`crate::events`] slots).
+    pub const EVENT_STATS: &str = "EVENT_STATS";
+    /// The per-CPU token bucket that rate-limits events (per-CPU array, one [`crate::EventBudget`]).
+    pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
 
     /// Every pinned map with the version of its layout: what its keys and values mean. A map's
     /// version goes up whenever that meaning changes, even when its sizes do not (a counter slot
     /// that now counts something else), so `podnet up` can tell an old map from a current one and
     /// migrate it. Version 1 is the layout of podnet 0.1, whose maps carry no version.
-    pub const LAYOUTS: [(&str, u32); 15] = [
+    pub const LAYOUTS: [(&str, u32); 20] = [
         (ENDPOINTS, 1),
         (POD_DEVS, 1),
         (POD_SOURCES, 1),
@@ -106,7 +125,87 @@ pub mod maps {
         (NAT_LOCKS, 1),
         (DENY, 1),
         (UPLINK_ALLOW, 1),
+        (POD_STATS, 1),
+        (MONITOR, 1),
+        (EVENT_STATS, 1),
+        (EVENT_BUDGET, 1),
+        (crate::programs::LOGGERS, 1),
     ];
+}
+
+/// Events from the datapath to `podnet monitor`.
+pub mod events {
+    /// [`crate::Event::kind`]: a packet was dropped, for [`crate::Event::reason`].
+    pub const DROP: u8 = 1;
+    /// [`crate::Event::kind`]: the first packet of a new NAT translation.
+    pub const NAT_NEW: u8 = 2;
+    /// A listener that has not said so for this long is gone (`podnet monitor` says so every
+    /// second).
+    pub const LISTENER_TTL_NS: u64 = 3_000_000_000;
+    /// Events each CPU may write per second, on average...
+    pub const PER_SECOND: u64 = 1000;
+    /// ... and at once, after a quiet time.
+    pub const BURST: u64 = 200;
+    /// [`crate::maps::EVENT_STATS`] slots: events written, events not written because the CPU
+    /// was over its budget, and events lost because the ring buffer was full.
+    pub const SENT: u32 = 0;
+    pub const RATE_LIMITED: u32 = 1;
+    pub const RING_FULL: u32 = 2;
+    pub const STATS: usize = 3;
+}
+
+/// One event in the [`maps::EVENTS`] ring buffer.
+///
+/// Layout: 8 + 4 * 4 + 2 * 3 + 1 * 3 + 7 = 40 bytes, 8-byte aligned, explicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// The interface the packet arrived on.
+    pub ifindex: u32,
+    /// The packet's addresses, network byte order (0 when it carried no IPv4).
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    /// [`events::NAT_NEW`]: the node address the connection leaves as.
+    pub nat_addr: [u8; 4],
+    /// TCP and UDP ports, ICMP echo identifier (as `sport`), host byte order; 0 when none.
+    pub sport: u16,
+    pub dport: u16,
+    /// [`events::NAT_NEW`]: the node port the connection leaves from.
+    pub nat_port: u16,
+    /// [`events::DROP`] or [`events::NAT_NEW`].
+    pub kind: u8,
+    /// The [`Reason`] counted for the packet.
+    pub reason: u8,
+    /// IP protocol.
+    pub protocol: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A CPU's token bucket for events.
+///
+/// Layout: 8 + 8 = 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    pub tokens: u64,
+    /// When the bucket was last topped up (`bpf_ktime_get_ns`).
+    pub filled_ns: u64,
+}
+
+/// One pod's traffic through the datapath, per CPU.
+///
+/// Layout: 4 * 8 = 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodStats {
+    /// Packets the datapath delivered into the pod, and their IPv4 bytes (headers included).
+    pub to_pod_packets: u64,
+    pub to_pod_bytes: u64,
+    /// IPv4 packets the pod sent that passed its source check, and their bytes.
+    pub from_pod_packets: u64,
+    pub from_pod_bytes: u64,
 }
 
 /// Values of the [`maps::UPLINK_ALLOW`] trie.
@@ -335,24 +434,33 @@ pub struct EndpointKey {
 
 /// A pod on this node, as the datapath needs it to deliver a packet into the pod.
 ///
-/// Layout: 4 + 4 + 6 + 6 = 20 bytes, 4-byte aligned, no padding.
+/// Layout: 4 + 2 + 2 + 6 + 6 = 20 bytes, 4-byte aligned, explicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     /// Index of the host-side veth (in the node namespace); `bpf_redirect_peer` to it lands the
     /// packet on the pod-side veth's ingress, inside the pod namespace.
     pub host_ifindex: u32,
-    /// Reserved for per-endpoint policy bits; always 0 today.
-    pub flags: u32,
+    /// The pod's counters in [`maps::POD_STATS`]; 0: none (a pod attached by podnet 0.2 or
+    /// older, until the next `up`).
+    pub slot: u16,
+    pub _pad: [u8; 2],
     /// MAC of the pod-side veth: the destination MAC of delivered frames.
     pub pod_mac: [u8; 6],
     /// MAC of the host-side veth: the source MAC of delivered frames.
     pub host_mac: [u8; 6],
 }
 
+impl Endpoint {
+    /// A pod's endpoint, without its counter slot (the loader gives it one when it inserts it).
+    pub const fn new(host_ifindex: u32, pod_mac: [u8; 6], host_mac: [u8; 6]) -> Self {
+        Self { host_ifindex, slot: 0, _pad: [0; 2], pod_mac, host_mac }
+    }
+}
+
 /// The pod behind a host veth, as its frames must show it.
 ///
-/// Layout: 4 + 4 + 6 + 2 = 16 bytes, 4-byte aligned, explicit padding.
+/// Layout: 4 + 4 + 6 + 2 = 16 bytes, 4-byte aligned, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PodSource {
@@ -362,7 +470,8 @@ pub struct PodSource {
     pub ip: [u8; 4],
     /// The pod's MAC.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The pod's counters in [`maps::POD_STATS`], as in its [`Endpoint`].
+    pub slot: u16,
 }
 
 /// The data of an IPv4 LPM-trie key (peer and deny maps): a network address in network byte
@@ -504,7 +613,28 @@ impl Reason {
     /// pinned map's size.
     pub const SLOTS: usize = 64;
 
-    /// Stable, human-readable name (used by `podnet status` and its JSON).
+    /// Whether packets counted for this reason are dropped.
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Reason::DropMalformed
+                | Reason::DropNatPortsExhausted
+                | Reason::DropNotNatable
+                | Reason::XdpDropDenied
+                | Reason::XdpDropMalformed
+                | Reason::DropSpoofed
+                | Reason::DropVlanTagged
+                | Reason::DropNotIpv4
+                | Reason::DropMartian
+                | Reason::DropNotAllowed
+                | Reason::DropNatNoFlow
+                | Reason::DropNatTableFull
+        )
+    }
+
+    /// Stable, human-readable name (used by `podnet status` and its JSON). Always inlined: the
+    /// programs' log lines use it, and a BPF function cannot return a two-word `&str`.
+    #[inline(always)]
     pub const fn name(self) -> &'static str {
         match self {
             Reason::RedirectLocal => "redirect_local",
@@ -618,8 +748,14 @@ mod user {
     // SAFETY: `Endpoint` is `#[repr(C)]`, `Copy`, made of integers and byte arrays laid out
     // without padding (see its layout note): every bit pattern is valid.
     unsafe impl aya::Pod for super::Endpoint {}
-    // SAFETY: `PodSource` is `#[repr(C)]`, `Copy`, an integer and bytes with explicit padding.
+    // SAFETY: `PodSource` is `#[repr(C)]`, `Copy`, integers and bytes without padding.
     unsafe impl aya::Pod for super::PodSource {}
+    // SAFETY: `PodStats` is `#[repr(C)]`, `Copy`, four `u64`s.
+    unsafe impl aya::Pod for super::PodStats {}
+    // SAFETY: `Event` is `#[repr(C)]`, `Copy`, integers and bytes with explicit padding.
+    unsafe impl aya::Pod for super::Event {}
+    // SAFETY: `EventBudget` is `#[repr(C)]`, `Copy`, two `u64`s.
+    unsafe impl aya::Pod for super::EventBudget {}
     // SAFETY: `Peer` is `#[repr(C)]`, `Copy`, made only of byte arrays: no padding, every bit
     // pattern valid.
     unsafe impl aya::Pod for super::Peer {}
@@ -636,9 +772,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn drops_are_the_reasons_named_drop() {
+        for reason in Reason::ALL {
+            let named = reason.name().starts_with("drop_") || reason.name().starts_with("xdp_drop_");
+            assert_eq!(reason.is_drop(), named, "{}", reason.name());
+        }
+    }
+
+    #[test]
     fn layouts_have_no_padding() {
         assert_eq!(core::mem::size_of::<EndpointKey>(), 4);
         assert_eq!(core::mem::size_of::<Endpoint>(), 20);
+        assert_eq!(core::mem::size_of::<PodSource>(), 16);
+        assert_eq!(core::mem::size_of::<Event>(), 40);
+        assert_eq!(core::mem::align_of::<Event>(), 8);
+        assert_eq!(core::mem::size_of::<PodStats>(), 32);
         assert_eq!(core::mem::align_of::<Endpoint>(), 4);
         assert_eq!(core::mem::size_of::<Peer>(), 36);
         assert_eq!(core::mem::size_of::<PodSource>(), 16);

@@ -4,14 +4,14 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::xdp_action,
-    btf_maps::{Array, DevMapHash, HashMap},
+    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray},
     helpers::generated::{bpf_check_mtu, bpf_redirect_peer},
     macros::btf_map,
     programs::XdpContext,
 };
 use podnet_common::{
-    Endpoint, EndpointKey, PodSource, Reason,
-    maps::{ENDPOINTS_MAX, POD_SOURCES_MAX},
+    Endpoint, EndpointKey, PodSource, PodStats, Reason,
+    maps::{ENDPOINTS_MAX, POD_SOURCES_MAX, POD_STATS_SLOTS},
 };
 
 use crate::{isolation, packet::Ipv4, verdict::Verdict};
@@ -25,6 +25,9 @@ static POD_SOURCES: Array<PodSource, POD_SOURCES_MAX> = Array::new();
 /// device, so a redirect needs no per-packet ifindex lookup, and only live devices are targets.
 #[btf_map(pin_by_name)]
 static POD_DEVS: DevMapHash<ENDPOINTS_MAX> = DevMapHash::new();
+/// Each pod's traffic, by the slot in its endpoint: an array, so counting is an offset.
+#[btf_map(pin_by_name)]
+static POD_STATS: PerCpuArray<PodStats, POD_STATS_SLOTS> = PerCpuArray::new();
 
 /// How the packet reaches the pod.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -51,23 +54,49 @@ pub fn deliver(ip: &Ipv4, ep: &Endpoint, hop: Hop) -> Verdict {
         }
     };
     ip.set_macs(ep.host_mac, ep.pod_mac);
+    count_to_pod(ep.slot, ip.tot_len());
     // SAFETY: a helper call with plain integer arguments; valid from tc ingress.
     let action = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) };
     Verdict::redirected(action as i32, reason)
 }
 
-/// Whether a packet from `addr` with source MAC `mac`, arriving on host veth `ifindex`, comes
-/// from the pod that owns that address: its own veth, its own MAC. The veth's slot in
-/// `POD_SOURCES` answers; when another veth holds the slot (ifindexes that share it), the
-/// endpoint of `addr` does.
+/// The pod's counter slot if a packet from `addr` with source MAC `mac`, arriving on host veth
+/// `ifindex`, comes from the pod that owns that address: its own veth, its own MAC; `None` if
+/// not. The veth's slot in `POD_SOURCES` answers; when another veth holds the slot (ifindexes
+/// that share it), the endpoint of `addr` does.
 #[inline(always)]
-pub fn is_own(addr: [u8; 4], mac: [u8; 6], ifindex: u32) -> bool {
+pub fn own_slot(addr: [u8; 4], mac: [u8; 6], ifindex: u32) -> Option<u16> {
     if let Some(source) = POD_SOURCES.get(ifindex % POD_SOURCES_MAX as u32)
         && source.ifindex == ifindex
     {
-        return source.ip == addr && source.mac == mac;
+        return (source.ip == addr && source.mac == mac).then_some(source.slot);
     }
-    lookup(addr).is_some_and(|ep| ep.host_ifindex == ifindex && ep.pod_mac == mac)
+    lookup(addr).filter(|ep| ep.host_ifindex == ifindex && ep.pod_mac == mac).map(|ep| ep.slot)
+}
+
+/// Counts a packet of `bytes` the pod with counter slot `slot` sent.
+#[inline(always)]
+pub fn count_from_pod(slot: u16, bytes: u16) {
+    if let Some(stats) = POD_STATS.get_ptr_mut(u32::from(slot)) {
+        // SAFETY: from a successful lookup in a per-CPU array: this CPU's own slot, and this
+        // program cannot be preempted by another user of it.
+        unsafe {
+            (*stats).from_pod_packets += 1;
+            (*stats).from_pod_bytes += u64::from(bytes);
+        }
+    }
+}
+
+/// Counts a packet of `bytes` delivered into the pod with counter slot `slot`.
+#[inline(always)]
+fn count_to_pod(slot: u16, bytes: u16) {
+    if let Some(stats) = POD_STATS.get_ptr_mut(u32::from(slot)) {
+        // SAFETY: as in `count_from_pod`.
+        unsafe {
+            (*stats).to_pod_packets += 1;
+            (*stats).to_pod_bytes += u64::from(bytes);
+        }
+    }
 }
 
 /// XDP: a frame from another node for a local pod leaves by the pod's host veth and arrives on
@@ -89,6 +118,7 @@ pub fn deliver_xdp(ctx: &XdpContext, ip: &Ipv4) -> Option<Verdict> {
     }
     ip.decrement_ttl();
     ip.set_macs(ep.host_mac, ep.pod_mac);
+    count_to_pod(ep.slot, ip.tot_len());
     // A pod whose device entry is missing (never, while `up` keeps both maps) goes on to tc.
     Some(match POD_DEVS.redirect(ep.host_ifindex, u64::from(xdp_action::XDP_PASS)) {
         Ok(action) => Verdict::redirected(action as i32, Reason::XdpRedirectLocal),

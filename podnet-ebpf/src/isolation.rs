@@ -24,10 +24,11 @@ use crate::{
 #[btf_map(pin_by_name)]
 static UPLINK_ALLOW: LpmTrie<Ipv4LpmData, u32, UPLINK_ALLOW_MAX> = LpmTrie::new();
 
-/// Whether a pod's IPv4 packet carries its own source address and MAC, on its own veth.
+/// The pod's counter slot if its IPv4 packet carries its own source address and MAC, on its
+/// own veth; `None` if it does not.
 #[inline(always)]
-pub fn pod_owns_source(ctx: &TcContext, ip: &Ipv4) -> bool {
-    endpoints::is_own(ip.saddr(), ip.src_mac(), packet::ingress_ifindex(ctx))
+pub fn pod_source(ctx: &TcContext, ip: &Ipv4) -> Option<u16> {
+    endpoints::own_slot(ip.saddr(), ip.src_mac(), packet::ingress_ifindex(ctx))
 }
 
 /// A frame from a pod that is not IPv4: ARP announcing the pod's own MAC and address goes on to
@@ -44,7 +45,7 @@ pub fn pod_non_ipv4(ctx: &TcContext) -> Result<Verdict, Malformed> {
     }
     // The sender fields are what neighbours learn; the frame's source MAC is what the bridge
     // learns. Both must be the pod's own.
-    if arp.sha != eth.src || !endpoints::is_own(arp.spa, arp.sha, packet::ingress_ifindex(ctx)) {
+    if arp.sha != eth.src || endpoints::own_slot(arp.spa, arp.sha, packet::ingress_ifindex(ctx)).is_none() {
         return Ok(Verdict::drop(Reason::DropSpoofed));
     }
     Ok(Verdict::pass(Reason::PassArp))

@@ -9,6 +9,7 @@
 
 mod counters;
 mod endpoints;
+mod events;
 mod isolation;
 mod nat;
 mod packet;
@@ -39,7 +40,7 @@ use crate::{
 /// dropped); the rest (to the node, ARP) goes on to the kernel stack.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    try_from_pod(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish()
+    try_from_pod(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish(&ctx)
 }
 
 #[inline(always)]
@@ -50,9 +51,10 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
     let Some(ip) = Ipv4::parse(ctx)? else {
         return isolation::pod_non_ipv4(ctx);
     };
-    if !isolation::pod_owns_source(ctx, &ip) {
+    let Some(slot) = isolation::pod_source(ctx, &ip) else {
         return Ok(Verdict::drop(Reason::DropSpoofed));
-    }
+    };
+    endpoints::count_from_pod(slot, ip.tot_len());
     ip.check_l4(ctx)?;
     if is_martian_destination(ip.daddr()) {
         return Ok(Verdict::drop(Reason::DropMartian));
@@ -72,7 +74,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
 /// before they reach a pod; the rest (VLAN-tagged frames included) goes on to the stack.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    try_from_uplink(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish()
+    try_from_uplink(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish(&ctx)
 }
 
 #[inline(always)]
@@ -110,7 +112,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
 /// BENCHMARKS.md); hence XDP is off by default.
 #[xdp]
 pub fn uplink_filter(ctx: XdpContext) -> u32 {
-    try_uplink_xdp(&ctx, false).unwrap_or(Verdict::xdp_drop(Reason::XdpDropMalformed)).finish() as u32
+    try_uplink_xdp(&ctx, false).unwrap_or(Verdict::xdp_drop(Reason::XdpDropMalformed)).finish(&ctx) as u32
 }
 
 /// `uplink_filter`, then frames from other nodes for local pods are redirected at XDP to the
@@ -120,7 +122,7 @@ pub fn uplink_filter(ctx: XdpContext) -> u32 {
 /// by a sender on the same host), so it cannot rewrite ports safely.
 #[xdp]
 pub fn uplink_deliver(ctx: XdpContext) -> u32 {
-    try_uplink_xdp(&ctx, true).unwrap_or(Verdict::xdp_drop(Reason::XdpDropMalformed)).finish() as u32
+    try_uplink_xdp(&ctx, true).unwrap_or(Verdict::xdp_drop(Reason::XdpDropMalformed)).finish(&ctx) as u32
 }
 
 #[inline(always)]
@@ -139,6 +141,14 @@ fn try_uplink_xdp(ctx: &XdpContext, deliver: bool) -> Result<Verdict, Malformed>
         return Ok(verdict);
     }
     Ok(Verdict::xdp_pass(Reason::XdpPass))
+}
+
+/// The tc programs' logger, tail-called by `from_pod` and `from_uplink` when the programs were
+/// loaded with a log level: writes the pending drop or new translation as an aya-log line and
+/// returns what the caller decided for the packet (see [`events`]).
+#[classifier]
+pub fn log_tc(ctx: TcContext) -> i32 {
+    events::log(&ctx)
 }
 
 #[cfg(not(test))]

@@ -3,7 +3,10 @@
 use aya_ebpf::bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action};
 use podnet_common::Reason;
 
-use crate::counters;
+use crate::{
+    counters,
+    events::{self, Arrival},
+};
 
 /// A decision: the action for the hook and the one counter it moves.
 #[derive(Clone, Copy)]
@@ -44,10 +47,11 @@ impl Verdict {
         Self { action, reason }
     }
 
-    /// Count the reason and give the hook its return value.
+    /// Count the reason, report a drop or new translation (see [`events`]), and give the hook its
+    /// return value.
     #[inline(always)]
-    pub fn finish(self) -> i32 {
+    pub fn finish<C: Arrival>(self, ctx: &C) -> i32 {
         counters::count(self.reason);
-        self.action
+        events::finish(ctx, self.reason, self.action)
     }
 }

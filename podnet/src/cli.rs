@@ -4,6 +4,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
+use podnet::datapath::EbpfLog;
 
 /// podnet: Kubernetes-style pod networking with an eBPF datapath.
 ///
@@ -85,11 +86,53 @@ pub enum Command {
     /// Safe to run twice, after a failed `up`, or on a node never up. Refused while the agent
     /// runs: stop it first.
     Down,
-    /// Show endpoints, peers, attached programs and per-reason packet counters.
+    /// Show endpoints (with each pod's traffic), peers, attached programs, per-reason packet
+    /// counters and NAT table use.
     Status {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Refresh every --interval seconds, with each counter's rate (packets/s) beside it;
+        /// with --json, one JSON object a line. Ctrl-C stops it.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
+    },
+    /// Live events from the datapath: every dropped packet (reason, interface or pod, protocol,
+    /// addresses and ports) and the first packet of every new NAT translation.
+    ///
+    /// Read from the datapath's EVENTS ring buffer, one reader at a time. The programs write
+    /// events only while a monitor runs, at most 1000 a second per CPU (so a flood of drops
+    /// cannot swamp the ring or this reader); events held back or lost are counted and reported
+    /// ("lost N event(s)"). Counters in `podnet status` count every packet regardless.
+    ///
+    ///   podnet monitor                 # everything, one line per event
+    ///   podnet monitor --drops --pod pod1
+    ///   podnet monitor --json | jq .   # JSON lines
+    #[command(verbatim_doc_comment)]
+    Monitor {
+        /// Only drops (no new translations).
+        #[arg(long)]
+        drops: bool,
+        /// Only events of this pod (as `status` names it): on its veth, or from or to its address.
+        #[arg(long, value_name = "NAME")]
+        pod: Option<String>,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the programs with log lines up to LEVEL (drops at info, new NAT translations at
+    /// debug), printed by the running agent (target "ebpf" in its log).
+    ///
+    /// The level is fixed when the programs load (a constant, so logging that is off costs
+    /// nothing); this swaps freshly loaded programs into the existing links, as `up` does, with
+    /// no gap. Lines are rate-limited like monitor events. Needs the agent: it is the one that
+    /// prints them.
+    EbpfLog {
+        #[arg(value_enum)]
+        level: EbpfLog,
     },
     /// Print the built-in configuration, a commented template for `--config`.
     Config,
@@ -119,6 +162,10 @@ pub enum Command {
     /// (after a crash or an upgrade) picks the pinned state up. Run it under your service manager
     /// on every node; without it the CLI and the CNI plugin change the pinned state directly.
     ///
+    /// With [agent] metrics = "ADDR:PORT" it serves GET /metrics in the Prometheus text format:
+    /// packets by reason, per-pod packets and bytes, NAT translations, table and port use, its
+    /// sweeps, peers, attached programs, events (README, "Metrics").
+    ///
     /// With a [cluster] section it first joins the cluster through etcd: it leases the node's
     /// pod CIDR (node.pod_cidr, or a free one of cluster_cidr, kept across restarts in
     /// <state_dir>/<node>/lease.json) under an etcd lease it keeps alive, then follows the other
@@ -129,6 +176,9 @@ pub enum Command {
         /// Seconds between NAT sweeps.
         #[arg(long, default_value_t = 5)]
         interval: u64,
+        /// Log lines from the programs up to this level, in the agent's log (see `ebpf-log`).
+        #[arg(long, value_enum, default_value = "off", value_name = "LEVEL")]
+        ebpf_log: EbpfLog,
     },
 }
 

@@ -75,6 +75,15 @@ pub struct Config {
     pub nat: Nat,
     /// Membership of a cluster through etcd: a leased pod CIDR and peers learned from it.
     pub cluster: Option<Cluster>,
+    /// What `podnet agent` serves besides its socket.
+    pub agent: Agent,
+}
+
+/// `[agent]`: the node daemon's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Agent {
+    /// Where the agent serves `/metrics` (Prometheus text format); `None`: nowhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// A cluster whose nodes find each other through etcd (see [`crate::discovery`]).
@@ -266,6 +275,14 @@ struct RawConfig {
     #[serde(default)]
     nat: RawNat,
     cluster: Option<RawCluster>,
+    #[serde(default)]
+    agent: RawAgent,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    metrics: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -518,7 +535,16 @@ impl Validator {
             self.check_cluster_node(cluster, &pods, uplink.as_ref())?;
         }
         let nat = self.nat(raw.nat, uplink.is_some())?;
-        Ok(Config { source: self.source, node, pods, uplink, peers, nat, cluster })
+        let metrics = raw
+            .agent
+            .metrics
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    self.invalid("agent.metrics", format!("{text:?} is not an address and port like \"192.168.50.1:9101\""))
+                })
+            })
+            .transpose()?;
+        Ok(Config { source: self.source, node, pods, uplink, peers, nat, cluster, agent: Agent { metrics } })
     }
 
     fn cluster(&self, raw: RawCluster, pod_cidr_configured: bool) -> Result<Cluster, ConfigError> {

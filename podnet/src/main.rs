@@ -4,9 +4,10 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use podnet::{
     agent,
-    config::{ConfigError, Draft, PeerNode, XdpMode},
+    config::{Config, ConfigError, Draft, PeerNode, XdpMode},
     datapath::{maps::Deny, nat},
     host::netns,
+    monitor,
     node::{
         self,
         op::{self, Op},
@@ -66,6 +67,28 @@ fn show(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// `status --watch`: the status every `interval`, with packet rates, until Ctrl-C.
+async fn watch_status(config: &Config, json: bool, interval: Duration) -> anyhow::Result<()> {
+    let mut before: Option<(node::Status, std::time::Instant)> = None;
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let now = (node::status(config)?, std::time::Instant::now());
+        let rates = before.as_ref().map(|(status, at)| status::rates(status, &now.0, (now.1 - *at).as_secs_f64()));
+        let out = if json {
+            serde_json::to_string(&serde_json::json!({ "status": now.0, "rates": rates }))?
+        } else {
+            let clear = if std::io::stdout().is_terminal() { "\x1b[2J\x1b[H" } else { "" };
+            format!("{clear}{}\n", status::render(&now.0, Some(&rates.unwrap_or_default())))
+        };
+        show(&out)?;
+        before = Some(now);
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config = cli.command {
         show(podnet::config::DEFAULT_TOML.trim_end())?;
@@ -77,10 +100,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         netns::enter(ns).with_context(|| format!("cannot act as node {ns:?}"))?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    if let Command::Agent { interval } = cli.command {
+    if let Command::Agent { interval, ebpf_log } = cli.command {
         // The agent resolves the config itself: a cluster node leases its pod CIDR first.
         let interval = Duration::from_secs(interval.max(1));
-        rt.block_on(agent::run(cli.config.as_deref(), draft, interval))?;
+        rt.block_on(agent::run(cli.config.as_deref(), draft, interval, ebpf_log))?;
         return Ok(ExitCode::SUCCESS);
     }
     let config = match draft.resolve(None) {
@@ -112,10 +135,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let _lock = node::lock::NodeLock::acquire(&config.node.name)?;
                 node::down(&config).await?;
             }
-            Command::Status { json } => {
+            Command::Status { json, watch: false, .. } => {
                 let status = node::status(&config)?;
-                let out = if json { serde_json::to_string_pretty(&status)? } else { status::render(&status) };
+                let out = if json { serde_json::to_string_pretty(&status)? } else { status::render(&status, None) };
                 show(&out)?;
+            }
+            Command::Status { json, watch: true, interval } => {
+                watch_status(&config, json, Duration::from_secs(interval)).await?;
+            }
+            Command::Monitor { drops, pod, json } => {
+                let filter = monitor::Filter { drops_only: drops, pod };
+                monitor::run(&config, &filter, json).await?;
+            }
+            Command::EbpfLog { level } => {
+                change(Op::EbpfLog { level }).await?;
             }
             Command::Node(NodeCommand::Add { name, ip, pod_cidr }) => {
                 change(Op::AddPeer { peer: PeerNode { name, ip, pod_cidr } }).await?;

@@ -21,8 +21,22 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The `podnet status` report.
-pub fn render(s: &Status) -> String {
+/// Packets per second of each counter between two reports.
+pub type Rates = std::collections::HashMap<&'static str, f64>;
+
+/// The rates of `now`'s counters since `before`, `seconds` earlier.
+pub fn rates(before: &Status, now: &Status, seconds: f64) -> Rates {
+    now.counters
+        .iter()
+        .map(|c| {
+            let was = before.counters.iter().find(|b| b.reason == c.reason).map_or(0, |b| b.packets);
+            (c.reason, c.packets.saturating_sub(was) as f64 / seconds)
+        })
+        .collect()
+}
+
+/// The `podnet status` report; with `rates`, a rate column beside the counters.
+pub fn render(s: &Status, rates: Option<&Rates>) -> String {
     let endpoints: Vec<Vec<String>> = s
         .endpoints
         .iter()
@@ -33,6 +47,8 @@ pub fn render(s: &Status) -> String {
                 e.mac.clone(),
                 e.host_ifname.clone(),
                 e.host_ifindex.to_string(),
+                format!("{} / {}", e.traffic.to_pod_packets, e.traffic.to_pod_bytes),
+                format!("{} / {}", e.traffic.from_pod_packets, e.traffic.from_pod_bytes),
             ]
         })
         .collect();
@@ -54,8 +70,18 @@ pub fn render(s: &Status) -> String {
             ]
         })
         .collect();
-    let counters: Vec<Vec<String>> =
-        s.counters.iter().map(|c| vec![c.reason.to_owned(), c.packets.to_string()]).collect();
+    let counters: Vec<Vec<String>> = s
+        .counters
+        .iter()
+        .map(|c| {
+            let mut row = vec![c.reason.to_owned(), c.packets.to_string()];
+            if let Some(rates) = rates {
+                row.push(format!("{:.1}", rates.get(c.reason).copied().unwrap_or(0.0)));
+            }
+            row
+        })
+        .collect();
+    let counter_header: &[&str] = if rates.is_some() { &["REASON", "PACKETS", "PACKETS/S"] } else { &["REASON", "PACKETS"] };
     let tables: Vec<Vec<String>> = s
         .nat_tables
         .iter()
@@ -69,10 +95,10 @@ pub fn render(s: &Status) -> String {
         "node {} (pins: {})\n{cluster}\nEndpoints\n{}\nPeers\n{}\nPrograms\n{}\nCounters\n{}\nNAT translation tables\n{}",
         s.node,
         s.pin_dir,
-        table(&["POD", "IP", "MAC", "HOST IF", "IFINDEX"], &endpoints),
+        table(&["POD", "IP", "MAC", "HOST IF", "IFINDEX", "TO POD PKTS / BYTES", "FROM POD PKTS / BYTES"], &endpoints),
         table(&["NODE", "NODE IP", "POD CIDR", "SOURCE"], &peers),
         table(&["PROGRAM", "HOOK", "INTERFACE", "LINK", "PROG"], &programs),
-        table(&["REASON", "PACKETS"], &counters),
+        table(counter_header, &counters),
         table(&["TABLE", "CLAIMS", "CAPACITY"], &tables),
     )
     .trim_end()

@@ -12,7 +12,7 @@ use podnet::{
     config::PeerNode,
     config::Timeouts,
     datapath::maps::{Conntrack, Counters, Deny, Endpoints, NatSettings, Peers, UplinkAllow},
-    datapath::{Datapath, PinDir, TableSizes, nat},
+    datapath::{Datapath, EbpfLog, PinDir, TableSizes, nat},
     host::netns,
 };
 use podnet_common::{
@@ -53,14 +53,14 @@ struct Loaded {
 impl Loaded {
     fn new(tag: &str) -> Self {
         let pins = PinDir::for_node(&format!("testrun-{tag}{}", std::process::id()));
-        let datapath = Datapath::load(&pins, TableSizes::default()).unwrap_or_else(|e| {
+        let datapath = Datapath::load(&pins, TableSizes::default(), EbpfLog::Off).unwrap_or_else(|e| {
             // No `Loaded` to drop yet: what the load pinned goes here.
             let _ = pins.remove();
             panic!("load the embedded eBPF object: {e:?}")
         });
         let mut endpoints = Endpoints::open(&pins).unwrap();
         // The pod's "host veth" is `lo` (ifindex 1): the devmap takes only devices that exist.
-        let endpoint = Endpoint { host_ifindex: 1, flags: 0, pod_mac: POD_MAC, host_mac: HOST_MAC };
+        let endpoint = Endpoint::new(1, POD_MAC, HOST_MAC);
         endpoints.insert(LOCAL, &endpoint).unwrap();
         let mut loaded = Self { datapath, pins };
         // The frames' sender is a pod too, on `lo` unless a test moves it: what a test run
@@ -89,7 +89,7 @@ impl Loaded {
     /// Registers pod `ip` on host veth `ifindex` with MAC [`SENDER_MAC`], the source MAC of the
     /// synthetic frames, so its frames pass the source check when they arrive on `ifindex`.
     fn add_sender(&mut self, ip: Ipv4Addr, ifindex: u32) {
-        let endpoint = Endpoint { host_ifindex: ifindex, flags: 0, pod_mac: SENDER_MAC, host_mac: HOST_MAC };
+        let endpoint = Endpoint::new(ifindex, SENDER_MAC, HOST_MAC);
         Endpoints::open(&self.pins).unwrap().insert(ip, &endpoint).unwrap();
     }
 
@@ -714,7 +714,7 @@ fn isolation_decisions() {
     let b_mac = [0xcc; 6];
     Endpoints::open(&dp.pins)
         .unwrap()
-        .insert(pod_b, &Endpoint { host_ifindex: eth0, flags: 0, pod_mac: b_mac, host_mac: HOST_MAC })
+        .insert(pod_b, &Endpoint::new(eth0, b_mac, HOST_MAC))
         .unwrap();
     let good = udp4([0xaa; 6], SENDER_MAC, SENDER, LOCAL, b"hello");
     let mut wrong_mac = good.to_vec();
@@ -790,7 +790,7 @@ fn isolation_decisions() {
     // The veth's POD_SOURCES slot answers; when another veth took the slot over (ifindexes
     // 65536 apart share one), ENDPOINTS does, and still tells the pod from a forger.
     let mut endpoints = Endpoints::open(&dp.pins).unwrap();
-    let other = PodSource { ifindex: 65537, ip: [10, 1, 1, 99], mac: [0xdd; 6], _pad: [0; 2] };
+    let other = PodSource { ifindex: 65537, ip: [10, 1, 1, 99], mac: [0xdd; 6], slot: 0 };
     endpoints.set_source(65537, &other).unwrap();
     let before = dp.counters();
     assert_eq!(dp.run(&good).0, TC_ACT_REDIRECT, "the sender's own frame, through the fallback");

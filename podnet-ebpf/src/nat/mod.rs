@@ -34,7 +34,7 @@ mod icmp;
 
 use crate::{
     endpoints::{self, Hop},
-    isolation,
+    events, isolation,
     packet::{self, Ipv4, Malformed},
     routing,
     verdict::Verdict,
@@ -284,6 +284,9 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malform
         Ok(translation) => translation,
         Err(verdict) => return Ok(Some(verdict)),
     };
+    if reason == Reason::RedirectNatNew {
+        events::nat_new(ctx, &flow.key, cfg.node_ip, port);
+    }
     frag::remember(ip, cfg.node_ip);
     flow.rewrite(ctx, Ipv4::SADDR_OFFSET, (flow.key.saddr, cfg.node_ip), (flow.key.sport, port))?;
     send_translated(ctx, &route, reason)

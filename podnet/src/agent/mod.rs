@@ -4,11 +4,14 @@
 //! state-changing verbs and the CNI plugin hand their operations to it. Between requests it
 //! expires idle NAT translations. A node of a `[cluster]` first joins it (leasing its pod CIDR)
 //! and then follows it: peers come and go as the cluster's store says ([`crate::discovery`]).
-//! SIGTERM or SIGINT stops it without detaching anything: the datapath is pinned and keeps
-//! forwarding, the node's lease runs out after its TTL unless the next agent renews it, and the
-//! next agent picks the pinned state up.
+//! It serves `/metrics` when `[agent] metrics` says where ([`http`], [`crate::metrics`]), and
+//! prints the programs' log lines when they are loaded with a level ([`EbpfLog`]). SIGTERM or
+//! SIGINT stops it without detaching anything: the datapath is pinned and keeps forwarding, the
+//! node's lease runs out after its TTL unless the next agent renews it, and the next agent picks
+//! the pinned state up.
 
 pub mod api;
+mod http;
 
 use std::{
     path::{Path, PathBuf},
@@ -19,7 +22,7 @@ use std::{
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
+    net::{TcpListener, TcpStream, UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
     sync::{Mutex, mpsc},
     task::LocalSet,
@@ -29,9 +32,10 @@ use tracing::{info, warn};
 use self::api::{Answer, socket_path};
 use crate::{
     config::{Config, ConfigError, Draft},
-    datapath::nat,
+    datapath::{EbpfLog, logs::LogReader, nat},
     discovery::{DiscoveryError, PeerSource as _, Update, etcd::Etcd},
     error_chain as chain,
+    metrics::AgentCounts,
     node::{
         self, NodeError,
         lock::{NodeLock, RUN_DIR},
@@ -62,18 +66,50 @@ pub enum AgentError {
     Config(#[from] ConfigError),
     #[error("could not watch for signals")]
     Signals(#[source] std::io::Error),
+    #[error("could not serve metrics on {addr} (agent.metrics)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// What the agent serves from: its config and the file it came from.
+/// What the agent serves from: its config and the file it came from, the level the programs log
+/// at and the reader of their lines, and what it counts itself.
 struct Served {
     path: Option<PathBuf>,
     config: Config,
+    ebpf_log: EbpfLog,
+    logs: Option<LogReader>,
+    counts: AgentCounts,
+}
+
+impl Served {
+    /// `up` with the programs logging at the agent's level; then follows their log lines.
+    async fn up(&mut self) -> Result<(), NodeError> {
+        let _lock = node_lock(&self.config.node.name).await?;
+        node::up(&self.config, self.ebpf_log).await?;
+        self.logs = None;
+        if self.ebpf_log != EbpfLog::Off {
+            let pins = node::pin_dir(&self.config);
+            match LogReader::open(&pins) {
+                Ok(reader) => self.logs = Some(reader),
+                Err(e) => warn!("agent: the programs' log lines cannot be read: {}", chain(&e)),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs the agent for the node in `draft` (loaded from `path`, re-read on every `up`) until
-/// SIGTERM or SIGINT, sweeping NAT translations every `interval`. A `[cluster]` node joins its
-/// cluster first and follows it while it runs.
-pub async fn run(path: Option<&Path>, draft: Draft, interval: Duration) -> Result<(), AgentError> {
+/// SIGTERM or SIGINT, sweeping NAT translations every `interval`, the programs logging up to
+/// `ebpf_log`. A `[cluster]` node joins its cluster first and follows it while it runs.
+pub async fn run(
+    path: Option<&Path>,
+    draft: Draft,
+    interval: Duration,
+    ebpf_log: EbpfLog,
+) -> Result<(), AgentError> {
     let node = draft.node_name().to_owned();
     // Held until the agent exits (the kernel drops it on kill -9): one agent per node.
     let _agent = NodeLock::agent(&node)
@@ -85,11 +121,18 @@ pub async fn run(path: Option<&Path>, draft: Draft, interval: Duration) -> Resul
         None => None,
     };
     let config = draft.resolve(joined.map(|j| j.pod_cidr))?;
-    let up = async {
-        let _lock = node_lock(&node).await?;
-        op::execute(&config, &Op::Up { config: path.map(Path::to_path_buf) }).await
+    let metrics = match config.agent.metrics {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AgentError::Metrics { addr, source })?),
+        None => None,
     };
-    if let Err(e) = up.await {
+    let mut served = Served {
+        path: path.map(Path::to_path_buf),
+        config,
+        ebpf_log,
+        logs: None,
+        counts: AgentCounts::default(),
+    };
+    if let Err(e) = served.up().await {
         // A lease taken for this run and never used: give it back rather than hold a CIDR.
         if let (Some(source), Some(joined)) = (&mut source, joined)
             && joined.fresh
@@ -105,8 +148,9 @@ pub async fn run(path: Option<&Path>, draft: Draft, interval: Duration) -> Resul
         signal(SignalKind::terminate()).map_err(AgentError::Signals)?,
         signal(SignalKind::interrupt()).map_err(AgentError::Signals)?,
     );
-    let served = Rc::new(Mutex::new(Served { path: path.map(Path::to_path_buf), config }));
+    let served = Rc::new(Mutex::new(served));
     let (cluster_updates, mut updates) = mpsc::channel(16);
+    let mut log_tick = tokio::time::interval(LOG_FLUSH);
     let mut sweep = tokio::time::interval(interval);
     // A translation table that fills up is collected at once, not at the next sweep.
     let mut watch = tokio::time::interval(PRESSURE_WATCH);
@@ -130,10 +174,19 @@ pub async fn run(path: Option<&Path>, draft: Draft, interval: Duration) -> Resul
                     Some(update) = updates.recv() => follow_cluster(update, &mut *served.lock().await).await,
                     _ = term.recv() => break,
                     _ = int.recv() => break,
-                    _ = sweep.tick() => sweep_nat(&served.lock().await.config, false).await,
+                    _ = sweep.tick() => sweep_nat(&mut *served.lock().await, false).await,
+                    _ = log_tick.tick() => {
+                        if let Some(logs) = &mut served.lock().await.logs {
+                            logs.flush();
+                        }
+                    }
+                    accepted = accept(metrics.as_ref()) => match accepted {
+                        Ok((stream, _)) => drop(tokio::task::spawn_local(http::serve(stream, served.clone()))),
+                        Err(e) => warn!("agent: accept on the metrics address: {e}"),
+                    },
                     _ = watch.tick() => {
-                        let config = served.lock().await.config.clone();
-                        let latest = crate::node::pins_of_running_node(&config)
+                        let mut served = served.lock().await;
+                        let latest = crate::node::pins_of_running_node(&served.config)
                             .ok()
                             .and_then(|pins| nat::pressure(&pins).ok())
                             .unwrap_or(pressure_seen);
@@ -143,7 +196,8 @@ pub async fn run(path: Option<&Path>, draft: Draft, interval: Duration) -> Resul
                             pressure_seen = latest;
                             last_pressure_sweep = latest;
                             warn!("agent: a NAT translation table is full; collecting now");
-                            sweep_nat(&config, true).await;
+                            served.counts.pressure_sweeps += 1;
+                            sweep_nat(&mut served, true).await;
                         }
                     }
                     accepted = listener.accept() => match accepted {
@@ -200,8 +254,17 @@ async fn serve(mut stream: UnixStream, served: Rc<Mutex<Served>>) {
 }
 
 /// Runs `op` under the node lock; `up` first re-reads the agent's config file, and refuses
-/// another file than the one the agent serves.
+/// another file than the one the agent serves; `ebpf-log` reloads the programs at a new level.
 async fn handle(op: &Op, served: &mut Served) -> Result<Value, NodeError> {
+    if let Op::EbpfLog { level } = op {
+        let before = std::mem::replace(&mut served.ebpf_log, *level);
+        if let Err(e) = served.up().await {
+            served.ebpf_log = before;
+            return Err(e);
+        }
+        info!("agent: the programs now log up to {level:?}");
+        return Ok(Value::Null);
+    }
     if let Op::Up { config: asked } = op {
         let canonical =
             |p: &Option<PathBuf>| p.as_ref().map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()));
@@ -217,9 +280,19 @@ async fn handle(op: &Op, served: &mut Served) -> Result<Value, NodeError> {
         }
         served.config =
             Config::load(served.path.as_deref()).map_err(|e| NodeError::Agent { message: chain(&e) })?;
+        served.up().await?;
+        return Ok(Value::Null);
     }
     let _lock = node_lock(&served.config.node.name).await?;
     op::execute(&served.config, op).await
+}
+
+/// The next connection to the metrics address; never, without one.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Makes the node what the cluster says: its peers, or (after its lease was lost and another
@@ -231,10 +304,12 @@ async fn follow_cluster(update: Update, served: &mut Served) {
                 Draft::load(served.path.as_deref()).map_err(|e| NodeError::Agent { message: chain(&e) })?;
             served.config = draft.resolve(Some(cidr)).map_err(|e| NodeError::Agent { message: chain(&e) })?;
         }
-        let _lock = node_lock(&served.config.node.name).await?;
         match &update {
-            Update::Peers(view) => node::set_cluster_peers(&served.config, view).await,
-            Update::PodCidr(_) => node::up(&served.config).await,
+            Update::Peers(view) => {
+                let _lock = node_lock(&served.config.node.name).await?;
+                node::set_cluster_peers(&served.config, view).await
+            }
+            Update::PodCidr(_) => served.up().await,
         }
     };
     if let Err(e) = result.await {
@@ -255,22 +330,33 @@ const PRESSURE_WATCH: Duration = Duration::from_millis(200);
 /// Least time between two collections for pressure (`bpf_ktime_get_ns` units).
 const PRESSURE_GAP_NS: u64 = 1_000_000_000;
 
-async fn sweep_nat(config: &Config, pressure: bool) {
+/// How often the agent prints the programs' log lines.
+const LOG_FLUSH: Duration = Duration::from_millis(200);
+
+async fn sweep_nat(served: &mut Served, pressure: bool) {
+    let config = &served.config;
     if !config.nat.enabled {
         return;
     }
     let result = async {
         let _lock = node_lock(&config.node.name).await?;
-        op::execute(config, &Op::NatGc { pressure }).await
+        let pins = node::pins_of_running_node(config)?;
+        Ok::<_, NodeError>(nat::gc(&pins, &config.nat.timeouts, pressure)?)
     };
     match result.await {
-        Ok(value) if value["removed"].as_u64().unwrap_or(0) > 0 => {
-            info!(
-                "agent: removed {} translation(s): {} expired, {} orphaned, {} unanswered under pressure",
-                value["removed"], value["expired"], value["orphans"], value["early"]
-            );
+        Ok(collected) => {
+            let counts = &mut served.counts;
+            counts.gc_runs += 1;
+            counts.gc_expired += collected.expired as u64;
+            counts.gc_orphans += collected.orphans as u64;
+            counts.gc_early += collected.early as u64;
+            if collected.expired + collected.orphans + collected.early > 0 {
+                info!(
+                    "agent: removed {} expired, {} orphaned and {} unanswered (under pressure) translation(s)",
+                    collected.expired, collected.orphans, collected.early
+                );
+            }
         }
-        Ok(_) => {}
         Err(e) => warn!("agent: NAT sweep: {}", chain(&e)),
     }
 }

@@ -3,15 +3,17 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::{
-    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key, xdp::XdpMapError,
+    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
+    xdp::XdpMapError,
 };
 use ipnet::Ipv4Net;
 use podnet_common::{
-    CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, PodSource, Reason,
-    admission,
+    CtEntry, CtKey, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, PodSource, PodStats,
+    Reason, admission, events,
     maps::{
-        COUNTERS, CT_IN, CT_OUT, CT_TCP_IN, CT_TCP_OUT, DENY, ENDPOINTS, NAT_CONFIG, NAT_LOCKS, NAT_PRESSURE,
-        PEERS, POD_DEVS, POD_SOURCES, POD_SOURCES_MAX, UPLINK_ALLOW,
+        COUNTERS, CT_IN, CT_OUT, CT_TCP_IN, CT_TCP_OUT, DENY, ENDPOINTS, EVENT_STATS, MONITOR, NAT_CONFIG,
+        NAT_LOCKS, NAT_PRESSURE, PEERS, POD_DEVS, POD_SOURCES, POD_SOURCES_MAX, POD_STATS, POD_STATS_SLOTS,
+        UPLINK_ALLOW,
     },
     proto,
 };
@@ -53,12 +55,13 @@ fn open<T: TryFrom<Map, Error = MapError>>(
 }
 
 /// The local pods the datapath delivers to, by IPv4 address; their host veths as XDP redirect
-/// targets; and who sends on each host veth (the source check). The three maps always change
-/// together.
+/// targets; who sends on each host veth (the source check); and each pod's counters. The maps
+/// always change together.
 pub struct Endpoints {
     by_ip: HashMap<MapData, EndpointKey, Endpoint>,
     devs: DevMapHash<MapData>,
     sources: Array<MapData, PodSource>,
+    stats: PerCpuArray<MapData, PodStats>,
 }
 
 /// The `POD_SOURCES` slot of host veth `ifindex`.
@@ -72,28 +75,61 @@ impl Endpoints {
             by_ip: open(pins, ENDPOINTS, Map::HashMap)?,
             devs: open(pins, POD_DEVS, Map::DevMapHash)?,
             sources: open(pins, POD_SOURCES, Map::Array)?,
+            stats: open(pins, POD_STATS, Map::PerCpuArray)?,
         })
     }
 
     /// Adds or replaces a pod. Call it in the node's network namespace: the kernel resolves
-    /// the devmap's ifindex there.
+    /// the devmap's ifindex there. The pod keeps its counter slot (and its counts) while it keeps
+    /// its veth; a new pod gets a free slot, zeroed.
     pub fn insert(&mut self, ip: Ipv4Addr, endpoint: &Endpoint) -> Result<(), MapsError> {
         let ifindex = endpoint.host_ifindex;
-        if self.get(ip).is_some_and(|old| old.host_ifindex != ifindex) {
+        let old = self.get(ip);
+        if old.is_some_and(|old| old.host_ifindex != ifindex) {
             // The pod got a new veth: the old one's device and source slot go.
             self.remove(ip)?;
         }
+        let slot = match old.filter(|old| old.host_ifindex == ifindex && old.slot != 0) {
+            Some(old) => old.slot,
+            None => self.new_slot()?,
+        };
+        let endpoint = Endpoint { slot, ..*endpoint };
         self.devs.insert(ifindex, ifindex, None, 0).map_err(|e| match e {
             XdpMapError::MapError(e) => access_err("insert", POD_DEVS, ifindex.to_string())(e),
             XdpMapError::ChainedProgramNotSupported => unreachable!("no chained program is passed"),
         })?;
-        self.by_ip.insert(&EndpointKey { ip: ip.octets() }, endpoint, 0).map_err(access_err(
+        self.by_ip.insert(&EndpointKey { ip: ip.octets() }, &endpoint, 0).map_err(access_err(
             "insert",
             ENDPOINTS,
             ip.to_string(),
         ))?;
-        let source = PodSource { ifindex, ip: ip.octets(), mac: endpoint.pod_mac, _pad: [0; 2] };
+        let source = PodSource { ifindex, ip: ip.octets(), mac: endpoint.pod_mac, slot };
         self.set_source(ifindex, &source)
+    }
+
+    /// The lowest counter slot no endpoint holds, its counts zeroed.
+    fn new_slot(&mut self) -> Result<u16, MapsError> {
+        let taken: std::collections::HashSet<u16> = self.list().iter().map(|(_, ep)| ep.slot).collect();
+        // There are more slots than endpoints, so one is free.
+        let slot = (1..POD_STATS_SLOTS as u16).find(|s| !taken.contains(s)).expect("a free counter slot");
+        let zero = access_err("zero", POD_STATS, slot.to_string());
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(call, io_error)| zero(MapError::SyscallError(aya::sys::SyscallError { call, io_error })))?;
+        let zeros = PerCpuValues::try_from(vec![PodStats::default(); cpus.get() as usize])
+            .expect("one value per possible CPU");
+        self.stats.set(u32::from(slot), zeros, 0).map_err(access_err("zero", POD_STATS, slot.to_string()))?;
+        Ok(slot)
+    }
+
+    /// The traffic of the pod with counter slot `slot`, summed over the CPUs.
+    pub fn stats(&self, slot: u16) -> Result<PodStats, MapsError> {
+        let per_cpu = self.stats.get(&u32::from(slot), 0).map_err(access_err("read", POD_STATS, slot.to_string()))?;
+        Ok(per_cpu.iter().fold(PodStats::default(), |sum, cpu| PodStats {
+            to_pod_packets: sum.to_pod_packets + cpu.to_pod_packets,
+            to_pod_bytes: sum.to_pod_bytes + cpu.to_pod_bytes,
+            from_pod_packets: sum.from_pod_packets + cpu.from_pod_packets,
+            from_pod_bytes: sum.from_pod_bytes + cpu.from_pod_bytes,
+        }))
     }
 
     /// Writes the `POD_SOURCES` slot of `ifindex` (a slot another veth shares is taken over: that
@@ -307,6 +343,46 @@ impl Counters {
                 Ok((reason, per_cpu.iter().sum()))
             })
             .collect()
+    }
+}
+
+/// The events' side of the datapath: whether a monitor listens, and what became of events.
+pub struct EventMaps {
+    monitor: Array<MapData, u64>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+/// Events since the node came up, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EventTotals {
+    /// Written to the ring buffer.
+    pub sent: u64,
+    /// Not written: the CPU was over its budget.
+    pub rate_limited: u64,
+    /// Not written: the ring buffer was full (its reader fell behind).
+    pub ring_full: u64,
+}
+
+impl EventMaps {
+    pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
+        Ok(Self { monitor: open(pins, MONITOR, Map::Array)?, stats: open(pins, EVENT_STATS, Map::PerCpuArray)? })
+    }
+
+    /// Tells the programs that a monitor listens as of `now_ns` (`CLOCK_MONOTONIC`), or with 0
+    /// that none does.
+    pub fn set_listening(&mut self, now_ns: u64) -> Result<(), MapsError> {
+        self.monitor.set(0, &now_ns, 0).map_err(access_err("write", MONITOR, "0".to_owned()))
+    }
+
+    pub fn totals(&self) -> Result<EventTotals, MapsError> {
+        let slot = |n: u32| -> Result<u64, MapsError> {
+            Ok(self.stats.get(&n, 0).map_err(access_err("read", EVENT_STATS, n.to_string()))?.iter().sum())
+        };
+        Ok(EventTotals {
+            sent: slot(events::SENT)?,
+            rate_limited: slot(events::RATE_LIMITED)?,
+            ring_full: slot(events::RING_FULL)?,
+        })
     }
 }
 

@@ -39,11 +39,13 @@ use podnet_common::{
 
 use crate::config::XdpMode;
 
+pub mod logs;
 pub mod maps;
 pub mod migrate;
 pub mod nat;
 mod pins;
 
+pub use logs::EbpfLog;
 pub use pins::{PinDir, bpffs_mounted, ensure_bpffs, parse_link_name};
 use pins::{fs_err, remove_file};
 
@@ -75,6 +77,13 @@ pub enum DatapathError {
     Load(#[source] aya::EbpfError),
     #[error("program {name} is missing from the eBPF object; rebuild with `cargo xtask build-ebpf`")]
     MissingProgram { name: &'static str },
+    #[error("map {name} is missing from the eBPF object; rebuild with `cargo xtask build-ebpf`")]
+    MissingMap { name: &'static str },
+    #[error("could not put the loggers in their program array")]
+    Loggers {
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("the kernel rejected program {name}")]
     Program {
         name: &'static str,
@@ -108,6 +117,12 @@ pub enum DatapathError {
         #[source]
         source: LinkError,
     },
+    #[error("could not read the log lines of the programs pinned at {path}")]
+    Logs {
+        path: PathBuf,
+        #[source]
+        source: aya_log::Error,
+    },
     #[error("could not pin {path}")]
     Pin {
         path: PathBuf,
@@ -139,15 +154,19 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the embedded object, reusing the maps already pinned in `pins` (or pinning new
     /// ones there; pinned maps of another layout or size are migrated, see [`migrate`]), with
-    /// translation tables of `tables` entries, and loads every program into the kernel.
-    pub fn load(pins: &PinDir, tables: TableSizes) -> Result<Self, DatapathError> {
+    /// translation tables of `tables` entries and log lines up to `log`, and loads every program
+    /// into the kernel.
+    pub fn load(pins: &PinDir, tables: TableSizes, log: EbpfLog) -> Result<Self, DatapathError> {
         ensure_bpffs()?;
         std::fs::create_dir_all(pins.links()).map_err(fs_err("create", &pins.links()))?;
         let unfinished = pins.maps_set_aside();
         migrate::set_aside_stale(pins)?;
+        let level = log.global();
         let mut ebpf = loop {
             let mut loader = EbpfLoader::new();
             loader.default_map_pin_directory(pins.path());
+            // aya-log's default is every level: podnet's is none unless asked.
+            loader.override_global(aya_log::LEVEL, &level, true);
             for ((out, inbound), size) in
                 [((CT_TCP_OUT, CT_TCP_IN), tables.tcp), ((CT_OUT, CT_IN), tables.udp_icmp)]
             {
@@ -176,7 +195,7 @@ impl Datapath {
                 Ok(ebpf) => break ebpf,
             }
         };
-        let loaded = load_programs(&mut ebpf);
+        let loaded = load_programs(&mut ebpf).and_then(|()| logs::load_loggers(&mut ebpf, pins, log));
         if loaded.is_err() {
             migrate::restore(pins, &unfinished)?;
         }

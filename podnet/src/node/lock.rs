@@ -43,6 +43,12 @@ impl NodeLock {
     pub fn agent(node: &str) -> Result<Option<Self>, LockError> {
         lock(&format!("{node}.agent.lock"), FlockArg::LockExclusiveNonblock)
     }
+
+    /// `podnet monitor`'s lock on node `node` (its events have one reader): `None` when another
+    /// monitor holds it.
+    pub fn monitor(node: &str) -> Result<Option<Self>, LockError> {
+        lock(&format!("{node}.monitor.lock"), FlockArg::LockExclusiveNonblock)
+    }
 }
 
 /// Locks `/run/podnet/<name>`; `None` when a non-blocking attempt finds it held.

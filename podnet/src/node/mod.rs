@@ -28,7 +28,7 @@ use self::{
 use crate::{
     config::{self, Config, HOST_IF_PREFIX, PeerNode, Pod, XdpMode},
     datapath::{
-        self, Datapath, DatapathError, PinDir, PodProgram, TableSizes,
+        self, Datapath, DatapathError, EbpfLog, PinDir, PodProgram, TableSizes,
         maps::{Counters, Endpoints, MapsError, NatSettings, Peers, TableUse, UplinkAllow},
         migrate,
     },
@@ -161,14 +161,14 @@ fn undo_recorded<E: Into<NodeError>>(
     Ok(records.update(forget)?)
 }
 
-/// Builds (or completes) the node described by `config` and attaches the datapath. Running it
-/// again with the same config changes nothing; running it with a changed config makes the node
-/// what the new config says.
-pub async fn up(config: &Config) -> Result<(), NodeError> {
+/// Builds (or completes) the node described by `config` and attaches the datapath, its programs
+/// writing log lines up to `log`. Running it again with the same config changes nothing; running
+/// it with a changed config makes the node what the new config says.
+pub async fn up(config: &Config, log: EbpfLog) -> Result<(), NodeError> {
     let nl = Netlink::current()?;
     let records = RecordFile::of(config);
     let mut made = Vec::new();
-    match up_steps(config, &nl, &records, &mut made).await {
+    match up_steps(config, &nl, &records, log, &mut made).await {
         Ok(()) => Ok(()),
         Err(e) => {
             let first_up = made.iter().any(|m| matches!(m, Made::PinDir(_)));
@@ -188,6 +188,7 @@ async fn up_steps(
     config: &Config,
     nl: &Netlink,
     records: &RecordFile,
+    log: EbpfLog,
     made: &mut Vec<Made>,
 ) -> Result<(), NodeError> {
     let node = &config.node;
@@ -215,7 +216,7 @@ async fn up_steps(
         made.push(Made::PinDir(pins.clone()));
     }
     let tables = TableSizes { tcp: config.nat.tcp_table, udp_icmp: config.nat.udp_icmp_table };
-    let mut datapath = Datapath::load(&pins, tables)?;
+    let mut datapath = Datapath::load(&pins, tables, log)?;
     datapath.pin_pod_program()?;
     NatSettings::open(&pins)?.set(&nat_settings(config, uplink.as_ref()))?;
     if let Some(settings) = &config.uplink {
@@ -835,6 +836,29 @@ pub struct EndpointStatus {
     pub mac: String,
     pub host_ifname: String,
     pub host_ifindex: u32,
+    /// Its traffic through the datapath (see [`podnet_common::PodStats`]).
+    pub traffic: Traffic,
+}
+
+/// A pod's traffic through the datapath: delivered into it, and sent by it past its source
+/// check; bytes are IPv4 bytes, headers included.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Traffic {
+    pub to_pod_packets: u64,
+    pub to_pod_bytes: u64,
+    pub from_pod_packets: u64,
+    pub from_pod_bytes: u64,
+}
+
+impl From<podnet_common::PodStats> for Traffic {
+    fn from(s: podnet_common::PodStats) -> Self {
+        Self {
+            to_pod_packets: s.to_pod_packets,
+            to_pod_bytes: s.to_pod_bytes,
+            from_pod_packets: s.from_pod_packets,
+            from_pod_bytes: s.from_pod_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -856,20 +880,24 @@ pub struct CounterStatus {
 pub fn status(config: &Config) -> Result<Status, NodeError> {
     let pins = pins_of_running_node(config)?;
     let held = Ipam::of(config).held()?;
-    let endpoints = Endpoints::open(&pins)?
+    let endpoints = Endpoints::open(&pins)?;
+    let endpoints = endpoints
         .list()
         .into_iter()
         .map(|(ip, ep)| {
             let pod = held.iter().find(|(h, _)| *h == ip).map(|(_, r)| r);
-            EndpointStatus {
+            // Slot 0 counts for no pod (an endpoint an older podnet wrote, until the next `up`).
+            let traffic = if ep.slot == 0 { Traffic::default() } else { endpoints.stats(ep.slot)?.into() };
+            Ok(EndpointStatus {
                 pod: pod.map_or_else(|| "?".to_owned(), PodRecord::display_name),
                 ip,
                 mac: fmt_mac(&ep.pod_mac),
                 host_ifname: pod.map_or_else(|| "?".to_owned(), |r| r.host_ifname.clone()),
                 host_ifindex: ep.host_ifindex,
-            }
+                traffic,
+            })
         })
-        .collect();
+        .collect::<Result<_, MapsError>>()?;
     let programs = pins
         .linked_interfaces()
         .into_iter()

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     agent::api,
     config::{Config, PeerNode},
-    datapath::{PodProgram, maps::Deny, nat},
+    datapath::{EbpfLog, PodProgram, maps::Deny, nat},
     host::netlink::{Netlink, fmt_mac},
 };
 
@@ -29,6 +29,11 @@ pub enum Op {
     /// Converge the node to its config file `config` (`podnet up`; `None`: the built-in one).
     Up {
         config: Option<PathBuf>,
+    },
+    /// Reload the programs with log lines up to `level`, printed by the agent (only the agent
+    /// reads them, so only the agent runs it).
+    EbpfLog {
+        level: EbpfLog,
     },
     AddPeer {
         peer: PeerNode,
@@ -101,9 +106,17 @@ pub async fn run(config: &Config, op: &Op) -> Result<Value, NodeError> {
 pub async fn execute(config: &Config, op: &Op) -> Result<Value, NodeError> {
     let pins = || super::pins_of_running_node(config);
     Ok(match op {
+        // Without the agent nobody reads the programs' log lines: they are loaded without any.
         Op::Up { .. } => {
-            super::up(config).await?;
+            super::up(config, EbpfLog::Off).await?;
             Value::Null
+        }
+        Op::EbpfLog { .. } => {
+            return Err(NodeError::Agent {
+                message: "is not running: log lines from the programs are printed by `podnet agent`; start it, \
+                          with --ebpf-log LEVEL"
+                    .to_owned(),
+            });
         }
         Op::AddPeer { peer } => {
             super::add_peer(config, peer.clone()).await?;

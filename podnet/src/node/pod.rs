@@ -160,7 +160,7 @@ pub async fn attach(
         let plumbed = plumbing::ensure_pod(&net.nl, &net.node, pod.link(), ip, net.veth).await?;
         let (host, pod_if) = (plumbed.host, plumbed.pod_if);
         let endpoint =
-            Endpoint { host_ifindex: host.index, flags: 0, pod_mac: pod_if.mac, host_mac: host.mac };
+            Endpoint::new(host.index, pod_if.mac, host.mac);
         Endpoints::open(&net.pins)?.insert(ip, &endpoint)?;
         if new_veth {
             // A link pinned for an earlier interface of the same name is dead; start afresh.
@@ -205,7 +205,7 @@ pub async fn refresh(
         .link(&pod.ifname)
         .await?
         .ok_or_else(|| gone(format!("{} in {}", pod.ifname, pod.netns)))?;
-    let endpoint = Endpoint { host_ifindex: host.index, flags: 0, pod_mac: pod_if.mac, host_mac: host.mac };
+    let endpoint = Endpoint::new(host.index, pod_if.mac, host.mac);
     Endpoints::open(&net.pins)?.insert(ip, &endpoint)?;
     program.attach(&host.name, host.index)?;
     Ok(())

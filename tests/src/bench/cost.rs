@@ -10,7 +10,7 @@ use podnet::{
     config::PeerNode,
     config::Timeouts,
     datapath::maps::{Deny, Endpoints, NatSettings, Peers},
-    datapath::{Datapath, PinDir, TableSizes},
+    datapath::{Datapath, EbpfLog, PinDir, TableSizes},
     host::netns,
 };
 use podnet_common::{
@@ -71,18 +71,18 @@ const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 const TC_ACT_SHOT: u32 = 2;
 
 fn measure_in(pins: &PinDir, (ifindex, mac): (u32, [u8; 6]), repeat: u32) -> anyhow::Result<Vec<Cost>> {
-    let mut datapath = Datapath::load(pins, TableSizes::default())?;
+    let mut datapath = Datapath::load(pins, TableSizes::default(), EbpfLog::Off)?;
     let local = Ipv4Addr::new(10, 1, 1, 3);
     // Runs of a batch see the frame as the previous run left it: delivery writes `host_mac` and
     // routing the uplink's MAC as the source, so both are the sender's MAC (`mac`), which keeps
     // every run past the source check.
-    let endpoint = Endpoint { host_ifindex: 1, flags: 0, pod_mac: [2, 0, 0, 0, 0, 3], host_mac: mac };
+    let endpoint = Endpoint::new(1, [2, 0, 0, 0, 0, 3], mac);
     let mut endpoints = Endpoints::open(pins)?;
     endpoints.insert(local, &endpoint)?;
     // The sending pod: its frames come from `mac` on the fixture's uplink (the input device the
     // FIB needs), so they pass the source check.
     let pod1 = Ipv4Addr::new(10, 1, 1, 2);
-    let sender = Endpoint { host_ifindex: ifindex, flags: 0, pod_mac: mac, host_mac: [2, 0, 0, 0, 0, 0xb2] };
+    let sender = Endpoint::new(ifindex, mac, [2, 0, 0, 0, 0, 0xb2]);
     endpoints.insert(pod1, &sender)?;
     // node2 at .3; .2 plays an external host (both neighbours are known in the fixture).
     let peer = PeerNode {

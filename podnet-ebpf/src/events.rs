@@ -1,0 +1,292 @@
+//! What the datapath tells `podnet monitor`, and the agent's log when the programs were loaded
+//! with a log level: every dropped packet with its reason, and the first packet of every new NAT
+//! translation. Slow paths only: nothing here runs for a packet that is forwarded, and a drop
+//! pays only a look at [`MONITOR`] when nobody listens (and no log level is on). A CPU writes at
+//! most [`events::PER_SECOND`] events a second (bursts of [`events::BURST`]), so a flood of
+//! drops cannot swamp the ring buffer or its reader; what the budget or a full ring holds back
+//! is counted in [`EVENT_STATS`].
+//!
+//! Log lines (aya-log) are written by a program of their own, `log_tc`, which the tc programs
+//! tail-call as their last step once they have put the event together: they keep their stack
+//! and verifier budget, and with logging off (the level is a constant fixed at load) the tail
+//! call is dead code the verifier removes. XDP drops are events, not log lines.
+
+use aya_ebpf::{
+    EbpfContext,
+    btf_maps::{Array, PerCpuArray, ProgramArray, RingBuf},
+    helpers::bpf_ktime_get_ns,
+    macros::btf_map,
+    programs::{TcContext, XdpContext},
+};
+use aya_log_ebpf::macro_support::{Level, level_enabled};
+use podnet_common::{
+    CtKey, Event, EventBudget, Reason,
+    events::{self, BURST, DROP, LISTENER_TTL_NS, NAT_NEW, PER_SECOND},
+    maps::EVENTS_BYTES,
+    proto::{ICMP, TCP, UDP},
+};
+
+use crate::packet::{self, Ipv4, Packet};
+
+#[btf_map(pin_by_name)]
+static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
+#[btf_map(pin_by_name)]
+static MONITOR: Array<u64, 1> = Array::new();
+#[btf_map(pin_by_name)]
+static EVENT_STATS: PerCpuArray<u64, { events::STATS }> = PerCpuArray::new();
+#[btf_map(pin_by_name)]
+static EVENT_BUDGET: PerCpuArray<EventBudget, 1> = PerCpuArray::new();
+/// This CPU's event being put together (the programs' stacks are full already), and what the
+/// logger returns for the packet.
+#[btf_map]
+static PENDING: PerCpuArray<Pending, 1> = PerCpuArray::new();
+/// The logger, put here by the loader when it loads it (slot [`Arrival::LOGGER`]). Pinned: the
+/// kernel empties a program array once no file descriptor or pin holds it.
+#[btf_map(pin_by_name)]
+static LOGGERS: ProgramArray<1> = ProgramArray::new();
+
+/// Nanoseconds per token of the event budget.
+const NS_PER_TOKEN: u64 = 1_000_000_000 / PER_SECOND;
+
+/// An event on its way, and the packet's fate.
+#[repr(C)]
+pub struct Pending {
+    event: Event,
+    /// What the hook's program returns for the packet; the logger returns it instead.
+    action: i32,
+    /// 1 when `event` is this packet's (a logger only logs a fresh one).
+    fresh: u32,
+}
+
+/// A program context that knows the interface its packet arrived on, and its logger.
+pub trait Arrival: Packet + EbpfContext {
+    /// The logger's slot in [`LOGGERS`]; `None`: the hook writes no log lines.
+    const LOGGER: Option<u32>;
+    fn ifindex(&self) -> u32;
+}
+
+impl Arrival for TcContext {
+    const LOGGER: Option<u32> = Some(0);
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        packet::ingress_ifindex(self)
+    }
+}
+
+/// XDP writes events but no log lines: the kernel refuses an XDP program that both calls
+/// functions (`memset`) and tail-calls (EINVAL after verification, Linux 6.18).
+impl Arrival for XdpContext {
+    const LOGGER: Option<u32> = None;
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+}
+
+/// The hook's last step for a packet counted as `reason` that gets `action`: a drop becomes an
+/// event, and a drop or new translation with an event becomes a log line when logging is on
+/// (the logger, tail-called, then returns `action`). Returns `action`.
+#[inline(always)]
+pub fn finish<C: Arrival>(ctx: &C, reason: Reason, action: i32) -> i32 {
+    let pending = if reason.is_drop() {
+        dropped(ctx, reason)
+    } else if reason == Reason::RedirectNatNew && level_enabled(Level::Debug) {
+        pending().filter(|p| p.fresh != 0)
+    } else {
+        None
+    };
+    if let (Some(pending), Some(logger)) = (pending, C::LOGGER)
+        && level_enabled(Level::Info)
+    {
+        pending.action = action;
+        // SAFETY: a tail call with this program's own context into a logger of the same type;
+        // when it fails (no logger loaded) the program goes on and returns `action` itself.
+        unsafe { LOGGERS.tail_call(ctx, logger) };
+    }
+    action
+}
+
+/// Reports a packet dropped for `reason`: the event, if one is wanted.
+#[inline(always)]
+fn dropped<C: Arrival>(ctx: &C, reason: Reason) -> Option<&'static mut Pending> {
+    let (now, listening) = wanted(Level::Info)?;
+    let pending = pending()?;
+    let event = &mut pending.event;
+    describe(event, ctx, now);
+    event.kind = DROP;
+    event.reason = reason as u8;
+    pending.fresh = 1;
+    if listening {
+        send(event);
+    }
+    Some(pending)
+}
+
+/// Reports the first packet of a new translation: the pod side `key` (network byte order) leaves
+/// as `node_ip`:`port`.
+#[inline(always)]
+pub fn nat_new(ctx: &TcContext, key: &CtKey, node_ip: [u8; 4], port: u16) {
+    let Some((now, listening)) = wanted(Level::Debug) else {
+        return;
+    };
+    let Some(pending) = pending() else {
+        return;
+    };
+    // Field by field: a whole `Event` would be built on the stack first.
+    let event = &mut pending.event;
+    event.time_ns = now;
+    event.ifindex = ctx.ifindex();
+    event.saddr = key.saddr;
+    event.daddr = key.daddr;
+    event.nat_addr = node_ip;
+    event.sport = u16::from_be(key.sport);
+    event.dport = u16::from_be(key.dport);
+    event.nat_port = u16::from_be(port);
+    event.kind = NAT_NEW;
+    event.reason = Reason::RedirectNatNew as u8;
+    event.protocol = key.proto;
+    pending.fresh = 1;
+    if listening {
+        send(event);
+    }
+}
+
+/// The logger: writes the pending event as a log line and returns the packet's action.
+#[inline(always)]
+pub fn log<C: EbpfContext>(ctx: &C) -> i32 {
+    let Some(pending) = pending() else {
+        // Never: the array has its one slot. The hook's program did not return, so nothing says
+        // what it decided; drop rather than guess.
+        return -1;
+    };
+    pending.fresh = 0;
+    let e = &pending.event;
+    let (src, dst) = (u32::from_be_bytes(e.saddr), u32::from_be_bytes(e.daddr));
+    if e.kind == NAT_NEW {
+        aya_log_ebpf::debug!(
+            ctx,
+            "nat: new translation, protocol {} {:i}:{} -> {:i}:{} leaves as {:i}:{}",
+            e.protocol,
+            src,
+            e.sport,
+            dst,
+            e.dport,
+            u32::from_be_bytes(e.nat_addr),
+            e.nat_port
+        );
+    } else {
+        let reason = Reason::ALL.iter().find(|r| **r as u8 == e.reason).map_or("unknown", |r| r.name());
+        aya_log_ebpf::info!(
+            ctx,
+            "drop {} on ifindex {}: protocol {} {:i}:{} -> {:i}:{}",
+            reason,
+            e.ifindex,
+            e.protocol,
+            src,
+            e.sport,
+            dst,
+            e.dport
+        );
+    }
+    pending.action
+}
+
+/// This CPU's pending event.
+#[inline(always)]
+fn pending() -> Option<&'static mut Pending> {
+    let pending = PENDING.get_ptr_mut(0)?;
+    // SAFETY: from a successful lookup in a per-CPU array: this CPU's own slot, and the programs
+    // that use it run to completion on this CPU without another user in between.
+    Some(unsafe { &mut *pending })
+}
+
+/// The time, and whether a monitor listens, when an event is wanted (a monitor listens, or logs
+/// of `level` are on) and this CPU has budget for it; `None` otherwise.
+#[inline(always)]
+fn wanted(level: Level) -> Option<(u64, bool)> {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let listening = MONITOR.get(0).is_some_and(|&seen| seen != 0 && now < seen + LISTENER_TTL_NS);
+    // A constant once loaded: the level is fixed when the programs are (see the loader).
+    if !listening && !level_enabled(level) {
+        return None;
+    }
+    if !take_token(now) {
+        count(events::RATE_LIMITED);
+        return None;
+    }
+    Some((now, listening))
+}
+
+/// Takes one token from this CPU's budget, topping it up for the time since it last was.
+#[inline(always)]
+fn take_token(now: u64) -> bool {
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: from a successful lookup in a per-CPU array: this CPU's own slot, and this program
+    // cannot be preempted by another user of it.
+    let budget = unsafe { &mut *budget };
+    let earned = now.saturating_sub(budget.filled_ns) / NS_PER_TOKEN;
+    if earned > 0 {
+        budget.tokens = (budget.tokens + earned).min(BURST);
+        budget.filled_ns = now;
+    }
+    if budget.tokens == 0 {
+        return false;
+    }
+    budget.tokens -= 1;
+    true
+}
+
+/// Writes the packet's interface, addresses, protocol and ports, as far as it has them.
+#[inline(always)]
+fn describe<C: Arrival>(event: &mut Event, ctx: &C, now: u64) {
+    // Field by field: a struct literal becomes a `memset` call (see `routing::lookup`).
+    event.time_ns = now;
+    event.ifindex = ctx.ifindex();
+    event.saddr = [0; 4];
+    event.daddr = [0; 4];
+    event.nat_addr = [0; 4];
+    event.sport = 0;
+    event.dport = 0;
+    event.nat_port = 0;
+    event.protocol = 0;
+    let Ok(Some(ip)) = Ipv4::parse(ctx) else {
+        return;
+    };
+    event.saddr = ip.saddr();
+    event.daddr = ip.daddr();
+    event.protocol = ip.protocol();
+    if ip.fragment_offset() != 0 {
+        return;
+    }
+    let ports = match event.protocol {
+        TCP | UDP => packet::read::<[u16; 2]>(ctx, ip.l4_offset()),
+        // Echo: type and code, checksum, then the identifier (reported as the source port).
+        ICMP => packet::read::<[u16; 2]>(ctx, ip.l4_offset() + 4).map(|[id, _]| [id, 0]),
+        _ => return,
+    };
+    if let Ok([sport, dport]) = ports {
+        event.sport = u16::from_be(sport);
+        event.dport = u16::from_be(dport);
+    }
+}
+
+#[inline(always)]
+fn send(event: &Event) {
+    match EVENTS.output(event, 0) {
+        Ok(()) => count(events::SENT),
+        Err(_) => count(events::RING_FULL),
+    }
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(n) = EVENT_STATS.get_ptr_mut(slot) {
+        // SAFETY: from a successful lookup in a per-CPU array: this CPU's own slot.
+        unsafe { *n += 1 };
+    }
+}
