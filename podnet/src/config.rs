@@ -425,6 +425,12 @@ impl Draft {
         self.checked.membership()
     }
 
+    /// The config for taking the node down, which needs no pod CIDR: `down` removes what the
+    /// node holds, whatever its CIDR, so a node whose lease record is lost still comes down.
+    pub fn for_teardown(&self) -> Config {
+        self.checked.clone()
+    }
+
     /// The node's config with its pod CIDR: the configured one; else `leased`, or the one the
     /// node's agent leased last (its lease record), if the cluster still leases it.
     pub fn resolve(&self, leased: Option<Ipv4Net>) -> Result<Config, ConfigError> {
@@ -938,9 +944,9 @@ impl Cluster {
         self.cluster_cidr.subnets(self.node_prefix).into_iter().flatten()
     }
 
-    /// Whether `cidr` is one the cluster leases.
+    /// Whether `cidr` is one the cluster leases (a network: no host bits).
     pub fn leases(&self, cidr: Ipv4Net) -> bool {
-        cidr.prefix_len() == self.node_prefix && self.cluster_cidr.contains(&cidr)
+        cidr.prefix_len() == self.node_prefix && cidr == cidr.trunc() && self.cluster_cidr.contains(&cidr)
     }
 
     /// A pod CIDR the cluster could lease, to check a config against before the node has one.

@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use podnet::{
     agent,
-    config::{Config, ConfigError, Draft, PeerNode, XdpMode},
+    config::{Config, Draft, PeerNode, XdpMode},
     datapath::{maps::Deny, nat},
     host::netns,
     monitor,
@@ -106,13 +106,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         rt.block_on(agent::run(cli.config.as_deref(), draft, interval, ebpf_log))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let config = match draft.resolve(None) {
-        // Never leased, so never up: nothing to take down.
-        Err(e @ ConfigError::NotLeased { .. }) if matches!(cli.command, Command::Down) => {
-            tracing::info!("{e}: nothing to take down");
-            return Ok(ExitCode::SUCCESS);
-        }
-        config => config?,
+    let config = match cli.command {
+        Command::Down => draft.for_teardown(),
+        _ => draft.resolve(None)?,
     };
     rt.block_on(async {
         // State-changing verbs go through the node's agent when it runs (see `op::run`).
@@ -122,6 +118,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         };
         match cli.command {
             Command::Up => {
+                if let Some(cluster) = &config.cluster
+                    && !agent::api::agent_listens(&config.node.name).await
+                {
+                    tracing::warn!(
+                        "node {} is a [cluster] node and no agent runs: nothing renews its lease in etcd, \
+                         which runs out within {} s and frees its pod CIDR for another node; start `podnet agent`",
+                        config.node.name,
+                        cluster.lease_ttl.as_secs()
+                    );
+                }
                 // An absolute path: the agent compares it with the file it serves.
                 let config =
                     cli.config.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));

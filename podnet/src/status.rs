@@ -88,8 +88,12 @@ pub fn render(s: &Status, rates: Option<&Rates>) -> String {
         .map(|t| vec![t.table.to_owned(), t.entries.to_string(), t.capacity.to_string()])
         .collect();
     let cluster = s.cluster.as_ref().map_or_else(String::new, |c| {
-        let lease = c.lease.map_or_else(|| "configured, none held".to_owned(), |l| format!("{l:x}"));
-        format!("cluster: pod CIDR {} (lease {lease}) from etcd {}\n", c.pod_cidr, c.etcd.join(","))
+        let lease = match (c.lease, c.renewed) {
+            (None, _) => "no lease recorded".to_owned(),
+            (Some(l), true) => format!("lease {l:x}, renewed by the agent"),
+            (Some(l), false) => format!("lease {l:x} recorded, but no agent runs to renew it"),
+        };
+        format!("cluster: pod CIDR {} ({lease}) from etcd {}\n", c.pod_cidr, c.etcd.join(","))
     });
     format!(
         "node {} (pins: {})\n{cluster}\nEndpoints\n{}\nPeers\n{}\nPrograms\n{}\nCounters\n{}\nNAT translation tables\n{}",

@@ -297,11 +297,12 @@ impl Lab {
         self.children.push(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(node.agent_socket()).is_err() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the agent of {} did not listen within 20 s",
-                node.name
-            );
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.agent_log(node)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                anyhow::bail!("the agent of {} did not listen within 20 s; its log ends:\n{}", node.name, tail.join("\n"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(pid)

@@ -213,10 +213,13 @@ fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
     let a = lab.node("nodea", &format!("pod_cidr = \"10.2.0.0/24\"\n{}", member_config(1, &etcd, small)))?;
     lab.plug(&switch, &a.netns, "porta", "192.168.50.1/24")?;
     let a_agent = lab.agent(&a)?;
-    // Values nobody should trust: two of them take the last free CIDRs.
+    // Values nobody should trust (two of them take the last free CIDRs), and a node out of reach.
     let poser = format!(r#"{{"node":"{}","node_ip":"192.168.50.1","pod_cidr":"10.2.3.0/24"}}"#, a.name);
+    let far = r#"{"node":"far","node_ip":"203.0.113.9","pod_cidr":"10.2.2.0/24"}"#;
+    etcd.ctl(&["put", "/podnet/subnets/10.2.2.0-24", far])?;
     let hostile = [
-        ("/podnet/subnets/10.2.2.0-24", "not json".to_owned()),
+        ("/podnet/subnets/10.2.0.64-26", "not json".to_owned()),
+        ("/podnet/subnets/10.2.1.5-24", r#"{"node":"evil","node_ip":"192.168.50.69","pod_cidr":"10.2.1.5/24"}"#.to_owned()),
         ("/podnet/subnets/10.2.3.0-24", poser),
         (
             "/podnet/subnets/10.9.0.0-24",
@@ -235,7 +238,7 @@ fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
         etcd.ctl(&["put", key, value])?;
     }
     let b = member(&mut lab, &switch, &etcd, 2, small)?;
-    lab.agent(&b)?;
+    let b_agent = lab.agent(&b)?;
     assert_eq!(pod_ip(&b, "pod1")?.rsplit_once('.').map(|(net, _)| net), Some("10.2.1"));
     wait_peers(&b, &[&a.name], 5)?;
     thread::sleep(Duration::from_millis(500));
@@ -244,6 +247,8 @@ fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
     for (key, _) in &hostile {
         assert!(log.contains(&format!("ignoring {key}:")), "{key} not ignored:\n{log}");
     }
+    // The node without a route is left out, and did not stop `a` from being b's peer.
+    assert!(log.contains("cluster peer far (10.2.2.0/24 via 203.0.113.9) left out for now"), "{log}");
 
     // A lease revoked behind the node's back: it leases its CIDR again, its pods keep their
     // addresses.
@@ -257,6 +262,15 @@ fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while lease(())? == revoked || etcd.get_prefix("/podnet/subnets/10.2.1.0-24")?.is_empty() {
         anyhow::ensure!(Instant::now() < deadline, "b did not lease its CIDR again within 5 s");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pod_ip(&b, "pod1")?.rsplit_once('.').map(|(net, _)| net), Some("10.2.1"));
+    // Its name key deleted behind its back: it writes it again, under its lease.
+    let name_key = format!("/podnet/nodes/{}", b.name);
+    etcd.ctl(&["del", &name_key])?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while etcd.get_prefix(&name_key)?.is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "b did not restore {name_key} within 5 s");
         thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(pod_ip(&b, "pod1")?.rsplit_once('.').map(|(net, _)| net), Some("10.2.1"));
@@ -304,6 +318,7 @@ fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
     for (key, _) in &hostile {
         etcd.ctl(&["del", key])?;
     }
+    etcd.ctl(&["del", "/podnet/subnets/10.2.2.0-24"])?;
     a.run_podnet(&["down"])?;
     let left = etcd.get_prefix("/podnet/nodes/")?;
     assert_eq!(
@@ -311,6 +326,12 @@ fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
         [format!("/podnet/nodes/{}", b.name)]
     );
     wait_peers(&b, &[], 3)?;
+    // A node whose lease record is lost still comes down, completely.
+    kill("-TERM", b_agent)?;
+    thread::sleep(Duration::from_millis(500));
+    std::fs::remove_file(&record)?;
+    b.run_podnet(&["down"])?;
+    assert!(!b.pin_dir().exists(), "down left b's pins");
     Ok(())
 }
 

@@ -82,6 +82,8 @@ struct Served {
     ebpf_log: EbpfLog,
     logs: Option<LogReader>,
     counts: AgentCounts,
+    /// The cluster's last view, while some peer of it is still to be set up.
+    cluster_retry: Option<Vec<crate::config::PeerNode>>,
 }
 
 impl Served {
@@ -131,6 +133,7 @@ pub async fn run(
         ebpf_log,
         logs: None,
         counts: AgentCounts::default(),
+        cluster_retry: None,
     };
     if let Err(e) = served.up().await {
         // A lease taken for this run and never used: give it back rather than hold a CIDR.
@@ -174,7 +177,13 @@ pub async fn run(
                     Some(update) = updates.recv() => follow_cluster(update, &mut *served.lock().await).await,
                     _ = term.recv() => break,
                     _ = int.recv() => break,
-                    _ = sweep.tick() => sweep_nat(&mut *served.lock().await, false).await,
+                    _ = sweep.tick() => {
+                        let mut served = served.lock().await;
+                        sweep_nat(&mut served, false).await;
+                        if let Some(view) = served.cluster_retry.take() {
+                            follow_cluster(Update::Peers(view), &mut served).await;
+                        }
+                    }
                     _ = log_tick.tick() => {
                         if let Some(logs) = &mut served.lock().await.logs {
                             logs.flush();
@@ -296,20 +305,24 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, s
 }
 
 /// Makes the node what the cluster says: its peers, or (after its lease was lost and another
-/// CIDR leased) its pod CIDR.
+/// CIDR leased) its pod CIDR. A view some peer of which could not be set up for now is tried
+/// again at the next sweep.
 async fn follow_cluster(update: Update, served: &mut Served) {
     let result = async {
-        if let Update::PodCidr(cidr) = update {
-            let draft =
-                Draft::load(served.path.as_deref()).map_err(|e| NodeError::Agent { message: chain(&e) })?;
-            served.config = draft.resolve(Some(cidr)).map_err(|e| NodeError::Agent { message: chain(&e) })?;
-        }
-        match &update {
+        match update {
             Update::Peers(view) => {
                 let _lock = node_lock(&served.config.node.name).await?;
-                node::set_cluster_peers(&served.config, view).await
+                let retry = node::set_cluster_peers(&served.config, &view).await?;
+                served.cluster_retry = retry.then_some(view);
+                Ok(())
             }
-            Update::PodCidr(_) => served.up().await,
+            Update::PodCidr(cidr) => {
+                let draft =
+                    Draft::load(served.path.as_deref()).map_err(|e| NodeError::Agent { message: chain(&e) })?;
+                served.config =
+                    draft.resolve(Some(cidr)).map_err(|e| NodeError::Agent { message: chain(&e) })?;
+                served.up().await
+            }
         }
     };
     if let Err(e) = result.await {

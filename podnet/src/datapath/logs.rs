@@ -46,6 +46,7 @@ pub fn load_loggers(ebpf: &mut Ebpf, pins: &PinDir, log: EbpfLog) -> Result<(), 
         // The programs call no logger now; let an older one go.
         return match loggers.clear_index(&0) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(DatapathError::Loggers { source }),
         };
     }

@@ -46,6 +46,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest part of a key a warning quotes (keys are anyone's input).
 const KEY_QUOTED_MAX: usize = 100;
+/// Bad keys remembered so that each is warned about once.
+const WARNED_MAX: usize = 1024;
 /// First and longest wait before trying etcd again.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
@@ -78,6 +80,8 @@ pub struct Etcd {
     last_view: Option<Vec<PeerNode>>,
     /// Subnet keys already warned about, with the value that was wrong.
     warned: HashSet<(Vec<u8>, Vec<u8>)>,
+    /// For a lease TTL after a listing, the view before it (see [`Self::view`]).
+    grace: Option<Vec<PeerNode>>,
 }
 
 impl Etcd {
@@ -92,6 +96,7 @@ impl Etcd {
             configured: member.pod_cidr,
             last_view: None,
             warned: HashSet::new(),
+            grace: None,
         })
     }
 
@@ -182,58 +187,84 @@ impl Etcd {
         Ok(Joined { pod_cidr: record.pod_cidr, fresh })
     }
 
-    /// The node's lease from before, if it lives and holds the node's name (this node's when the
-    /// lease record names it, or when it holds this name at this address: a node that lost its
-    /// state). Its subnet key is made whole again. A lease of this node that can no longer be
-    /// used (a CIDR the config does not allow now) is revoked.
+    /// The node's lease from before, if it lives and still holds the node's CIDR: found by the
+    /// node's name key (this node's when the lease record names its lease, or when it holds this
+    /// name at this address: a node that lost its state), or, when that key is gone, by the
+    /// lease record. Its keys are made whole again and given the node's current value. A lease
+    /// of this node that can no longer be used (expired, its CIDR taken, a CIDR the config does
+    /// not allow now) is given up.
     async fn resume(&self, client: &mut Client) -> Result<Option<LeaseRecord>, DiscoveryError> {
         let found = self.call(client.get(self.node_key(), None)).await?;
-        let Some(kv) = found.kvs().first() else {
-            return Ok(None);
+        let (lease, cidr, name_revision) = match found.kvs().first() {
+            Some(kv) => {
+                let holder = Member::parse(kv.value());
+                let mine = self.held.is_some_and(|h| h.lease == kv.lease() && kv.lease() != 0)
+                    || holder.as_ref().is_some_and(|h| h.node == self.name && h.node_ip == self.node_ip);
+                if !mine {
+                    return Err(self.name_held(kv));
+                }
+                (kv.lease(), holder.map(|h| h.pod_cidr), Some(kv.mod_revision()))
+            }
+            None => match self.held {
+                Some(held) => (held.lease, Some(held.pod_cidr), None),
+                None => return Ok(None),
+            },
         };
-        let holder = Member::parse(kv.value());
-        let lease = kv.lease();
-        let mine = self.held.is_some_and(|h| h.lease == lease && lease != 0)
-            || holder.as_ref().is_some_and(|h| h.node == self.name && h.node_ip == self.node_ip);
-        if !mine {
-            return Err(DiscoveryError::NameHeld {
-                name: self.name.clone(),
-                holder_ip: holder.map_or_else(|| "an unknown address".to_owned(), |h| h.node_ip.to_string()),
-                node_ip: self.node_ip,
-                ttl: self.cluster.lease_ttl.as_secs(),
-            });
-        }
         let alive = lease != 0 && self.call(client.lease_time_to_live(lease, None)).await?.ttl() > 0;
-        if let Some(cidr) = holder.map(|h| h.pod_cidr).filter(|c| alive && self.usable(*c))
-            && self.hold_subnet(client, lease, cidr).await?
+        if let Some(cidr) = cidr.filter(|c| alive && self.usable(*c))
+            && self.hold(client, lease, cidr).await?
         {
             return Ok(Some(LeaseRecord { pod_cidr: cidr, lease }));
         }
-        // This node's, but not usable: give it up, keys and all.
-        if lease != 0 {
-            info!("cluster: giving up lease {lease:x}, which no longer fits this node's config");
+        if alive {
+            info!("cluster: giving up lease {lease:x}: its CIDR is another node's now, or not one the config allows");
             let _ = self.call(client.lease_revoke(lease)).await;
         }
-        let unchanged = Compare::mod_revision(self.node_key(), CompareOp::Equal, kv.mod_revision());
-        let delete = TxnOp::delete(self.node_key(), None);
-        self.call(client.txn(Txn::new().when([unchanged]).and_then([delete]))).await?;
+        if let Some(revision) = name_revision {
+            let unchanged = Compare::mod_revision(self.node_key(), CompareOp::Equal, revision);
+            let delete = TxnOp::delete(self.node_key(), None);
+            self.call(client.txn(Txn::new().when([unchanged]).and_then([delete]))).await?;
+        }
         Ok(None)
     }
 
-    /// Makes `cidr`'s subnet key this node's under `lease`, if nobody else holds it.
-    async fn hold_subnet(
-        &self,
-        client: &mut Client,
-        lease: i64,
-        cidr: Ipv4Net,
-    ) -> Result<bool, DiscoveryError> {
-        let key = self.subnet_key(cidr);
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), self.value(cidr), Some(PutOptions::new().with_lease(lease)))])
-            .or_else([TxnOp::get(key, None)]);
+    /// The error for a name key `kv` another node holds.
+    fn name_held(&self, kv: &KeyValue) -> DiscoveryError {
+        if kv.lease() == 0 {
+            return DiscoveryError::NameKeyWithoutLease { key: self.node_key() };
+        }
+        DiscoveryError::NameHeld {
+            name: self.name.clone(),
+            holder_ip: Member::parse(kv.value())
+                .map_or_else(|| "an unknown address".to_owned(), |h| h.node_ip.to_string()),
+            node_ip: self.node_ip,
+            ttl: self.cluster.lease_ttl.as_secs(),
+        }
+    }
+
+    /// Makes `lease` hold `cidr`'s subnet key and the node's name key, with the node's current
+    /// value (its address may have changed): each key is taken if free and rewritten if the
+    /// lease's. False when another holds the subnet key.
+    async fn hold(&self, client: &mut Client, lease: i64, cidr: Ipv4Net) -> Result<bool, DiscoveryError> {
+        let (subnet, node) = (self.subnet_key(cidr), self.node_key());
+        let put = |key: &str| TxnOp::put(key, self.value(cidr), Some(PutOptions::new().with_lease(lease)));
+        for key in [&subnet, &node] {
+            let free = Compare::create_revision(key.as_str(), CompareOp::Equal, 0);
+            self.call(client.txn(Txn::new().when([free]).and_then([put(key)]))).await?;
+        }
+        let ours = [
+            Compare::lease(subnet.as_str(), CompareOp::Equal, lease),
+            Compare::lease(node.as_str(), CompareOp::Equal, lease),
+        ];
+        let txn = Txn::new().when(ours).and_then([put(&subnet), put(&node)]).or_else([TxnOp::get(node.as_str(), None)]);
         let answer = self.call(client.txn(txn)).await?;
-        Ok(answer.succeeded() || got(&answer, 0).is_some_and(|kv| kv.lease() == lease))
+        if answer.succeeded() {
+            return Ok(true);
+        }
+        match got(&answer, 0) {
+            Some(kv) if kv.lease() != lease => Err(self.name_held(&kv)),
+            _ => Ok(false),
+        }
     }
 
     /// Takes the configured CIDR, or the first free one (the one the node held last first),
@@ -274,13 +305,7 @@ impl Etcd {
                 return Ok(cidr);
             }
             if let Some(kv) = got(&answer, 1) {
-                return Err(DiscoveryError::NameHeld {
-                    name: self.name.clone(),
-                    holder_ip: Member::parse(kv.value())
-                        .map_or_else(|| "an unknown address".to_owned(), |h| h.node_ip.to_string()),
-                    node_ip: self.node_ip,
-                    ttl: self.cluster.lease_ttl.as_secs(),
-                });
+                return Err(self.name_held(&kv));
             }
             if self.configured.is_some() {
                 let holder = got(&answer, 0).and_then(|kv| Member::parse(kv.value()));
@@ -328,25 +353,37 @@ impl Etcd {
         let revision = listing.header().map_or(0, |h| h.revision());
         let mut members: BTreeMap<Vec<u8>, Vec<u8>> =
             listing.kvs().iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())).collect();
+        // After an outage (a restarted or even a wiped etcd), peers missing from the first
+        // listing may just not have renewed yet: they stay one lease TTL longer.
+        let grace_end = tokio::time::Instant::now() + self.cluster.lease_ttl;
+        self.grace = self.last_view.clone();
         if !self.send_view(&members, updates).await {
             return Ok(());
         }
+        // The node's own name key is watched too: the whole prefix, with the subnets as members.
+        let watched = format!("{}/", self.cluster.prefix);
         let watch_from = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-        let mut watch = self.call(client.watch(prefix.clone(), Some(watch_from))).await?;
+        let mut watch = self.call(client.watch(watched.clone(), Some(watch_from))).await?;
         *backoff = Backoff::new(&self.cluster);
-        info!("cluster: following {prefix} in etcd from revision {revision}");
+        info!("cluster: following {watched} in etcd from revision {revision}");
         let mut renew = tokio::time::interval(self.cluster.lease_ttl / 3);
-        let own_key = self.subnet_key(joined.pod_cidr);
+        let own_keys = [self.subnet_key(joined.pod_cidr), self.node_key()];
         let etcd_error = self.etcd_error();
         loop {
             tokio::select! {
+                () = tokio::time::sleep_until(grace_end), if self.grace.is_some() => {
+                    self.grace = None;
+                    if !self.send_view(&members, updates).await {
+                        return Ok(());
+                    }
+                }
                 _ = renew.tick() => self.call(keeper.keep_alive()).await?,
                 answer = renewed.message() => match answer.map_err(&etcd_error)? {
                     Some(answer) if answer.ttl() > 0 => {}
                     _ => return Err(DiscoveryError::LeaseLost { lease }),
                 },
                 changes = watch.message() => {
-                    let ended = |reason: String| DiscoveryError::WatchEnded { prefix: prefix.clone(), reason };
+                    let ended = |reason: String| DiscoveryError::WatchEnded { prefix: watched.clone(), reason };
                     let changes = changes.map_err(&etcd_error)?.ok_or_else(|| ended("the stream closed".into()))?;
                     if changes.canceled() {
                         return Err(ended(format!(
@@ -357,12 +394,24 @@ impl Etcd {
                     }
                     for event in changes.events() {
                         let Some(kv) = event.kv() else { continue };
-                        if kv.key() == own_key.as_bytes() && (event.event_type() == EventType::Delete || kv.lease() != lease) {
-                            return Err(DiscoveryError::KeyTaken { key: own_key });
+                        if let Some(own) = own_keys.iter().find(|k| k.as_bytes() == kv.key())
+                            && (event.event_type() == EventType::Delete || kv.lease() != lease)
+                        {
+                            return Err(DiscoveryError::KeyTaken { key: own.clone() });
+                        }
+                        if !kv.key().starts_with(prefix.as_bytes()) {
+                            continue;
                         }
                         match event.event_type() {
                             EventType::Put => members.insert(kv.key().to_vec(), kv.value().to_vec()),
-                            EventType::Delete => members.remove(kv.key()),
+                            EventType::Delete => {
+                                // Gone for sure: not held over either.
+                                if let (Some(grace), Some(gone)) = (&mut self.grace, members.get(kv.key())) {
+                                    let gone = Member::parse(gone);
+                                    grace.retain(|p| gone.as_ref().is_none_or(|g| g.pod_cidr != p.pod_cidr));
+                                }
+                                members.remove(kv.key())
+                            }
                         };
                     }
                     if !self.send_view(&members, updates).await {
@@ -388,12 +437,22 @@ impl Etcd {
         updates.send(Update::Peers(view)).await.is_ok()
     }
 
-    /// The other nodes `members` (subnet keys and values) hold, checked as untrusted input.
+    /// The other nodes `members` (subnet keys and values) hold, checked as untrusted input; in a
+    /// grace time after a listing, with the peers of the view before it that it lacks.
     fn view(&mut self, members: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<PeerNode> {
         let mut peers: Vec<PeerNode> = Vec::new();
         let (mut names, mut ips) = (HashSet::new(), HashSet::new());
+        if let Some(before) = &self.grace {
+            for peer in before {
+                names.insert(peer.name.clone());
+                ips.insert(peer.ip);
+                peers.push(peer.clone());
+            }
+        }
         for (key, value) in members {
             let peer = self.member(key, value).and_then(|peer| match peer {
+                // Held over from before the listing, and listed again.
+                Some(p) if peers.contains(&p) => Ok(None),
                 Some(p) if names.contains(&p.name) || ips.contains(&p.ip) => {
                     Err(format!("node {} ({}) clashes with a node listed before it", p.name, p.ip))
                 }
@@ -407,6 +466,10 @@ impl Etcd {
                 }
                 Ok(None) => {}
                 Err(problem) => {
+                    if self.warned.len() >= WARNED_MAX {
+                        // Anyone can write keys: remembering them all would let them fill memory.
+                        self.warned.clear();
+                    }
                     if self.warned.insert((key.clone(), value.clone())) {
                         let key = String::from_utf8_lossy(&key[..key.len().min(KEY_QUOTED_MAX)]);
                         warn!("cluster: ignoring {key}: {problem}");

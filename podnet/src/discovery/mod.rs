@@ -44,6 +44,11 @@ pub enum DiscoveryError {
          give this node another name, or stop that node and wait up to {ttl} s for its lease to expire"
     )]
     NameHeld { name: String, holder_ip: String, node_ip: Ipv4Addr, ttl: u64 },
+    #[error(
+        "node name key {key} has no lease (was it written by hand?): no podnet node holds it that \
+         way; remove it with `etcdctl del {key}`"
+    )]
+    NameKeyWithoutLease { key: String },
     #[error("cluster.{field}: cannot read {}", path.display())]
     TlsFile {
         field: &'static str,

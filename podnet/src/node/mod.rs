@@ -251,7 +251,7 @@ async fn up_steps(
         "node {} is up: {} pod(s), {} peer(s), NAT {}, pins in {}",
         node.name,
         config.pods.len(),
-        config.peers.len(),
+        Peers::open(&pins)?.list().len(),
         if config.nat.enabled { "on" } else { "off" },
         pins.path().display()
     );
@@ -630,7 +630,13 @@ async fn leave_cluster(config: &Config) -> Result<(), NodeError> {
         return Ok(());
     };
     let (state, ttl) = (member.state.clone(), member.cluster.lease_ttl);
-    let mut etcd = Etcd::of(member)?;
+    let mut etcd = match Etcd::of(member) {
+        Ok(etcd) => etcd,
+        Err(e) => {
+            warn!("{}; the lease it names (if any) runs out within {} s", crate::error_chain(&e), ttl.as_secs());
+            return Ok(LeaseRecord::remove(&state)?);
+        }
+    };
     match tokio::time::timeout(LEAVE_TIMEOUT, etcd.leave()).await {
         Ok(Ok(())) => return Ok(()),
         Ok(Err(e)) => warn!("could not give the node's lease back: {}", crate::error_chain(&e)),
@@ -731,10 +737,12 @@ pub async fn add_peer(config: &Config, peer: PeerNode) -> Result<(), NodeError> 
 
 /// Makes the peers the cluster gave those of `view` (a complete view from a
 /// [`crate::discovery::PeerSource`]): adds the new ones, removes the ones gone, and touches
-/// nothing else. A peer that clashes with this node, the config's peers, peers added at runtime
-/// or the uplink's networks is left out with a warning: a store's value never takes a route
-/// away from anyone.
-pub async fn set_cluster_peers(config: &Config, view: &[PeerNode]) -> Result<(), NodeError> {
+/// nothing else. One peer's trouble is that peer's alone: a peer that clashes with this node,
+/// the config's peers, peers added at runtime or the uplink's networks is left out with a
+/// warning (a store's value never takes a route away from anyone), and one whose route or map
+/// entry cannot be made is left out too; returns whether any was left out for such a passing
+/// reason, so the caller tries the view again later.
+pub async fn set_cluster_peers(config: &Config, view: &[PeerNode]) -> Result<bool, NodeError> {
     let pins = pins_of_running_node(config)?;
     let nl = Netlink::current()?;
     let uplink = uplink_iface(config, &nl).await?.ok_or(NodeError::NoUplinkConfigured)?;
@@ -751,31 +759,49 @@ pub async fn set_cluster_peers(config: &Config, view: &[PeerNode]) -> Result<(),
     let mut kept: Vec<PeerNode> = before.into_iter().filter(|p| view.contains(p)).collect();
     records.update(|r| r.cluster_peers.clone_from(&kept))?;
     let networks = nl.ipv4_networks(&uplink).await?;
+    let mut retry = false;
     let joined: Vec<PeerNode> = view.iter().filter(|p| !kept.contains(p)).cloned().collect();
     for peer in &joined {
         let known = peers.list();
-        let checked = config::check_peer(&config.node, config.uplink.as_ref(), &known, peer).and_then(|()| {
-            match networks.iter().find(|n| config::overlaps(**n, peer.pod_cidr)) {
-                Some(n) => {
-                    Err(("pod_cidr", format!("{} overlaps {n}, a network of the uplink", peer.pod_cidr)))
+        // Exactly this peer in the map but in no record: an agent killed between the map and
+        // the record. It is the cluster's.
+        if !known.contains(peer) || config.peers.contains(peer) {
+            let checked = config::check_peer(&config.node, config.uplink.as_ref(), &known, peer).and_then(|()| {
+                match networks.iter().find(|n| config::overlaps(**n, peer.pod_cidr)) {
+                    Some(n) => Err(("pod_cidr", format!("{} overlaps {n}, a network of the uplink", peer.pod_cidr))),
+                    None => Ok(()),
                 }
-                None => Ok(()),
+            });
+            if let Err((field, problem)) = checked {
+                warn!("cluster peer {} ({} via {}) left out: {field}: {problem}", peer.name, peer.pod_cidr, peer.ip);
+                continue;
             }
-        });
-        if let Err((field, problem)) = checked {
-            warn!(
-                "cluster peer {} ({} via {}) left out: {field}: {problem}",
-                peer.name, peer.pod_cidr, peer.ip
-            );
-            continue;
+            // The route first: a peer the kernel cannot route to never gets into the map.
+            let added = async {
+                nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+                if let Err(e) = peers.insert(peer) {
+                    nl.del_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+                    return Err(NodeError::from(e));
+                }
+                Ok::<_, NodeError>(())
+            };
+            if let Err(e) = added.await {
+                warn!(
+                    "cluster peer {} ({} via {}) left out for now: {}",
+                    peer.name,
+                    peer.pod_cidr,
+                    peer.ip,
+                    crate::error_chain(&e)
+                );
+                retry = true;
+                continue;
+            }
         }
-        peers.insert(peer)?;
-        nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
         info!("peer {} ({} via {}) joined the cluster", peer.name, peer.pod_cidr, peer.ip);
         kept.push(peer.clone());
         records.update(|r| r.cluster_peers.clone_from(&kept))?;
     }
-    Ok(())
+    Ok(retry)
 }
 
 /// Removes a peer node at runtime: map entry and kernel route.
@@ -814,8 +840,10 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct ClusterStatus {
     pub pod_cidr: String,
-    /// The etcd lease holding it (`None`: configured, and no lease recorded yet).
+    /// The etcd lease holding it, as the node recorded it (`None`: none recorded).
     pub lease: Option<i64>,
+    /// Whether an agent runs to renew it (without one it runs out after the lease TTL).
+    pub renewed: bool,
     pub etcd: Vec<String>,
 }
 
@@ -946,6 +974,8 @@ pub fn status(config: &Config) -> Result<Status, NodeError> {
             Some(cluster) => Some(ClusterStatus {
                 pod_cidr: config.node.pod_cidr.to_string(),
                 lease: LeaseRecord::load(&config.node.state())?.map(|r| r.lease),
+                renewed: std::os::unix::net::UnixStream::connect(crate::agent::api::socket_path(&config.node.name))
+                    .is_ok(),
                 etcd: cluster.etcd.clone(),
             }),
         },
