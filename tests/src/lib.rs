@@ -285,8 +285,14 @@ impl Lab {
     /// Starts `podnet agent` for `node` and waits (at most 20 s) until it answers on its socket.
     /// Returns its pid. Its log goes to [`Self::agent_log`].
     pub fn agent(&mut self, node: &Node) -> anyhow::Result<u32> {
+        self.agent_with(node, &[])
+    }
+
+    /// [`Self::agent`] with more arguments to `podnet agent`.
+    pub fn agent_with(&mut self, node: &Node, args: &[&str]) -> anyhow::Result<u32> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.agent_log(node))?;
         let mut cmd = node.podnet(&["agent", "--interval", "1"]);
+        cmd.args(args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -98,14 +98,16 @@ impl log::Log for ToTracing {
         true
     }
 
+    /// The level asked for with `--ebpf-log` is what filters the programs' lines: they are
+    /// shown whatever the agent's own log level, debug and trace lines tagged as such.
     fn log(&self, record: &log::Record<'_>) {
         let line = record.args();
         match record.level() {
             log::Level::Error => tracing::error!(target: "ebpf", "{line}"),
             log::Level::Warn => tracing::warn!(target: "ebpf", "{line}"),
             log::Level::Info => tracing::info!(target: "ebpf", "{line}"),
-            log::Level::Debug => tracing::debug!(target: "ebpf", "{line}"),
-            log::Level::Trace => tracing::trace!(target: "ebpf", "{line}"),
+            log::Level::Debug => tracing::info!(target: "ebpf", "(debug) {line}"),
+            log::Level::Trace => tracing::info!(target: "ebpf", "(trace) {line}"),
         }
     }
 

@@ -1,0 +1,221 @@
+//! Seeing what the datapath does: the agent's `/metrics` checked by `promtool` and scraped by a
+//! real Prometheus, `podnet monitor` showing drops and new translations (and what its budget held
+//! back), the programs' log lines in the agent's log, and `status --watch` with rates.
+
+use std::{
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use podnet_tests::{
+    Lab, Node, cluster, in_ns, link, pings,
+    packets::{send, udp4_checksummed, with_macs},
+    sh,
+};
+
+const EXT: &str = "192.168.50.100";
+const METRICS: &str = "192.168.50.1:9101";
+
+/// One node (pods 10.1.1.2 and .3, NAT on) and an external host on its switch.
+fn node_and_outside(lab: &mut Lab) -> anyhow::Result<(Node, String)> {
+    let c = cluster(lab, "", &[&[]], "off")?;
+    let ext = lab.netns("ext")?;
+    lab.plug(&c.switch, &ext, "portx", &format!("{EXT}/24"))?;
+    let node = c.nodes.into_iter().next().expect("one node");
+    Ok((node, ext))
+}
+
+/// `count` UDP frames from pod1 with a source address that is not its own (dropped as spoofed).
+fn spoof(node: &Node, count: usize) -> anyhow::Result<()> {
+    let ns = node.pod_ns("pod1");
+    let (_, mac) = link(&ns, "veth_pod1")?;
+    let frame = with_macs(
+        &udp4_checksummed(("10.1.1.99".parse()?, 4242), ("10.1.1.3".parse()?, 53), b"spoofed"),
+        [0xff; 6],
+        mac,
+    );
+    let frames: Vec<&[u8]> = std::iter::repeat_n(&frame[..], count).collect();
+    send(&ns, "veth_pod1", &frames)
+}
+
+fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() -> anyhow::Result<()> {
+    let mut lab = Lab::new("obm")?;
+    let (node, ext) = node_and_outside(&mut lab)?;
+    let mut config = std::fs::read_to_string(&node.config)?;
+    config += &format!("\n[agent]\nmetrics = \"{METRICS}\"\n");
+    std::fs::write(&node.config, config)?;
+    lab.agent(&node)?;
+    assert!(pings(&node.pod_ns("pod1"), "10.1.1.3", 3));
+    assert!(pings(&node.pod_ns("pod2"), EXT, 2), "pod2 reaches the outside through NAT");
+
+    let body = sh(&ext, "curl", &["-sS", "--fail", "--max-time", "5", &format!("http://{METRICS}/metrics")])?;
+    // promtool reads the exposition from stdin and lints it (names, units, help, types).
+    let mut promtool = in_ns(&ext, "promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(promtool.stdin.as_mut().expect("piped"), body.as_bytes())?;
+    let checked = promtool.wait_with_output()?;
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(metric(&body, "podnet_packets_total{reason=\"redirect_local\"}").is_some_and(|v| v >= 3.0), "{body}");
+    let sent = "podnet_pod_packets_total{pod=\"pod1\",ip=\"10.1.1.2\",direction=\"from_pod\"}";
+    assert!(metric(&body, sent).is_some_and(|v| v >= 3.0), "{body}");
+    assert!(metric(&body, "podnet_nat_translations{protocol=\"icmp\",state=\"icmp\"}").is_some_and(|v| v >= 1.0));
+    assert!(metric(&body, "podnet_program_attached{program=\"from_pod\",hook=\"tcx ingress\",interface=\"brveth_pod1\"}").is_some(), "{body}");
+    assert!(body.contains("podnet_build_info{version=\""), "{body}");
+    // Nothing else is served, and a client that sends junk gets nothing it can use.
+    let other = sh(&ext, "curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{METRICS}/")])?;
+    assert_eq!(other, "404");
+
+    // A real Prometheus scrapes the agent and answers a podnet series through its query API.
+    let dir = lab.dir().join("prometheus");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: podnet\n    static_configs:\n      - targets: [\"{METRICS}\"]\n"),
+    )?;
+    let listen = format!("{EXT}:9090");
+    let (config, data) = (config.display().to_string(), dir.join("data").display().to_string());
+    lab.spawn(&ext, "prometheus", &[
+        &format!("--config.file={config}"),
+        &format!("--storage.tsdb.path={data}"),
+        &format!("--web.listen-address={listen}"),
+    ])?;
+    let query = format!("http://{listen}/api/v1/query?query=podnet_pod_packets_total%7Bpod%3D%22pod1%22%2Cdirection%3D%22from_pod%22%7D");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let value = loop {
+        let answer = in_ns(&ext, "curl").args(["-sS", "--max-time", "2", &query]).output()?;
+        let json: serde_json::Value = serde_json::from_slice(&answer.stdout).unwrap_or_default();
+        if let Some(v) = json["data"]["result"][0]["value"][1].as_str() {
+            break v.parse::<f64>()?;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "Prometheus had no podnet series after 30 s: {json}");
+        thread::sleep(Duration::from_millis(500));
+    };
+    assert!(value >= 3.0, "Prometheus read {value} packets from pod1");
+    Ok(())
+}
+
+#[test]
+fn monitor_shows_drops_and_new_translations_and_counts_what_it_held_back() -> anyhow::Result<()> {
+    let mut lab = Lab::new("obe")?;
+    let (node, _ext) = node_and_outside(&mut lab)?;
+    let out = lab.dir().join("monitor.jsonl");
+    let mut monitor = node.podnet(&["monitor", "--json"]).stdout(std::fs::File::create(&out)?).stderr(Stdio::piped()).spawn()?;
+    // It says it listens once a second; the first time right away.
+    thread::sleep(Duration::from_millis(800));
+    let second = node.podnet(&["monitor"]).output()?;
+    assert!(
+        !second.status.success() && String::from_utf8_lossy(&second.stderr).contains("another `podnet monitor`"),
+        "{second:?}"
+    );
+    spoof(&node, 1)?;
+    assert!(pings(&node.pod_ns("pod2"), EXT, 1));
+    let before = node.counter("drop_spoofed")?;
+    // A flood: the budget (200 at once, then 1000/s per CPU) holds most of it back.
+    spoof(&node, 5000)?;
+    thread::sleep(Duration::from_millis(2500));
+    let _ = Command::new("kill").args(["-INT", &monitor.id().to_string()]).status();
+    monitor.wait()?;
+    assert_eq!(node.counter("drop_spoofed")? - before, 5000, "every packet is counted, shown or not");
+
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let spoofed = lines
+        .iter()
+        .find(|e| e["kind"] == "drop")
+        .ok_or_else(|| anyhow::anyhow!("no drop event in {lines:?}"))?;
+    assert_eq!(spoofed["reason"], "drop_spoofed");
+    assert_eq!((spoofed["src"].as_str(), spoofed["sport"].as_u64()), (Some("10.1.1.99"), Some(4242)));
+    assert_eq!((spoofed["dst"].as_str(), spoofed["dport"].as_u64()), (Some("10.1.1.3"), Some(53)));
+    assert_eq!((spoofed["pod"].as_str(), spoofed["interface"].as_str()), (Some("pod1"), Some("brveth_pod1")));
+    let nat = lines
+        .iter()
+        .find(|e| e["kind"] == "nat_new")
+        .ok_or_else(|| anyhow::anyhow!("no NAT event in {lines:?}"))?;
+    assert_eq!((nat["src"].as_str(), nat["dst"].as_str()), (Some("10.1.1.3"), Some(EXT)));
+    assert_eq!((nat["protocol"].as_str(), nat["nat_src"].as_str()), (Some("icmp"), Some("192.168.50.1")));
+    assert!(nat["nat_sport"].as_u64().is_some_and(|p| p >= 61000), "{nat}");
+    let drops = lines.iter().filter(|e| e["kind"] == "drop").count();
+    let held_back: u64 = lines.iter().filter(|e| e["kind"] == "lost").filter_map(|e| e["rate_limited"].as_u64()).sum();
+    // The flood takes tens of milliseconds to send: a burst of 200 per CPU and a few more.
+    assert!(drops <= 1000, "{drops} drop events shown");
+    assert!(held_back >= 4000 && drops as u64 + held_back >= 5001, "{drops} shown, {held_back} held back");
+    Ok(())
+}
+
+#[test]
+fn the_programs_log_lines_reach_the_agents_log_when_asked() -> anyhow::Result<()> {
+    let mut lab = Lab::new("obl")?;
+    let (node, ext) = node_and_outside(&mut lab)?;
+    // Without the agent nobody reads them: the command says so.
+    let refused = node.podnet(&["ebpf-log", "info"]).output()?;
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("printed by `podnet agent`"));
+    lab.agent_with(&node, &["--ebpf-log", "debug"])?;
+    let link_ids = || -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(node.status()?["programs"].as_array().into_iter().flatten().map(|p| p["link_id"].clone()).collect())
+    };
+    let links = link_ids()?;
+    spoof(&node, 1)?;
+    assert!(pings(&node.pod_ns("pod2"), EXT, 1));
+    let log = lab.agent_log(&node);
+    let wait_for = |needle: &str| -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&log)?;
+            if text.contains(needle) {
+                return Ok(text);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no {needle:?} in the agent's log:\n{text}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("drop drop_spoofed on ifindex")?;
+    wait_for("nat: new translation, protocol 1 10.1.1.3:")?;
+    // Switched off at runtime: the same links, no more lines.
+    node.run_podnet(&["ebpf-log", "off"])?;
+    assert_eq!(link_ids()?, links, "the programs were swapped in their links");
+    let lines = std::fs::read_to_string(&log)?.matches("drop drop_spoofed").count();
+    spoof(&node, 3)?;
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(std::fs::read_to_string(&log)?.matches("drop drop_spoofed").count(), lines);
+    let _ = ext;
+    Ok(())
+}
+
+#[test]
+fn status_watch_shows_rates() -> anyhow::Result<()> {
+    let mut lab = Lab::new("obw")?;
+    let (node, _ext) = node_and_outside(&mut lab)?;
+    let watch = node
+        .podnet(&["status", "--watch", "--json", "--interval", "1"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let pinger = in_ns(&node.pod_ns("pod1"), "ping").args(["-c", "30", "-i", "0.1", "-q", "10.1.1.3"]).output();
+    thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill").args(["-INT", &watch.id().to_string()]).status();
+    let out = watch.wait_with_output()?;
+    pinger?;
+    let reports: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert!(reports.len() >= 3, "{} reports", reports.len());
+    assert!(reports[0]["rates"].is_null(), "the first report has nothing to compare with");
+    let rate = reports[1]["rates"]["redirect_local"].as_f64().unwrap_or(0.0);
+    // 10 pings a second, each an echo and a reply delivered by redirect_local.
+    assert!((10.0..=30.0).contains(&rate), "redirect_local at {rate}/s");
+    Ok(())
+}
