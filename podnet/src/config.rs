@@ -546,7 +546,10 @@ impl Validator {
             .metrics
             .map(|text| {
                 text.parse().map_err(|_| {
-                    self.invalid("agent.metrics", format!("{text:?} is not an address and port like \"192.168.50.1:9101\""))
+                    self.invalid(
+                        "agent.metrics",
+                        format!("{text:?} is not an address and port like \"192.168.50.1:9101\""),
+                    )
                 })
             })
             .transpose()?;

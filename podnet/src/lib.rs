@@ -8,9 +8,9 @@ pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod discovery;
+pub mod host;
 pub mod metrics;
 pub mod monitor;
-pub mod host;
 pub mod node;
 pub mod status;
 

@@ -77,7 +77,8 @@ async fn watch_status(config: &Config, json: bool, interval: Duration) -> anyhow
             _ = tick.tick() => {}
         }
         let now = (node::status(config)?, std::time::Instant::now());
-        let rates = before.as_ref().map(|(status, at)| status::rates(status, &now.0, (now.1 - *at).as_secs_f64()));
+        let rates =
+            before.as_ref().map(|(status, at)| status::rates(status, &now.0, (now.1 - *at).as_secs_f64()));
         let out = if json {
             serde_json::to_string(&serde_json::json!({ "status": now.0, "rates": rates }))?
         } else {

@@ -86,27 +86,32 @@ pub fn render(s: &Snapshot<'_>) -> String {
     }
 
     let traffic = [
-        ("podnet_pod_packets_total", "Packets through the datapath of each pod: into it (to_pod), or sent by it past its source check (from_pod)."),
-        ("podnet_pod_bytes_total", "IPv4 bytes (headers included) through the datapath of each pod, as podnet_pod_packets_total."),
+        (
+            "podnet_pod_packets_total",
+            "Packets through the datapath of each pod: into it (to_pod), or sent by it past its source check (from_pod).",
+        ),
+        (
+            "podnet_pod_bytes_total",
+            "IPv4 bytes (headers included) through the datapath of each pod, as podnet_pod_packets_total.",
+        ),
     ];
     for (i, (name, help)) in traffic.into_iter().enumerate() {
         let mut f = family(&mut out, name, "counter", help);
         for e in &status.endpoints {
             let ip = e.ip.to_string();
             let t = &e.traffic;
-            let (to, from) =
-                if i == 0 { (t.to_pod_packets, t.from_pod_packets) } else { (t.to_pod_bytes, t.from_pod_bytes) };
+            let (to, from) = if i == 0 {
+                (t.to_pod_packets, t.from_pod_packets)
+            } else {
+                (t.to_pod_bytes, t.from_pod_bytes)
+            };
             f.sample(&[("pod", &e.pod), ("ip", &ip), ("direction", "to_pod")], to);
             f.sample(&[("pod", &e.pod), ("ip", &ip), ("direction", "from_pod")], from);
         }
     }
 
-    let mut f = family(
-        &mut out,
-        "podnet_nat_translations",
-        "gauge",
-        "Live NAT translations, by protocol and state.",
-    );
+    let mut f =
+        family(&mut out, "podnet_nat_translations", "gauge", "Live NAT translations, by protocol and state.");
     for state in CtState::ALL {
         let protocol = match state {
             CtState::Udp => "udp",
@@ -140,11 +145,13 @@ pub fn render(s: &Snapshot<'_>) -> String {
     for t in &status.nat_tables {
         f.sample(&[("table", t.table)], t.entries);
     }
-    let mut f = family(&mut out, "podnet_nat_table_capacity", "gauge", "Claims each translation table holds.");
+    let mut f =
+        family(&mut out, "podnet_nat_table_capacity", "gauge", "Claims each translation table holds.");
     for t in &status.nat_tables {
         f.sample(&[("table", t.table)], t.capacity);
     }
-    family(&mut out, "podnet_nat_gc_runs_total", "counter", "NAT sweeps the agent ran.").sample(&[], s.agent.gc_runs);
+    family(&mut out, "podnet_nat_gc_runs_total", "counter", "NAT sweeps the agent ran.")
+        .sample(&[], s.agent.gc_runs);
     let mut f = family(
         &mut out,
         "podnet_nat_gc_removed_total",

@@ -5,12 +5,7 @@
 //! events the kernel held back (each CPU writes at most 1000 a second) or lost (the ring was
 //! full) are counted, and reported as they happen.
 
-use std::{
-    collections::HashMap,
-    io::Write as _,
-    net::Ipv4Addr,
-    time::Duration,
-};
+use std::{collections::HashMap, io::Write as _, net::Ipv4Addr, time::Duration};
 
 use aya::maps::{Map, MapData, RingBuf};
 use podnet_common::{Event, Reason, events, maps::EVENTS, proto};
@@ -169,7 +164,11 @@ impl Names {
     /// went to.
     fn pod_of(&self, event: &Event) -> Option<&str> {
         let by_ip = |a: [u8; 4]| self.pods_by_ip.get(&Ipv4Addr::from(a)).map(|(pod, _)| pod.as_str());
-        self.pods_by_ifindex.get(&event.ifindex).map(String::as_str).or_else(|| by_ip(event.saddr)).or_else(|| by_ip(event.daddr))
+        self.pods_by_ifindex
+            .get(&event.ifindex)
+            .map(String::as_str)
+            .or_else(|| by_ip(event.saddr))
+            .or_else(|| by_ip(event.daddr))
     }
 }
 
@@ -188,7 +187,8 @@ fn reason_name(reason: u8) -> &'static str {
 
 /// The name of interface `ifindex` in this namespace (its number when it has none any more).
 fn ifname(ifindex: u32) -> String {
-    nix::net::if_::if_indextoname(ifindex).map_or_else(|_| format!("if{ifindex}"), |n| n.to_string_lossy().into_owned())
+    nix::net::if_::if_indextoname(ifindex)
+        .map_or_else(|_| format!("if{ifindex}"), |n| n.to_string_lossy().into_owned())
 }
 
 fn write_event(out: &mut impl std::io::Write, e: &Event, names: &Names, json: bool) -> std::io::Result<()> {
@@ -229,13 +229,23 @@ fn write_event(out: &mut impl std::io::Write, e: &Event, names: &Names, json: bo
             e.nat_port
         )
     } else {
-        writeln!(out, "{seconds:.6} drop {} on {on}: {protocol} {src}:{} -> {dst}:{}", reason_name(e.reason), e.sport, e.dport)
+        writeln!(
+            out,
+            "{seconds:.6} drop {} on {on}: {protocol} {src}:{} -> {dst}:{}",
+            reason_name(e.reason),
+            e.sport,
+            e.dport
+        )
     }
 }
 
 fn write_lost(out: &mut impl std::io::Write, lost: &EventTotals, json: bool) -> std::io::Result<()> {
     if json {
-        writeln!(out, "{}", json!({"kind": "lost", "rate_limited": lost.rate_limited, "ring_full": lost.ring_full}))?;
+        writeln!(
+            out,
+            "{}",
+            json!({"kind": "lost", "rate_limited": lost.rate_limited, "ring_full": lost.ring_full})
+        )?;
     } else {
         writeln!(
             out,

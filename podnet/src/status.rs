@@ -81,7 +81,8 @@ pub fn render(s: &Status, rates: Option<&Rates>) -> String {
             row
         })
         .collect();
-    let counter_header: &[&str] = if rates.is_some() { &["REASON", "PACKETS", "PACKETS/S"] } else { &["REASON", "PACKETS"] };
+    let counter_header: &[&str] =
+        if rates.is_some() { &["REASON", "PACKETS", "PACKETS/S"] } else { &["REASON", "PACKETS"] };
     let tables: Vec<Vec<String>> = s
         .nat_tables
         .iter()

@@ -307,7 +307,11 @@ impl Lab {
                 let log = std::fs::read_to_string(self.agent_log(node)).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
-                anyhow::bail!("the agent of {} did not listen within 20 s; its log ends:\n{}", node.name, tail.join("\n"));
+                anyhow::bail!(
+                    "the agent of {} did not listen within 20 s; its log ends:\n{}",
+                    node.name,
+                    tail.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

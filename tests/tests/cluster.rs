@@ -219,7 +219,10 @@ fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
     etcd.ctl(&["put", "/podnet/subnets/10.2.2.0-24", far])?;
     let hostile = [
         ("/podnet/subnets/10.2.0.64-26", "not json".to_owned()),
-        ("/podnet/subnets/10.2.1.5-24", r#"{"node":"evil","node_ip":"192.168.50.69","pod_cidr":"10.2.1.5/24"}"#.to_owned()),
+        (
+            "/podnet/subnets/10.2.1.5-24",
+            r#"{"node":"evil","node_ip":"192.168.50.69","pod_cidr":"10.2.1.5/24"}"#.to_owned(),
+        ),
         ("/podnet/subnets/10.2.3.0-24", poser),
         (
             "/podnet/subnets/10.9.0.0-24",

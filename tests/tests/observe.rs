@@ -9,9 +9,9 @@ use std::{
 };
 
 use podnet_tests::{
-    Lab, Node, cluster, in_ns, link, pings,
+    Lab, Node, cluster, in_ns, link,
     packets::{send, udp4_checksummed, with_macs},
-    sh,
+    pings, sh,
 };
 
 const EXT: &str = "192.168.50.100";
@@ -70,14 +70,27 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() -> anyhow::Result<
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    assert!(metric(&body, "podnet_packets_total{reason=\"redirect_local\"}").is_some_and(|v| v >= 3.0), "{body}");
+    assert!(
+        metric(&body, "podnet_packets_total{reason=\"redirect_local\"}").is_some_and(|v| v >= 3.0),
+        "{body}"
+    );
     let sent = "podnet_pod_packets_total{pod=\"pod1\",ip=\"10.1.1.2\",direction=\"from_pod\"}";
     assert!(metric(&body, sent).is_some_and(|v| v >= 3.0), "{body}");
-    assert!(metric(&body, "podnet_nat_translations{protocol=\"icmp\",state=\"icmp\"}").is_some_and(|v| v >= 1.0));
-    assert!(metric(&body, "podnet_program_attached{program=\"from_pod\",hook=\"tcx ingress\",interface=\"brveth_pod1\"}").is_some(), "{body}");
+    assert!(
+        metric(&body, "podnet_nat_translations{protocol=\"icmp\",state=\"icmp\"}").is_some_and(|v| v >= 1.0)
+    );
+    assert!(
+        metric(
+            &body,
+            "podnet_program_attached{program=\"from_pod\",hook=\"tcx ingress\",interface=\"brveth_pod1\"}"
+        )
+        .is_some(),
+        "{body}"
+    );
     assert!(body.contains("podnet_build_info{version=\""), "{body}");
     // Nothing else is served, and a client that sends junk gets nothing it can use.
-    let other = sh(&ext, "curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{METRICS}/")])?;
+    let other =
+        sh(&ext, "curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{METRICS}/")])?;
     assert_eq!(other, "404");
 
     // A real Prometheus scrapes the agent and answers a podnet series through its query API.
@@ -86,16 +99,24 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() -> anyhow::Result<
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: podnet\n    static_configs:\n      - targets: [\"{METRICS}\"]\n"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: podnet\n    static_configs:\n      - targets: [\"{METRICS}\"]\n"
+        ),
     )?;
     let listen = format!("{EXT}:9090");
     let (config, data) = (config.display().to_string(), dir.join("data").display().to_string());
-    lab.spawn(&ext, "prometheus", &[
-        &format!("--config.file={config}"),
-        &format!("--storage.tsdb.path={data}"),
-        &format!("--web.listen-address={listen}"),
-    ])?;
-    let query = format!("http://{listen}/api/v1/query?query=podnet_pod_packets_total%7Bpod%3D%22pod1%22%2Cdirection%3D%22from_pod%22%7D");
+    lab.spawn(
+        &ext,
+        "prometheus",
+        &[
+            &format!("--config.file={config}"),
+            &format!("--storage.tsdb.path={data}"),
+            &format!("--web.listen-address={listen}"),
+        ],
+    )?;
+    let query = format!(
+        "http://{listen}/api/v1/query?query=podnet_pod_packets_total%7Bpod%3D%22pod1%22%2Cdirection%3D%22from_pod%22%7D"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let value = loop {
         let answer = in_ns(&ext, "curl").args(["-sS", "--max-time", "2", &query]).output()?;
@@ -115,12 +136,17 @@ fn monitor_shows_drops_and_new_translations_and_counts_what_it_held_back() -> an
     let mut lab = Lab::new("obe")?;
     let (node, _ext) = node_and_outside(&mut lab)?;
     let out = lab.dir().join("monitor.jsonl");
-    let mut monitor = node.podnet(&["monitor", "--json"]).stdout(std::fs::File::create(&out)?).stderr(Stdio::piped()).spawn()?;
+    let mut monitor = node
+        .podnet(&["monitor", "--json"])
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(Stdio::piped())
+        .spawn()?;
     // It says it listens once a second; the first time right away.
     thread::sleep(Duration::from_millis(800));
     let second = node.podnet(&["monitor"]).output()?;
     assert!(
-        !second.status.success() && String::from_utf8_lossy(&second.stderr).contains("another `podnet monitor`"),
+        !second.status.success()
+            && String::from_utf8_lossy(&second.stderr).contains("another `podnet monitor`"),
         "{second:?}"
     );
     spoof(&node, 1)?;
@@ -151,7 +177,8 @@ fn monitor_shows_drops_and_new_translations_and_counts_what_it_held_back() -> an
     assert_eq!((nat["protocol"].as_str(), nat["nat_src"].as_str()), (Some("icmp"), Some("192.168.50.1")));
     assert!(nat["nat_sport"].as_u64().is_some_and(|p| p >= 61000), "{nat}");
     let drops = lines.iter().filter(|e| e["kind"] == "drop").count();
-    let held_back: u64 = lines.iter().filter(|e| e["kind"] == "lost").filter_map(|e| e["rate_limited"].as_u64()).sum();
+    let held_back: u64 =
+        lines.iter().filter(|e| e["kind"] == "lost").filter_map(|e| e["rate_limited"].as_u64()).sum();
     // The flood takes tens of milliseconds to send: a burst of 200 per CPU and a few more.
     assert!(drops <= 1000, "{drops} drop events shown");
     assert!(held_back >= 4000 && drops as u64 + held_back >= 5001, "{drops} shown, {held_back} held back");
@@ -164,10 +191,18 @@ fn the_programs_log_lines_reach_the_agents_log_when_asked() -> anyhow::Result<()
     let (node, ext) = node_and_outside(&mut lab)?;
     // Without the agent nobody reads them: the command says so.
     let refused = node.podnet(&["ebpf-log", "info"]).output()?;
-    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("printed by `podnet agent`"));
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("printed by `podnet agent`")
+    );
     lab.agent_with(&node, &["--ebpf-log", "debug"])?;
     let link_ids = || -> anyhow::Result<Vec<serde_json::Value>> {
-        Ok(node.status()?["programs"].as_array().into_iter().flatten().map(|p| p["link_id"].clone()).collect())
+        Ok(node.status()?["programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["link_id"].clone())
+            .collect())
     };
     let links = link_ids()?;
     spoof(&node, 1)?;
@@ -201,11 +236,10 @@ fn the_programs_log_lines_reach_the_agents_log_when_asked() -> anyhow::Result<()
 fn status_watch_shows_rates() -> anyhow::Result<()> {
     let mut lab = Lab::new("obw")?;
     let (node, _ext) = node_and_outside(&mut lab)?;
-    let watch = node
-        .podnet(&["status", "--watch", "--json", "--interval", "1"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let pinger = in_ns(&node.pod_ns("pod1"), "ping").args(["-c", "30", "-i", "0.1", "-q", "10.1.1.3"]).output();
+    let watch =
+        node.podnet(&["status", "--watch", "--json", "--interval", "1"]).stdout(Stdio::piped()).spawn()?;
+    let pinger =
+        in_ns(&node.pod_ns("pod1"), "ping").args(["-c", "30", "-i", "0.1", "-q", "10.1.1.3"]).output();
     thread::sleep(Duration::from_millis(300));
     let _ = Command::new("kill").args(["-INT", &watch.id().to_string()]).status();
     let out = watch.wait_with_output()?;

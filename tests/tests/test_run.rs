@@ -712,10 +712,7 @@ fn isolation_decisions() {
     let mut dp = Loaded::new("iso");
     let pod_b = Ipv4Addr::new(10, 1, 1, 5);
     let b_mac = [0xcc; 6];
-    Endpoints::open(&dp.pins)
-        .unwrap()
-        .insert(pod_b, &Endpoint::new(eth0, b_mac, HOST_MAC))
-        .unwrap();
+    Endpoints::open(&dp.pins).unwrap().insert(pod_b, &Endpoint::new(eth0, b_mac, HOST_MAC)).unwrap();
     let good = udp4([0xaa; 6], SENDER_MAC, SENDER, LOCAL, b"hello");
     let mut wrong_mac = good.to_vec();
     wrong_mac[6..12].copy_from_slice(&b_mac);

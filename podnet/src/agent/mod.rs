@@ -124,7 +124,9 @@ pub async fn run(
     };
     let config = draft.resolve(joined.map(|j| j.pod_cidr))?;
     let metrics = match config.agent.metrics {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AgentError::Metrics { addr, source })?),
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.map_err(|source| AgentError::Metrics { addr, source })?)
+        }
         None => None,
     };
     let mut served = Served {
@@ -317,8 +319,8 @@ async fn follow_cluster(update: Update, served: &mut Served) {
                 Ok(())
             }
             Update::PodCidr(cidr) => {
-                let draft =
-                    Draft::load(served.path.as_deref()).map_err(|e| NodeError::Agent { message: chain(&e) })?;
+                let draft = Draft::load(served.path.as_deref())
+                    .map_err(|e| NodeError::Agent { message: chain(&e) })?;
                 served.config =
                     draft.resolve(Some(cidr)).map_err(|e| NodeError::Agent { message: chain(&e) })?;
                 served.up().await

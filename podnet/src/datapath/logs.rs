@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::{DatapathError, PinDir, pins::remove_file};
 
 /// The most detailed log lines the programs write.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EbpfLog {
     /// None (the default).
@@ -46,19 +48,28 @@ pub fn load_loggers(ebpf: &mut Ebpf, pins: &PinDir, log: EbpfLog) -> Result<(), 
         // The programs call no logger now; let an older one go.
         return match loggers.clear_index(&0) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
             Err(source) => Err(DatapathError::Loggers { source }),
         };
     }
     let dir = path.parent().expect("programs/ has a parent");
-    std::fs::create_dir_all(dir).map_err(|source| DatapathError::Fs { op: "create", path: dir.to_owned(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| DatapathError::Fs {
+        op: "create",
+        path: dir.to_owned(),
+        source,
+    })?;
     let program = |name: &'static str, source| DatapathError::Program { name, source };
     let tc: &mut SchedClassifier = ebpf
         .program_mut(LOG_TC)
         .and_then(|p| p.try_into().ok())
         .ok_or(DatapathError::MissingProgram { name: LOG_TC })?;
     tc.load().map_err(|e| program(LOG_TC, e))?;
-    let tc_fd = tc.fd().map_err(|e| program(LOG_TC, e))?.try_clone().map_err(|e| program(LOG_TC, e.into()))?;
+    let tc_fd =
+        tc.fd().map_err(|e| program(LOG_TC, e))?.try_clone().map_err(|e| program(LOG_TC, e.into()))?;
     tc.pin(&path).map_err(|source| DatapathError::Pin { path, source })?;
     let map = ebpf.map_mut(LOGGERS).ok_or(DatapathError::MissingMap { name: LOGGERS })?;
     let mut loggers = ProgramArray::try_from(map).map_err(|source| DatapathError::Loggers { source })?;

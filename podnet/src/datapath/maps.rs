@@ -113,8 +113,9 @@ impl Endpoints {
         // There are more slots than endpoints, so one is free.
         let slot = (1..POD_STATS_SLOTS as u16).find(|s| !taken.contains(s)).expect("a free counter slot");
         let zero = access_err("zero", POD_STATS, slot.to_string());
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(call, io_error)| zero(MapError::SyscallError(aya::sys::SyscallError { call, io_error })))?;
+        let cpus = aya::util::nr_cpus().map_err(|(call, io_error)| {
+            zero(MapError::SyscallError(aya::sys::SyscallError { call, io_error }))
+        })?;
         let zeros = PerCpuValues::try_from(vec![PodStats::default(); cpus.get() as usize])
             .expect("one value per possible CPU");
         self.stats.set(u32::from(slot), zeros, 0).map_err(access_err("zero", POD_STATS, slot.to_string()))?;
@@ -123,7 +124,8 @@ impl Endpoints {
 
     /// The traffic of the pod with counter slot `slot`, summed over the CPUs.
     pub fn stats(&self, slot: u16) -> Result<PodStats, MapsError> {
-        let per_cpu = self.stats.get(&u32::from(slot), 0).map_err(access_err("read", POD_STATS, slot.to_string()))?;
+        let per_cpu =
+            self.stats.get(&u32::from(slot), 0).map_err(access_err("read", POD_STATS, slot.to_string()))?;
         Ok(per_cpu.iter().fold(PodStats::default(), |sum, cpu| PodStats {
             to_pod_packets: sum.to_pod_packets + cpu.to_pod_packets,
             to_pod_bytes: sum.to_pod_bytes + cpu.to_pod_bytes,
@@ -365,7 +367,10 @@ pub struct EventTotals {
 
 impl EventMaps {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
-        Ok(Self { monitor: open(pins, MONITOR, Map::Array)?, stats: open(pins, EVENT_STATS, Map::PerCpuArray)? })
+        Ok(Self {
+            monitor: open(pins, MONITOR, Map::Array)?,
+            stats: open(pins, EVENT_STATS, Map::PerCpuArray)?,
+        })
     }
 
     /// Tells the programs that a monitor listens as of `now_ns` (`CLOCK_MONOTONIC`), or with 0

@@ -217,7 +217,9 @@ impl Etcd {
             return Ok(Some(LeaseRecord { pod_cidr: cidr, lease }));
         }
         if alive {
-            info!("cluster: giving up lease {lease:x}: its CIDR is another node's now, or not one the config allows");
+            info!(
+                "cluster: giving up lease {lease:x}: its CIDR is another node's now, or not one the config allows"
+            );
             let _ = self.call(client.lease_revoke(lease)).await;
         }
         if let Some(revision) = name_revision {
@@ -256,7 +258,10 @@ impl Etcd {
             Compare::lease(subnet.as_str(), CompareOp::Equal, lease),
             Compare::lease(node.as_str(), CompareOp::Equal, lease),
         ];
-        let txn = Txn::new().when(ours).and_then([put(&subnet), put(&node)]).or_else([TxnOp::get(node.as_str(), None)]);
+        let txn = Txn::new()
+            .when(ours)
+            .and_then([put(&subnet), put(&node)])
+            .or_else([TxnOp::get(node.as_str(), None)]);
         let answer = self.call(client.txn(txn)).await?;
         if answer.succeeded() {
             return Ok(true);

@@ -633,7 +633,11 @@ async fn leave_cluster(config: &Config) -> Result<(), NodeError> {
     let mut etcd = match Etcd::of(member) {
         Ok(etcd) => etcd,
         Err(e) => {
-            warn!("{}; the lease it names (if any) runs out within {} s", crate::error_chain(&e), ttl.as_secs());
+            warn!(
+                "{}; the lease it names (if any) runs out within {} s",
+                crate::error_chain(&e),
+                ttl.as_secs()
+            );
             return Ok(LeaseRecord::remove(&state)?);
         }
     };
@@ -766,14 +770,21 @@ pub async fn set_cluster_peers(config: &Config, view: &[PeerNode]) -> Result<boo
         // Exactly this peer in the map but in no record: an agent killed between the map and
         // the record. It is the cluster's.
         if !known.contains(peer) || config.peers.contains(peer) {
-            let checked = config::check_peer(&config.node, config.uplink.as_ref(), &known, peer).and_then(|()| {
-                match networks.iter().find(|n| config::overlaps(**n, peer.pod_cidr)) {
-                    Some(n) => Err(("pod_cidr", format!("{} overlaps {n}, a network of the uplink", peer.pod_cidr))),
-                    None => Ok(()),
-                }
-            });
+            let checked =
+                config::check_peer(&config.node, config.uplink.as_ref(), &known, peer).and_then(|()| {
+                    match networks.iter().find(|n| config::overlaps(**n, peer.pod_cidr)) {
+                        Some(n) => Err((
+                            "pod_cidr",
+                            format!("{} overlaps {n}, a network of the uplink", peer.pod_cidr),
+                        )),
+                        None => Ok(()),
+                    }
+                });
             if let Err((field, problem)) = checked {
-                warn!("cluster peer {} ({} via {}) left out: {field}: {problem}", peer.name, peer.pod_cidr, peer.ip);
+                warn!(
+                    "cluster peer {} ({} via {}) left out: {field}: {problem}",
+                    peer.name, peer.pod_cidr, peer.ip
+                );
                 continue;
             }
             // The route first: a peer the kernel cannot route to never gets into the map.
@@ -974,8 +985,10 @@ pub fn status(config: &Config) -> Result<Status, NodeError> {
             Some(cluster) => Some(ClusterStatus {
                 pod_cidr: config.node.pod_cidr.to_string(),
                 lease: LeaseRecord::load(&config.node.state())?.map(|r| r.lease),
-                renewed: std::os::unix::net::UnixStream::connect(crate::agent::api::socket_path(&config.node.name))
-                    .is_ok(),
+                renewed: std::os::unix::net::UnixStream::connect(crate::agent::api::socket_path(
+                    &config.node.name,
+                ))
+                .is_ok(),
                 etcd: cluster.etcd.clone(),
             }),
         },

@@ -113,9 +113,10 @@ pub async fn execute(config: &Config, op: &Op) -> Result<Value, NodeError> {
         }
         Op::EbpfLog { .. } => {
             return Err(NodeError::Agent {
-                message: "is not running: log lines from the programs are printed by `podnet agent`; start it, \
+                message:
+                    "is not running: log lines from the programs are printed by `podnet agent`; start it, \
                           with --ebpf-log LEVEL"
-                    .to_owned(),
+                        .to_owned(),
             });
         }
         Op::AddPeer { peer } => {

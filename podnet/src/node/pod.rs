@@ -159,8 +159,7 @@ pub async fn attach(
     let attached = async {
         let plumbed = plumbing::ensure_pod(&net.nl, &net.node, pod.link(), ip, net.veth).await?;
         let (host, pod_if) = (plumbed.host, plumbed.pod_if);
-        let endpoint =
-            Endpoint::new(host.index, pod_if.mac, host.mac);
+        let endpoint = Endpoint::new(host.index, pod_if.mac, host.mac);
         Endpoints::open(&net.pins)?.insert(ip, &endpoint)?;
         if new_veth {
             // A link pinned for an earlier interface of the same name is dead; start afresh.
