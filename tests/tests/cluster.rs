@@ -322,7 +322,12 @@ fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
         etcd.ctl(&["del", key])?;
     }
     etcd.ctl(&["del", "/podnet/subnets/10.2.2.0-24"])?;
-    a.run_podnet(&["down"])?;
+    let down = a.podnet(&["down"]).output()?;
+    assert!(down.status.success(), "{down:?}");
+    assert!(
+        !String::from_utf8_lossy(&down.stderr).contains("WARN"),
+        "down could not give the lease back: {down:?}"
+    );
     let left = etcd.get_prefix("/podnet/nodes/")?;
     assert_eq!(
         left.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),

@@ -651,7 +651,7 @@ async fn leave_cluster(config: &Config) -> Result<(), NodeError> {
 }
 
 /// How long `down` waits for etcd to take the node's lease back.
-const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The configured uplink, checked to exist and to hold the node IP; `None` without one.
 async fn uplink_iface(config: &Config, nl: &Netlink) -> Result<Option<Iface>, NodeError> {
