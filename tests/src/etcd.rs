@@ -201,6 +201,13 @@ impl Etcd {
         Ok(())
     }
 
+    /// Throws the (stopped) server's data away: the next [`Self::restart`] starts an empty store.
+    pub fn wipe(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.pid.is_none(), "stop etcd before wiping its data");
+        std::fs::remove_dir_all(&self.data)?;
+        Ok(())
+    }
+
     /// Runs `etcdctl` (API v3) against the server; its stdout.
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = in_ns(&self.ns, "etcdctl")

@@ -166,7 +166,7 @@ fn nodes_lease_cidrs_and_find_each_other_through_etcd() -> anyhow::Result<()> {
     wait_peers(&nodes[1], &names[..1], 3)?;
     assert!(!pings(&n1.pod_ns("pod1"), &pod_ip(n3, "pod1")?, 1), "a node out of the cluster is no peer");
     // Restarted, it takes its CIDR back and the others take it back.
-    lab.agent(n3)?;
+    let n3_agent = lab.agent(n3)?;
     wait_peers(n1, &names[1..], 5)?;
     let back: std::net::Ipv4Addr = pod_ip(n3, "pod1")?.parse()?;
     assert!(cidrs[2].contains(&back), "node3 came back with {back}, not in {}", cidrs[2]);
@@ -196,7 +196,24 @@ fn nodes_lease_cidrs_and_find_each_other_through_etcd() -> anyhow::Result<()> {
     let n4_pod = pod_ip(&n4, "pod1")?;
     assert!(pings(&n1.pod_ns("pod1"), &n4_pod, 3), "node1 -> node4 ({n4_pod})");
     assert!(pings(&n4.pod_ns("pod1"), &pod_ip(n2, "pod2")?, 1), "node4 -> node2");
-    // No flapping: node1 saw node3 leave once (its agent stopped) and nobody else, outage included.
+    // etcd wiped (a new, empty store): every node leases its CIDR again under a new lease. node3
+    // comes back a second late (its agent stopped): the others must not read that as leaving.
+    etcd.kill()?;
+    etcd.wipe()?;
+    kill("-STOP", n3_agent)?;
+    etcd.restart(&mut lab)?;
+    thread::sleep(Duration::from_secs(1));
+    kill("-CONT", n3_agent)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while etcd.get_prefix("/podnet/subnets/")?.len() < 4 {
+        anyhow::ensure!(Instant::now() < deadline, "the nodes did not lease again within 15 s");
+        thread::sleep(Duration::from_millis(200));
+    }
+    thread::sleep(Duration::from_secs(TTL + 1));
+    wait_peers(n1, &all[1..], 1)?;
+    assert!(pings(&n1.pod_ns("pod1"), &n4_pod, 1), "node1 -> node4 after the wipe");
+    // No flapping: node1 saw node3 leave once (its agent stopped) and nobody else, outages and
+    // the wipe included.
     let log = std::fs::read_to_string(lab.agent_log(n1))?;
     let left: Vec<&str> = log.lines().filter(|l| l.contains("left the cluster")).collect();
     assert_eq!(left.len(), 1, "{left:?}");
