@@ -100,12 +100,15 @@ pub mod maps {
     pub const EVENT_STATS: &str = "EVENT_STATS";
     /// The per-CPU token bucket that rate-limits events (per-CPU array, one [`crate::EventBudget`]).
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    /// The event a program hands its logger, with the packet's action (per-CPU array; the
+    /// kernel side's own type).
+    pub const PENDING: &str = "PENDING";
 
     /// Every pinned map with the version of its layout: what its keys and values mean. A map's
     /// version goes up whenever that meaning changes, even when its sizes do not (a counter slot
     /// that now counts something else), so `podnet up` can tell an old map from a current one and
     /// migrate it. Version 1 is the layout of podnet 0.1, whose maps carry no version.
-    pub const LAYOUTS: [(&str, u32); 20] = [
+    pub const LAYOUTS: [(&str, u32); 21] = [
         (ENDPOINTS, 1),
         (POD_DEVS, 1),
         (POD_SOURCES, 1),
@@ -130,6 +133,7 @@ pub mod maps {
         (EVENT_STATS, 1),
         (EVENT_BUDGET, 1),
         (crate::programs::LOGGERS, 1),
+        (PENDING, 1),
     ];
 }
 

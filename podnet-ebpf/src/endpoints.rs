@@ -118,10 +118,13 @@ pub fn deliver_xdp(ctx: &XdpContext, ip: &Ipv4) -> Option<Verdict> {
     }
     ip.decrement_ttl();
     ip.set_macs(ep.host_mac, ep.pod_mac);
-    count_to_pod(ep.slot, ip.tot_len());
     // A pod whose device entry is missing (never, while `up` keeps both maps) goes on to tc.
     Some(match POD_DEVS.redirect(ep.host_ifindex, u64::from(xdp_action::XDP_PASS)) {
-        Ok(action) => Verdict::redirected(action as i32, Reason::XdpRedirectLocal),
+        Ok(action) => {
+            // Counted here only when XDP delivers it (tc counts what it falls back to).
+            count_to_pod(ep.slot, ip.tot_len());
+            Verdict::redirected(action as i32, Reason::XdpRedirectLocal)
+        }
         Err(action) => Verdict::redirected(action as i32, Reason::XdpPass),
     })
 }

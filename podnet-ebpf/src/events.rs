@@ -13,6 +13,7 @@
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::TC_ACT_SHOT,
     btf_maps::{Array, PerCpuArray, ProgramArray, RingBuf},
     helpers::bpf_ktime_get_ns,
     macros::btf_map,
@@ -37,8 +38,9 @@ static EVENT_STATS: PerCpuArray<u64, { events::STATS }> = PerCpuArray::new();
 #[btf_map(pin_by_name)]
 static EVENT_BUDGET: PerCpuArray<EventBudget, 1> = PerCpuArray::new();
 /// This CPU's event being put together (the programs' stacks are full already), and what the
-/// logger returns for the packet.
-#[btf_map]
+/// logger returns for the packet. Pinned, like [`LOGGERS`]: while `up` swaps programs, an old
+/// program may tail-call the new logger, and both must read the same event and action.
+#[btf_map(pin_by_name)]
 static PENDING: PerCpuArray<Pending, 1> = PerCpuArray::new();
 /// The logger, put here by the loader when it loads it (slot [`Arrival::LOGGER`]). Pinned: the
 /// kernel empties a program array once no file descriptor or pin holds it.
@@ -92,18 +94,22 @@ impl Arrival for XdpContext {
 pub fn finish<C: Arrival>(ctx: &C, reason: Reason, action: i32) -> i32 {
     let pending = if reason.is_drop() {
         dropped(ctx, reason)
-    } else if reason == Reason::RedirectNatNew && level_enabled(Level::Debug) {
+    } else if reason == Reason::RedirectNatNew && C::LOGGER.is_some() && level_enabled(Level::Debug) {
         pending().filter(|p| p.fresh != 0)
     } else {
         None
     };
-    if let (Some(pending), Some(logger)) = (pending, C::LOGGER)
-        && level_enabled(Level::Info)
-    {
-        pending.action = action;
-        // SAFETY: a tail call with this program's own context into a logger of the same type;
-        // when it fails (no logger loaded) the program goes on and returns `action` itself.
-        unsafe { LOGGERS.tail_call(ctx, logger) };
+    if let Some(pending) = pending {
+        if let Some(logger) = C::LOGGER
+            && level_enabled(Level::Info)
+        {
+            pending.action = action;
+            // SAFETY: a tail call with this program's own context into a logger of the same
+            // type; when it fails (no logger loaded) the program goes on below.
+            unsafe { LOGGERS.tail_call(ctx, logger) };
+        }
+        // Not logged: the event must not be taken for a later packet's.
+        pending.fresh = 0;
     }
     action
 }
@@ -111,8 +117,12 @@ pub fn finish<C: Arrival>(ctx: &C, reason: Reason, action: i32) -> i32 {
 /// Reports a packet dropped for `reason`: the event, if one is wanted.
 #[inline(always)]
 fn dropped<C: Arrival>(ctx: &C, reason: Reason) -> Option<&'static mut Pending> {
-    let (now, listening) = wanted(Level::Info)?;
     let pending = pending()?;
+    let Some((now, listening)) = wanted(Level::Info, C::LOGGER.is_some()) else {
+        // A new translation's event this packet did not get to log (it was dropped after all).
+        pending.fresh = 0;
+        return None;
+    };
     let event = &mut pending.event;
     describe(event, ctx, now);
     event.kind = DROP;
@@ -128,7 +138,7 @@ fn dropped<C: Arrival>(ctx: &C, reason: Reason) -> Option<&'static mut Pending> 
 /// as `node_ip`:`port`.
 #[inline(always)]
 pub fn nat_new(ctx: &TcContext, key: &CtKey, node_ip: [u8; 4], port: u16) {
-    let Some((now, listening)) = wanted(Level::Debug) else {
+    let Some((now, listening)) = wanted(Level::Debug, true) else {
         return;
     };
     let Some(pending) = pending() else {
@@ -153,14 +163,18 @@ pub fn nat_new(ctx: &TcContext, key: &CtKey, node_ip: [u8; 4], port: u16) {
     }
 }
 
-/// The logger: writes the pending event as a log line and returns the packet's action.
+/// The logger: writes the pending event as a log line and returns the packet's action (its
+/// caller wrote it just before the tail call).
 #[inline(always)]
 pub fn log<C: EbpfContext>(ctx: &C) -> i32 {
     let Some(pending) = pending() else {
-        // Never: the array has its one slot. The hook's program did not return, so nothing says
-        // what it decided; drop rather than guess.
-        return -1;
+        // Never: the array has its one slot. Nothing says what the caller decided: drop rather
+        // than let the packet through.
+        return TC_ACT_SHOT;
     };
+    if pending.fresh == 0 {
+        return pending.action;
+    }
     pending.fresh = 0;
     let e = &pending.event;
     let (src, dst) = (u32::from_be_bytes(e.saddr), u32::from_be_bytes(e.daddr));
@@ -202,15 +216,15 @@ fn pending() -> Option<&'static mut Pending> {
     Some(unsafe { &mut *pending })
 }
 
-/// The time, and whether a monitor listens, when an event is wanted (a monitor listens, or logs
-/// of `level` are on) and this CPU has budget for it; `None` otherwise.
+/// The time, and whether a monitor listens, when an event is wanted (a monitor listens, or the
+/// hook `can_log` and logs of `level` are on) and this CPU has budget for it; `None` otherwise.
 #[inline(always)]
-fn wanted(level: Level) -> Option<(u64, bool)> {
+fn wanted(level: Level, can_log: bool) -> Option<(u64, bool)> {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let listening = MONITOR.get(0).is_some_and(|&seen| seen != 0 && now < seen + LISTENER_TTL_NS);
     // A constant once loaded: the level is fixed when the programs are (see the loader).
-    if !listening && !level_enabled(level) {
+    if !listening && !(can_log && level_enabled(level)) {
         return None;
     }
     if !take_token(now) {

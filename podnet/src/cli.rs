@@ -116,8 +116,9 @@ pub enum Command {
         /// Only drops (no new translations).
         #[arg(long)]
         drops: bool,
-        /// Only events of this pod (as `status` names it): on its veth, or from or to its address.
-        #[arg(long, value_name = "NAME")]
+        /// Only events of this pod (as `status` names it, or its IP): on its veth, or from or to
+        /// its address.
+        #[arg(long, value_name = "NAME|IP")]
         pod: Option<String>,
         /// JSON lines instead of text.
         #[arg(long)]

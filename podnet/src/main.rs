@@ -71,9 +71,10 @@ fn show(text: &str) -> anyhow::Result<()> {
 async fn watch_status(config: &Config, json: bool, interval: Duration) -> anyhow::Result<()> {
     let mut before: Option<(node::Status, std::time::Instant)> = None;
     let mut tick = tokio::time::interval(interval);
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = int.recv() => return Ok(()),
             _ = tick.tick() => {}
         }
         let now = (node::status(config)?, std::time::Instant::now());

@@ -187,8 +187,9 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &mut out,
         "podnet_events_total",
         "counter",
-        "Drop and NAT events while a monitor listened: written (sent), held back by the per-CPU \
-         budget (rate_limited), lost because the ring buffer was full (ring_full).",
+        "Drop and new-translation events wanted (a monitor listened, or the programs log): written \
+         to the ring (sent), held back by the per-CPU budget (rate_limited), lost because the ring \
+         was full (ring_full).",
     );
     f.sample(&[("outcome", "sent")], s.events.sent);
     f.sample(&[("outcome", "rate_limited")], s.events.rate_limited);

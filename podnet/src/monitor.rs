@@ -44,6 +44,10 @@ pub enum MonitorError {
     Io(#[from] std::io::Error),
     #[error("no pod called {pod:?} on this node (see `podnet status`)")]
     UnknownPod { pod: String },
+    #[error(
+        "{count} pods are shown as {pod:?} (containers whose ids start alike): give the pod's IP instead"
+    )]
+    AmbiguousPod { pod: String, count: usize },
 }
 
 /// Which events to show.
@@ -70,32 +74,57 @@ pub async fn run(config: &Config, filter: &Filter, json: bool) -> Result<(), Mon
     // SAFETY: the ring buffer owns its map's file descriptor, which stays open and the same for
     // as long as the `AsyncFd` owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
+    // What an earlier monitor left unread (one killed, say) is old news: not shown.
+    while ring.get_mut().next().is_some() {}
     let mut maps = EventMaps::open(&pins)?;
     let mut names = Names::of(config)?;
     let wanted = filter.pod.as_ref().map(|pod| names.pod(pod)).transpose()?;
     let mut reported = maps.totals()?;
+    let result =
+        follow(config, filter, json, &mut ring, &mut maps, &mut names, wanted.as_ref(), &mut reported).await;
+    // Nobody listens any more (also after an error): the programs stop writing at once, not in
+    // three seconds.
+    maps.set_listening(0)?;
+    result
+}
+
+/// Prints events until a signal, a closed stdout or an error.
+#[expect(clippy::too_many_arguments, reason = "the monitor's state, passed once")]
+async fn follow(
+    config: &Config,
+    filter: &Filter,
+    json: bool,
+    ring: &mut AsyncFd<RingBuf<MapData>>,
+    maps: &mut EventMaps,
+    names: &mut Names,
+    wanted: Option<&PodId>,
+    reported: &mut EventTotals,
+) -> Result<(), MonitorError> {
     let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
     let mut tick = tokio::time::interval(TICK);
     let mut out = std::io::stdout().lock();
     if !json {
-        let _ = writeln!(out, "listening for events on node {node} (Ctrl-C to stop)");
+        let _ = writeln!(out, "listening for events on node {} (Ctrl-C to stop)", config.node.name);
     }
-    let result = loop {
+    loop {
         tokio::select! {
-            _ = term.recv() => break Ok(()),
-            _ = int.recv() => break Ok(()),
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
             _ = tick.tick() => {
                 maps.set_listening(now_ns())?;
-                names = Names::of(config)?;
+                // Pods come and go; a moment when the node's state cannot be read keeps the old names.
+                if let Ok(fresh) = Names::of(config) {
+                    *names = fresh;
+                }
                 let now = maps.totals()?;
                 let lost = EventTotals {
                     sent: 0,
                     rate_limited: now.rate_limited - reported.rate_limited,
                     ring_full: now.ring_full - reported.ring_full,
                 };
-                reported = now;
+                *reported = now;
                 if lost.rate_limited + lost.ring_full > 0 && write_lost(&mut out, &lost, json).is_err() {
-                    break Ok(());
+                    return Ok(());
                 }
             }
             ready = ring.readable_mut() => {
@@ -108,20 +137,17 @@ pub async fn run(config: &Config, filter: &Filter, json: bool) -> Result<(), Mon
                     // SAFETY: the item holds at least one `Event` (checked above), a plain-data type
                     // every bit pattern of which is valid; read unaligned, as the ring gives bytes.
                     let event = unsafe { item.as_ptr().cast::<Event>().read_unaligned() };
-                    if shown(&event, filter, wanted.as_ref()) {
-                        written = written.and_then(|()| write_event(&mut out, &event, &names, json));
+                    if shown(&event, filter, wanted) {
+                        written = written.and_then(|()| write_event(&mut out, &event, names, json));
                     }
                 }
                 ready.clear_ready();
                 if written.and_then(|()| out.flush()).is_err() {
-                    break Ok(()); // the reader went away (`| head`)
+                    return Ok(()); // the reader went away (`| head`)
                 }
             }
         }
-    };
-    // Nobody listens any more: the programs stop writing at once, not in three seconds.
-    maps.set_listening(0)?;
-    result
+    }
 }
 
 /// A pod the filter names: its address and host veth.
@@ -152,12 +178,20 @@ impl Names {
         })
     }
 
+    /// The pod called `name` as `status` shows it, or with address `name`.
     fn pod(&self, name: &str) -> Result<PodId, MonitorError> {
-        self.pods_by_ip
+        let by_ip = name.parse::<Ipv4Addr>().ok();
+        let found: Vec<PodId> = self
+            .pods_by_ip
             .iter()
-            .find(|(_, (pod, _))| pod == name)
+            .filter(|(ip, (pod, _))| pod == name || Some(**ip) == by_ip)
             .map(|(ip, (_, ifindex))| PodId { ip: ip.octets(), ifindex: *ifindex })
-            .ok_or_else(|| MonitorError::UnknownPod { pod: name.to_owned() })
+            .collect();
+        match found.len() {
+            0 => Err(MonitorError::UnknownPod { pod: name.to_owned() }),
+            1 => Ok(found.into_iter().next().expect("one")),
+            n => Err(MonitorError::AmbiguousPod { pod: name.to_owned(), count: n }),
+        }
     }
 
     /// The pod an event is about: the one whose veth it came in on, else the one it came from or

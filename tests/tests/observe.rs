@@ -221,6 +221,34 @@ fn the_programs_log_lines_reach_the_agents_log_when_asked() -> anyhow::Result<()
     };
     wait_for("drop drop_spoofed on ifindex")?;
     wait_for("nat: new translation, protocol 1 10.1.1.3:")?;
+    // Levels switched while spoofed frames flood in: every swap keeps every frame dropped.
+    let pod2 = node.pod_ns("pod2");
+    let pcap = lab.capture(&pod2, "veth_pod2", "udp and src host 10.1.1.99")?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    thread::scope(|s| -> anyhow::Result<()> {
+        // A steady trickle within the event budget: every frame gets logged, so every one goes
+        // through the logger, the step a swap could break.
+        let flood = s.spawn(|| -> anyhow::Result<()> {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                spoof(&node, 50)?;
+            }
+            Ok(())
+        });
+        let switched = ["info", "debug", "info", "debug", "info", "debug"]
+            .iter()
+            .try_for_each(|level| node.run_podnet(&["ebpf-log", level]).map(drop));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        flood.join().expect("no panic")?;
+        switched
+    })?;
+    assert_eq!(
+        lab.captured(&pod2, &pcap, "")?,
+        0,
+        "spoofed frames reached pod2 while the programs were swapped"
+    );
+    // Nor did an old program hand a new logger an event it could not see.
+    let text = std::fs::read_to_string(&log)?;
+    assert!(!text.contains("on ifindex 0:"), "a logger wrote an event it was not given:\n{text}");
     // Switched off at runtime: the same links, no more lines.
     node.run_podnet(&["ebpf-log", "off"])?;
     assert_eq!(link_ids()?, links, "the programs were swapped in their links");

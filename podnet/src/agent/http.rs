@@ -10,7 +10,7 @@ use tokio::{
     net::TcpStream,
     sync::Mutex,
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Served;
 use crate::{
@@ -22,6 +22,8 @@ use crate::{
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const HEAD_MAX: usize = 8 * 1024;
+/// Metrics clients served at once; more are turned away.
+pub const CLIENTS_MAX: usize = 16;
 
 pub async fn serve(mut stream: TcpStream, served: Rc<Mutex<Served>>) {
     let Ok(Some(request_line)) = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await else {
@@ -32,7 +34,14 @@ pub async fn serve(mut stream: TcpStream, served: Rc<Mutex<Served>>) {
     let (status, body) = match (method, target.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => match scrape(&*served.lock().await) {
             Ok(text) => ("200 OK", text),
-            Err(e) => ("503 Service Unavailable", format!("podnet: {}\n", chain(&e))),
+            Err(e) => {
+                // The details (paths, config) are for the agent's log, not for any client.
+                warn!("agent: metrics: {}", chain(&e));
+                (
+                    "503 Service Unavailable",
+                    "podnet: the node's state cannot be read now (see the agent's log)\n".to_owned(),
+                )
+            }
         },
         ("GET", _) => ("404 Not Found", "podnet serves /metrics only\n".to_owned()),
         _ => ("405 Method Not Allowed", "podnet serves GET /metrics only\n".to_owned()),
@@ -42,8 +51,10 @@ pub async fn serve(mut stream: TcpStream, served: Rc<Mutex<Served>>) {
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    if let Err(e) = stream.write_all(response.as_bytes()).await {
-        debug!("agent: metrics client went away: {e}");
+    match tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(response.as_bytes())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!("agent: metrics client went away: {e}"),
+        Err(_) => debug!("agent: metrics client did not read its answer within {REQUEST_TIMEOUT:?}"),
     }
 }
 

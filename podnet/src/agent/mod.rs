@@ -90,7 +90,8 @@ impl Served {
     /// `up` with the programs logging at the agent's level; then follows their log lines.
     async fn up(&mut self) -> Result<(), NodeError> {
         let _lock = node_lock(&self.config.node.name).await?;
-        node::up(&self.config, self.ebpf_log).await?;
+        let result = node::up(&self.config, self.ebpf_log).await;
+        // Also after a failed `up`: programs already swapped log through the logger pinned now.
         self.logs = None;
         if self.ebpf_log != EbpfLog::Off {
             let pins = node::pin_dir(&self.config);
@@ -99,7 +100,7 @@ impl Served {
                 Err(e) => warn!("agent: the programs' log lines cannot be read: {}", chain(&e)),
             }
         }
-        Ok(())
+        result
     }
 }
 
@@ -123,12 +124,6 @@ pub async fn run(
         None => None,
     };
     let config = draft.resolve(joined.map(|j| j.pod_cidr))?;
-    let metrics = match config.agent.metrics {
-        Some(addr) => {
-            Some(TcpListener::bind(addr).await.map_err(|source| AgentError::Metrics { addr, source })?)
-        }
-        None => None,
-    };
     let mut served = Served {
         path: path.map(Path::to_path_buf),
         config,
@@ -147,6 +142,15 @@ pub async fn run(
         }
         return Err(AgentError::Up(e));
     }
+    // After `up`: the address may be one `up` makes (the gateway on the bridge). Bound once: a
+    // new `[agent] metrics` takes a restart of the agent.
+    let metrics = match served.config.agent.metrics {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.map_err(|source| AgentError::Metrics { addr, source })?)
+        }
+        None => None,
+    };
+    let scrapes = Rc::new(std::cell::Cell::new(0usize));
     let socket = socket_path(&node);
     let listener = listen(&socket)?;
     let (mut term, mut int) = (
@@ -192,8 +196,18 @@ pub async fn run(
                         }
                     }
                     accepted = accept(metrics.as_ref()) => match accepted {
-                        Ok((stream, _)) => drop(tokio::task::spawn_local(http::serve(stream, served.clone()))),
-                        Err(e) => warn!("agent: accept on the metrics address: {e}"),
+                        // Scrapers beyond the cap are turned away: file descriptors are the
+                        // node socket's and the datapath's first.
+                        Ok((stream, _)) if scrapes.get() >= http::CLIENTS_MAX => drop(stream),
+                        Ok((stream, _)) => {
+                            scrapes.set(scrapes.get() + 1);
+                            let (served, scrapes) = (served.clone(), scrapes.clone());
+                            drop(tokio::task::spawn_local(async move {
+                                http::serve(stream, served).await;
+                                scrapes.set(scrapes.get() - 1);
+                            }));
+                        }
+                        Err(e) => accept_failed("the metrics address", &e).await,
                     },
                     _ = watch.tick() => {
                         let mut served = served.lock().await;
@@ -213,7 +227,7 @@ pub async fn run(
                     }
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => drop(tokio::task::spawn_local(serve(stream, served.clone()))),
-                        Err(e) => warn!("agent: accept on {}: {e}", socket.display()),
+                        Err(e) => accept_failed(&socket.display().to_string(), &e).await,
                     },
                 }
             }
@@ -297,6 +311,15 @@ async fn handle(op: &Op, served: &mut Served) -> Result<Value, NodeError> {
     let _lock = node_lock(&served.config.node.name).await?;
     op::execute(&served.config, op).await
 }
+
+/// A failed accept (out of file descriptors, say): said, then a pause, or the loop would spin
+/// on it.
+async fn accept_failed(what: &str, e: &std::io::Error) {
+    warn!("agent: accept on {what}: {e}; pausing accepts for {ACCEPT_PAUSE:?}");
+    tokio::time::sleep(ACCEPT_PAUSE).await;
+}
+
+const ACCEPT_PAUSE: Duration = Duration::from_millis(500);
 
 /// The next connection to the metrics address; never, without one.
 async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {

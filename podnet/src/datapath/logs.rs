@@ -3,7 +3,7 @@
 //! that is off costs nothing, and the lines it would write are not even in the loaded program);
 //! `podnet agent --ebpf-log LEVEL`, or `podnet ebpf-log LEVEL` to a running agent, reloads the
 //! programs with another level (swapped into their links, as `up` does) and the agent prints
-//! their lines in its own log, with target `ebpf`.
+//! their lines in its own log, prefixed `ebpf:`.
 
 use aya::{Ebpf, maps::ProgramArray, programs::SchedClassifier};
 use aya_log::EbpfLogger;
@@ -110,15 +110,15 @@ impl log::Log for ToTracing {
     }
 
     /// The level asked for with `--ebpf-log` is what filters the programs' lines: they are
-    /// shown whatever the agent's own log level, debug and trace lines tagged as such.
+    /// printed at info (debug and trace lines tagged as such), prefixed `ebpf:`.
     fn log(&self, record: &log::Record<'_>) {
         let line = record.args();
         match record.level() {
-            log::Level::Error => tracing::error!(target: "ebpf", "{line}"),
-            log::Level::Warn => tracing::warn!(target: "ebpf", "{line}"),
-            log::Level::Info => tracing::info!(target: "ebpf", "{line}"),
-            log::Level::Debug => tracing::info!(target: "ebpf", "(debug) {line}"),
-            log::Level::Trace => tracing::info!(target: "ebpf", "(trace) {line}"),
+            log::Level::Error => tracing::error!("ebpf: {line}"),
+            log::Level::Warn => tracing::warn!("ebpf: {line}"),
+            log::Level::Info => tracing::info!("ebpf: {line}"),
+            log::Level::Debug => tracing::info!("ebpf: (debug) {line}"),
+            log::Level::Trace => tracing::info!("ebpf: (trace) {line}"),
         }
     }
 

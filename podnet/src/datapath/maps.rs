@@ -28,6 +28,8 @@ pub enum MapsError {
         #[source]
         source: Box<MapError>,
     },
+    #[error("map {map} is full ({capacity} entries): remove pods first")]
+    Full { map: &'static str, capacity: usize },
     #[error("could not {op} {key} in map {map}")]
     Access {
         op: &'static str,
@@ -110,8 +112,10 @@ impl Endpoints {
     /// The lowest counter slot no endpoint holds, its counts zeroed.
     fn new_slot(&mut self) -> Result<u16, MapsError> {
         let taken: std::collections::HashSet<u16> = self.list().iter().map(|(_, ep)| ep.slot).collect();
-        // There are more slots than endpoints, so one is free.
-        let slot = (1..POD_STATS_SLOTS as u16).find(|s| !taken.contains(s)).expect("a free counter slot");
+        // One slot per endpoint the map holds: none free means the map is full.
+        let slot = (1..POD_STATS_SLOTS as u16)
+            .find(|s| !taken.contains(s))
+            .ok_or(MapsError::Full { map: ENDPOINTS, capacity: POD_STATS_SLOTS - 1 })?;
         let zero = access_err("zero", POD_STATS, slot.to_string());
         let cpus = aya::util::nr_cpus().map_err(|(call, io_error)| {
             zero(MapError::SyscallError(aya::sys::SyscallError { call, io_error }))
