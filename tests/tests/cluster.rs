@@ -186,6 +186,14 @@ fn nodes_lease_cidrs_and_find_each_other_through_etcd() -> anyhow::Result<()> {
         stream.join().expect("no panic")
     })?;
     assert!(iperf.bytes > 100_000_000, "the stream moved only {} bytes while etcd was down", iperf.bytes);
+    // An agent restarted while etcd is still down goes on with the CIDR it remembers.
+    kill("-TERM", agents[1])?;
+    while n2.agent_socket().exists() {
+        thread::sleep(Duration::from_millis(50));
+    }
+    lab.agent(n2)?;
+    let log = std::fs::read_to_string(lab.agent_log(n2))?;
+    assert!(log.contains(&format!("going on with pod CIDR {}", cidrs[1])), "{log}");
     etcd.restart(&mut lab)?;
     // A fourth node joins once etcd is back, and everyone reaches it.
     let n4 = member(&mut lab, &switch, &etcd, 4, &cluster)?;
