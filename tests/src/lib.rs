@@ -496,6 +496,7 @@ impl Drop for Lab {
             let _ = std::fs::remove_file(node.agent_socket());
             let _ = std::fs::remove_file(node.agent_socket().with_extension("lock"));
             let _ = std::fs::remove_file(node.agent_socket().with_extension("agent.lock"));
+            let _ = std::fs::remove_file(node.agent_socket().with_extension("monitor.lock"));
         }
         for dir in ["/sys/fs/bpf/podnet", "/run/podnet", "/var/lib/podnet"] {
             // Only when no other lab's node is left in them.
