@@ -95,11 +95,14 @@ pub fn finish<C: Arrival>(ctx: &C, reason: Reason, action: i32) -> i32 {
     let pending = if reason.is_drop() {
         dropped(ctx, reason)
     } else if reason == Reason::RedirectNatNew && C::LOGGER.is_some() && level_enabled(Level::Debug) {
-        pending().filter(|p| p.fresh != 0)
+        // SAFETY: this CPU's slot (see `pending`), read in place.
+        pending().filter(|&p| unsafe { (*p).fresh } != 0)
     } else {
         None
     };
     if let Some(pending) = pending {
+        // SAFETY: this CPU's slot (see `pending`), borrowed only within this block.
+        let pending = unsafe { &mut *pending };
         if let Some(logger) = C::LOGGER
             && level_enabled(Level::Info)
         {
@@ -116,8 +119,10 @@ pub fn finish<C: Arrival>(ctx: &C, reason: Reason, action: i32) -> i32 {
 
 /// Reports a packet dropped for `reason`: the event, if one is wanted.
 #[inline(always)]
-fn dropped<C: Arrival>(ctx: &C, reason: Reason) -> Option<&'static mut Pending> {
-    let pending = pending()?;
+fn dropped<C: Arrival>(ctx: &C, reason: Reason) -> Option<*mut Pending> {
+    let slot = pending()?;
+    // SAFETY: this CPU's slot (see `pending`), borrowed only within this function.
+    let pending = unsafe { &mut *slot };
     let Some((now, listening)) = wanted(Level::Info, C::LOGGER.is_some()) else {
         // A new translation's event this packet did not get to log (it was dropped after all).
         pending.fresh = 0;
@@ -131,7 +136,7 @@ fn dropped<C: Arrival>(ctx: &C, reason: Reason) -> Option<&'static mut Pending> 
     if listening {
         send(event);
     }
-    Some(pending)
+    Some(slot)
 }
 
 /// Reports the first packet of a new translation: the pod side `key` (network byte order) leaves
@@ -144,6 +149,8 @@ pub fn nat_new(ctx: &TcContext, key: &CtKey, node_ip: [u8; 4], port: u16) {
     let Some(pending) = pending() else {
         return;
     };
+    // SAFETY: this CPU's slot (see `pending`), borrowed only within this function.
+    let pending = unsafe { &mut *pending };
     // Field by field: a whole `Event` would be built on the stack first.
     let event = &mut pending.event;
     event.time_ns = now;
@@ -172,6 +179,8 @@ pub fn log<C: EbpfContext>(ctx: &C) -> i32 {
         // than let the packet through.
         return TC_ACT_SHOT;
     };
+    // SAFETY: this CPU's slot (see `pending`), borrowed only within this function.
+    let pending = unsafe { &mut *pending };
     if pending.fresh == 0 {
         return pending.action;
     }
@@ -207,13 +216,12 @@ pub fn log<C: EbpfContext>(ctx: &C) -> i32 {
     pending.action
 }
 
-/// This CPU's pending event.
+/// This CPU's pending event: a pointer from a successful lookup in a per-CPU array, so this
+/// CPU's own slot, which the programs that use it (a hook's program, then its logger) use one
+/// after the other, each running to completion on this CPU.
 #[inline(always)]
-fn pending() -> Option<&'static mut Pending> {
-    let pending = PENDING.get_ptr_mut(0)?;
-    // SAFETY: from a successful lookup in a per-CPU array: this CPU's own slot, and the programs
-    // that use it run to completion on this CPU without another user in between.
-    Some(unsafe { &mut *pending })
+fn pending() -> Option<*mut Pending> {
+    PENDING.get_ptr_mut(0)
 }
 
 /// The time, and whether a monitor listens, when an event is wanted (a monitor listens, or the
