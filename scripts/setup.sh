@@ -13,10 +13,10 @@ BPF_LINKER_VERSION=0.13.0
 # podman (with runc, its CNI backend and busybox-static for an offline image): the CNI tests.
 # etcd-server and etcd-client: the cluster tests (openssl makes their TLS certificates);
 # protobuf-compiler: protoc, which the etcd client crate needs at build time; prometheus (with
-# promtool): the metrics tests.
+# promtool): the metrics tests; netsniff-ng (trafgen): the benchmark's packet-rate flood.
 APT_PACKAGES=(bpftool iperf3 sockperf iptables nftables iproute2 iputils-ping tcpdump ethtool conntrack curl python3
   podman runc busybox-static util-linux
-  etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl prometheus)
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl prometheus netsniff-ng)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 

@@ -41,6 +41,14 @@ pub mod maps {
     pub const PEERS: &str = "PEERS";
     /// Capacity of [`PEERS`]: nodes in one cluster.
     pub const PEERS_MAX: usize = 1024;
+    /// What the kernel FIB said about pods' packets (LRU hash, a cache the programs fill and
+    /// refresh once a second): [`crate::RouteKey`] -> [`crate::CachedRoute`].
+    pub const ROUTES: &str = "ROUTES";
+    /// Capacity of [`ROUTES`]: (pod, destination) pairs routed without asking the FIB again.
+    pub const ROUTES_MAX: usize = 16384;
+    /// The peers' generation (array, one `u32`): userspace raises it after changing [`PEERS`],
+    /// and cached routes of another generation are not used.
+    pub const ROUTE_GENERATION: &str = "ROUTE_GENERATION";
     /// NAT settings, one [`crate::NatConfig`] at index 0.
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     /// UDP and ICMP translations, pod side (LRU hash): [`crate::CtKey`] of the pod's packet ->
@@ -58,7 +66,7 @@ pub mod maps {
     pub const CT_TCP_IN: &str = "CT_TCP_IN";
     /// Default capacity of each translation table (`[nat] tcp_table`, `udp_icmp_table`).
     pub const CT_MAX: usize = 65536;
-    /// When a new connection last found a translation table full (array, `bpf_ktime_get_ns`):
+    /// When a new connection last found a translation table full (array, CLOCK_MONOTONIC ns):
     /// slot [`PRESSURE_OTHER`] for UDP and ICMP, [`PRESSURE_TCP`] for TCP. The agent watches it
     /// and collects at once.
     pub const NAT_PRESSURE: &str = "NAT_PRESSURE";
@@ -108,7 +116,7 @@ pub mod maps {
     /// version goes up whenever that meaning changes, even when its sizes do not (a counter slot
     /// that now counts something else), so `podnet up` can tell an old map from a current one and
     /// migrate it. Version 1 is the layout of podnet 0.1, whose maps carry no version.
-    pub const LAYOUTS: [(&str, u32); 21] = [
+    pub const LAYOUTS: [(&str, u32); 23] = [
         (ENDPOINTS, 1),
         (POD_DEVS, 1),
         (POD_SOURCES, 1),
@@ -134,6 +142,8 @@ pub mod maps {
         (EVENT_BUDGET, 1),
         (crate::programs::LOGGERS, 1),
         (PENDING, 1),
+        (ROUTES, 1),
+        (ROUTE_GENERATION, 1),
     ];
 }
 
@@ -313,20 +323,43 @@ pub const fn port_search_start(key: &CtKey, port_min: u16, port_max: u16) -> u32
     if sport >= port_min && sport <= port_max {
         return (sport - port_min) as u32;
     }
-    let mut h = u32::from_ne_bytes(key.saddr).wrapping_mul(0x9e37_79b1)
+    mix(flow_hash(key)) % range
+}
+
+/// The offset into the range (of `range` ports) of the `i`th node port a connection's search
+/// tries, `tries` at most: first where it starts ([`port_search_start`]); then, in a range larger
+/// than `tries`, offsets scattered by a hash of the connection and `i`, since consecutive ports
+/// pile up behind each other's claims (linear probing) and a busy range would want many more
+/// tries; in a smaller range, every port in turn. Deterministic: a connection searching again
+/// finds its own claim.
+pub const fn port_search_offset(key: &CtKey, start: u32, i: u32, range: u32, tries: u32) -> u32 {
+    if i == 0 || range <= tries {
+        return (start + i) % range;
+    }
+    mix(flow_hash(key) ^ i.wrapping_mul(0x9e37_79b9)) % range
+}
+
+/// A hash of a connection's addresses, ports and protocol.
+const fn flow_hash(key: &CtKey) -> u32 {
+    u32::from_ne_bytes(key.saddr).wrapping_mul(0x9e37_79b1)
         ^ u32::from_ne_bytes(key.daddr).rotate_left(13).wrapping_mul(0x85eb_ca77)
         ^ (((key.sport as u32) << 16) | key.dport as u32).wrapping_mul(0xc2b2_ae3d)
-        ^ key.proto as u32;
+        ^ key.proto as u32
+}
+
+/// Scrambles `h` (the murmur3 finaliser's first rounds), so nearby inputs land far apart.
+const fn mix(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x7feb_352d);
     h ^= h >> 15;
-    h % range
+    h
 }
 
 /// A connection as one packet shows it: addresses and ports (ICMP echo: the identifier as one
 /// port, 0 as the other) in network byte order, and the protocol.
 ///
-/// Layout: 4 + 4 + 2 + 2 + 1 + 3 = 16 bytes, 4-byte aligned, explicit padding.
+/// Layout: 4 + 4 + 2 + 2 + 1 + 1 + 2 = 16 bytes, 4-byte aligned, explicit padding (two
+/// scalars, not a `[u8; 3]`: zeroing a 3-byte array is a `memset` call in BPF).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -335,7 +368,8 @@ pub struct CtKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 impl CtKey {
@@ -349,7 +383,8 @@ impl CtKey {
             sport: self.dport,
             dport: port,
             proto: self.proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 
@@ -362,7 +397,8 @@ impl CtKey {
             sport: pod_port,
             dport: self.sport,
             proto: self.proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }
@@ -388,7 +424,7 @@ pub struct FragKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FragEntry {
-    /// `bpf_ktime_get_ns` of the first fragment.
+    /// `bpf_ktime_get_coarse_ns` of the first fragment.
     pub created_ns: u64,
     pub addr: [u8; 4],
     pub _pad: u32,
@@ -400,9 +436,10 @@ pub struct FragEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the translation was made.
+    /// CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`: as of the last tick) when the translation
+    /// was made.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns` of the last packet in this direction.
+    /// The same clock at the last packet in this direction (refreshed at most once a second).
     pub seen_ns: u64,
     /// Address to write: the node's (CT_OUT) or the pod's (CT_IN).
     pub addr: [u8; 4],
@@ -484,6 +521,39 @@ pub type Ipv4LpmData = [u8; 4];
 
 /// Longest peer name kept in the map (longer names are rejected by the loader).
 pub const PEER_NAME_MAX: usize = 32;
+
+/// The FIB's inputs for a pod's packet: its source (the pod) and destination address, network
+/// byte order. The pod's own veth, the FIB's other input, follows from its source.
+///
+/// Layout: 4 + 4 = 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+}
+
+/// What the FIB said about a [`RouteKey`] when it last was asked: the packet leaves by `ifindex`
+/// with these MACs, and fits if it is at most `mtu` bytes (IPv4 total length).
+///
+/// Layout: 8 + 4 + 2 + 1 + 1 + 6 + 6 + 4 = 32 bytes, 8-byte aligned, explicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachedRoute {
+    /// CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`) when the FIB was asked.
+    pub checked_ns: u64,
+    pub ifindex: u32,
+    /// The route's MTU (route metrics and learned path MTU included), which the stack checks
+    /// forwarded packets against.
+    pub mtu: u16,
+    /// 1 when the destination is another node's (its pod CIDR or address), 0 when outside.
+    pub peer: u8,
+    pub _pad: u8,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// [`maps::ROUTE_GENERATION`] when the answer was given.
+    pub generation: u32,
+}
 
 /// Another node, the next hop for its pod CIDR.
 ///
@@ -798,6 +868,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<FragKey>(), 12);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 24);
+        assert_eq!(core::mem::size_of::<RouteKey>(), 8);
+        assert_eq!(core::mem::size_of::<CachedRoute>(), 32);
     }
 
     use inet_checksum as full_checksum;
@@ -861,16 +933,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn port_search_keeps_the_pods_port_or_hashes() {
-        let key = |sport: u16| CtKey {
+    /// A pod's TCP connection from `sport` to an outside web server.
+    fn key(sport: u16) -> CtKey {
+        CtKey {
             saddr: [10, 1, 1, 2],
             daddr: [192, 168, 50, 100],
             sport: sport.to_be(),
             dport: 80u16.to_be(),
             proto: proto::TCP,
-            _pad: [0; 3],
-        };
+            _pad: 0,
+            _pad2: 0,
+        }
+    }
+
+    #[test]
+    fn port_search_keeps_the_pods_port_or_hashes() {
         assert_eq!(port_search_start(&key(61234), 61000, 65535), 234, "the pod's own port");
         let a = port_search_start(&key(40000), 61000, 65535);
         assert_eq!(a, port_search_start(&key(40000), 61000, 65535), "deterministic");
@@ -879,6 +956,31 @@ mod tests {
             (40000..40100).map(|p| port_search_start(&key(p), 61000, 65535)).collect();
         assert!(spread.len() > 90, "flows spread over the range: {}", spread.len());
         assert_eq!(port_search_start(&key(40000), 61000, 61000), 0);
+    }
+
+    #[test]
+    fn port_search_scatters_in_large_ranges_and_walks_small_ones() {
+        let flow = key(40000);
+        let offsets =
+            |range: u32| (0..16.min(range)).map(move |i| port_search_offset(&flow, 7 % range, i, range, 16));
+        assert_eq!(offsets(4).collect::<Vec<_>>(), [3, 0, 1, 2], "a small range: every port");
+        let large: Vec<u32> = offsets(4536).collect();
+        assert_eq!(large[0], 7, "starts where it starts");
+        assert!(large.iter().all(|&o| o < 4536));
+        let distinct: std::collections::HashSet<u32> = large.iter().copied().collect();
+        assert!(distinct.len() >= 15, "scattered, not a run of neighbours: {large:?}");
+        assert!(large.windows(2).filter(|w| w[1] == w[0] + 1).count() <= 1, "{large:?}");
+        // A busy range: 90% of the ports taken, in runs as claims pile up. Scattered tries still
+        // find a free port for about 1 - 0.9^16 of new connections.
+        let taken = |o: u32| !o.is_multiple_of(10);
+        let found = (0..1000u16)
+            .filter(|&p| {
+                let k = key(20000 + p);
+                let start = port_search_start(&k, 61000, 65535);
+                (0..16).any(|i| !taken(port_search_offset(&k, start, i, 4536, 16)))
+            })
+            .count();
+        assert!(found > 750, "{found} of 1000 found a free port");
     }
 
     #[test]

@@ -200,7 +200,12 @@ pub fn log<C: EbpfContext>(ctx: &C) -> i32 {
             e.nat_port
         );
     } else {
-        let reason = Reason::ALL.iter().find(|r| **r as u8 == e.reason).map_or("unknown", |r| r.name());
+        // Masked, not range-checked: the verifier follows a mask into the table (the slots are a
+        // power of two); an empty slot is no reason.
+        let reason = &REASON_NAMES[usize::from(e.reason) % Reason::SLOTS];
+        let reason = if reason[0] == 0 { &UNKNOWN } else { reason };
+        // SAFETY: the table holds the names of `Reason` (ASCII) padded with NULs.
+        let reason = unsafe { core::str::from_utf8_unchecked(reason) };
         aya_log_ebpf::info!(
             ctx,
             "drop {} on ifindex {}: protocol {} {:i}:{} -> {:i}:{}",
@@ -215,6 +220,39 @@ pub fn log<C: EbpfContext>(ctx: &C) -> i32 {
     }
     pending.action
 }
+
+/// The longest [`Reason`] name, and more.
+const NAME_LEN: usize = 32;
+
+/// Every [`Reason`]'s name by its value, padded with NULs to one length (the agent's log drops
+/// them): the logger copies a string of constant length, which the compiler unrolls, where a
+/// name of its own length would be a `memcpy` call.
+const REASON_NAMES: [[u8; NAME_LEN]; Reason::SLOTS] = {
+    assert!(Reason::SLOTS.is_power_of_two());
+    let mut names = [[0; NAME_LEN]; Reason::SLOTS];
+    let mut r = 0;
+    while r < Reason::ALL.len() {
+        let name = Reason::ALL[r].name().as_bytes();
+        assert!(name.len() <= NAME_LEN);
+        let mut i = 0;
+        while i < name.len() {
+            names[Reason::ALL[r] as usize][i] = name[i];
+            i += 1;
+        }
+        r += 1;
+    }
+    names
+};
+const UNKNOWN: [u8; NAME_LEN] = {
+    let mut name = [0; NAME_LEN];
+    let text = b"unknown";
+    let mut i = 0;
+    while i < text.len() {
+        name[i] = text[i];
+        i += 1;
+    }
+    name
+};
 
 /// This CPU's pending event: a pointer from a successful lookup in a per-CPU array, so this
 /// CPU's own slot, which the programs that use it (a hook's program, then its logger) use one
@@ -266,35 +304,36 @@ fn take_token(now: u64) -> bool {
 /// Writes the packet's interface, addresses, protocol and ports, as far as it has them.
 #[inline(always)]
 fn describe<C: Arrival>(event: &mut Event, ctx: &C, now: u64) {
-    // Field by field: a struct literal becomes a `memset` call (see `routing::lookup`).
+    let (addrs, protocol, [sport, dport]) = match Ipv4::parse(ctx) {
+        Ok(Some(ip)) => ((ip.saddr(), ip.daddr()), ip.protocol(), ports(ctx, &ip)),
+        _ => (([0; 4], [0; 4]), 0, [0, 0]),
+    };
+    // Field by field, each written once: a struct literal, or zeroing adjacent fields before
+    // filling them in, becomes a byte-loop `memset` call in BPF.
     event.time_ns = now;
     event.ifindex = ctx.ifindex();
-    event.saddr = [0; 4];
-    event.daddr = [0; 4];
+    (event.saddr, event.daddr) = addrs;
     event.nat_addr = [0; 4];
-    event.sport = 0;
-    event.dport = 0;
+    event.protocol = protocol;
+    event.sport = sport;
+    event.dport = dport;
     event.nat_port = 0;
-    event.protocol = 0;
-    let Ok(Some(ip)) = Ipv4::parse(ctx) else {
-        return;
-    };
-    event.saddr = ip.saddr();
-    event.daddr = ip.daddr();
-    event.protocol = ip.protocol();
+}
+
+/// The packet's ports (host byte order), the ICMP echo identifier as the source port; zeros
+/// when it has none.
+#[inline(always)]
+fn ports<C: Arrival>(ctx: &C, ip: &Ipv4) -> [u16; 2] {
     if ip.fragment_offset() != 0 {
-        return;
+        return [0, 0];
     }
-    let ports = match event.protocol {
+    let ports = match ip.protocol() {
         TCP | UDP => packet::read::<[u16; 2]>(ctx, ip.l4_offset()),
         // Echo: type and code, checksum, then the identifier (reported as the source port).
         ICMP => packet::read::<[u16; 2]>(ctx, ip.l4_offset() + 4).map(|[id, _]| [id, 0]),
-        _ => return,
+        _ => return [0, 0],
     };
-    if let Ok([sport, dport]) = ports {
-        event.sport = u16::from_be(sport);
-        event.dport = u16::from_be(dport);
-    }
+    ports.map_or([0, 0], |[sport, dport]| [u16::from_be(sport), u16::from_be(dport)])
 }
 
 #[inline(always)]

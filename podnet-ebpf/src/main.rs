@@ -7,6 +7,7 @@
     reason = "aya's program macros wrap each entry in a function taking the kernel's raw context pointer"
 )]
 
+mod clock;
 mod counters;
 mod endpoints;
 mod events;
@@ -26,6 +27,7 @@ use podnet_common::{Reason, is_martian_destination};
 use crate::{
     endpoints::Hop,
     packet::{Ipv4, Malformed},
+    routing::Next,
     verdict::Verdict,
 };
 
@@ -62,10 +64,17 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
     if let Some(ep) = endpoints::lookup(ip.daddr()) {
         return Ok(endpoints::deliver(&ip, &ep, Hop::SameSegment));
     }
-    if let Some(verdict) = routing::to_peer(ctx, &ip) {
-        return Ok(verdict);
-    }
-    Ok(nat::masquerade(ctx, &ip)?.unwrap_or(Verdict::pass(Reason::PassNotLocal)))
+    Ok(match routing::classify(ctx, &ip) {
+        Next::Peer(Ok(route)) => {
+            let reason =
+                if route.resolved() { Reason::RedirectRemote } else { Reason::RedirectRemoteResolve };
+            routing::transmit(&ip, &route, reason)
+        }
+        Next::Peer(Err(reason)) => Verdict::pass(reason),
+        Next::Outside(route) => {
+            nat::masquerade(ctx, &ip, route)?.unwrap_or(Verdict::pass(Reason::PassNotLocal))
+        }
+    })
 }
 
 /// tc (tcx) ingress on the node's uplink: replies to masqueraded connections (translated back),
@@ -93,6 +102,10 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
     if let Some(verdict) = nat::unmasquerade(ctx, &ip)? {
         return Ok(verdict);
     }
+    // The NAT may have pulled headers into linear data, which moves the packet.
+    let Some(ip) = Ipv4::parse(ctx)? else {
+        return Ok(Verdict::pass(Reason::PassNotIpv4));
+    };
     let Some(ep) = endpoints::lookup(ip.daddr()) else {
         return Ok(Verdict::pass(Reason::PassUplinkNotLocal));
     };

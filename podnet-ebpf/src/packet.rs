@@ -8,7 +8,9 @@ use aya_ebpf::{
     bindings::__sk_buff,
     programs::{TcContext, XdpContext},
 };
-use podnet_common::{checksum_after_ttl_decrement, ipv4_lengths_consistent, l4_min_len, proto::TCP};
+use podnet_common::{
+    checksum_after_replace, checksum_after_ttl_decrement, ipv4_lengths_consistent, l4_min_len, proto::TCP,
+};
 
 /// The packet is shorter than a header it claims to carry, or a header field is impossible.
 #[derive(Clone, Copy)]
@@ -214,6 +216,13 @@ pub fn ingress_ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*skb).ifindex }
 }
 
+/// One of the two addresses of an IPv4 header.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
 /// An Ethernet + IPv4 packet, its headers checked and in linear data.
 pub struct Ipv4 {
     pub eth: *mut EthHdr,
@@ -242,10 +251,21 @@ impl Ipv4 {
         Ok(Some(Self { eth, ip }))
     }
 
+    /// The packet again, its L4 header (as far as it has one: TCP's 20 bytes, 8 of the rest) in
+    /// linear data too, for what reads ports and checksums: senders such as packet sockets' TX rings leave all but the
+    /// Ethernet header in fragments. Nothing moves for the usual frame, whose headers its
+    /// sender's stack wrote into linear data; when something does, `self` is stale.
+    #[inline(always)]
+    pub fn with_l4(&self, ctx: &TcContext) -> Result<Self, Malformed> {
+        let header = if self.protocol() == TCP { 20 } else { 8 };
+        ctx.ensure_linear(Packet::len(ctx).min(self.l4_offset() + header))?;
+        Self::parse(ctx)?.ok_or(Malformed)
+    }
+
     /// Checks that a packet which starts its L4 payload (not a later fragment) carries the whole
     /// minimal TCP, UDP or ICMP header, and for TCP a data offset inside the packet.
     #[inline(always)]
-    pub fn check_l4(&self, ctx: &impl Packet) -> Result<(), Malformed> {
+    pub fn check_l4(&self, ctx: &TcContext) -> Result<(), Malformed> {
         if self.fragment_offset() != 0 {
             return Ok(());
         }
@@ -255,22 +275,14 @@ impl Ipv4 {
             return Err(Malformed);
         }
         if self.protocol() == TCP {
-            // A pod's TCP header is in linear data (its stack builds it there); a frame that
-            // hides it in fragments is dropped rather than pulled (which would move `self`).
-            let doff = usize::from(read::<u8>(ctx, self.l4_offset() + 12)? >> 4) * 4;
+            // Copied out, so a header in fragments is read where it is.
+            let doff = usize::from(ctx.load::<u8>(self.l4_offset() + 12).map_err(|_| Malformed)? >> 4) * 4;
             if doff < min || doff > l4_len {
                 return Err(Malformed);
             }
         }
         Ok(())
     }
-
-    /// Offset of the IPv4 source address from the start of the frame.
-    pub const SADDR_OFFSET: usize = EthHdr::LEN + 12;
-    /// Offset of the IPv4 destination address from the start of the frame.
-    pub const DADDR_OFFSET: usize = EthHdr::LEN + 16;
-    /// Offset of the IPv4 header checksum from the start of the frame.
-    pub const CHECK_OFFSET: usize = EthHdr::LEN + 10;
 
     #[inline(always)]
     pub fn saddr(&self) -> [u8; 4] {
@@ -360,6 +372,24 @@ impl Ipv4 {
         }
     }
 
+    /// Writes `new` over the source or destination address and updates the header checksum by
+    /// arithmetic, as [`Ipv4::decrement_ttl`] does: the header's one's-complement sum stays what
+    /// it was, so this holds whatever the skb's checksum state. Returns the old address.
+    #[inline(always)]
+    pub fn set_address(&self, side: Side, new: [u8; 4]) -> [u8; 4] {
+        // SAFETY: `parse` bounds-checked the IPv4 header; tc programs may write packet data.
+        unsafe {
+            let field = match side {
+                Side::Source => &mut (*self.ip).saddr,
+                Side::Destination => &mut (*self.ip).daddr,
+            };
+            let old = *field;
+            *field = new;
+            (*self.ip).check = checksum_after_replace(u16::from_be((*self.ip).check), old, new).to_be();
+            old
+        }
+    }
+
     /// The frame's source MAC.
     #[inline(always)]
     pub fn src_mac(&self) -> [u8; 6] {
@@ -367,13 +397,30 @@ impl Ipv4 {
         unsafe { (*self.eth).src }
     }
 
-    /// Sets the Ethernet addresses for the next hop.
+    /// Sets the Ethernet addresses for the next hop, as six 16-bit stores (a 6-byte array copy
+    /// becomes a byte-loop `memmove` call in BPF; the header is 2-byte aligned).
     #[inline(always)]
     pub fn set_macs(&self, src: [u8; 6], dst: [u8; 6]) {
-        // SAFETY: `parse` bounds-checked the Ethernet header; tc programs may write packet data.
-        unsafe {
-            (*self.eth).src = src;
-            (*self.eth).dst = dst;
+        let words = self.eth.cast::<u16>();
+        let (d, s) = (mac_words(dst), mac_words(src));
+        for i in 0..3 {
+            // SAFETY: `parse` bounds-checked the Ethernet header, whose 12 address bytes these six
+            // words are; tc and XDP programs may write packet data. Volatile: the compiler must
+            // not merge the stores back into a copy.
+            unsafe {
+                words.add(i).write_volatile(d[i]);
+                words.add(3 + i).write_volatile(s[i]);
+            }
         }
     }
+}
+
+/// A MAC address as the three 16-bit words it occupies in a header.
+#[inline(always)]
+fn mac_words(mac: [u8; 6]) -> [u16; 3] {
+    [
+        u16::from_ne_bytes([mac[0], mac[1]]),
+        u16::from_ne_bytes([mac[2], mac[3]]),
+        u16::from_ne_bytes([mac[4], mac[5]]),
+    ]
 }

@@ -1,10 +1,17 @@
-//! Routing to pods on other nodes: the peer LPM trie says which node owns the destination, the
-//! kernel FIB says how to reach that node (uplink, MACs, MTU), and the packet leaves the uplink
-//! without the stack; when the next hop's MAC is not cached yet, `bpf_redirect_neigh` resolves
-//! it. What the fast path cannot finish (TTL expiring, too big for the uplink, no route) goes to
-//! the stack, which has the same routes (podnet installs them) and answers with ICMP errors.
+//! Where a pod's packet goes when its destination is no local pod, and how it gets there: the
+//! peer LPM trie says which node owns the destination, the kernel FIB says how to reach that
+//! node or the outside (uplink, MACs, MTU), and the packet leaves without the stack; when the
+//! next hop's MAC is not cached yet, `bpf_redirect_neigh` resolves it. What the fast path cannot
+//! finish (TTL expiring, too big for the route, no route) goes to the stack, which has the same
+//! routes (podnet installs them) and answers with ICMP errors.
+//!
+//! Both answers are kept in `ROUTES` per (pod, destination) and asked again once a second, so
+//! established traffic pays one hash lookup instead of a trie walk and a FIB lookup: route,
+//! neighbour and MTU changes reach it within [`ROUTE_REFRESH_NS`], peer changes at once (they
+//! raise `ROUTE_GENERATION`). The FIB is asked with the pod's source and veth, so policy routing
+//! (`ip rule from ...`) applies to pods as to the stack; the cache is keyed by the same inputs.
 
-use core::mem;
+use core::mem::{self, MaybeUninit};
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -12,20 +19,33 @@ use aya_ebpf::{
         __sk_buff, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup, bpf_redir_neigh,
     },
-    btf_maps::{LpmTrie, lpm_trie::Key},
+    btf_maps::{Array, LpmTrie, LruHashMap, lpm_trie::Key},
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     macros::btf_map,
     programs::TcContext,
 };
-use podnet_common::{Ipv4LpmData, Peer, Reason, maps::PEERS_MAX};
+use podnet_common::{
+    CachedRoute, Ipv4LpmData, Peer, Reason, RouteKey,
+    maps::{PEERS_MAX, ROUTES_MAX},
+};
 
 use crate::{
+    clock::now,
     packet::{self, Ipv4},
     verdict::Verdict,
 };
 
 #[btf_map(pin_by_name)]
 static PEERS: LpmTrie<Ipv4LpmData, Peer, PEERS_MAX> = LpmTrie::new();
+#[btf_map(pin_by_name)]
+static ROUTES: LruHashMap<RouteKey, CachedRoute, ROUTES_MAX> = LruHashMap::new();
+/// Raised by userspace whenever the peers change: cached answers of an older generation are
+/// not used.
+#[btf_map(pin_by_name)]
+static ROUTE_GENERATION: Array<u32, 1> = Array::new();
+
+/// How long a cached FIB answer stands before the FIB is asked again.
+const ROUTE_REFRESH_NS: u64 = 1_000_000_000;
 
 const AF_INET: u8 = 2;
 
@@ -38,53 +58,140 @@ pub struct Route {
     macs: Option<([u8; 6], [u8; 6])>,
 }
 
+impl Route {
+    /// Whether the next hop's MAC is known (else `bpf_redirect_neigh` resolves it).
+    #[inline(always)]
+    pub fn resolved(&self) -> bool {
+        self.macs.is_some()
+    }
+}
+
+/// Where a pod's packet for an address that is no local pod goes.
+pub enum Next {
+    /// Another node's pod CIDR or address: routed to that node (or why the stack must handle it).
+    Peer(Result<Route, Reason>),
+    /// Outside the cluster, with the route when the cache knew it (`None`: not asked yet).
+    Outside(Option<Result<Route, Reason>>),
+}
+
 /// Whether `addr` is a peer node's address or in a peer's pod CIDR.
 #[inline(always)]
 pub fn is_peer(addr: [u8; 4]) -> bool {
     PEERS.get(&Key::new(32, addr)).is_some()
 }
 
-/// If the destination is in another node's pod CIDR, routes the packet out of the uplink toward
-/// that node; `None` when it is not a cluster address.
+/// Classifies a pod's packet whose destination is no local pod: from the cache while its answer
+/// is fresh, else by the peer trie (and, for a peer, the FIB).
 #[inline(always)]
-pub fn to_peer(ctx: &TcContext, ip: &Ipv4) -> Option<Verdict> {
-    let peer = PEERS.get(&Key::new(32, ip.daddr()))?;
-    Some(match lookup(ctx, ip, peer.node_ip) {
-        Ok(route) => {
-            let reason =
-                if route.macs.is_some() { Reason::RedirectRemote } else { Reason::RedirectRemoteResolve };
-            transmit(ip, &route, reason)
-        }
-        Err(reason) => Verdict::pass(reason),
-    })
+pub fn classify(ctx: &TcContext, ip: &Ipv4) -> Next {
+    let stamp = stamp();
+    if let Some(cached) = cached(&key(ip), stamp) {
+        let route = check(ctx, ip, cached);
+        return if cached.peer != 0 { Next::Peer(route) } else { Next::Outside(Some(route)) };
+    }
+    match PEERS.get(&Key::new(32, ip.daddr())) {
+        Some(peer) => Next::Peer(ask_fib(ctx, ip, peer.node_ip, true, stamp)),
+        None => Next::Outside(None),
+    }
 }
 
-/// Asks the FIB how to forward `ip` toward `dst`, checking TTL and MTU first: everything
-/// that makes the packet the stack's business comes back as the reason to pass it.
+/// Routes `ip` toward its destination outside the cluster (the FIB asked, the answer cached).
 #[inline(always)]
-pub fn lookup(ctx: &TcContext, ip: &Ipv4, dst: [u8; 4]) -> Result<Route, Reason> {
+pub fn to_outside(ctx: &TcContext, ip: &Ipv4) -> Result<Route, Reason> {
+    ask_fib(ctx, ip, ip.daddr(), false, stamp())
+}
+
+/// When a routing answer is given: now, and the peers' generation.
+type Stamp = (u64, u32);
+
+/// Now, and the generation of the peers: taken before the peer trie is read, so an answer given
+/// while the peers change carries the old generation and is not used after the change.
+#[inline(always)]
+fn stamp() -> Stamp {
+    (now(), ROUTE_GENERATION.get(0).copied().unwrap_or(0))
+}
+
+#[inline(always)]
+fn key(ip: &Ipv4) -> RouteKey {
+    RouteKey { saddr: ip.saddr(), daddr: ip.daddr() }
+}
+
+/// The cached answer for `key`, if the FIB gave it less than [`ROUTE_REFRESH_NS`] ago and the
+/// peers have not changed since.
+#[inline(always)]
+fn cached(key: &RouteKey, (now, generation): Stamp) -> Option<CachedRoute> {
+    let entry = ROUTES.get_ptr(key)?;
+    // SAFETY: from a successful lookup; entries are replaced whole (an update swaps in a new
+    // element), never written in place, so the copy is one answer.
+    let entry = unsafe { *entry };
+    (now.saturating_sub(entry.checked_ns) < ROUTE_REFRESH_NS && entry.generation == generation)
+        .then_some(entry)
+}
+
+/// A cached route for `ip`, after the checks the FIB would make of this packet: TTL and MTU.
+#[inline(always)]
+fn check(ctx: &TcContext, ip: &Ipv4, cached: CachedRoute) -> Result<Route, Reason> {
     if ip.ttl() <= 1 {
         return Err(Reason::PassTtlExpiring);
     }
-    // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid starting point.
-    let mut fib: bpf_fib_lookup = unsafe { mem::zeroed() };
-    fib.family = AF_INET;
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
-    // The source too, so policy routing (`ip rule from ...`) applies to pods as to the stack.
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.saddr());
+    if gso(ctx) {
+        fits_device(ctx, cached.ifindex)?;
+    } else if ip.tot_len() > cached.mtu {
+        return Err(Reason::PassFragNeeded);
+    }
+    Ok(Route { ifindex: cached.ifindex, next_hop: [0; 4], macs: Some((cached.smac, cached.dmac)) })
+}
+
+/// Whether the skb is a GSO packet (its segments, not its length, must fit the MTU).
+#[inline(always)]
+fn gso(ctx: &TcContext) -> bool {
     let skb = ctx.as_ptr().cast::<__sk_buff>();
     // SAFETY: `skb` is the context the kernel passed to this program; the field is readable
     // from tc programs.
-    let gso = unsafe { (*skb).gso_size } != 0;
-    // The FIB takes the input device for policy routing and its forwarding setting.
-    fib.ifindex = packet::ingress_ifindex(ctx);
-    if !gso {
-        // The FIB checks this length against the route's MTU.
-        fib.__bindgen_anon_1.tot_len = ip.tot_len();
+    unsafe { (*skb).gso_size != 0 }
+}
+
+/// Whether the packet fits `ifindex`'s MTU, each segment of a GSO packet (without
+/// BPF_MTU_CHK_SEGS the helper passes every GSO packet).
+#[inline(always)]
+fn fits_device(ctx: &TcContext, ifindex: u32) -> Result<(), Reason> {
+    let mut mtu = 0u32;
+    // SAFETY: the helper reads the skb and writes `mtu`, on our stack for the whole call.
+    let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &mut mtu, 0, u64::from(BPF_MTU_CHK_SEGS)) };
+    if rc == 0 { Ok(()) } else { Err(Reason::PassFragNeeded) }
+}
+
+/// Asks the FIB how to forward `ip` toward `via` (its destination, or the node that owns it;
+/// `peer` says which), checking TTL and MTU too: everything that makes the packet the stack's
+/// business comes back as the reason to pass it. A route with a known neighbour is cached.
+#[inline(always)]
+fn ask_fib(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    via: [u8; 4],
+    peer: bool,
+    (now, generation): Stamp,
+) -> Result<Route, Reason> {
+    if ip.ttl() <= 1 {
+        return Err(Reason::PassTtlExpiring);
     }
-    // SAFETY: the helper reads and writes `fib`, which lives on our stack for the whole call.
-    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut fib, mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-    let neighbour_known = match rc as u32 {
+    let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
+    // SAFETY: a stack slot of the struct's own size and alignment; zeroed, it is a valid
+    // `bpf_fib_lookup` (plain data).
+    let fib = unsafe { zeroed(params.as_mut_ptr()) };
+    fib.family = AF_INET;
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(via);
+    // The source and input device too, so policy routing applies to pods as to the stack.
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.saddr());
+    fib.ifindex = packet::ingress_ifindex(ctx);
+    // The length the route's MTU must hold (route metrics and learned path MTU included, as
+    // the stack's forwarding checks); a GSO packet's segments are checked below instead (1:
+    // the FIB checks the route and answers with its MTU all the same).
+    let gso = gso(ctx);
+    fib.__bindgen_anon_1.tot_len = if gso { 1 } else { ip.tot_len() };
+    // SAFETY: the helper reads and writes `fib`, on our stack for the whole call.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), fib, mem::size_of::<bpf_fib_lookup>() as i32, 0) } as u32;
+    let neighbour_known = match rc {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         BPF_FIB_LKUP_RET_NO_NEIGH => false,
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::PassFragNeeded),
@@ -93,42 +200,69 @@ pub fn lookup(ctx: &TcContext, ip: &Ipv4, dst: [u8; 4]) -> Result<Route, Reason>
         _ => return Err(Reason::PassNoRoute),
     };
     if gso {
-        // A GSO packet is checked segment by segment against the uplink's MTU (without
-        // BPF_MTU_CHK_SEGS the helper passes every GSO packet).
-        let mut mtu = 0u32;
-        // SAFETY: the helper reads the skb and writes `mtu`, on our stack for the whole call.
-        if unsafe { bpf_check_mtu(ctx.as_ptr(), fib.ifindex, &mut mtu, 0, u64::from(BPF_MTU_CHK_SEGS)) } != 0
-        {
-            return Err(Reason::PassFragNeeded);
-        }
+        fits_device(ctx, fib.ifindex)?;
     }
     // SAFETY: on success the FIB filled both MAC arrays.
-    let macs =
+    let (smac, dmac) =
         unsafe { (fib.__bindgen_anon_6.__bindgen_anon_2.smac, fib.__bindgen_anon_6.__bindgen_anon_2.dmac) };
+    if neighbour_known {
+        let entry = CachedRoute {
+            checked_ns: now,
+            ifindex: fib.ifindex,
+            // SAFETY: on success the FIB wrote the route's MTU over `tot_len` (a union).
+            mtu: unsafe { fib.__bindgen_anon_1.mtu_result },
+            peer: u8::from(peer),
+            _pad: 0,
+            smac,
+            dmac,
+            generation,
+        };
+        // An LRU hash makes room itself; a lost entry costs one more FIB lookup.
+        let _ = ROUTES.insert(&key(ip), &entry, 0);
+    }
     // SAFETY: the FIB replaced the destination with the next hop (a gateway, if the route has one).
     let next_hop = unsafe { fib.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
-    Ok(Route { ifindex: fib.ifindex, next_hop, macs: neighbour_known.then_some(macs) })
+    Ok(Route { ifindex: fib.ifindex, next_hop, macs: neighbour_known.then_some((smac, dmac)) })
 }
 
 /// Forwards `ip` along `route`: one routed hop (TTL - 1), then out of the route's interface,
-/// counting `reason`.
+/// counting `reason`. The redirect takes effect when the program returns.
 #[inline(always)]
 pub fn transmit(ip: &Ipv4, route: &Route, reason: Reason) -> Verdict {
     ip.decrement_ttl();
     let Some((smac, dmac)) = route.macs else {
-        // SAFETY: bpf_redir_neigh is plain data; all-zero is a valid starting point.
-        let mut nh: bpf_redir_neigh = unsafe { mem::zeroed() };
+        let mut params = MaybeUninit::<bpf_redir_neigh>::uninit();
+        // SAFETY: as for the FIB parameters in `ask_fib`.
+        let nh = unsafe { zeroed(params.as_mut_ptr()) };
         nh.nh_family = u32::from(AF_INET);
         nh.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(route.next_hop);
         // SAFETY: the helper reads `nh`, on our stack for the whole call; it fills in the MACs
         // once the neighbour is resolved.
-        let action = unsafe {
-            bpf_redirect_neigh(route.ifindex, &mut nh, mem::size_of::<bpf_redir_neigh>() as i32, 0)
-        };
+        let action =
+            unsafe { bpf_redirect_neigh(route.ifindex, nh, mem::size_of::<bpf_redir_neigh>() as i32, 0) };
         return Verdict::redirected(action as i32, reason);
     };
     ip.set_macs(smac, dmac);
     // SAFETY: a helper call with plain integer arguments; redirects to the interface's egress.
     let action = unsafe { bpf_redirect(route.ifindex, 0) };
     Verdict::redirected(action as i32, reason)
+}
+
+/// Zeroes `*p` with 4-byte stores and hands it out: `mem::zeroed` or a struct literal becomes a
+/// byte-loop `memset` call in BPF (64 iterations for the FIB parameters).
+///
+/// # Safety
+/// `p` must be valid for writes of a `T`, 4-byte aligned, and all-zero must be a valid `T`
+/// whose size is a multiple of 4.
+#[inline(always)]
+unsafe fn zeroed<'a, T>(p: *mut T) -> &'a mut T {
+    const { assert!(mem::size_of::<T>() % 4 == 0 && mem::align_of::<T>() >= 4) };
+    let words = p.cast::<u32>();
+    for i in 0..mem::size_of::<T>() / 4 {
+        // SAFETY: inside `*p` (the caller's promise); volatile, so the compiler keeps the stores
+        // as they are instead of merging them into a `memset` call.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    // SAFETY: every byte is zero now, a valid `T` (the caller's promise).
+    unsafe { &mut *p }
 }

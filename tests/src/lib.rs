@@ -206,12 +206,9 @@ impl Lab {
         sh(&ns, "ip", &["addr", "add", "192.168.50.1/24", "dev", "eth0"])?;
         sh(&ns, "ip", &["link", "set", "eth0", "up", "mtu", "1400"])?;
         sh(&wire, "ip", &["link", "set", "eth0", "up"])?;
-        let mac = "02:00:00:00:00:22";
-        sh(
-            &ns,
-            "ip",
-            &["neigh", "replace", "192.168.50.2", "lladdr", mac, "dev", "eth0", "nud", "permanent"],
-        )?;
+        for (ip, mac) in [("192.168.50.2", "02:00:00:00:00:22"), ("192.168.50.3", "02:00:00:00:00:33")] {
+            sh(&ns, "ip", &["neigh", "replace", ip, "lladdr", mac, "dev", "eth0", "nud", "permanent"])?;
+        }
         sh(&ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         let (eth0, eth0_mac) = link(&ns, "eth0")?;
         Ok(FibFixture { ns, eth0, eth0_mac })

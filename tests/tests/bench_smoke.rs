@@ -28,9 +28,26 @@ fn quick_bench_runs_end_to_end() {
         };
         for setup in ["limit", "recipe", "podnet"].iter().chain(xdp) {
             let metrics = results.iter().filter(|r| r["setup"] == *setup && r["path"] == path).count();
-            // NAT adds the reply direction: TCP 1 stream, UDP 64 B rate and loss.
-            let expected = if path == "nat" { 13 } else { 10 };
+            // NAT adds the reply direction: TCP 1 stream, UDP 64 B rate and loss. The one TCP 1
+            // stream run is also reported as fast or slow mode.
+            let expected = if path == "nat" { 15 } else { 12 };
             assert_eq!(metrics, expected, "{path} / {setup} should report all {expected} metrics");
+            let flood = results
+                .iter()
+                .find(|r| r["setup"] == *setup && r["path"] == path && r["metric"] == "udp-flood-kpps")
+                .unwrap_or_else(|| panic!("{path} / {setup}: no flood figure"));
+            assert!(flood["stat"]["median"].as_f64().unwrap() > 1.0, "{path} / {setup}: the flood arrived");
+            if setup.starts_with("podnet") {
+                let runtimes = json["runtimes"].as_array().unwrap();
+                assert!(
+                    runtimes.iter().any(|r| r["setup"] == *setup
+                        && r["path"] == path
+                        && r["program"] == "from_pod"
+                        && r["runs"].as_u64().unwrap() > 1000
+                        && r["ns_per_run"].as_f64().unwrap() > 0.0),
+                    "{path} / {setup}: from_pod's run time under the flood: {runtimes:?}"
+                );
+            }
         }
     }
     assert!(results.iter().all(|r| r["stat"]["median"].as_f64().is_some_and(f64::is_finite)));

@@ -355,3 +355,40 @@ fn two_cpus_on_one_new_connection_keep_one_claim() -> anyhow::Result<()> {
     assert_eq!(claims, out, "every translation holds its claim");
     Ok(())
 }
+
+/// A pod sending from a packet socket's TX ring (trafgen): the kernel leaves everything past the
+/// Ethernet header in page fragments, so the NAT must pull the UDP header in before it reads the
+/// ports (it used to drop such frames as malformed).
+#[test]
+fn frames_with_headers_in_fragments_are_masqueraded() -> anyhow::Result<()> {
+    let mut lab = Lab::new("natfrag")?;
+    let (node, ext) = nat_node(&mut lab, "", "off")?;
+    let pod = node.pod_ns("pod1");
+    assert!(pings(&pod, EXT, 1), "the gateway's MAC is known");
+    let link = |ns: &str, args: &[&str]| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&sh(ns, "ip", args)?)?)
+    };
+    let smac = link(&pod, &["-j", "link", "show", "veth_pod1"])?[0]["address"].as_str().unwrap().to_owned();
+    let gateway = link(&pod, &["-j", "neigh", "show", "10.1.1.1", "dev", "veth_pod1"])?;
+    let dmac = gateway[0]["lladdr"].as_str().unwrap().to_owned();
+    let config = lab.dir().join("frames.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "{{ eth(da={dmac}, sa={smac}, type=0x0800), ipv4(sa=10.1.1.2, da={EXT}, ttl=64), \
+             udp(sp=dinc(30000, 30009), dp=9), fill(0x41, 18) }}\n"
+        ),
+    )?;
+    let pcap = lab.capture(&ext, "eth0", "udp and src host 192.168.50.1 and dst port 9")?;
+    let malformed = node.counter("drop_malformed")?;
+    sh(
+        &pod,
+        "trafgen",
+        &["-o", "veth_pod1", "-i", config.to_str().unwrap(), "-n", "20", "-P", "1", "--no-sock-mem", "-Q"],
+    )?;
+    assert_eq!(lab.wait_captured(&ext, &pcap, "", 20)?, 20, "all 20 frames left as the node");
+    assert_eq!(node.counter("drop_malformed")?, malformed, "none was taken for malformed");
+    let udp = translations(&node)?.into_iter().filter(|t| t["protocol"] == "udp").count();
+    assert_eq!(udp, 10, "one translation per flow");
+    Ok(())
+}

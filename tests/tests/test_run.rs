@@ -281,6 +281,91 @@ fn routing_decisions() {
     }
 }
 
+/// The verifier walks every path of a program, up to 1,000,000 instructions: a program that
+/// grows past that no longer loads. Each tc program must stay within 70% of it, so a change that
+/// eats the headroom shows here first (`MAX_TRIES` in the NAT is the big lever).
+#[test]
+fn programs_stay_well_inside_the_verifiers_budget() {
+    let mut dp = Loaded::new("budget");
+    for name in [FROM_POD, FROM_UPLINK] {
+        let info = dp.datapath.program(name).unwrap().info().unwrap();
+        let verified = info.verified_instruction_count().expect("the kernel reports verified instructions");
+        println!("{name}: {verified} instructions verified");
+        assert!(verified < 700_000, "{name}: {verified} instructions verified, over 70% of the limit");
+    }
+}
+
+/// The programs keep the FIB's answer per (pod, destination) in `ROUTES` and ask again within a
+/// second: a neighbour or MTU change reaches established traffic after at most that, a change of
+/// peers (podnet's own) at once.
+#[test]
+fn cached_routes_follow_changes_within_a_second() {
+    let mut lab = Lab::new("trc").unwrap();
+    let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
+    netns::enter(&ns).unwrap();
+    let mut dp = Loaded::new("routes");
+    let node2 = PeerNode {
+        name: "node2".into(),
+        ip: Ipv4Addr::new(192, 168, 50, 2),
+        pod_cidr: "10.1.2.0/24".parse().unwrap(),
+    };
+    Peers::open(&dp.pins).unwrap().insert(&node2).unwrap();
+    dp.add_sender(SENDER, eth0);
+    let frame = |payload: usize| {
+        with_ttl(&udp4([0xaa; 6], [0xbb; 6], SENDER, Ipv4Addr::new(10, 1, 2, 2), &vec![0u8; payload]), 64)
+    };
+    let dmac = |dp: &mut Loaded| {
+        let (action, out) = dp.run_on(FROM_POD, &frame(18), Some(eth0));
+        assert_eq!(action, TC_ACT_REDIRECT);
+        out[0..6].to_vec()
+    };
+    let refresh = || std::thread::sleep(std::time::Duration::from_millis(1100));
+    let new_mac = [0x02, 0, 0, 0, 0, 0x44];
+
+    assert_eq!(dmac(&mut dp), FIB_NEIGH_MAC.to_vec());
+    podnet_tests::sh(
+        &ns,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            "192.168.50.2",
+            "lladdr",
+            "02:00:00:00:00:44",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )
+    .unwrap();
+    assert_eq!(dmac(&mut dp), FIB_NEIGH_MAC.to_vec(), "answered from the cache within its second");
+    refresh();
+    assert_eq!(dmac(&mut dp), new_mac.to_vec(), "the FIB asked again after a second");
+
+    // A smaller MTU holds once the FIB is asked again.
+    podnet_tests::sh(&ns, "ip", &["link", "set", "eth0", "mtu", "1300"]).unwrap();
+    refresh();
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &frame(1350 - 28), Some(eth0)).0, TC_ACT_UNSPEC);
+    counted(&before, &dp.counters(), Reason::PassFragNeeded);
+
+    // A route's own (locked) MTU holds too, as in the stack's forwarding.
+    podnet_tests::sh(&ns, "ip", &["route", "add", "192.168.50.2/32", "dev", "eth0", "mtu", "lock", "1200"])
+        .unwrap();
+    refresh();
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &frame(1250 - 28), Some(eth0)).0, TC_ACT_UNSPEC);
+    counted(&before, &dp.counters(), Reason::PassFragNeeded);
+    assert_eq!(dmac(&mut dp), new_mac.to_vec(), "what fits still goes");
+
+    // The peer leaves: its pods are no cluster destination any more, at once.
+    Peers::open(&dp.pins).unwrap().remove(&node2).unwrap();
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &frame(18), Some(eth0)).0, TC_ACT_UNSPEC);
+    counted(&before, &dp.counters(), Reason::PassNotLocal);
+}
+
 /// Masquerade and its reverse on synthetic TCP, UDP and ICMP packets, with every checksum
 /// recomputed on the host; one node port only, so the second connection finds none.
 #[test]
@@ -378,7 +463,8 @@ fn nat_keeps_one_connection_per_node_port() {
         sport: sport.to_be(),
         dport: 80u16.to_be(),
         proto: 6,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let reply_key = key(40000).reply(node.octets(), port.to_be());
     let states = |dp: &Loaded| -> Vec<(String, &'static str)> {

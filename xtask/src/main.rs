@@ -32,7 +32,8 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// rustfmt check and clippy -D warnings on both halves (userspace and eBPF).
+    /// rustfmt check and clippy -D warnings on both halves (userspace and eBPF), and no calls to
+    /// memset/memcpy/memmove/memcmp in the kernel object (byte loops on the fast path).
     Lint,
     /// Build, lint and run every test (unit, BPF_PROG_TEST_RUN, end-to-end).
     Test {
@@ -184,5 +185,54 @@ fn lint(root: &Path) -> anyhow::Result<()> {
     run(cargo(root).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     step("rustfmt --check and clippy -D warnings (eBPF)");
     run(ebpf_cargo(root).args(["fmt", "--check"]))?;
-    run(ebpf_cargo(root).args(["clippy", "--", "-D", "warnings"]))
+    run(ebpf_cargo(root).args(["clippy", "--", "-D", "warnings"]))?;
+    step("no memory-builtin calls in the kernel object");
+    let object = root.join("target/ebpf/podnet.bpf.o");
+    let calls =
+        builtin_calls(&std::fs::read(&object).with_context(|| format!("read {}", object.display()))?)?;
+    if !calls.is_empty() {
+        bail!(
+            "{} calls a memory builtin (a byte loop in BPF), at:\n  {}\nWrite the fields one by one, \
+             or use word-sized volatile stores (see `routing::zeroed`); \
+             `llvm-objdump -dr target/ebpf/podnet.bpf.o` shows where",
+            object.display(),
+            calls.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// The memory builtins LLVM calls for copies, fills and comparisons it does not unroll: in BPF
+/// they are byte-at-a-time loops, and a call makes the verifier walk them once per byte.
+const MEMORY_BUILTINS: [&str; 5] = ["memset", "memcpy", "memmove", "memcmp", "bcmp"];
+
+/// Every relocation in the kernel object `elf` that calls a memory builtin, as
+/// "program+offset -> builtin".
+fn builtin_calls(elf: &[u8]) -> anyhow::Result<Vec<String>> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
+    let file = object::File::parse(elf).context("parse the kernel object")?;
+    let mut calls = Vec::new();
+    for section in file.sections().filter(|s| s.kind() == object::SectionKind::Text) {
+        for (offset, relocation) in section.relocations() {
+            let RelocationTarget::Symbol(index) = relocation.target() else {
+                continue;
+            };
+            let name = file.symbol_by_index(index)?.name()?;
+            if !MEMORY_BUILTINS.contains(&name) {
+                continue;
+            }
+            // Named by the program (function symbol) the call sits in.
+            let caller = file.symbols().find(|f| {
+                f.section_index() == Some(section.index())
+                    && f.kind() == object::SymbolKind::Text
+                    && (f.address()..f.address() + f.size()).contains(&offset)
+            });
+            let (caller, at) = match caller {
+                Some(f) => (f.name()?, offset - f.address()),
+                None => (section.name()?, offset),
+            };
+            calls.push(format!("{caller}+{at:#x} -> {name}"));
+        }
+    }
+    Ok(calls)
 }

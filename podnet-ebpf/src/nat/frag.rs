@@ -7,12 +7,13 @@
 //! record goes with its datagram's last fragment and is ignored after [`FRAG_TTL_NS`] (the IP
 //! identification wraps: an old record must not catch a later datagram).
 
-use aya_ebpf::{
-    btf_maps::LruHashMap, helpers::generated::bpf_ktime_get_ns, macros::btf_map, programs::TcContext,
-};
+use aya_ebpf::{btf_maps::LruHashMap, macros::btf_map};
 use podnet_common::{FragEntry, FragKey, maps::FRAGS_MAX};
 
-use crate::packet::{Ipv4, Malformed};
+use crate::{
+    clock,
+    packet::{Ipv4, Side},
+};
 
 #[btf_map(pin_by_name)]
 static NAT_FRAGS: LruHashMap<FragKey, FragEntry, FRAGS_MAX> = LruHashMap::new();
@@ -36,33 +37,30 @@ pub fn is_later(ip: &Ipv4) -> bool {
 #[inline(always)]
 pub fn remember(ip: &Ipv4, addr: [u8; 4]) {
     if ip.is_fragment() {
-        // SAFETY: a helper without arguments.
-        let created_ns = unsafe { bpf_ktime_get_ns() };
+        let created_ns = clock::now();
         // An LRU hash makes room itself; a lost record costs one datagram.
         let _ = NAT_FRAGS.insert(&key(ip), &FragEntry { created_ns, addr, _pad: 0 }, 0);
     }
 }
 
-/// Rewrites later fragment `ip` as its first fragment was: the address at `addr_offset` (source
-/// or destination) becomes the recorded one. Returns it, or `None` when its first fragment was
-/// not translated.
+/// Rewrites later fragment `ip` as its first fragment was: its address on `side` becomes the
+/// recorded one (a direct store; no L4 header to fix). `false` when its first fragment was not
+/// translated.
 #[inline(always)]
-pub fn translate(ctx: &TcContext, ip: &Ipv4, addr_offset: usize) -> Result<Option<[u8; 4]>, Malformed> {
+pub fn translate(ip: &Ipv4, side: Side) -> bool {
     let key = key(ip);
     let Some(entry) = NAT_FRAGS.get_ptr(&key) else {
-        return Ok(None);
+        return false;
     };
     // SAFETY: from a successful lookup; entries are written whole, once per datagram.
     let (new, created_ns) = unsafe { ((*entry).addr, (*entry).created_ns) };
-    // SAFETY: a helper without arguments.
-    if unsafe { bpf_ktime_get_ns() }.saturating_sub(created_ns) > FRAG_TTL_NS {
-        return Ok(None);
+    if clock::now().saturating_sub(created_ns) > FRAG_TTL_NS {
+        return false;
     }
     if !ip.more_fragments() {
         // The datagram's last fragment: its record goes with it.
         let _ = NAT_FRAGS.remove(&key);
     }
-    let old = if addr_offset == Ipv4::SADDR_OFFSET { ip.saddr() } else { ip.daddr() };
-    super::set_address(ctx, addr_offset, old, new)?;
-    Ok(Some(new))
+    ip.set_address(side, new);
+    true
 }

@@ -12,7 +12,7 @@ use podnet_common::{
 };
 
 use super::{Other, Tables, Tcp, holds};
-use crate::packet::{Ipv4, Malformed};
+use crate::packet::{Ipv4, Malformed, Side};
 
 const DEST_UNREACH: u8 = 3;
 const TIME_EXCEEDED: u8 = 11;
@@ -73,7 +73,7 @@ impl Quoted {
             }
             _ => return None,
         };
-        let key = CtKey { saddr, daddr, sport, dport, proto, _pad: [0; 3] };
+        let key = CtKey { saddr, daddr, sport, dport, proto, _pad: 0, _pad2: 0 };
         Some(Quoted { ip: inner, check, key, sport_at, dport_at })
     }
 
@@ -88,34 +88,35 @@ impl Quoted {
             sport: self.key.dport,
             dport: self.key.sport,
             proto: self.key.proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }
 
 /// An ICMP error from outside about a connection a pod has through the node: rewritten to the
-/// pod (outer destination, the quoted source and source port); returns the pod's address.
+/// pod (outer destination, the quoted source and source port). Whether it was one.
 #[inline(always)]
-pub fn inbound(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<Option<[u8; 4]>, Malformed> {
+pub fn inbound(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<bool, Malformed> {
     let Some(q) = Quoted::parse(ctx, ip) else {
-        return Ok(None);
+        return Ok(false);
     };
     if q.key.saddr != cfg.node_ip {
-        return Ok(None);
+        return Ok(false);
     }
     let entry = if q.key.proto == TCP { lookup::<Tcp>(&q, false) } else { lookup::<Other>(&q, false) };
     let Some((pod, pod_port)) = entry else {
-        return Ok(None);
+        return Ok(false);
     };
     rewrite(
         ctx,
         ip,
         &q,
-        Ipv4::DADDR_OFFSET,
+        Side::Destination,
         (q.ip + 12, q.key.saddr, pod),
         (q.sport_at, q.key.sport, pod_port),
     )?;
-    Ok(Some(pod))
+    Ok(true)
 }
 
 /// An ICMP error a pod sends about a reply it got through the node: rewritten to come from the
@@ -132,14 +133,7 @@ pub fn outbound(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<bool, Mal
     let Some((node, node_port)) = entry.filter(|(node, _)| *node == cfg.node_ip) else {
         return Ok(false);
     };
-    rewrite(
-        ctx,
-        ip,
-        &q,
-        Ipv4::SADDR_OFFSET,
-        (q.ip + 16, q.key.daddr, node),
-        (q.dport_at, q.key.dport, node_port),
-    )?;
+    rewrite(ctx, ip, &q, Side::Source, (q.ip + 16, q.key.daddr, node), (q.dport_at, q.key.dport, node_port))?;
     Ok(true)
 }
 
@@ -159,7 +153,7 @@ fn lookup<T: Tables>(q: &Quoted, outbound: bool) -> Option<([u8; 4], u16)> {
     Some((addr, port))
 }
 
-/// Writes `new` over the outer address at `outer_at` and over the quoted address at `at`
+/// Writes `new` over the `outer` address (a direct store, before the helpers) and over the quoted address at `at`
 /// (`old` in both), and the quoted port at `port_at`; fixes the outer header checksum, the
 /// quoted header's checksum and the ICMP checksum.
 #[inline(always)]
@@ -167,12 +161,13 @@ fn rewrite(
     ctx: &TcContext,
     ip: &Ipv4,
     q: &Quoted,
-    outer_at: usize,
+    outer: Side,
     (at, old, new): (usize, [u8; 4], [u8; 4]),
     (port_at, old_port, new_port): (usize, u16, u16),
 ) -> Result<(), Malformed> {
     let icmp_check = ip.l4_offset() + 2;
-    let (old32, new32) = super::set_address(ctx, outer_at, old, new)?;
+    ip.set_address(outer, new);
+    let (old32, new32) = (u64::from(u32::from_ne_bytes(old)), u64::from(u32::from_ne_bytes(new)));
     // Inside the ICMP payload: each change moves the ICMP checksum by as much.
     ctx.store(at, &new, 0).map_err(|_| Malformed)?;
     ctx.l4_csum_replace(icmp_check, old32, new32, 4).map_err(|_| Malformed)?;

@@ -110,9 +110,10 @@ impl log::Log for ToTracing {
     }
 
     /// The level asked for with `--ebpf-log` is what filters the programs' lines: they are
-    /// printed at info (debug and trace lines tagged as such), prefixed `ebpf:`.
+    /// printed at info (debug and trace lines tagged as such), prefixed `ebpf:`. NULs are
+    /// dropped: the programs pad names with them to copy strings of one length.
     fn log(&self, record: &log::Record<'_>) {
-        let line = record.args();
+        let line = record.args().to_string().replace('\0', "");
         match record.level() {
             log::Level::Error => tracing::error!("ebpf: {line}"),
             log::Level::Warn => tracing::warn!("ebpf: {line}"),

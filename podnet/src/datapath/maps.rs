@@ -13,7 +13,7 @@ use podnet_common::{
     maps::{
         COUNTERS, CT_IN, CT_OUT, CT_TCP_IN, CT_TCP_OUT, DENY, ENDPOINTS, EVENT_STATS, MONITOR, NAT_CONFIG,
         NAT_LOCKS, NAT_PRESSURE, PEERS, POD_DEVS, POD_SOURCES, POD_SOURCES_MAX, POD_STATS, POD_STATS_SLOTS,
-        UPLINK_ALLOW,
+        ROUTE_GENERATION, UPLINK_ALLOW,
     },
     proto,
 };
@@ -181,7 +181,13 @@ impl Endpoints {
 }
 
 /// Other nodes' pod CIDRs and the node that owns each.
-pub struct Peers(LpmTrie<MapData, Ipv4LpmData, Peer>);
+pub struct Peers {
+    trie: LpmTrie<MapData, Ipv4LpmData, Peer>,
+    /// The generation of the programs' cached routing answers (`ROUTES`), which name peers:
+    /// raised whenever the peers change, so a change reaches established traffic at once, not
+    /// within the cache's second. `None` on maps from before the cache (until the next `up`).
+    generation: Option<Array<MapData, u32>>,
+}
 
 fn key(cidr: Ipv4Net) -> Key<Ipv4LpmData> {
     Key::new(u32::from(cidr.prefix_len()), cidr.network().octets())
@@ -189,7 +195,19 @@ fn key(cidr: Ipv4Net) -> Key<Ipv4LpmData> {
 
 impl Peers {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
-        open(pins, PEERS, Map::LpmTrie).map(Self)
+        Ok(Self {
+            trie: open(pins, PEERS, Map::LpmTrie)?,
+            generation: open(pins, ROUTE_GENERATION, Map::Array).ok(),
+        })
+    }
+
+    /// Retires every cached routing answer: the programs ask the peers and the FIB again.
+    fn forget_routes(&mut self) -> Result<(), MapsError> {
+        if let Some(generation) = &mut self.generation {
+            let next = generation.get(&0, 0).unwrap_or(0).wrapping_add(1);
+            generation.set(0, &next, 0).map_err(access_err("write", ROUTE_GENERATION, "0".to_owned()))?;
+        }
+        Ok(())
     }
 
     /// Adds or replaces the peer owning `entry.pod_cidr`, and the peer's own address as a /32,
@@ -200,23 +218,23 @@ impl Peers {
         name[..entry.name.len()].copy_from_slice(entry.name.as_bytes());
         let peer = Peer { node_ip: entry.ip.octets(), name };
         for cidr in [entry.pod_cidr, Ipv4Net::from(entry.ip)] {
-            self.0.insert(&key(cidr), &peer, 0).map_err(access_err("insert", PEERS, cidr.to_string()))?;
+            self.trie.insert(&key(cidr), &peer, 0).map_err(access_err("insert", PEERS, cidr.to_string()))?;
         }
-        Ok(())
+        self.forget_routes()
     }
 
     /// Removes a peer (both of its entries).
     pub fn remove(&mut self, entry: &PeerNode) -> Result<(), MapsError> {
         for cidr in [entry.pod_cidr, Ipv4Net::from(entry.ip)] {
-            self.0.remove(&key(cidr)).map_err(access_err("remove", PEERS, cidr.to_string()))?;
+            self.trie.remove(&key(cidr)).map_err(access_err("remove", PEERS, cidr.to_string()))?;
         }
-        Ok(())
+        self.forget_routes()
     }
 
     /// Every peer, sorted by name (its /32 node-address entry is implied).
     pub fn list(&self) -> Vec<PeerNode> {
         let mut all: Vec<PeerNode> = self
-            .0
+            .trie
             .iter()
             .flatten()
             .filter(|(k, v)| !(k.prefix_len() == 32 && k.data() == v.node_ip))

@@ -259,7 +259,8 @@ mod tests {
             sport: 40000u16.to_be(),
             dport: 80u16.to_be(),
             proto: proto::TCP,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         };
         let out = CtEntry {
             created_ns: 1_000_000_000,

@@ -36,7 +36,7 @@ pub struct Cost {
 }
 
 /// Loads the programs into a private pin directory and namespace, measures, removes both.
-pub fn measure(repeat: u32) -> anyhow::Result<Vec<Cost>> {
+pub fn measure(repeat: u32, only: Option<&str>) -> anyhow::Result<Vec<Cost>> {
     let mut lab = Lab::new("cost")?;
     let fixture = lab.fib_fixture()?;
     let pins = PinDir::for_node(&format!("bench-cost{}", std::process::id()));
@@ -44,7 +44,7 @@ pub fn measure(repeat: u32) -> anyhow::Result<Vec<Cost>> {
     let result = std::thread::scope(|s| {
         s.spawn(|| {
             netns::enter(&fixture.ns)?;
-            measure_in(&pins, (fixture.eth0, fixture.eth0_mac), repeat)
+            measure_in(&pins, (fixture.eth0, fixture.eth0_mac), repeat, only)
         })
         .join()
         .expect("cost thread does not panic")
@@ -70,7 +70,12 @@ struct Case {
 const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 const TC_ACT_SHOT: u32 = 2;
 
-fn measure_in(pins: &PinDir, (ifindex, mac): (u32, [u8; 6]), repeat: u32) -> anyhow::Result<Vec<Cost>> {
+fn measure_in(
+    pins: &PinDir,
+    (ifindex, mac): (u32, [u8; 6]),
+    repeat: u32,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<Cost>> {
     let mut datapath = Datapath::load(pins, TableSizes::default(), EbpfLog::Off)?;
     let local = Ipv4Addr::new(10, 1, 1, 3);
     // Runs of a batch see the frame as the previous run left it: delivery writes `host_mac` and
@@ -171,6 +176,7 @@ fn measure_in(pins: &PinDir, (ifindex, mac): (u32, [u8; 6]), repeat: u32) -> any
     ];
     cases
         .into_iter()
+        .filter(|c| only.is_none_or(|o| c.packet.contains(o)))
         .map(|case| {
             let calls =
                 if case.frames.len() > 1 { case.frames.len() as u32 } else { (repeat / case.batch).max(1) };

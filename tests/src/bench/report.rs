@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use super::{Path, Settings, Setup, cost::Cost, flood::Flood, tools::Metric};
+use super::{Path, Settings, Setup, cost::Cost, flood::Flood, runtime::Runtime, tools::Metric};
 
 /// Every sample of one run.
 #[derive(Debug, Serialize)]
@@ -13,6 +13,8 @@ pub struct Report {
     pub elapsed_seconds: f64,
     pub costs: Vec<Cost>,
     pub floods: Vec<Flood>,
+    /// podnet's programs under the many-flow flood, one entry per program and run.
+    pub runtimes: Vec<Runtime>,
     #[serde(skip)]
     samples: BTreeMap<(Path, Metric, Setup), Vec<f64>>,
 }
@@ -40,12 +42,18 @@ impl Report {
             elapsed_seconds: 0.0,
             costs: Vec::new(),
             floods: Vec::new(),
+            runtimes: Vec::new(),
             samples: BTreeMap::new(),
         }
     }
 
     pub fn add(&mut self, path: Path, setup: Setup, metric: Metric, value: f64) {
         self.samples.entry((path, metric, setup)).or_default().push(value);
+    }
+
+    /// How many samples of (path, metric, setup) there are.
+    pub fn count(&self, path: Path, metric: Metric, setup: Setup) -> usize {
+        self.samples.get(&(path, metric, setup)).map_or(0, Vec::len)
     }
 
     pub fn stat(&self, path: Path, metric: Metric, setup: Setup) -> Option<Stat> {
@@ -116,6 +124,29 @@ impl Report {
                     out,
                     "| {} | {:.1} | {:.1} | {:.1} |",
                     f.dropper, f.sent_kpps, f.dropped_kpps, f.cpu_idle_percent
+                );
+            }
+            out.push('\n');
+        }
+        if !self.runtimes.is_empty() {
+            let _ = writeln!(
+                out,
+                "program run time under the 1000-flow flood (kernel BPF statistics, all runs):\n\
+                 | path | setup | program | runs | ns/run |\n|---|---|---|---|---|"
+            );
+            let mut totals: BTreeMap<(Path, Setup, &str), (f64, u64)> = BTreeMap::new();
+            for r in &self.runtimes {
+                let t = totals.entry((r.path, r.setup, r.program.as_str())).or_default();
+                t.0 += r.ns_per_run * r.runs as f64;
+                t.1 += r.runs;
+            }
+            for ((path, setup, program), (ns, runs)) in totals {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {program} | {runs} | {:.1} |",
+                    path.name(),
+                    setup.name(),
+                    ns / runs as f64
                 );
             }
             out.push('\n');
@@ -251,8 +282,15 @@ mod tests {
 
     #[test]
     fn ratios_compare_podnet_medians() {
-        let settings =
-            Settings { paths: vec![Path::SameNode], flood: true, reps: 1, seconds: 1, cost_repeat: 1 };
+        let settings = Settings {
+            paths: vec![Path::SameNode],
+            flood: true,
+            reps: 1,
+            tcp_fast_runs: 0,
+            seconds: 1,
+            cost_repeat: 1,
+            cost_case: None,
+        };
         let mut r = Report::new(settings);
         r.add(Path::SameNode, Setup::Recipe, Metric::Tcp1Stream, 20.0);
         r.add(Path::SameNode, Setup::Podnet, Metric::Tcp1Stream, 25.0);

@@ -1,5 +1,7 @@
 //! The setups compared on each path, built in a [`Lab`].
 
+use std::path::PathBuf;
+
 use serde::Serialize;
 
 use crate::{Lab, Node, cluster, pings, sh};
@@ -92,8 +94,14 @@ impl Setup {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub client_ns: String,
+    /// The client's interface (where the packet-rate flood is sent from).
+    pub client_if: String,
     pub server_ns: String,
+    /// The server's interface (where the packet-rate flood is counted and dropped).
+    pub server_if: String,
     pub server_ip: String,
+    /// Pin directories of the setup's podnet nodes (their programs' run-time statistics).
+    pub pins: Vec<PathBuf>,
 }
 
 const TWO_PODS: &str = "pod_cidr = \"10.1.1.0/24\"\n\n[[pod]]\nname = \"pod1\"\nip = \"10.1.1.2\"\n\n\
@@ -114,8 +122,11 @@ pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Option<T
             let nodes = cluster(lab, "xl", &[&[], &[]], "off")?.nodes;
             Target {
                 client_ns: nodes[0].netns.clone(),
+                client_if: "eth0".into(),
                 server_ns: nodes[1].netns.clone(),
+                server_if: "eth0".into(),
                 server_ip: "192.168.50.2".into(),
+                pins: Vec::new(),
             }
         }
         (Path::CrossNode, Setup::Recipe) => two_nodes(lab, "xr", None)?,
@@ -123,7 +134,14 @@ pub fn build(lab: &mut Lab, path: Path, setup: Setup) -> anyhow::Result<Option<T
         (Path::Nat, Setup::Limit) => {
             // The node's own sockets connect: no NAT range reserved from them.
             let (node, ext) = node_and_external(lab, "nl", "off", false)?;
-            Target { client_ns: node.netns, server_ns: ext, server_ip: EXTERNAL.into() }
+            Target {
+                client_ns: node.netns,
+                client_if: "eth0".into(),
+                server_ns: ext,
+                server_if: "eth0".into(),
+                server_ip: EXTERNAL.into(),
+                pins: Vec::new(),
+            }
         }
         (Path::Nat, Setup::Recipe) => masquerading_node(lab, "nr", None)?,
         (Path::Nat, _) => masquerading_node(lab, &format!("n{}", setup as u8), Some(xdp.unwrap_or("off")))?,
@@ -148,7 +166,14 @@ fn direct_pair(lab: &mut Lab, tag: &str) -> anyhow::Result<Target> {
         sh(ns, "ip", &["addr", "add", ip, "dev", "veth0"])?;
         sh(ns, "ip", &["link", "set", "veth0", "up"])?;
     }
-    Ok(Target { client_ns: a, server_ns: b, server_ip: "10.9.0.2".into() })
+    Ok(Target {
+        client_ns: a,
+        client_if: "veth0".into(),
+        server_ns: b,
+        server_if: "veth0".into(),
+        server_ip: "10.9.0.2".into(),
+        pins: Vec::new(),
+    })
 }
 
 /// A node with two pods (see [`harden`]); client pod1, server pod2.
@@ -158,8 +183,11 @@ fn two_pod_node(lab: &mut Lab, tag: &str, ebpf: bool) -> anyhow::Result<Target> 
     harden(&node, ebpf)?;
     Ok(Target {
         client_ns: node.pod_ns("pod1"),
+        client_if: "veth_pod1".into(),
         server_ns: node.pod_ns("pod2"),
+        server_if: "veth_pod2".into(),
         server_ip: "10.1.1.3".into(),
+        pins: if ebpf { vec![node.pin_dir()] } else { Vec::new() },
     })
 }
 
@@ -172,8 +200,11 @@ fn two_nodes(lab: &mut Lab, tag: &str, xdp: Option<&str>) -> anyhow::Result<Targ
     }
     Ok(Target {
         client_ns: nodes[0].pod_ns("pod1"),
+        client_if: "veth_pod1".into(),
         server_ns: nodes[1].pod_ns("pod1"),
+        server_if: "veth_pod1".into(),
         server_ip: "10.1.2.2".into(),
+        pins: if xdp.is_some() { nodes.iter().map(Node::pin_dir).collect() } else { Vec::new() },
     })
 }
 
@@ -209,7 +240,14 @@ fn masquerading_node(lab: &mut Lab, tag: &str, xdp: Option<&str>) -> anyhow::Res
         )?;
         sh(ns, "iptables", &["-A", "FORWARD", "-i", "br0", "-o", "eth0", "-j", "ACCEPT"])?;
     }
-    Ok(Target { client_ns: node.pod_ns("pod1"), server_ns: ext, server_ip: EXTERNAL.into() })
+    Ok(Target {
+        client_ns: node.pod_ns("pod1"),
+        client_if: "veth_pod1".into(),
+        server_ns: ext,
+        server_if: "eth0".into(),
+        server_ip: EXTERNAL.into(),
+        pins: if xdp.is_some() { vec![node.pin_dir()] } else { Vec::new() },
+    })
 }
 
 /// Hardens a node like a Kubernetes node: br_netfilter sends bridged IPv4 through iptables,

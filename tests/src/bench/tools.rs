@@ -19,17 +19,28 @@ const CONN_RATE_PORT: u16 = 12000;
 /// between 15 and 35 Gbit/s from run to run, where CPU 1 held 32-34.
 pub const CPU: &str = "1";
 
+/// Receiver CPU (%) from which a TCP 1 stream run counts as slow mode: ~45% when the sender's
+/// context does the receive processing, ~85% when the receiver does (BENCHMARKS.md).
+pub const SLOW_MODE_CPU: f64 = 65.0;
+
 /// One figure the benchmark reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Metric {
     Tcp1Stream,
+    /// The TCP 1 stream runs in the fast mode (receiver CPU below [`SLOW_MODE_CPU`]) and in the
+    /// slow mode, apart: a ratio of medians compares like with like only within one mode.
+    Tcp1StreamFast,
+    Tcp1StreamSlow,
     /// Share of CPU the TCP 1 stream receiver used: ~45% when the sender's context does the
     /// receive processing, ~85% in the slow mode where the receiver does it (BENCHMARKS.md).
     Tcp1ReceiverCpu,
     Tcp2Streams,
     Udp64Kpps,
     Udp64LossPercent,
+    /// 60-byte UDP frames over 1000 flows from trafgen, counted where they arrive (see
+    /// [`flood`]).
+    UdpFloodKpps,
     TcpRttAvg,
     TcpRttP99,
     UdpRttAvg,
@@ -47,6 +58,8 @@ pub enum Run {
     Tcp1,
     Tcp2,
     Udp64,
+    /// The many-flow packet-rate flood ([`flood`]).
+    Flood,
     TcpPingPong,
     UdpPingPong,
     Connect,
@@ -57,10 +70,11 @@ pub enum Run {
 
 impl Run {
     /// Every tool run, in the order each repetition performs them.
-    pub const ALL: [Run; 8] = [
+    pub const ALL: [Run; 9] = [
         Run::Tcp1,
         Run::Tcp2,
         Run::Udp64,
+        Run::Flood,
         Run::TcpPingPong,
         Run::UdpPingPong,
         Run::Connect,
@@ -84,10 +98,13 @@ impl Metric {
     pub fn name(self) -> &'static str {
         match self {
             Metric::Tcp1Stream => "TCP 1 stream",
+            Metric::Tcp1StreamFast => "TCP 1 stream, fast mode",
+            Metric::Tcp1StreamSlow => "TCP 1 stream, slow mode",
             Metric::Tcp1ReceiverCpu => "TCP 1 stream, receiver CPU",
             Metric::Tcp2Streams => "TCP 2 streams",
             Metric::Udp64Kpps => "UDP 64 B rate",
             Metric::Udp64LossPercent => "UDP 64 B loss",
+            Metric::UdpFloodKpps => "UDP 64 B flood, 1000 flows",
             Metric::TcpRttAvg => "TCP RTT avg",
             Metric::TcpRttP99 => "TCP RTT p99",
             Metric::UdpRttAvg => "UDP RTT avg",
@@ -101,8 +118,12 @@ impl Metric {
 
     pub fn unit(self) -> &'static str {
         match self {
-            Metric::Tcp1Stream | Metric::Tcp2Streams | Metric::TcpReply1Stream => "Gbit/s",
-            Metric::Udp64Kpps | Metric::UdpReply64Kpps => "kpps",
+            Metric::Tcp1Stream
+            | Metric::Tcp1StreamFast
+            | Metric::Tcp1StreamSlow
+            | Metric::Tcp2Streams
+            | Metric::TcpReply1Stream => "Gbit/s",
+            Metric::Udp64Kpps | Metric::UdpReply64Kpps | Metric::UdpFloodKpps => "kpps",
             Metric::Udp64LossPercent | Metric::UdpReply64LossPercent | Metric::Tcp1ReceiverCpu => "%",
             Metric::TcpRttAvg | Metric::TcpRttP99 | Metric::UdpRttAvg | Metric::UdpRttP99 => "us",
             Metric::ConnectRate => "conn/s",
@@ -168,7 +189,10 @@ pub fn measure(t: &Target, run: Run, seconds: u32) -> anyhow::Result<Vec<(Metric
             let mut values = vec![(metric, bps / 1e9)];
             if run == Run::Tcp1 {
                 let cpu = out["end"]["cpu_utilization_percent"]["remote_total"].as_f64();
-                values.push((Metric::Tcp1ReceiverCpu, cpu.context("iperf3 receiver CPU")?));
+                let cpu = cpu.context("iperf3 receiver CPU")?;
+                values.push((Metric::Tcp1ReceiverCpu, cpu));
+                let mode = if cpu < SLOW_MODE_CPU { Metric::Tcp1StreamFast } else { Metric::Tcp1StreamSlow };
+                values.push((mode, bps / 1e9));
             }
             values
         }
@@ -187,6 +211,7 @@ pub fn measure(t: &Target, run: Run, seconds: u32) -> anyhow::Result<Vec<(Metric
             };
             vec![(rate, bytes / 64.0 / secs / 1e3), (lost, loss)]
         }
+        Run::Flood => vec![(Metric::UdpFloodKpps, flood(t, seconds)?)],
         Run::TcpPingPong | Run::UdpPingPong => {
             let tcp = run == Run::TcpPingPong;
             let port = if tcp { SOCKPERF_TCP_PORT } else { SOCKPERF_UDP_PORT }.to_string();
@@ -208,6 +233,140 @@ pub fn measure(t: &Target, run: Run, seconds: u32) -> anyhow::Result<Vec<(Metric
             vec![(Metric::ConnectRate, json(&out)?["rate"].as_f64().context("conn-rate result")?)]
         }
     })
+}
+
+/// UDP source ports of the flood: 1000 flows.
+const FLOOD_PORTS: (u16, u16) = (20000, 20999);
+
+/// A flood of 60-byte UDP frames (64 on a wire) from `t`'s client over [`FLOOD_PORTS`], sent
+/// by trafgen from a TX ring on CPU 0 as fast as it can, and counted where it arrives: an nft
+/// netdev ingress chain on the server's interface counts and drops it before the stack. Returns
+/// the forwarded rate in kpps.
+///
+/// On veths the whole path (trafgen's send, the datapath, the sink) runs in the sender's context
+/// on CPU 0 (veth hands a frame to the receiving CPU's backlog, which is the sender's own), so
+/// the rate is what one CPU can send and forward: the datapath's cost per packet decides the
+/// difference between setups.
+fn flood(t: &Target, seconds: u32) -> anyhow::Result<f64> {
+    let (smac, sip) = address_of(&t.client_ns, &t.client_if)?;
+    let dmac = next_hop_mac(&t.client_ns, &t.client_if, &t.server_ip)?;
+    let config = format!(
+        "{{\n  eth(da={dmac}, sa={smac}, type=0x0800),\n  ipv4(sa={sip}, da={}, ttl=64),\n  \
+         udp(sp=dinc({}, {}), dp=9),\n  fill(0x41, 18)\n}}\n",
+        t.server_ip, FLOOD_PORTS.0, FLOOD_PORTS.1
+    );
+    let file = std::env::temp_dir().join(format!("podnet-bench-flood-{}.cfg", std::process::id()));
+    std::fs::write(&file, config)?;
+    let counted = (|| {
+        let sink = Sink::add(&t.server_ns, &t.server_if)?;
+        let _sender = Trafgen::start(&t.client_ns, &t.client_if, &file)?;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (start, before) = (std::time::Instant::now(), sink.count()?);
+        std::thread::sleep(std::time::Duration::from_secs(u64::from(seconds)));
+        anyhow::Ok((sink.count()? - before) as f64 / start.elapsed().as_secs_f64())
+    })();
+    let _ = std::fs::remove_file(&file);
+    Ok(counted? / 1e3)
+}
+
+/// The MAC and first IPv4 address of `ifname` in `ns`.
+fn address_of(ns: &str, ifname: &str) -> anyhow::Result<(String, String)> {
+    let link = json(&sh(ns, "ip", &["-j", "addr", "show", "dev", ifname])?)?;
+    let mac = link[0]["address"].as_str().context("interface MAC")?.to_owned();
+    let ip = link[0]["addr_info"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["family"] == "inet"))
+        .and_then(|a| a["local"].as_str())
+        .context("interface IPv4 address")?;
+    Ok((mac, ip.to_owned()))
+}
+
+/// The MAC of the next hop toward `dst` from `ns` (the setup's check ping resolved it).
+fn next_hop_mac(ns: &str, ifname: &str, dst: &str) -> anyhow::Result<String> {
+    let route = json(&sh(ns, "ip", &["-j", "route", "get", dst])?)?;
+    let hop = route[0]["gateway"].as_str().unwrap_or(dst).to_owned();
+    let neigh = json(&sh(ns, "ip", &["-j", "neigh", "show", &hop, "dev", ifname])?)?;
+    Ok(neigh[0]["lladdr"]
+        .as_str()
+        .with_context(|| format!("no neighbour entry for {hop} in {ns}"))?
+        .to_owned())
+}
+
+/// An nft netdev ingress chain that counts and drops everything arriving on one interface;
+/// removed on drop.
+struct Sink {
+    ns: String,
+}
+
+impl Sink {
+    const TABLE: &str = "podnet_bench_sink";
+
+    fn add(ns: &str, ifname: &str) -> anyhow::Result<Self> {
+        let rules = format!(
+            "table netdev {} {{\n  chain in {{\n    type filter hook ingress device \"{ifname}\" priority 0; \
+             policy accept;\n    counter drop\n  }}\n}}\n",
+            Self::TABLE
+        );
+        // A table a crashed run left behind would add its own counter: start afresh.
+        let _ = sh(ns, "nft", &["delete", "table", "netdev", Self::TABLE]);
+        let file = std::env::temp_dir().join(format!("podnet-bench-sink-{}.nft", std::process::id()));
+        std::fs::write(&file, rules)?;
+        let added = sh(ns, "nft", &["-f", file.to_str().context("utf-8 path")?]);
+        let _ = std::fs::remove_file(&file);
+        added?;
+        Ok(Self { ns: ns.to_owned() })
+    }
+
+    fn count(&self) -> anyhow::Result<u64> {
+        let out = sh(&self.ns, "nft", &["list", "chain", "netdev", Self::TABLE, "in"])?;
+        let after = out.split("counter packets ").nth(1).context("nft counter")?;
+        after.split_whitespace().next().context("nft counter")?.parse().context("nft counter")
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = sh(&self.ns, "nft", &["delete", "table", "netdev", Self::TABLE]);
+    }
+}
+
+/// trafgen sending a config's frames on CPU 0 until dropped (it forks a worker per CPU it uses:
+/// both are stopped).
+struct Trafgen(std::process::Child);
+
+impl Trafgen {
+    fn start(ns: &str, ifname: &str, config: &std::path::Path) -> anyhow::Result<Self> {
+        let config = config.to_str().context("utf-8 path")?;
+        let child = crate::in_ns(ns, "taskset")
+            .args(["-c", "0", "trafgen", "-o", ifname, "-i", config, "-P", "1", "--no-sock-mem", "-Q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start trafgen")?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Trafgen {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        if let Ok(out) = std::process::Command::new("pgrep").args(["-P", &pid]).output() {
+            for worker in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("kill").args(["-TERM", worker]).status();
+            }
+        }
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // Stuck: the worker too.
+        let _ = std::process::Command::new("pkill").args(["-KILL", "-P", &pid]).status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// sockperf reports one-way latency (half the round trip); the RTT is twice that.

@@ -18,6 +18,9 @@ struct Cli {
     /// Only the BPF_PROG_TEST_RUN per-packet costs of the programs (no paths, no flood; seconds).
     #[arg(long)]
     costs_only: bool,
+    /// Only the BPF_PROG_TEST_RUN figures whose names contain this (e.g. "NAT established").
+    #[arg(long, value_name = "TEXT")]
+    case: Option<String>,
     /// Paths to measure, comma-separated: same-node, cross-node, nat.
     #[arg(long, value_delimiter = ',', default_value = "same-node,cross-node,nat")]
     paths: Vec<String>,
@@ -48,8 +51,10 @@ fn main() -> anyhow::Result<()> {
         paths: if cli.costs_only { Vec::new() } else { paths },
         flood: !cli.costs_only,
         reps: cli.reps.unwrap_or(if cli.quick { 1 } else { 3 }),
+        tcp_fast_runs: if cli.quick { 0 } else { 3 },
         seconds: cli.seconds.unwrap_or(if cli.quick { 1 } else { 5 }),
         cost_repeat: if cli.quick { 100_000 } else { 1_000_000 },
+        cost_case: cli.case,
     };
     let report = bench::run(&settings)?;
     println!("{}", report.table());
