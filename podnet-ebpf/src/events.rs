@@ -232,27 +232,25 @@ const REASON_NAMES: [[u8; NAME_LEN]; Reason::SLOTS] = {
     let mut names = [[0; NAME_LEN]; Reason::SLOTS];
     let mut r = 0;
     while r < Reason::ALL.len() {
-        let name = Reason::ALL[r].name().as_bytes();
-        assert!(name.len() <= NAME_LEN);
-        let mut i = 0;
-        while i < name.len() {
-            names[Reason::ALL[r] as usize][i] = name[i];
-            i += 1;
-        }
+        names[Reason::ALL[r] as usize] = padded(Reason::ALL[r].name());
         r += 1;
     }
     names
 };
-const UNKNOWN: [u8; NAME_LEN] = {
-    let mut name = [0; NAME_LEN];
-    let text = b"unknown";
+const UNKNOWN: [u8; NAME_LEN] = padded("unknown");
+
+/// `name` padded with NULs to [`NAME_LEN`] bytes.
+const fn padded(name: &str) -> [u8; NAME_LEN] {
+    let name = name.as_bytes();
+    assert!(name.len() <= NAME_LEN);
+    let mut out = [0; NAME_LEN];
     let mut i = 0;
-    while i < text.len() {
-        name[i] = text[i];
+    while i < name.len() {
+        out[i] = name[i];
         i += 1;
     }
-    name
-};
+    out
+}
 
 /// This CPU's pending event: a pointer from a successful lookup in a per-CPU array, so this
 /// CPU's own slot, which the programs that use it (a hook's program, then its logger) use one

@@ -102,10 +102,6 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
     if let Some(verdict) = nat::unmasquerade(ctx, &ip)? {
         return Ok(verdict);
     }
-    // The NAT may have pulled headers into linear data, which moves the packet.
-    let Some(ip) = Ipv4::parse(ctx)? else {
-        return Ok(Verdict::pass(Reason::PassNotIpv4));
-    };
     let Some(ep) = endpoints::lookup(ip.daddr()) else {
         return Ok(Verdict::pass(Reason::PassUplinkNotLocal));
     };

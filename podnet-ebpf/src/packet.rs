@@ -258,7 +258,12 @@ impl Ipv4 {
     #[inline(always)]
     pub fn with_l4(&self, ctx: &TcContext) -> Result<Self, Malformed> {
         let header = if self.protocol() == TCP { 20 } else { 8 };
-        ctx.ensure_linear(Packet::len(ctx).min(self.l4_offset() + header))?;
+        let len = Packet::len(ctx).min(self.l4_offset() + header);
+        if ctx.data() + len <= ctx.data_end() {
+            // Linear already: nothing moved, the pointers stand.
+            return Ok(Self { eth: self.eth, ip: self.ip });
+        }
+        ctx.ensure_linear(len)?;
         Self::parse(ctx)?.ok_or(Malformed)
     }
 

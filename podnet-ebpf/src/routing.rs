@@ -53,16 +53,22 @@ const AF_INET: u8 = 2;
 pub struct Route {
     /// The interface the packet leaves by.
     pub ifindex: u32,
-    next_hop: [u8; 4],
-    /// `None` when the next hop's MAC is not cached yet (`bpf_redirect_neigh` resolves it).
-    macs: Option<([u8; 6], [u8; 6])>,
+    hop: Hop,
+}
+
+/// The next hop, by its MACs when the neighbour is known.
+enum Hop {
+    /// Source and destination MAC.
+    Macs([u8; 6], [u8; 6]),
+    /// Not resolved yet: `bpf_redirect_neigh` resolves this address.
+    Unresolved([u8; 4]),
 }
 
 impl Route {
     /// Whether the next hop's MAC is known (else `bpf_redirect_neigh` resolves it).
     #[inline(always)]
     pub fn resolved(&self) -> bool {
-        self.macs.is_some()
+        matches!(self.hop, Hop::Macs(..))
     }
 }
 
@@ -139,7 +145,7 @@ fn check(ctx: &TcContext, ip: &Ipv4, cached: CachedRoute) -> Result<Route, Reaso
     } else if ip.tot_len() > cached.mtu {
         return Err(Reason::PassFragNeeded);
     }
-    Ok(Route { ifindex: cached.ifindex, next_hop: [0; 4], macs: Some((cached.smac, cached.dmac)) })
+    Ok(Route { ifindex: cached.ifindex, hop: Hop::Macs(cached.smac, cached.dmac) })
 }
 
 /// Whether the skb is a GSO packet (its segments, not its length, must fit the MTU).
@@ -220,9 +226,14 @@ fn ask_fib(
         // An LRU hash makes room itself; a lost entry costs one more FIB lookup.
         let _ = ROUTES.insert(&key(ip), &entry, 0);
     }
-    // SAFETY: the FIB replaced the destination with the next hop (a gateway, if the route has one).
-    let next_hop = unsafe { fib.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
-    Ok(Route { ifindex: fib.ifindex, next_hop, macs: neighbour_known.then_some((smac, dmac)) })
+    let hop = if neighbour_known {
+        Hop::Macs(smac, dmac)
+    } else {
+        // SAFETY: the FIB replaced the destination with the next hop (a gateway, if the route
+        // has one).
+        Hop::Unresolved(unsafe { fib.__bindgen_anon_4.ipv4_dst }.to_ne_bytes())
+    };
+    Ok(Route { ifindex: fib.ifindex, hop })
 }
 
 /// Forwards `ip` along `route`: one routed hop (TTL - 1), then out of the route's interface,
@@ -230,21 +241,24 @@ fn ask_fib(
 #[inline(always)]
 pub fn transmit(ip: &Ipv4, route: &Route, reason: Reason) -> Verdict {
     ip.decrement_ttl();
-    let Some((smac, dmac)) = route.macs else {
-        let mut params = MaybeUninit::<bpf_redir_neigh>::uninit();
-        // SAFETY: as for the FIB parameters in `ask_fib`.
-        let nh = unsafe { zeroed(params.as_mut_ptr()) };
-        nh.nh_family = u32::from(AF_INET);
-        nh.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(route.next_hop);
-        // SAFETY: the helper reads `nh`, on our stack for the whole call; it fills in the MACs
-        // once the neighbour is resolved.
-        let action =
-            unsafe { bpf_redirect_neigh(route.ifindex, nh, mem::size_of::<bpf_redir_neigh>() as i32, 0) };
-        return Verdict::redirected(action as i32, reason);
+    let action = match route.hop {
+        Hop::Macs(smac, dmac) => {
+            ip.set_macs(smac, dmac);
+            // SAFETY: a helper call with plain integer arguments; redirects to the interface's
+            // egress.
+            unsafe { bpf_redirect(route.ifindex, 0) }
+        }
+        Hop::Unresolved(next_hop) => {
+            let mut params = MaybeUninit::<bpf_redir_neigh>::uninit();
+            // SAFETY: as for the FIB parameters in `ask_fib`.
+            let nh = unsafe { zeroed(params.as_mut_ptr()) };
+            nh.nh_family = u32::from(AF_INET);
+            nh.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(next_hop);
+            // SAFETY: the helper reads `nh`, on our stack for the whole call; it fills in the
+            // MACs once the neighbour is resolved.
+            unsafe { bpf_redirect_neigh(route.ifindex, nh, mem::size_of::<bpf_redir_neigh>() as i32, 0) }
+        }
     };
-    ip.set_macs(smac, dmac);
-    // SAFETY: a helper call with plain integer arguments; redirects to the interface's egress.
-    let action = unsafe { bpf_redirect(route.ifindex, 0) };
     Verdict::redirected(action as i32, reason)
 }
 

@@ -365,11 +365,9 @@ fn frames_with_headers_in_fragments_are_masqueraded() -> anyhow::Result<()> {
     let (node, ext) = nat_node(&mut lab, "", "off")?;
     let pod = node.pod_ns("pod1");
     assert!(pings(&pod, EXT, 1), "the gateway's MAC is known");
-    let link = |ns: &str, args: &[&str]| -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(&sh(ns, "ip", args)?)?)
-    };
-    let smac = link(&pod, &["-j", "link", "show", "veth_pod1"])?[0]["address"].as_str().unwrap().to_owned();
-    let gateway = link(&pod, &["-j", "neigh", "show", "10.1.1.1", "dev", "veth_pod1"])?;
+    let smac = podnet::host::netlink::fmt_mac(&podnet_tests::link(&pod, "veth_pod1")?.1);
+    let gateway: serde_json::Value =
+        serde_json::from_str(&sh(&pod, "ip", &["-j", "neigh", "show", "10.1.1.1", "dev", "veth_pod1"])?)?;
     let dmac = gateway[0]["lladdr"].as_str().unwrap().to_owned();
     let config = lab.dir().join("frames.cfg");
     std::fs::write(

@@ -517,7 +517,8 @@ fn expired<T: Tables>(reply: *const CtEntry, reply_key: &CtKey, cfg: &NatConfig,
 }
 
 /// Translates a reply to a masqueraded connection back to the pod and delivers it; `None` when
-/// the packet is not such a reply (it may have moved: parse it again).
+/// the packet is not for the node (NAT off, or another destination). What is for the node but
+/// no such reply goes to the stack: no pod has the node's address.
 #[inline(always)]
 pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malformed> {
     let Some(cfg) = config() else {
@@ -526,14 +527,21 @@ pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malfo
     if ip.daddr() != cfg.node_ip {
         return Ok(None);
     }
-    let ip = &ip.with_l4(ctx)?;
+    Ok(Some(
+        translate_back(ctx, &ip.with_l4(ctx)?, &cfg)?.unwrap_or(Verdict::pass(Reason::PassUplinkNotLocal)),
+    ))
+}
+
+/// [`unmasquerade`] for a packet to the node: `None` when it is no reply to a translation.
+#[inline(always)]
+fn translate_back(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<Option<Verdict>, Malformed> {
     if frag::is_later(ip) {
         if !frag::translate(ip, Side::Destination) {
             return Ok(None);
         }
         return Ok(Some(deliver_reply(ip)));
     }
-    if icmp::inbound(ctx, ip, &cfg)? {
+    if icmp::inbound(ctx, ip, cfg)? {
         // The ICMP rewrite used helpers, which may have moved the packet.
         return Ok(Some(deliver_reply(&Ipv4::parse(ctx)?.ok_or(Malformed)?)));
     }

@@ -64,11 +64,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
                 done += 1;
                 // The run-time statistics cost two clock reads per program run: on only for the
                 // flood they describe.
-                let stats = (run == Run::Flood && !target.pins.is_empty())
-                    .then(|| -> anyhow::Result<_> {
-                        Ok((runtime::enable()?, runtime::snapshot(&target.pins)?))
-                    })
-                    .transpose()?;
+                let stats = if run == Run::Flood && !target.pins.is_empty() {
+                    Some((runtime::enable()?, runtime::snapshot(&target.pins)?))
+                } else {
+                    None
+                };
                 let values = tools::measure(target, run, settings.seconds)?;
                 if let Some((_on, before)) = stats {
                     let after = runtime::snapshot(&target.pins)?;
