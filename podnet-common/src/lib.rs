@@ -41,11 +41,15 @@ pub mod maps {
     pub const PEERS: &str = "PEERS";
     /// Capacity of [`PEERS`]: nodes in one cluster.
     pub const PEERS_MAX: usize = 1024;
-    /// What the kernel FIB said about pods' packets (LRU hash, a cache the programs fill and
-    /// refresh once a second): [`crate::RouteKey`] -> [`crate::CachedRoute`].
+    /// What the kernel FIB said about pods' packets (a cache the programs fill and refresh once
+    /// a second): a per-CPU array of [`crate::CachedRoute`], each (pod, destination) in slot
+    /// [`crate::route_slot`] of its [`crate::RouteKey`] (direct-mapped: a newer pair takes the
+    /// slot over).
     pub const ROUTES: &str = "ROUTES";
-    /// Capacity of [`ROUTES`]: (pod, destination) pairs routed without asking the FIB again.
-    pub const ROUTES_MAX: usize = 16384;
+    /// Slots of [`ROUTES`] per CPU, a power of two: (pod, destination) pairs routed without
+    /// asking the FIB again, as far as their slots do not collide.
+    pub const ROUTES_SLOTS: usize = 1 << ROUTES_SLOT_BITS;
+    pub const ROUTES_SLOT_BITS: u32 = 12;
     /// The peers' generation (array, one `u32`): userspace raises it after changing [`PEERS`],
     /// and cached routes of another generation are not used.
     pub const ROUTE_GENERATION: &str = "ROUTE_GENERATION";
@@ -124,8 +128,8 @@ pub mod maps {
         // pass_not_natable).
         (COUNTERS, 2),
         (PEERS, 1),
-        // 2: idle timeouts added.
-        (NAT_CONFIG, 2),
+        // 2: idle timeouts added. 3: the node's pod CIDR added.
+        (NAT_CONFIG, 3),
         // 2: UDP and ICMP only (TCP moved to CT_TCP_OUT / CT_TCP_IN); CT_IN is no longer LRU.
         (CT_OUT, 2),
         (CT_IN, 2),
@@ -142,7 +146,8 @@ pub mod maps {
         (EVENT_BUDGET, 1),
         (crate::programs::LOGGERS, 1),
         (PENDING, 1),
-        (ROUTES, 1),
+        // 2: a per-CPU array, direct-mapped (was an LRU hash keyed by `RouteKey`).
+        (ROUTES, 2),
         (ROUTE_GENERATION, 1),
     ];
 }
@@ -255,6 +260,20 @@ pub struct NatConfig {
     /// Idle seconds after which a translation is expired, by [`CtState`] (indexed by its
     /// value): the agent removes it then, and a new connection may take over its node port.
     pub timeouts_s: [u32; CtState::COUNT],
+    /// The node's pod CIDR, network and mask (network byte order; all zero: not set, every
+    /// address may be a local pod's). Not for NAT: `from_pod` looks up local pods only inside
+    /// it (every pod's address is, by the config's and the address allocator's checks).
+    pub pod_net: [u8; 4],
+    pub pod_mask: [u8; 4],
+}
+
+impl NatConfig {
+    /// Whether `addr` is inside the node's pod CIDR (any address while it is not set).
+    #[inline(always)]
+    pub const fn in_pod_cidr(&self, addr: [u8; 4]) -> bool {
+        let mask = u32::from_ne_bytes(self.pod_mask);
+        u32::from_ne_bytes(addr) & mask == u32::from_ne_bytes(self.pod_net) & mask
+    }
 }
 
 /// The state of a translation, from the flags both of its directions saw.
@@ -533,15 +552,46 @@ pub struct RouteKey {
     pub daddr: [u8; 4],
 }
 
-/// What the FIB said about a [`RouteKey`] when it last was asked: the packet leaves by `ifindex`
-/// with these MACs, and fits if it is at most `mtu` bytes (IPv4 total length).
+impl RouteKey {
+    /// Whether both addresses are the same (compared as words: an array comparison could become
+    /// a `memcmp` call in BPF).
+    #[inline(always)]
+    pub const fn same(&self, other: &Self) -> bool {
+        u32::from_ne_bytes(self.saddr) == u32::from_ne_bytes(other.saddr)
+            && u32::from_ne_bytes(self.daddr) == u32::from_ne_bytes(other.daddr)
+    }
+}
+
+/// The slot of [`maps::ROUTES`] that caches `key`'s answer: the source mixed by MurmurHash3's
+/// finalizer, the destination folded in and mixed again, so the pods of one node and the
+/// destinations of one pod spread over the slots even when their addresses correlate.
+#[inline(always)]
+pub const fn route_slot(key: &RouteKey) -> u32 {
+    let h = mix32(mix32(u32::from_ne_bytes(key.saddr)) ^ u32::from_ne_bytes(key.daddr));
+    h & (maps::ROUTES_SLOTS as u32 - 1)
+}
+
+/// MurmurHash3's 32-bit finalizer: every input bit moves about half the output bits.
+#[inline(always)]
+const fn mix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// What the FIB said about `key` when it last was asked: the packet leaves by `ifindex` with
+/// these MACs, and fits if it is at most `mtu` bytes (IPv4 total length).
 ///
-/// Layout: 8 + 4 + 2 + 1 + 1 + 6 + 6 + 4 = 32 bytes, 8-byte aligned, explicit padding.
+/// Layout: 8 + 8 + 4 + 2 + 1 + 1 + 6 + 6 + 4 = 40 bytes, 8-byte aligned, explicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CachedRoute {
     /// CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`) when the FIB was asked.
     pub checked_ns: u64,
+    /// Whose answer this is: the slot may hold another pair's.
+    pub key: RouteKey,
     pub ifindex: u32,
     /// The route's MTU (route metrics and learned path MTU included), which the stack checks
     /// forwarded packets against.
@@ -864,12 +914,12 @@ mod tests {
         assert_eq!(core::mem::align_of::<Endpoint>(), 4);
         assert_eq!(core::mem::size_of::<Peer>(), 36);
         assert_eq!(core::mem::size_of::<PodSource>(), 16);
-        assert_eq!(core::mem::size_of::<NatConfig>(), 40);
+        assert_eq!(core::mem::size_of::<NatConfig>(), 48);
         assert_eq!(core::mem::size_of::<FragKey>(), 12);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 24);
         assert_eq!(core::mem::size_of::<RouteKey>(), 8);
-        assert_eq!(core::mem::size_of::<CachedRoute>(), 32);
+        assert_eq!(core::mem::size_of::<CachedRoute>(), 40);
     }
 
     use inet_checksum as full_checksum;
@@ -981,6 +1031,40 @@ mod tests {
             })
             .count();
         assert!(found > 750, "{found} of 1000 found a free port");
+    }
+
+    #[test]
+    fn pod_cidr_bounds_local_pods_once_set() {
+        let unset = NatConfig {
+            node_ip: [0; 4],
+            enabled: 0,
+            uplink_ifindex: 0,
+            port_min: 0,
+            port_max: 0,
+            timeouts_s: [0; CtState::COUNT],
+            pod_net: [0; 4],
+            pod_mask: [0; 4],
+        };
+        assert!(unset.in_pod_cidr([192, 168, 50, 2]), "not set: anything may be a pod's");
+        let set = NatConfig { pod_net: [10, 1, 1, 0], pod_mask: [255, 255, 255, 0], ..unset };
+        assert!(set.in_pod_cidr([10, 1, 1, 0]) && set.in_pod_cidr([10, 1, 1, 255]));
+        for outside in [[10, 1, 2, 1], [10, 1, 0, 255], [11, 1, 1, 1], [192, 168, 50, 2]] {
+            assert!(!set.in_pod_cidr(outside), "{outside:?}");
+        }
+    }
+
+    #[test]
+    fn route_slots_spread_a_nodes_pods_and_their_destinations() {
+        // 250 pods of one node, each talking to 8 destinations (peers' pods and the outside).
+        let keys = (1..=250u8).flat_map(|pod| {
+            (0..8u8).map(move |d| RouteKey { saddr: [10, 1, 1, pod], daddr: [10 + d % 2, 2 + d, 0, 1 + pod] })
+        });
+        let slots: Vec<u32> = keys.map(|k| route_slot(&k)).collect();
+        assert!(slots.iter().all(|&s| (s as usize) < maps::ROUTES_SLOTS));
+        let distinct: std::collections::HashSet<u32> = slots.iter().copied().collect();
+        // 2000 keys thrown at random into 4096 slots land in about 4096 * (1 - e^(-2000/4096)),
+        // 1587, distinct ones.
+        assert!(distinct.len() > 1500, "{} distinct slots of 2000 keys", distinct.len());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What the datapath tells `podnet monitor`, and the agent's log when the programs were loaded
 //! with a log level: every dropped packet with its reason, and the first packet of every new NAT
 //! translation. Slow paths only: nothing here runs for a packet that is forwarded, and a drop
-//! pays only a look at [`MONITOR`] when nobody listens (and no log level is on). A CPU writes at
+//! pays only a look at [`MONITOR`] (against the tick's time, no clock read) when nobody listens
+//! (and no log level is on). A CPU writes at
 //! most [`events::PER_SECOND`] events a second (bursts of [`events::BURST`]), so a flood of
 //! drops cannot swamp the ring buffer or its reader; what the budget or a full ring holds back
 //! is counted in [`EVENT_STATS`].
@@ -27,7 +28,10 @@ use podnet_common::{
     proto::{ICMP, TCP, UDP},
 };
 
-use crate::packet::{self, Ipv4, Packet};
+use crate::{
+    clock,
+    packet::{self, Ipv4, Packet},
+};
 
 #[btf_map(pin_by_name)]
 static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
@@ -264,13 +268,15 @@ fn pending() -> Option<*mut Pending> {
 /// hook `can_log` and logs of `level` are on) and this CPU has budget for it; `None` otherwise.
 #[inline(always)]
 fn wanted(level: Level, can_log: bool) -> Option<(u64, bool)> {
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let listening = MONITOR.get(0).is_some_and(|&seen| seen != 0 && now < seen + LISTENER_TTL_NS);
+    // The tick's time is enough to tell a listener of seconds from none, and costs no clock read
+    // (see `clock`); the event gets the precise time.
+    let listening = MONITOR.get(0).is_some_and(|&seen| seen != 0 && clock::now() < seen + LISTENER_TTL_NS);
     // A constant once loaded: the level is fixed when the programs are (see the loader).
     if !listening && !(can_log && level_enabled(level)) {
         return None;
     }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     if !take_token(now) {
         count(events::RATE_LIMITED);
         return None;

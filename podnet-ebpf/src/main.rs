@@ -57,14 +57,19 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
         return Ok(Verdict::drop(Reason::DropSpoofed));
     };
     endpoints::count_from_pod(slot, ip.tot_len());
+    let ip = ip.with_l4(ctx)?;
     ip.check_l4(ctx)?;
     if is_martian_destination(ip.daddr()) {
         return Ok(Verdict::drop(Reason::DropMartian));
     }
-    if let Some(ep) = endpoints::lookup(ip.daddr()) {
+    // Local pods are in the node's pod CIDR: other destinations skip the endpoint lookup.
+    if nat::in_pod_cidr(ip.daddr())
+        && let Some(ep) = endpoints::lookup(ip.daddr())
+    {
         return Ok(endpoints::deliver(&ip, &ep, Hop::SameSegment));
     }
-    Ok(match routing::classify(ctx, &ip) {
+    let now = clock::now();
+    Ok(match routing::classify(ctx, &ip, now) {
         Next::Peer(Ok(route)) => {
             let reason =
                 if route.resolved() { Reason::RedirectRemote } else { Reason::RedirectRemoteResolve };
@@ -72,7 +77,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
         }
         Next::Peer(Err(reason)) => Verdict::pass(reason),
         Next::Outside(route) => {
-            nat::masquerade(ctx, &ip, route)?.unwrap_or(Verdict::pass(Reason::PassNotLocal))
+            nat::masquerade(ctx, &ip, route, now)?.unwrap_or(Verdict::pass(Reason::PassNotLocal))
         }
     })
 }

@@ -268,7 +268,8 @@ impl Ipv4 {
     }
 
     /// Checks that a packet which starts its L4 payload (not a later fragment) carries the whole
-    /// minimal TCP, UDP or ICMP header, and for TCP a data offset inside the packet.
+    /// minimal TCP, UDP or ICMP header, and for TCP a data offset inside the packet. `self`
+    /// comes from [`Ipv4::with_l4`]: the TCP header is in linear data.
     #[inline(always)]
     pub fn check_l4(&self, ctx: &TcContext) -> Result<(), Malformed> {
         if self.fragment_offset() != 0 {
@@ -280,8 +281,7 @@ impl Ipv4 {
             return Err(Malformed);
         }
         if self.protocol() == TCP {
-            // Copied out, so a header in fragments is read where it is.
-            let doff = usize::from(ctx.load::<u8>(self.l4_offset() + 12).map_err(|_| Malformed)? >> 4) * 4;
+            let doff = usize::from(read::<u8>(ctx, self.l4_offset() + 12)? >> 4) * 4;
             if doff < min || doff > l4_len {
                 return Err(Malformed);
             }

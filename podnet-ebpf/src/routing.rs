@@ -6,10 +6,17 @@
 //! routes (podnet installs them) and answers with ICMP errors.
 //!
 //! Both answers are kept in `ROUTES` per (pod, destination) and asked again once a second, so
-//! established traffic pays one hash lookup instead of a trie walk and a FIB lookup: route,
+//! established traffic pays an array slot instead of a trie walk and a FIB lookup: route,
 //! neighbour and MTU changes reach it within [`ROUTE_REFRESH_NS`], peer changes at once (they
 //! raise `ROUTE_GENERATION`). The FIB is asked with the pod's source and veth, so policy routing
 //! (`ip rule from ...`) applies to pods as to the stack; the cache is keyed by the same inputs.
+//!
+//! `ROUTES` is a per-CPU array, direct-mapped: a (pod, destination) pair has one slot per CPU
+//! ([`route_slot`]), which holds the pair's key to tell it from another pair's. Finding a slot
+//! is arithmetic, not a hash-table lookup, and each CPU reads and writes only its own copy, in
+//! place and whole before any other program runs on that CPU (tc and XDP programs do not nest):
+//! no reader sees half an answer. Two pairs that share a slot take it from each other; each
+//! then asks the FIB more often, never gets the other's answer.
 
 use core::mem::{self, MaybeUninit};
 
@@ -19,18 +26,18 @@ use aya_ebpf::{
         __sk_buff, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup, bpf_redir_neigh,
     },
-    btf_maps::{Array, LpmTrie, LruHashMap, lpm_trie::Key},
+    btf_maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     macros::btf_map,
     programs::TcContext,
 };
 use podnet_common::{
     CachedRoute, Ipv4LpmData, Peer, Reason, RouteKey,
-    maps::{PEERS_MAX, ROUTES_MAX},
+    maps::{PEERS_MAX, ROUTES_SLOTS},
+    route_slot,
 };
 
 use crate::{
-    clock::now,
     packet::{self, Ipv4},
     verdict::Verdict,
 };
@@ -38,7 +45,7 @@ use crate::{
 #[btf_map(pin_by_name)]
 static PEERS: LpmTrie<Ipv4LpmData, Peer, PEERS_MAX> = LpmTrie::new();
 #[btf_map(pin_by_name)]
-static ROUTES: LruHashMap<RouteKey, CachedRoute, ROUTES_MAX> = LruHashMap::new();
+static ROUTES: PerCpuArray<CachedRoute, ROUTES_SLOTS> = PerCpuArray::new();
 /// Raised by userspace whenever the peers change: cached answers of an older generation are
 /// not used.
 #[btf_map(pin_by_name)]
@@ -86,11 +93,11 @@ pub fn is_peer(addr: [u8; 4]) -> bool {
     PEERS.get(&Key::new(32, addr)).is_some()
 }
 
-/// Classifies a pod's packet whose destination is no local pod: from the cache while its answer
-/// is fresh, else by the peer trie (and, for a peer, the FIB).
+/// Classifies a pod's packet whose destination is no local pod, at time `now`: from the cache
+/// while its answer is fresh, else by the peer trie (and, for a peer, the FIB).
 #[inline(always)]
-pub fn classify(ctx: &TcContext, ip: &Ipv4) -> Next {
-    let stamp = stamp();
+pub fn classify(ctx: &TcContext, ip: &Ipv4, now: u64) -> Next {
+    let stamp = stamp(now);
     if let Some(cached) = cached(&key(ip), stamp) {
         let route = check(ctx, ip, cached);
         return if cached.peer != 0 { Next::Peer(route) } else { Next::Outside(Some(route)) };
@@ -101,20 +108,21 @@ pub fn classify(ctx: &TcContext, ip: &Ipv4) -> Next {
     }
 }
 
-/// Routes `ip` toward its destination outside the cluster (the FIB asked, the answer cached).
+/// Routes `ip` toward its destination outside the cluster at time `now` (the FIB asked, the
+/// answer cached).
 #[inline(always)]
-pub fn to_outside(ctx: &TcContext, ip: &Ipv4) -> Result<Route, Reason> {
-    ask_fib(ctx, ip, ip.daddr(), false, stamp())
+pub fn to_outside(ctx: &TcContext, ip: &Ipv4, now: u64) -> Result<Route, Reason> {
+    ask_fib(ctx, ip, ip.daddr(), false, stamp(now))
 }
 
 /// When a routing answer is given: now, and the peers' generation.
 type Stamp = (u64, u32);
 
-/// Now, and the generation of the peers: taken before the peer trie is read, so an answer given
-/// while the peers change carries the old generation and is not used after the change.
+/// `now`, and the generation of the peers: taken before the peer trie is read, so an answer
+/// given while the peers change carries the old generation and is not used after the change.
 #[inline(always)]
-fn stamp() -> Stamp {
-    (now(), ROUTE_GENERATION.get(0).copied().unwrap_or(0))
+fn stamp(now: u64) -> Stamp {
+    (now, ROUTE_GENERATION.get(0).copied().unwrap_or(0))
 }
 
 #[inline(always)]
@@ -122,15 +130,17 @@ fn key(ip: &Ipv4) -> RouteKey {
     RouteKey { saddr: ip.saddr(), daddr: ip.daddr() }
 }
 
-/// The cached answer for `key`, if the FIB gave it less than [`ROUTE_REFRESH_NS`] ago and the
-/// peers have not changed since.
+/// The cached answer for `key`, if its slot holds it, the FIB gave it less than
+/// [`ROUTE_REFRESH_NS`] ago and the peers have not changed since.
 #[inline(always)]
 fn cached(key: &RouteKey, (now, generation): Stamp) -> Option<CachedRoute> {
-    let entry = ROUTES.get_ptr(key)?;
-    // SAFETY: from a successful lookup; entries are replaced whole (an update swaps in a new
-    // element), never written in place, so the copy is one answer.
+    let entry = ROUTES.get_ptr(route_slot(key))?;
+    // SAFETY: from a successful lookup in a per-CPU array: this CPU's own slot, written only
+    // whole by programs on this CPU, which do not nest (see the module's documentation).
     let entry = unsafe { *entry };
-    (now.saturating_sub(entry.checked_ns) < ROUTE_REFRESH_NS && entry.generation == generation)
+    (entry.key.same(key)
+        && now.saturating_sub(entry.checked_ns) < ROUTE_REFRESH_NS
+        && entry.generation == generation)
         .then_some(entry)
 }
 
@@ -211,9 +221,10 @@ fn ask_fib(
     // SAFETY: on success the FIB filled both MAC arrays.
     let (smac, dmac) =
         unsafe { (fib.__bindgen_anon_6.__bindgen_anon_2.smac, fib.__bindgen_anon_6.__bindgen_anon_2.dmac) };
-    if neighbour_known {
+    if neighbour_known && let Some(slot) = ROUTES.get_ptr_mut(route_slot(&key(ip))) {
         let entry = CachedRoute {
             checked_ns: now,
+            key: key(ip),
             ifindex: fib.ifindex,
             // SAFETY: on success the FIB wrote the route's MTU over `tot_len` (a union).
             mtu: unsafe { fib.__bindgen_anon_1.mtu_result },
@@ -223,8 +234,9 @@ fn ask_fib(
             dmac,
             generation,
         };
-        // An LRU hash makes room itself; a lost entry costs one more FIB lookup.
-        let _ = ROUTES.insert(&key(ip), &entry, 0);
+        // SAFETY: this CPU's own slot of a per-CPU array (see `cached`); whatever pair held it
+        // asks the FIB again.
+        unsafe { *slot = entry };
     }
     let hop = if neighbour_known {
         Hop::Macs(smac, dmac)

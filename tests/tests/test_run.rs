@@ -70,7 +70,8 @@ impl Loaded {
     }
 
     /// A datapath masquerading as [`NAT_NODE`] out of `eth0` with node ports 61000-`port_max`,
-    /// and [`NAT_POD`] sending on `eth0` (call it in a [`FibFixture`] namespace).
+    /// pod CIDR 10.1.1.0/24, and [`NAT_POD`] sending on `eth0` (call it in a [`FibFixture`]
+    /// namespace).
     fn with_nat(tag: &str, eth0: u32, port_max: u16) -> Self {
         let mut dp = Self::new(tag);
         let config = NatConfig {
@@ -80,6 +81,8 @@ impl Loaded {
             port_min: 61000,
             port_max,
             timeouts_s: Timeouts::default().seconds(),
+            pod_net: [10, 1, 1, 0],
+            pod_mask: [255, 255, 255, 0],
         };
         NatSettings::open(&dp.pins).unwrap().set(&config).unwrap();
         dp.add_sender(NAT_POD, eth0);
@@ -137,6 +140,17 @@ impl Loaded {
 impl Drop for Loaded {
     fn drop(&mut self) {
         let _ = self.pins.remove();
+    }
+}
+
+/// Keeps the calling thread on `cpu` (test runs execute on the caller's CPU).
+fn stay_on_cpu(cpu: usize) {
+    // SAFETY: `set` is a plain bitmask on our stack, zeroed then given one CPU; pid 0 is the
+    // calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
     }
 }
 
@@ -300,6 +314,8 @@ fn programs_stay_well_inside_the_verifiers_budget() {
 /// peers (podnet's own) at once.
 #[test]
 fn cached_routes_follow_changes_within_a_second() {
+    // `ROUTES` is per CPU: every run on one CPU, so a run finds what the one before cached.
+    stay_on_cpu(0);
     let mut lab = Lab::new("trc").unwrap();
     let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
     netns::enter(&ns).unwrap();
@@ -364,6 +380,30 @@ fn cached_routes_follow_changes_within_a_second() {
     let before = dp.counters();
     assert_eq!(dp.run_on(FROM_POD, &frame(18), Some(eth0)).0, TC_ACT_UNSPEC);
     counted(&before, &dp.counters(), Reason::PassNotLocal);
+}
+
+/// `from_pod` looks for local pods only inside the node's pod CIDR (where the config and the
+/// address allocator put every pod): a pod inside it is delivered into, an endpoint outside it
+/// (which `up` never makes) is not, and without a CIDR set every address is looked up.
+#[test]
+fn local_pods_are_looked_up_inside_the_pod_cidr() {
+    let mut lab = Lab::new("trp").unwrap();
+    let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
+    netns::enter(&ns).unwrap();
+    let outside = Ipv4Addr::new(10, 1, 9, 3);
+    let to = |dst| with_ttl(&udp4([0xaa; 6], [0xbb; 6], NAT_POD, dst, &[0; 18]), 64);
+    let delivered = |dp: &mut Loaded, dst| {
+        let before = dp.counters();
+        dp.run_on(FROM_POD, &to(dst), Some(eth0));
+        dp.counters()[Reason::RedirectLocal as usize] > before[Reason::RedirectLocal as usize]
+    };
+    for (mut dp, cidr_set) in [(Loaded::with_nat("cidr", eth0, 61000), true), (Loaded::new("nocidr"), false)]
+    {
+        dp.add_sender(NAT_POD, eth0);
+        Endpoints::open(&dp.pins).unwrap().insert(outside, &Endpoint::new(1, POD_MAC, HOST_MAC)).unwrap();
+        assert!(delivered(&mut dp, LOCAL), "inside the pod CIDR");
+        assert_eq!(delivered(&mut dp, outside), !cidr_set, "outside the pod CIDR, CIDR set: {cidr_set}");
+    }
 }
 
 /// Masquerade and its reverse on synthetic TCP, UDP and ICMP packets, with every checksum

@@ -249,20 +249,32 @@ fn touch(entry: *mut CtEntry, now: u64, flags: u8) {
     }
 }
 
-fn config() -> Option<NatConfig> {
-    NAT_CONFIG.get(0).copied().filter(|c| c.enabled != 0)
+/// The NAT settings when NAT is on, read in place (`up` writes them before it attaches the
+/// programs, and again only when they change).
+#[inline(always)]
+fn config() -> Option<&'static NatConfig> {
+    NAT_CONFIG.get(0).filter(|c| c.enabled != 0)
+}
+
+/// Whether `addr` may be a local pod's: inside the node's pod CIDR, which `up` writes with the
+/// NAT settings (NAT on or off). Outside it, a pod's packet skips the endpoint lookup.
+#[inline(always)]
+pub fn in_pod_cidr(addr: [u8; 4]) -> bool {
+    NAT_CONFIG.get(0).is_none_or(|c| c.in_pod_cidr(addr))
 }
 
 /// Masquerades a pod's packet to the outside and routes it out of the uplink; `None` when NAT
 /// is off or the destination is the node itself (pod-to-node is never translated). Called only
 /// for destinations that are neither local pods nor other nodes' pods or addresses, with the
 /// route when the routing cache knew it. What would leave the uplink but cannot be translated is
-/// dropped: it would carry the pod's address out.
+/// dropped: it would carry the pod's address out. `ip` comes from [`Ipv4::with_l4`];
+/// `now` is the packet's time ([`now`]).
 #[inline(always)]
 pub fn masquerade(
     ctx: &TcContext,
     ip: &Ipv4,
     route: Option<Result<routing::Route, Reason>>,
+    now: u64,
 ) -> Result<Option<Verdict>, Malformed> {
     let Some(cfg) = config() else {
         return Ok(None);
@@ -270,12 +282,11 @@ pub fn masquerade(
     if ip.daddr() == cfg.node_ip {
         return Ok(None);
     }
-    let ip = &ip.with_l4(ctx)?;
     // Route first: a packet the stack must handle (TTL, no route) is not translated, and only
     // what leaves by the uplink is (never what stays on the node's own networks). The stack
     // would fragment a packet too big without DF and send it with the pod's address: drop it
     // (with DF it only answers "fragmentation needed").
-    let route = match route.unwrap_or_else(|| routing::to_outside(ctx, ip)) {
+    let route = match route.unwrap_or_else(|| routing::to_outside(ctx, ip, now)) {
         Ok(route) if route.ifindex == cfg.uplink_ifindex => route,
         Ok(_) => return Ok(Some(Verdict::pass(Reason::PassNotLocal))),
         Err(Reason::PassFragNeeded) if !ip.dont_fragment() => {
@@ -295,7 +306,7 @@ pub fn masquerade(
         return Ok(Some(routing::transmit(ip, &route, Reason::RedirectNat)));
     }
     let Some(flow) = Flow::parse(ctx, ip, true)? else {
-        if icmp::outbound(ctx, ip, &cfg)? {
+        if icmp::outbound(ctx, ip, cfg)? {
             // The ICMP rewrite used helpers, which may have moved the packet.
             let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
             return Ok(Some(routing::transmit(&ip, &route, Reason::RedirectNat)));
@@ -308,9 +319,9 @@ pub fn masquerade(
         }));
     };
     let translated = if flow.key.proto == TCP {
-        translate::<Tcp>(ip, &flow, &cfg)
+        translate::<Tcp>(ip, &flow, cfg, now)
     } else {
-        translate::<Other>(ip, &flow, &cfg)
+        translate::<Other>(ip, &flow, cfg, now)
     };
     let (port, reason) = match translated {
         Ok(translation) => translation,
@@ -329,8 +340,7 @@ pub fn masquerade(
 /// The node port of `flow`'s translation in tables `T`, made now if it has none, with the reason
 /// to count; or the verdict for a packet that gets no translation.
 #[inline(always)]
-fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig) -> Result<(u16, Reason), Verdict> {
-    let now = now();
+fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig, now: u64) -> Result<(u16, Reason), Verdict> {
     if let Some(entry) = T::out().get_ptr_mut(&flow.key) {
         return Ok((established::<T>(flow, entry, cfg, now)?, Reason::RedirectNat));
     }
@@ -528,7 +538,7 @@ pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malfo
         return Ok(None);
     }
     Ok(Some(
-        translate_back(ctx, &ip.with_l4(ctx)?, &cfg)?.unwrap_or(Verdict::pass(Reason::PassUplinkNotLocal)),
+        translate_back(ctx, &ip.with_l4(ctx)?, cfg)?.unwrap_or(Verdict::pass(Reason::PassUplinkNotLocal)),
     ))
 }
 

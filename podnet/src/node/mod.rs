@@ -521,7 +521,8 @@ fn attach_uplink_xdp(
     Ok(datapath.attach_xdp(program, &uplink.name, uplink.index, settings.xdp)?)
 }
 
-/// The datapath's NAT settings for `config`: out of the uplink, as the uplink IP, when NAT is on.
+/// The datapath's NAT settings for `config`: out of the uplink, as the uplink IP, when NAT is on;
+/// and the node's pod CIDR, inside which the programs look for local pods.
 fn nat_settings(config: &Config, uplink: Option<&Iface>) -> NatConfig {
     let on = config.uplink.as_ref().zip(uplink).filter(|_| config.nat.enabled);
     NatConfig {
@@ -531,6 +532,8 @@ fn nat_settings(config: &Config, uplink: Option<&Iface>) -> NatConfig {
         port_min: config.nat.port_min,
         port_max: config.nat.port_max,
         timeouts_s: config.nat.timeouts.seconds(),
+        pod_net: config.node.pod_cidr.network().octets(),
+        pod_mask: config.node.pod_cidr.netmask().octets(),
     }
 }
 
