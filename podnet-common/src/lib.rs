@@ -46,10 +46,11 @@ pub mod maps {
     /// [`crate::route_slot`] of its [`crate::RouteKey`] (direct-mapped: a newer pair takes the
     /// slot over).
     pub const ROUTES: &str = "ROUTES";
-    /// Slots of [`ROUTES`] per CPU, a power of two: (pod, destination) pairs routed without
-    /// asking the FIB again, as far as their slots do not collide.
-    pub const ROUTES_SLOTS: usize = 1 << ROUTES_SLOT_BITS;
+    /// Bits of a [`ROUTES`] slot number.
     pub const ROUTES_SLOT_BITS: u32 = 12;
+    /// Slots of [`ROUTES`] per CPU: (pod, destination) pairs routed without asking the FIB
+    /// again, as far as their slots do not collide.
+    pub const ROUTES_SLOTS: usize = 1 << ROUTES_SLOT_BITS;
     /// The peers' generation (array, one `u32`): userspace raises it after changing [`PEERS`],
     /// and cached routes of another generation are not used.
     pub const ROUTE_GENERATION: &str = "ROUTE_GENERATION";
@@ -242,9 +243,9 @@ pub mod proto {
     pub const UDP: u8 = 17;
 }
 
-/// NAT settings written by `podnet up`.
+/// NAT settings written by `podnet up`, and the node's pod CIDR.
 ///
-/// Layout: 4 + 4 + 4 + 2 + 2 + 6 * 4 = 40 bytes, 4-byte aligned, no padding.
+/// Layout: 4 + 4 + 4 + 2 + 2 + 6 * 4 + 4 + 4 = 48 bytes, 4-byte aligned, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatConfig {
@@ -262,7 +263,9 @@ pub struct NatConfig {
     pub timeouts_s: [u32; CtState::COUNT],
     /// The node's pod CIDR, network and mask (network byte order; all zero: not set, every
     /// address may be a local pod's). Not for NAT: `from_pod` looks up local pods only inside
-    /// it (every pod's address is, by the config's and the address allocator's checks).
+    /// it. `up` sets it once every pod the datapath knows is inside it (the config and the
+    /// address allocator put new pods there; after a CIDR change, containers keep their old
+    /// addresses until they are recreated).
     pub pod_net: [u8; 4],
     pub pod_mask: [u8; 4],
 }

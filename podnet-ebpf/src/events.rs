@@ -1,8 +1,8 @@
 //! What the datapath tells `podnet monitor`, and the agent's log when the programs were loaded
 //! with a log level: every dropped packet with its reason, and the first packet of every new NAT
 //! translation. Slow paths only: nothing here runs for a packet that is forwarded, and a drop
-//! pays only a look at [`MONITOR`] (against the tick's time, no clock read) when nobody listens
-//! (and no log level is on). A CPU writes at
+//! pays only a look at [`MONITOR`] (against the tick's time: no clock read) when nobody
+//! listens and no log level is on. A CPU writes at
 //! most [`events::PER_SECOND`] events a second (bursts of [`events::BURST`]), so a flood of
 //! drops cannot swamp the ring buffer or its reader; what the budget or a full ring holds back
 //! is counted in [`EVENT_STATS`].

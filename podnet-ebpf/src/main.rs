@@ -62,7 +62,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
     if is_martian_destination(ip.daddr()) {
         return Ok(Verdict::drop(Reason::DropMartian));
     }
-    // Local pods are in the node's pod CIDR: other destinations skip the endpoint lookup.
+    // Local pods are in the node's pod CIDR (once `up` set it): others skip the endpoint lookup.
     if nat::in_pod_cidr(ip.daddr())
         && let Some(ep) = endpoints::lookup(ip.daddr())
     {

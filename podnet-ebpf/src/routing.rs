@@ -14,9 +14,13 @@
 //! `ROUTES` is a per-CPU array, direct-mapped: a (pod, destination) pair has one slot per CPU
 //! ([`route_slot`]), which holds the pair's key to tell it from another pair's. Finding a slot
 //! is arithmetic, not a hash-table lookup, and each CPU reads and writes only its own copy, in
-//! place and whole before any other program runs on that CPU (tc and XDP programs do not nest):
-//! no reader sees half an answer. Two pairs that share a slot take it from each other; each
-//! then asks the FIB more often, never gets the other's answer.
+//! place and whole before any other program runs on that CPU (tc and XDP programs run with
+//! bottom halves off and do not nest): no reader sees half an answer. That does not hold on
+//! PREEMPT_RT kernels, where a program may be preempted by another on its CPU; podnet's other
+//! per-CPU state (the clock's reading, pending events) assumes the same. Two pairs that share a
+//! slot take it from each other; each then asks the FIB more often (a pod that picks
+//! destinations to collide with another pod's pairs on its CPU costs that pod FIB lookups, not
+//! wrong answers), never gets the other's answer.
 
 use core::mem::{self, MaybeUninit};
 

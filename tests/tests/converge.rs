@@ -6,6 +6,7 @@
 use std::{path::Path, thread, time::Duration};
 
 use anyhow::Context as _;
+use podnet::datapath::{PinDir, maps::NatSettings};
 use podnet_tests::{Lab, Node, in_ns, node_config, pings, sh};
 
 const EXT: &str = "192.168.50.100";
@@ -391,6 +392,9 @@ fn bridge_and_pod_cidr_changes_follow_the_config() -> anyhow::Result<()> {
     let pod_addrs = sh(&pod1, "ip", &["-4", "-o", "addr", "show", "veth_pod1"])?;
     assert!(pod_addrs.contains("10.1.7.") && !pod_addrs.contains("10.1.1."), "the pod moved:\n{pod_addrs}");
     assert!(pings(&pod1, "10.1.7.1", 1), "the pod reaches its new gateway");
+    // Every pod is in the new CIDR: the programs look for local pods only there.
+    let nat = NatSettings::open(&PinDir::for_node(&node.name))?.get()?;
+    assert_eq!((nat.pod_net, nat.pod_mask), ([10, 1, 7, 0], [255, 255, 255, 0]));
 
     node.run_podnet(&["down"])?;
     let adm0 = addrs("adm0")?;

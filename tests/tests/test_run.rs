@@ -143,14 +143,27 @@ impl Drop for Loaded {
     }
 }
 
-/// Keeps the calling thread on `cpu` (test runs execute on the caller's CPU).
-fn stay_on_cpu(cpu: usize) {
-    // SAFETY: `set` is a plain bitmask on our stack, zeroed then given one CPU; pid 0 is the
-    // calling thread.
+/// Keeps the calling thread on the CPU it runs on (test runs execute on the caller's CPU) until
+/// the returned guard is dropped, which gives the thread its CPUs back.
+fn stay_on_this_cpu() -> impl Drop {
+    struct Restore(libc::cpu_set_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: a mask the kernel filled in for this thread; pid 0 is the calling thread.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+        }
+    }
+    // SAFETY: the masks are plain bitmasks on our stack, zeroed before use; pid 0 is the calling
+    // thread, and the CPU it runs on is one it may run on.
     unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut allowed), 0);
+        let cpu = usize::try_from(libc::sched_getcpu()).expect("sched_getcpu");
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+        Restore(allowed)
     }
 }
 
@@ -315,7 +328,7 @@ fn programs_stay_well_inside_the_verifiers_budget() {
 #[test]
 fn cached_routes_follow_changes_within_a_second() {
     // `ROUTES` is per CPU: every run on one CPU, so a run finds what the one before cached.
-    stay_on_cpu(0);
+    let _pinned = stay_on_this_cpu();
     let mut lab = Lab::new("trc").unwrap();
     let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
     netns::enter(&ns).unwrap();
@@ -384,7 +397,8 @@ fn cached_routes_follow_changes_within_a_second() {
 
 /// `from_pod` looks for local pods only inside the node's pod CIDR (where the config and the
 /// address allocator put every pod): a pod inside it is delivered into, an endpoint outside it
-/// (which `up` never makes) is not, and without a CIDR set every address is looked up.
+/// is not (`up` leaves the CIDR unset while it has one), and without a CIDR set every address
+/// is looked up.
 #[test]
 fn local_pods_are_looked_up_inside_the_pod_cidr() {
     let mut lab = Lab::new("trp").unwrap();
@@ -397,9 +411,9 @@ fn local_pods_are_looked_up_inside_the_pod_cidr() {
         dp.run_on(FROM_POD, &to(dst), Some(eth0));
         dp.counters()[Reason::RedirectLocal as usize] > before[Reason::RedirectLocal as usize]
     };
-    for (mut dp, cidr_set) in [(Loaded::with_nat("cidr", eth0, 61000), true), (Loaded::new("nocidr"), false)]
-    {
-        dp.add_sender(NAT_POD, eth0);
+    let mut without = Loaded::new("nocidr");
+    without.add_sender(NAT_POD, eth0);
+    for (mut dp, cidr_set) in [(Loaded::with_nat("cidr", eth0, 61000), true), (without, false)] {
         Endpoints::open(&dp.pins).unwrap().insert(outside, &Endpoint::new(1, POD_MAC, HOST_MAC)).unwrap();
         assert!(delivered(&mut dp, LOCAL), "inside the pod CIDR");
         assert_eq!(delivered(&mut dp, outside), !cidr_set, "outside the pod CIDR, CIDR set: {cidr_set}");

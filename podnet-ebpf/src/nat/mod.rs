@@ -249,8 +249,8 @@ fn touch(entry: *mut CtEntry, now: u64, flags: u8) {
     }
 }
 
-/// The NAT settings when NAT is on, read in place (`up` writes them before it attaches the
-/// programs, and again only when they change).
+/// The NAT settings when NAT is on, read in place: a copy would be no more consistent, since
+/// `up` rewrites the map's value in place (it changes only when the config does).
 #[inline(always)]
 fn config() -> Option<&'static NatConfig> {
     NAT_CONFIG.get(0).filter(|c| c.enabled != 0)

@@ -244,6 +244,7 @@ async fn up_steps(
             .map_err(|e| NodeError::Pod { pod: pod.name.clone(), source: Box::new(e) })?;
     }
     reattach_containers(&net, &mut program).await?;
+    narrow_to_pod_cidr(config, &pins, uplink.as_ref())?;
     retire_old_bridge(config, nl, records, &before).await?;
     migrate::finish(&pins)?;
     forget_stale_translations(config, &pins, uplink.as_ref())?;
@@ -521,8 +522,7 @@ fn attach_uplink_xdp(
     Ok(datapath.attach_xdp(program, &uplink.name, uplink.index, settings.xdp)?)
 }
 
-/// The datapath's NAT settings for `config`: out of the uplink, as the uplink IP, when NAT is on;
-/// and the node's pod CIDR, inside which the programs look for local pods.
+/// The datapath's NAT settings for `config`: out of the uplink, as the uplink IP, when NAT is on.
 fn nat_settings(config: &Config, uplink: Option<&Iface>) -> NatConfig {
     let on = config.uplink.as_ref().zip(uplink).filter(|_| config.nat.enabled);
     NatConfig {
@@ -532,9 +532,36 @@ fn nat_settings(config: &Config, uplink: Option<&Iface>) -> NatConfig {
         port_min: config.nat.port_min,
         port_max: config.nat.port_max,
         timeouts_s: config.nat.timeouts.seconds(),
-        pod_net: config.node.pod_cidr.network().octets(),
-        pod_mask: config.node.pod_cidr.netmask().octets(),
+        // Every address may be a local pod's until `narrow_to_pod_cidr` says otherwise.
+        pod_net: [0; 4],
+        pod_mask: [0; 4],
     }
+}
+
+/// Lets the programs look for local pods only inside `node.pod_cidr` (see `NatConfig::pod_net`),
+/// once every pod the datapath knows is there: after a pod CIDR change, containers keep their
+/// addresses in the old one until the runtime recreates them, and while any does, every address
+/// is looked up.
+fn narrow_to_pod_cidr(config: &Config, pins: &PinDir, uplink: Option<&Iface>) -> Result<(), NodeError> {
+    let cidr = config.node.pod_cidr;
+    let outside: Vec<String> = Endpoints::open(pins)?
+        .list()
+        .into_iter()
+        .filter(|(ip, _)| !cidr.contains(ip))
+        .map(|(ip, _)| ip.to_string())
+        .collect();
+    let mut settings = nat_settings(config, uplink);
+    if outside.is_empty() {
+        settings.pod_net = cidr.network().octets();
+        settings.pod_mask = cidr.netmask().octets();
+    } else {
+        warn!(
+            "pod(s) {} are outside node.pod_cidr {cidr}: pods' packets look for a local pod at every \
+             destination (a little slower) until they are recreated in it",
+            outside.join(", ")
+        );
+    }
+    Ok(NatSettings::open(pins)?.set(&settings)?)
 }
 
 /// Detaches `[[pod]]`s that are no longer in the config, and removes what no pod owns any more:
