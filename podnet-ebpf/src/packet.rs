@@ -148,6 +148,9 @@ impl Packet for XdpContext {
     }
 }
 
+/// The longest L4 header podnet reads: TCP's without options.
+const L4_HEADER_MAX: usize = 20;
+
 /// A copy of the `T` at `offset` from the start of the packet, bounds-checked.
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &impl Packet, offset: usize) -> Result<T, Malformed> {
@@ -238,7 +241,10 @@ impl Ipv4 {
         if ether_type(ctx)? != EthHdr::TYPE_IPV4 {
             return Ok(None);
         }
-        ctx.ensure_linear(EthHdr::LEN + Ipv4Hdr::LEN)?;
+        // With the L4 header of an IPv4 header without options (TCP's without options is the
+        // longest): what is not linear yet costs a pull, and one pull for both is half the
+        // price of two (see `with_l4`).
+        ctx.ensure_linear((EthHdr::LEN + Ipv4Hdr::LEN + L4_HEADER_MAX).min(ctx.len()))?;
         // Pulling data moves the packet: take both pointers afresh.
         let eth = ptr_at::<EthHdr>(ctx, 0)?;
         let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)?;
@@ -252,12 +258,13 @@ impl Ipv4 {
     }
 
     /// The packet again, its L4 header (as far as it has one: TCP's 20 bytes, 8 of the rest) in
-    /// linear data too, for what reads ports and checksums: senders such as packet sockets' TX rings leave all but the
-    /// Ethernet header in fragments. Nothing moves for the usual frame, whose headers its
-    /// sender's stack wrote into linear data; when something does, `self` is stale.
+    /// linear data too, for what reads ports and checksums: senders such as packet sockets' TX
+    /// rings leave all but the Ethernet header in fragments. Nothing moves for the usual frame,
+    /// whose headers its sender's stack wrote into linear data, nor after `parse` pulled them
+    /// (IPv4 options aside); when something does, `self` is stale.
     #[inline(always)]
     pub fn with_l4(&self, ctx: &TcContext) -> Result<Self, Malformed> {
-        let header = if self.protocol() == TCP { 20 } else { 8 };
+        let header = if self.protocol() == TCP { L4_HEADER_MAX } else { 8 };
         let len = Packet::len(ctx).min(self.l4_offset() + header);
         if ctx.data() + len <= ctx.data_end() {
             // Linear already: nothing moved, the pointers stand.
