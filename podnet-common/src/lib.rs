@@ -565,23 +565,14 @@ impl RouteKey {
     }
 }
 
-/// The slot of [`maps::ROUTES`] that caches `key`'s answer: the source mixed by MurmurHash3's
-/// finalizer, the destination folded in and mixed again, so the pods of one node and the
-/// destinations of one pod spread over the slots even when their addresses correlate.
+/// The slot of [`maps::ROUTES`] that caches `key`'s answer: the source scrambled, the
+/// destination folded in and scrambled again ([`mix`], as the port search does), so the pods of
+/// one node and the destinations of one pod spread over the slots even when their addresses
+/// correlate.
 #[inline(always)]
 pub const fn route_slot(key: &RouteKey) -> u32 {
-    let h = mix32(mix32(u32::from_ne_bytes(key.saddr)) ^ u32::from_ne_bytes(key.daddr));
-    h & (maps::ROUTES_SLOTS as u32 - 1)
-}
-
-/// MurmurHash3's 32-bit finalizer: every input bit moves about half the output bits.
-#[inline(always)]
-const fn mix32(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
+    let source = mix(u32::from_ne_bytes(key.saddr).wrapping_mul(0x9e37_79b1));
+    mix(source ^ u32::from_ne_bytes(key.daddr)) & (maps::ROUTES_SLOTS as u32 - 1)
 }
 
 /// What the FIB said about `key` when it last was asked: the packet leaves by `ifindex` with
