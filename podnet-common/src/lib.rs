@@ -56,8 +56,9 @@ pub mod maps {
     pub const ROUTE_GENERATION: &str = "ROUTE_GENERATION";
     /// NAT settings, one [`crate::NatConfig`] at index 0.
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
-    /// UDP and ICMP translations, pod side (LRU hash): [`crate::CtKey`] of the pod's packet ->
-    /// [`crate::CtEntry`] holding the node's address and port.
+    /// UDP and ICMP translations, pod side (hash, twice the size of [`CT_IN`]):
+    /// [`crate::CtKey`] of the pod's packet -> [`crate::CtEntry`] holding the node's address and
+    /// port.
     pub const CT_OUT: &str = "CT_OUT";
     /// UDP and ICMP translations, reply side (hash, never evicted: an entry is the claim on a
     /// node port toward one remote, given up only when the translation expires):
@@ -690,11 +691,15 @@ pub enum Reason {
     /// A new connection to the outside found its translation table full (see `[nat]`
     /// `tcp_table` / `udp_icmp_table`): dropped, and the agent is told to collect at once.
     DropNatTableFull = 28,
+    /// A reply to a masqueraded connection whose TTL would expire on its hop into the pod:
+    /// dropped untranslated (the stack's "time exceeded" would quote the pod's address to the
+    /// outside).
+    DropNatReplyTtlExpired = 29,
 }
 
 impl Reason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 30] = [
         Reason::RedirectLocal,
         Reason::PassNotIpv4,
         Reason::PassNotLocal,
@@ -724,6 +729,7 @@ impl Reason {
         Reason::PassNoNat,
         Reason::DropNatNoFlow,
         Reason::DropNatTableFull,
+        Reason::DropNatReplyTtlExpired,
     ];
     /// Number of reasons in use.
     pub const COUNT: usize = Self::ALL.len();
@@ -747,6 +753,7 @@ impl Reason {
                 | Reason::DropNotAllowed
                 | Reason::DropNatNoFlow
                 | Reason::DropNatTableFull
+                | Reason::DropNatReplyTtlExpired
         )
     }
 
@@ -784,6 +791,7 @@ impl Reason {
             Reason::PassNoNat => "pass_no_nat",
             Reason::DropNatNoFlow => "drop_nat_no_flow",
             Reason::DropNatTableFull => "drop_nat_table_full",
+            Reason::DropNatReplyTtlExpired => "drop_nat_reply_ttl_expired",
         }
     }
 }

@@ -247,6 +247,7 @@ fn older_maps_migrate_while_traffic_flows() -> anyhow::Result<()> {
         bpftool(&["-j", "map", "show", "pinned", &node.pin_dir().join("CT_OUT").display().to_string()])?;
     let info: serde_json::Value = serde_json::from_str(&info)?;
     assert_eq!(info["max_entries"], 2 * 65536, "CT_OUT has this podnet's capacity: {info}");
+    assert_eq!(info["type"], "hash", "CT_OUT is this podnet's kind of map (no longer LRU): {info}");
     let stamps: Vec<String> = std::fs::read_dir(node.pin_dir().join("layout"))?
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
@@ -265,6 +266,23 @@ fn older_maps_migrate_while_traffic_flows() -> anyhow::Result<()> {
     node.run_podnet(&["up"])?;
     assert_eq!(node.counter("drop_not_natable")?, natable, "slot 15 of a v1 map is not carried");
     assert!(Path::new(&node.pin_dir().join("layout/COUNTERS@v2")).exists());
+
+    // The last release's pod sides, LRU hashes stamped as today's layout: their kind alone sets
+    // them aside, and the translations are carried.
+    let mut rows = entries(&node, "CT_OUT")?;
+    assert!(!rows.is_empty(), "the NAT connection's pod side");
+    pin_older_map(&node, "CT_OUT", &["type", "lru_hash", "key", "16", "value", "24", "entries", "131072"])?;
+    for (k, v) in &rows {
+        update(&node, "CT_OUT", k, v)?;
+    }
+    node.run_podnet(&["up"])?;
+    let mut carried = entries(&node, "CT_OUT")?;
+    rows.sort();
+    carried.sort();
+    assert_eq!(carried, rows, "the pod sides are carried");
+    let info =
+        bpftool(&["-j", "map", "show", "pinned", &node.pin_dir().join("CT_OUT").display().to_string()])?;
+    assert!(info.contains("\"type\":\"hash\""), "CT_OUT is a hash again: {info}");
     Ok(())
 }
 

@@ -52,8 +52,12 @@ struct Loaded {
 
 impl Loaded {
     fn new(tag: &str) -> Self {
+        Self::with_tables(tag, TableSizes::default())
+    }
+
+    fn with_tables(tag: &str, tables: TableSizes) -> Self {
         let pins = PinDir::for_node(&format!("testrun-{tag}{}", std::process::id()));
-        let datapath = Datapath::load(&pins, TableSizes::default(), EbpfLog::Off).unwrap_or_else(|e| {
+        let datapath = Datapath::load(&pins, tables, EbpfLog::Off).unwrap_or_else(|e| {
             // No `Loaded` to drop yet: what the load pinned goes here.
             let _ = pins.remove();
             panic!("load the embedded eBPF object: {e:?}")
@@ -73,7 +77,12 @@ impl Loaded {
     /// pod CIDR 10.1.1.0/24, and [`NAT_POD`] sending on `eth0` (call it in a [`FibFixture`]
     /// namespace).
     fn with_nat(tag: &str, eth0: u32, port_max: u16) -> Self {
-        let mut dp = Self::new(tag);
+        Self::with_nat_tables(tag, eth0, port_max, TableSizes::default())
+    }
+
+    /// [`Loaded::with_nat`] with translation tables of `tables` claims.
+    fn with_nat_tables(tag: &str, eth0: u32, port_max: u16, tables: TableSizes) -> Self {
+        let mut dp = Self::with_tables(tag, tables);
         let config = NatConfig {
             node_ip: NAT_NODE.octets(),
             enabled: 1,
@@ -457,6 +466,13 @@ fn nat_rewrites() {
     assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (SENDER_MAC.to_vec(), HOST_MAC.to_vec()));
     assert!(checksums_valid(&out), "IPv4 and TCP checksums after reverse NAT");
     counted(&before, &dp.counters(), Reason::RedirectNatReply);
+    // One whose TTL would expire on the hop into the pod is dropped as it came: the stack's
+    // "time exceeded" would quote the pod's address to the outside.
+    let expiring = with_ttl(&synack, 1);
+    let before = dp.counters();
+    let (action, out) = dp.run_on(FROM_UPLINK, &expiring, Some(eth0));
+    assert_eq!((action, &out[..]), (TC_ACT_SHOT, &expiring[..]), "dropped untranslated");
+    counted(&before, &dp.counters(), Reason::DropNatReplyTtlExpired);
 
     // A second TCP connection needs another port: there is none; dropped, counted, and the
     // existing translation is untouched.
@@ -598,6 +614,50 @@ fn nat_keeps_one_connection_per_node_port() {
     let (action, out) = dp.run_on(FROM_POD, &c, Some(eth0));
     assert_eq!((action, src_port(&out)), (TC_ACT_REDIRECT, port), "taken over once expired");
     assert_eq!(dst(&dp.run_on(FROM_UPLINK, &reply(TCP_SYN | TCP_ACK), Some(eth0)).1), (pod, 40004));
+}
+
+/// Pod sides that outlive their claims (taken over, or lost with no other port found) wait for
+/// the agent, in a table of twice the claims. Should they fill it, a new connection is refused
+/// as by a full claims table: counted, the agent told, and its claim given back.
+#[test]
+fn a_full_pod_side_table_refuses_new_connections() {
+    let mut lab = Lab::new("trfull").unwrap();
+    let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
+    netns::enter(&ns).unwrap();
+    let (node, pod, remote) = (NAT_NODE, NAT_POD, Ipv4Addr::new(192, 168, 50, 2));
+    let mut dp = Loaded::with_nat_tables("full", eth0, 65535, TableSizes { tcp: 4, udp_icmp: 4 });
+    let key = |sport: u16| CtKey {
+        saddr: pod.octets(),
+        daddr: remote.octets(),
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto: 6,
+        _pad: 0,
+        _pad2: 0,
+    };
+    let mut pod_sides = ct_table(&dp.pins, "CT_TCP_OUT");
+    for sport in 50000u16..50008 {
+        let stale = CtEntry {
+            created_ns: 1,
+            seen_ns: 1,
+            addr: node.octets(),
+            port: sport.to_be(),
+            flags: 0,
+            _pad: 0,
+        };
+        pod_sides.insert(&key(sport), &stale, 0).expect("room for twice the 4 claims");
+    }
+    let syn = tcp4((pod, 40000), (remote, 80), TCP_SYN);
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &syn, Some(eth0)).0, TC_ACT_SHOT);
+    counted(&before, &dp.counters(), Reason::DropNatTableFull);
+    assert_ne!(nat::pressure(&dp.pins).unwrap(), 0, "the agent is told");
+    assert_eq!(ct_table(&dp.pins, "CT_TCP_IN").keys().count(), 0, "the claim went back");
+    // Once one is collected, new connections are translated again.
+    pod_sides.remove(&key(50000)).unwrap();
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_POD, &syn, Some(eth0)).0, TC_ACT_REDIRECT);
+    counted(&before, &dp.counters(), Reason::RedirectNatNew);
 }
 
 /// ICMP errors about translated connections are translated both ways: one from outside (a

@@ -2,22 +2,24 @@
 //!
 //! TCP and the rest (UDP, ICMP echo) have separate tables, so a flood of one cannot crowd out
 //! the other. In each, a pod's first packet to the outside claims a node port: the reply-side
-//! entry (`*_IN`, a plain hash that never evicts) is inserted with BPF_NOEXIST, which claims
-//! (node port, remote, protocol) atomically, then the pod-side entry (`*_OUT`, an LRU hash).
+//! entry (`*_IN`) is inserted with BPF_NOEXIST, which claims (node port, remote, protocol)
+//! atomically, then the pod-side entry (`*_OUT`). Both are plain hashes that never evict (an
+//! LRU insert cost a new connection ~200 ns more).
 //! Later packets find the pod side; replies find the reply side and are translated back into
 //! the pod. So one node port toward one remote carries at most one pod connection, whatever is
-//! evicted: once a second a connection checks that its reply side is still its own (restoring
-//! it, or moving to a new port when another connection holds it); two CPUs translating one new
-//! connection agree on one port and keep its claim; a claim whose holder has been idle past its
-//! state's timeout may be taken over, under its key in `NAT_LOCKS` (so two take-overs, or a
-//! take-over and the agent's removal, never act on one claim at once). Only connections create
-//! state: a TCP FIN or RST of no known connection is dropped, unless the connection's claim
-//! lives on (its pod side was evicted): then it is restored, so the close still goes out.
+//! lost (removed by hand, not carried over): once a second a connection checks that its reply
+//! side is still its own (restoring it, or moving to a new port when another connection holds
+//! it); two CPUs translating one new connection agree on one port and keep its claim; a claim
+//! whose holder has been idle past its state's timeout may be taken over, under its key in
+//! `NAT_LOCKS` (so two take-overs, or a take-over and the agent's removal, never act on one claim
+//! at once). Only connections create state: a TCP FIN or RST of no known connection is dropped,
+//! unless the connection's claim lives on (its pod side was lost): then it is restored, so the
+//! close still goes out.
 //! `podnet agent` removes expired translations (and collects at once when a table fills up).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
-    btf_maps::{Array, HashMap, LruHashMap},
+    btf_maps::{Array, HashMap},
     macros::btf_map,
     programs::TcContext,
 };
@@ -43,11 +45,11 @@ use crate::{
 #[btf_map(pin_by_name)]
 static NAT_CONFIG: Array<NatConfig, 1> = Array::new();
 #[btf_map(pin_by_name)]
-static CT_OUT: LruHashMap<CtKey, CtEntry, CT_MAX> = LruHashMap::new();
+static CT_OUT: HashMap<CtKey, CtEntry, CT_MAX> = HashMap::new();
 #[btf_map(pin_by_name)]
 static CT_IN: HashMap<CtKey, CtEntry, CT_MAX> = HashMap::new();
 #[btf_map(pin_by_name)]
-static CT_TCP_OUT: LruHashMap<CtKey, CtEntry, CT_MAX> = LruHashMap::new();
+static CT_TCP_OUT: HashMap<CtKey, CtEntry, CT_MAX> = HashMap::new();
 #[btf_map(pin_by_name)]
 static CT_TCP_IN: HashMap<CtKey, CtEntry, CT_MAX> = HashMap::new();
 #[btf_map(pin_by_name)]
@@ -58,7 +60,7 @@ static NAT_LOCKS: HashMap<CtKey, u64, LOCKS_MAX> = HashMap::new();
 /// One protocol family's pair of translation tables. Code generic over it is instantiated once
 /// per table, so every map call names one map (the verifier can then inline the lookups).
 trait Tables {
-    fn out() -> &'static LruHashMap<CtKey, CtEntry, CT_MAX>;
+    fn out() -> &'static HashMap<CtKey, CtEntry, CT_MAX>;
     fn inbound() -> &'static HashMap<CtKey, CtEntry, CT_MAX>;
     /// Slot of `NAT_PRESSURE`.
     const PRESSURE: u32;
@@ -68,7 +70,7 @@ struct Tcp;
 struct Other;
 
 impl Tables for Tcp {
-    fn out() -> &'static LruHashMap<CtKey, CtEntry, CT_MAX> {
+    fn out() -> &'static HashMap<CtKey, CtEntry, CT_MAX> {
         &CT_TCP_OUT
     }
     fn inbound() -> &'static HashMap<CtKey, CtEntry, CT_MAX> {
@@ -78,7 +80,7 @@ impl Tables for Tcp {
 }
 
 impl Tables for Other {
-    fn out() -> &'static LruHashMap<CtKey, CtEntry, CT_MAX> {
+    fn out() -> &'static HashMap<CtKey, CtEntry, CT_MAX> {
         &CT_OUT
     }
     fn inbound() -> &'static HashMap<CtKey, CtEntry, CT_MAX> {
@@ -354,9 +356,16 @@ fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig, now: u64) -> Re
     let port = claim::<T>(flow, cfg, now, create).map_err(Verdict::drop)?;
     let node_side =
         CtEntry { created_ns: now, seen_ns: now, addr: cfg.node_ip, port, flags: flow.flags, _pad: 0 };
-    if T::out().insert(&flow.key, &node_side, u64::from(BPF_NOEXIST)).is_err() {
-        // Another CPU translated this connection a moment ago: its port is the connection's.
+    if let Err(error) = T::out().insert(&flow.key, &node_side, u64::from(BPF_NOEXIST)) {
         let claimed = flow.key.reply(cfg.node_ip, port);
+        if error == E2BIG {
+            // Pod sides have room for twice the claims: one outlives its claim (taken over, or
+            // lost with no other port found) only until the agent collects it. Full anyway:
+            // refused as by a full claims table.
+            release::<T>(&claimed, &flow.key, now);
+            return Err(Verdict::drop(table_full::<T>(now)));
+        }
+        // Another CPU translated this connection a moment ago: its port is the connection's.
         let Some(winner) = T::out().get_ptr(&flow.key) else {
             // ... and it is gone again already: give the claim back, and this packet up.
             release::<T>(&claimed, &flow.key, now);
@@ -469,13 +478,20 @@ fn claim<T: Tables>(flow: &Flow, cfg: &NatConfig, now: u64, create: bool) -> Res
         }
     }
     if full {
-        if let Some(slot) = NAT_PRESSURE.get_ptr_mut(T::PRESSURE) {
-            // SAFETY: an array slot; a racing store of another timestamp is as good.
-            unsafe { *slot = now };
-        }
-        return Err(Reason::DropNatTableFull);
+        return Err(table_full::<T>(now));
     }
     Err(if create { Reason::DropNatPortsExhausted } else { Reason::DropNatNoFlow })
+}
+
+/// Tells the agent that tables `T` refused a new connection for want of room (it collects at
+/// once); the drop reason.
+#[inline(always)]
+fn table_full<T: Tables>(now: u64) -> Reason {
+    if let Some(slot) = NAT_PRESSURE.get_ptr_mut(T::PRESSURE) {
+        // SAFETY: an array slot; a racing store of another timestamp is as good.
+        unsafe { *slot = now };
+    }
+    Reason::DropNatTableFull
 }
 
 /// Takes claim `reply_key` over for `pod_side` if its translation has expired. Under its key in
@@ -567,6 +583,11 @@ fn translate_back(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<Option<
     let Some(entry) = entry else {
         return Ok(None);
     };
+    // Translated and left to the stack, its "time exceeded" would quote the pod's address to the
+    // outside (ICMP errors and later fragments, the other replies, get none).
+    if ip.ttl() <= 1 {
+        return Ok(Some(Verdict::drop(Reason::DropNatReplyTtlExpired)));
+    }
     touch(entry, now(), flow.flags);
     // SAFETY: as in `touch`; address and port are never rewritten after insertion.
     let (pod_ip, pod_port) = unsafe { ((*entry).addr, (*entry).port) };

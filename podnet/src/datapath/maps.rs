@@ -446,7 +446,7 @@ impl CtTables {
                 |source| MapsError::Open { path: path.display().to_string(), source: source.into() },
             )?;
         Ok(Self {
-            out: open(pins, out, Map::LruHashMap)?,
+            out: open(pins, out, Map::HashMap)?,
             inbound: open(pins, inbound, Map::HashMap)?,
             capacity,
         })

@@ -170,8 +170,9 @@ impl Datapath {
             for ((out, inbound), size) in
                 [((CT_TCP_OUT, CT_TCP_IN), tables.tcp), ((CT_OUT, CT_IN), tables.udp_icmp)]
             {
-                // The claims (reply sides) are the table's size; the pod sides, an LRU hash, get
-                // room to spare: the kernel's LRU evicts before it is full (per-CPU free lists).
+                // The claims (reply sides) are the table's size; the pod sides get as many again
+                // for those that outlive their claim (taken over, or lost with no other port
+                // found) until the agent collects them.
                 loader.map_max_entries(inbound, size);
                 loader.map_max_entries(out, size.saturating_mul(2));
             }
