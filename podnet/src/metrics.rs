@@ -156,8 +156,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &mut out,
         "podnet_nat_gc_removed_total",
         "counter",
-        "Translations the agent's sweeps removed: idle past their timeout (expired), reply sides \
-         without a pod side (orphaned), unanswered ones dropped early under pressure (pressure).",
+        "Translations the agent's sweeps removed: idle past their timeout (expired), one side \
+         without the other (orphaned), unanswered ones dropped early under pressure (pressure).",
     );
     f.sample(&[("cause", "expired")], s.agent.gc_expired);
     f.sample(&[("cause", "orphaned")], s.agent.gc_orphans);

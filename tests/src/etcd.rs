@@ -1,5 +1,5 @@
 //! A real etcd (Debian's etcd-server) for cluster tests: one member, started as a child process
-//! inside a lab namespace on an address of that namespace, with its data in the lab's directory,
+//! inside a lab namespace on an address of that namespace, with its data in the lab's memory directory,
 //! and stopped by pid.
 
 use std::{
@@ -107,7 +107,7 @@ impl Etcd {
     /// Starts etcd in `ns` on `ip` (an address `ns` holds) and waits until it answers; with
     /// `tls`, on https and requiring client certificates.
     pub fn start(lab: &mut Lab, ns: &str, ip: &str, tls: Option<Certs>) -> anyhow::Result<Self> {
-        let data = lab.dir().join(format!("etcd-{ns}"));
+        let data = lab.memory_dir(&format!("etcd-{ns}"));
         let mut etcd = Self { ns: ns.to_owned(), ip: ip.to_owned(), data, pid: None, tls };
         etcd.restart(lab)?;
         Ok(etcd)

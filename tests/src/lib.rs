@@ -4,7 +4,7 @@
 //! touched.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -154,6 +154,18 @@ impl Lab {
     /// A scratch directory removed with the lab.
     pub fn dir(&self) -> &PathBuf {
         &self.dir
+    }
+
+    /// A scratch directory `name` in memory (tmpfs), removed with the lab: for data a server
+    /// syncs to disk on every write (etcd), whose fsyncs can stall for seconds on a busy disk.
+    /// In [`Lab::dir`] where the machine has no `/dev/shm`.
+    pub fn memory_dir(&self, name: &str) -> PathBuf {
+        self.memory_root().unwrap_or_else(|| self.dir.clone()).join(name)
+    }
+
+    fn memory_root(&self) -> Option<PathBuf> {
+        let shm = Path::new("/dev/shm");
+        shm.is_dir().then(|| shm.join(format!("podnet-lab-{}", self.prefix)))
     }
 
     /// Creates a namespace `<prefix>-<name>` with `lo` up.
@@ -503,5 +515,8 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(memory) = self.memory_root() {
+            let _ = std::fs::remove_dir_all(memory);
+        }
     }
 }

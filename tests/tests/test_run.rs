@@ -614,6 +614,15 @@ fn nat_keeps_one_connection_per_node_port() {
     let (action, out) = dp.run_on(FROM_POD, &c, Some(eth0));
     assert_eq!((action, src_port(&out)), (TC_ACT_REDIRECT, port), "taken over once expired");
     assert_eq!(dst(&dp.run_on(FROM_UPLINK, &reply(TCP_SYN | TCP_ACK), Some(eth0)).1), (pod, 40004));
+
+    // The connections that lost the port (the first, and the one whose claim was taken over)
+    // keep pod sides without a claim: collected once idle for the grace, the port's holder kept.
+    let pod_side = |sport| ct_table(&dp.pins, "CT_TCP_OUT").get(&key(sport), 0).is_ok();
+    assert!(pod_side(40000) && pod_side(40001) && pod_side(40004));
+    std::thread::sleep(nat::CLAIMLESS_GRACE + std::time::Duration::from_millis(100));
+    let collected = nat::gc(&dp.pins, &Timeouts::default(), false).unwrap();
+    assert_eq!((collected.orphans, collected.expired), (2, 0), "{collected:?}");
+    assert!(!pod_side(40000) && !pod_side(40001) && pod_side(40004));
 }
 
 /// Pod sides that outlive their claims (taken over, or lost with no other port found) wait for

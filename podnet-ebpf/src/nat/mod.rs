@@ -351,25 +351,25 @@ fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig, now: u64) -> Re
         return Err(Verdict::pass(Reason::PassNoNat));
     }
     // A FIN or RST starts nothing: it may only close a connection whose pod side was lost
-    // (evicted) while its claim lives on.
+    // (collected, or not carried over) while its claim lives on.
     let create = flow.flags & (ct_flags::FIN | ct_flags::RST) == 0;
     let port = claim::<T>(flow, cfg, now, create).map_err(Verdict::drop)?;
     let node_side =
         CtEntry { created_ns: now, seen_ns: now, addr: cfg.node_ip, port, flags: flow.flags, _pad: 0 };
     if let Err(error) = T::out().insert(&flow.key, &node_side, u64::from(BPF_NOEXIST)) {
         let claimed = flow.key.reply(cfg.node_ip, port);
-        if error == E2BIG {
-            // Pod sides have room for twice the claims: one outlives its claim (taken over, or
-            // lost with no other port found) only until the agent collects it. Full anyway:
-            // refused as by a full claims table.
-            release::<T>(&claimed, &flow.key, now);
-            return Err(Verdict::drop(table_full::<T>(now)));
-        }
-        // Another CPU translated this connection a moment ago: its port is the connection's.
+        // Another CPU translated this connection a moment ago (even when the table was full for
+        // this one, the other may have found room since): its port is the connection's.
         let Some(winner) = T::out().get_ptr(&flow.key) else {
-            // ... and it is gone again already: give the claim back, and this packet up.
+            // No other: give the claim back, and this packet up. Pod sides have room for twice
+            // the claims (one outlives its claim, taken over or lost with no other port found,
+            // until the agent collects it); full anyway, it is refused as a full claims table.
             release::<T>(&claimed, &flow.key, now);
-            return Err(Verdict::drop(Reason::DropNatPortsExhausted));
+            return Err(Verdict::drop(if error == E2BIG {
+                table_full::<T>(now)
+            } else {
+                Reason::DropNatPortsExhausted
+            }));
         };
         // SAFETY: from a successful lookup; the port is rewritten only by the connection's own
         // packets.

@@ -504,8 +504,8 @@ impl Conntrack {
             .collect()
     }
 
-    /// Reply sides whose pod side is gone (evicted, or deleted), with the pod-side key they
-    /// belong to.
+    /// Reply sides whose pod side is gone (deleted by hand, or not carried over), with the
+    /// pod-side key they belong to.
     pub fn orphans(&self) -> Vec<(CtKey, CtEntry, CtKey)> {
         [&self.tcp, &self.other]
             .into_iter()

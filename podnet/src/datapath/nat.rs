@@ -109,15 +109,23 @@ pub fn list(pins: &PinDir) -> Result<Vec<Translation>, MapsError> {
 pub struct Collected {
     /// Translations idle past their state's timeout.
     pub expired: usize,
-    /// Reply sides left without a pod side, idle past their timeout.
+    /// One side without the other: reply sides left without a pod side, idle past their
+    /// timeout, and pod sides without a claim (it was taken over, or lost with no other port
+    /// found), idle past [`CLAIMLESS_GRACE`].
     pub orphans: usize,
     /// Under pressure: UDP and ICMP translations that never had a reply, and TCP that never
     /// got past SYN, oldest first, until the table is three quarters full.
     pub early: usize,
 }
 
-/// Removes translations idle longer than their state's timeout, and reply sides whose pod side
-/// is gone once idle as long. A translation the datapath used while the scan ran is kept: it is
+/// How long a pod side without a claim is kept: a connection still sending restores its claim
+/// (or moves to another port) within a second, so one idle longer has lost its port for good.
+/// Until collected it takes room in the pod-side table, which new connections need.
+pub const CLAIMLESS_GRACE: Duration = Duration::from_secs(2);
+
+/// Removes translations idle longer than their state's timeout, pod sides without a claim idle
+/// past [`CLAIMLESS_GRACE`], and reply sides whose pod side is gone once idle as long as their
+/// state allows. A translation the datapath used while the scan ran is kept: it is
 /// removed only if both sides are as they were read. With `pressure` (a table filled up), also
 /// drops, oldest first, translations that never saw an answer or are closed (TIME_WAIT, reset)
 /// until each table is at most three quarters full (as Linux's conntrack early drop does).
@@ -127,7 +135,10 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collecte
     let mut done = Collected::default();
     let mut live: Vec<Translation> = Vec::new();
     for t in ct.pairs().iter().map(|p| decode(p, now)) {
-        if Duration::from_secs_f64(t.idle_s) > timeouts.of(t.state) {
+        let idle = Duration::from_secs_f64(t.idle_s);
+        if t.seen.1.is_none() && idle > timeouts.of(t.state).min(CLAIMLESS_GRACE) {
+            done.orphans += usize::from(remove_if_unchanged(&mut ct, &t));
+        } else if idle > timeouts.of(t.state) {
             done.expired += usize::from(remove_if_unchanged(&mut ct, &t));
         } else {
             live.push(t);
