@@ -695,11 +695,15 @@ pub enum Reason {
     /// dropped untranslated (the stack's "time exceeded" would quote the pod's address to the
     /// outside).
     DropNatReplyTtlExpired = 29,
+    /// A reply to a masqueraded connection (or a later fragment of one, or an ICMP error about
+    /// one) translated back to a pod that is no longer on this node: dropped (the stack would
+    /// route it, and its errors would quote the pod's address to the outside).
+    DropNatReplyNoPod = 30,
 }
 
 impl Reason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 31] = [
         Reason::RedirectLocal,
         Reason::PassNotIpv4,
         Reason::PassNotLocal,
@@ -730,6 +734,7 @@ impl Reason {
         Reason::DropNatNoFlow,
         Reason::DropNatTableFull,
         Reason::DropNatReplyTtlExpired,
+        Reason::DropNatReplyNoPod,
     ];
     /// Number of reasons in use.
     pub const COUNT: usize = Self::ALL.len();
@@ -754,6 +759,7 @@ impl Reason {
                 | Reason::DropNatNoFlow
                 | Reason::DropNatTableFull
                 | Reason::DropNatReplyTtlExpired
+                | Reason::DropNatReplyNoPod
         )
     }
 
@@ -792,6 +798,7 @@ impl Reason {
             Reason::DropNatNoFlow => "drop_nat_no_flow",
             Reason::DropNatTableFull => "drop_nat_table_full",
             Reason::DropNatReplyTtlExpired => "drop_nat_reply_ttl_expired",
+            Reason::DropNatReplyNoPod => "drop_nat_reply_no_pod",
         }
     }
 }

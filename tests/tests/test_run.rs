@@ -473,6 +473,12 @@ fn nat_rewrites() {
     let (action, out) = dp.run_on(FROM_UPLINK, &expiring, Some(eth0));
     assert_eq!((action, &out[..]), (TC_ACT_SHOT, &expiring[..]), "dropped untranslated");
     counted(&before, &dp.counters(), Reason::DropNatReplyTtlExpired);
+    // One for a pod gone meanwhile is dropped, not left to the stack with the pod's address.
+    Endpoints::open(&dp.pins).unwrap().remove(pod).unwrap();
+    let before = dp.counters();
+    assert_eq!(dp.run_on(FROM_UPLINK, &synack, Some(eth0)).0, TC_ACT_SHOT);
+    counted(&before, &dp.counters(), Reason::DropNatReplyNoPod);
+    dp.add_sender(pod, eth0);
 
     // A second TCP connection needs another port: there is none; dropped, counted, and the
     // existing translation is untouched.

@@ -598,11 +598,13 @@ fn translate_back(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<Option<
     Ok(Some(verdict))
 }
 
-/// Delivers a reply just translated back (its destination is the pod's now) into the pod.
+/// Delivers a reply just translated back (its destination is the pod's now) into the pod. A pod
+/// gone meanwhile (its translations go with it, but a reply may be on its way) gets nothing: the
+/// stack's errors about it would quote the pod's address to the outside.
 #[inline(always)]
 fn deliver_reply(ip: &Ipv4) -> Verdict {
     match endpoints::lookup(ip.daddr()) {
         Some(ep) => endpoints::deliver(ip, &ep, Hop::NatReply),
-        None => Verdict::pass(Reason::PassUplinkNotLocal),
+        None => Verdict::drop(Reason::DropNatReplyNoPod),
     }
 }
