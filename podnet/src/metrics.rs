@@ -150,6 +150,25 @@ pub fn render(s: &Snapshot<'_>) -> String {
     for t in &status.nat_tables {
         f.sample(&[("table", t.table)], t.capacity);
     }
+    let mut f = family(
+        &mut out,
+        "podnet_nat_table_pod_sides",
+        "gauge",
+        "Pod-side entries in each translation table: one per claim, and those that outlived theirs \
+         until the agent collects them (new connections are refused when it is full).",
+    );
+    for t in &status.nat_tables {
+        f.sample(&[("table", t.table)], t.pod_sides);
+    }
+    let mut f = family(
+        &mut out,
+        "podnet_nat_table_pod_side_capacity",
+        "gauge",
+        "Pod-side entries each translation table holds.",
+    );
+    for t in &status.nat_tables {
+        f.sample(&[("table", t.table)], t.pod_side_capacity);
+    }
     family(&mut out, "podnet_nat_gc_runs_total", "counter", "NAT sweeps the agent ran.")
         .sample(&[], s.agent.gc_runs);
     let mut f = family(

@@ -86,7 +86,10 @@ pub fn render(s: &Status, rates: Option<&Rates>) -> String {
     let tables: Vec<Vec<String>> = s
         .nat_tables
         .iter()
-        .map(|t| vec![t.table.to_owned(), t.entries.to_string(), t.capacity.to_string()])
+        .map(|t| {
+            let of = |n: usize, max: u32| format!("{n} / {max}");
+            vec![t.table.to_owned(), of(t.entries, t.capacity), of(t.pod_sides, t.pod_side_capacity)]
+        })
         .collect();
     let cluster = s.cluster.as_ref().map_or_else(String::new, |c| {
         let lease = match (c.lease, c.renewed) {
@@ -104,7 +107,7 @@ pub fn render(s: &Status, rates: Option<&Rates>) -> String {
         table(&["NODE", "NODE IP", "POD CIDR", "SOURCE"], &peers),
         table(&["PROGRAM", "HOOK", "INTERFACE", "LINK", "PROG"], &programs),
         table(counter_header, &counters),
-        table(&["TABLE", "CLAIMS", "CAPACITY"], &tables),
+        table(&["TABLE", "CLAIMS", "POD SIDES"], &tables),
     )
     .trim_end()
     .to_owned()

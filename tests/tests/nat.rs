@@ -217,7 +217,12 @@ fn a_udp_flood_leaves_tcp_connections_alone() -> anyhow::Result<()> {
     assert!(node.counter("drop_nat_table_full")? > 0, "the UDP table filled up");
     let tables = node.status()?["nat_tables"].clone();
     let udp = tables.as_array().and_then(|ts| ts.iter().find(|t| t["table"] == "udp_icmp")).cloned();
-    assert_eq!(udp.map(|t| t["capacity"].clone()), Some(4096.into()), "status shows the table: {tables}");
+    let field = |name: &str| udp.as_ref().map(|t| t[name].clone());
+    assert_eq!(field("capacity"), Some(4096.into()), "status shows the table: {tables}");
+    assert_eq!(field("pod_side_capacity"), Some(8192.into()), "and its pod sides: {tables}");
+    let pod_sides = field("pod_sides").and_then(|n| n.as_u64()).unwrap_or(0);
+    // Thousands, even once the agent's sweep for pressure took the table down to three quarters.
+    assert!(pod_sides >= 1000, "and the spray's pod sides: {tables}");
     assert_eq!(node_port_of(&node, "tcp", "10.1.1.3:")?, Some(tcp_port), "pod2 keeps its translation");
     std::fs::write(held.with_extension("in"), "before\nafter\n")?;
     wait_for_line(&held.with_extension("out"), "after")?;

@@ -436,21 +436,28 @@ struct CtTables {
     inbound: HashMap<MapData, CtKey, CtEntry>,
     /// Node ports the table can claim (the reply side's size).
     capacity: u32,
+    /// Pod-side entries it has room for.
+    pod_side_capacity: u32,
 }
 
 impl CtTables {
     fn open(pins: &PinDir, out: &'static str, inbound: &'static str) -> Result<Self, MapsError> {
-        let path = pins.map(inbound);
-        let capacity =
-            MapData::from_pin(&path).and_then(|data| data.info()).map(|info| info.max_entries()).map_err(
-                |source| MapsError::Open { path: path.display().to_string(), source: source.into() },
-            )?;
         Ok(Self {
             out: open(pins, out, Map::HashMap)?,
             inbound: open(pins, inbound, Map::HashMap)?,
-            capacity,
+            capacity: max_entries(pins, inbound)?,
+            pod_side_capacity: max_entries(pins, out)?,
         })
     }
+}
+
+/// The number of entries pinned map `name` was made for.
+fn max_entries(pins: &PinDir, name: &str) -> Result<u32, MapsError> {
+    let path = pins.map(name);
+    MapData::from_pin(&path)
+        .and_then(|data| data.info())
+        .map(|info| info.max_entries())
+        .map_err(|source| MapsError::Open { path: path.display().to_string(), source: source.into() })
 }
 
 /// The translation tables: TCP, and UDP with ICMP.
@@ -480,6 +487,10 @@ pub struct TableUse {
     /// Reply-side entries: node ports claimed.
     pub entries: usize,
     pub capacity: u32,
+    /// Pod-side entries: one per claim, and those that outlived theirs until the agent collects
+    /// them. New connections are refused when either side is full.
+    pub pod_sides: usize,
+    pub pod_side_capacity: u32,
 }
 
 impl Conntrack {
@@ -596,6 +607,8 @@ impl Conntrack {
             table,
             entries: t.inbound.keys().flatten().count(),
             capacity: t.capacity,
+            pod_sides: t.out.keys().flatten().count(),
+            pod_side_capacity: t.pod_side_capacity,
         };
         [of("tcp", &self.tcp), of("udp_icmp", &self.other)]
     }
