@@ -8,7 +8,10 @@ use std::fmt::Write as _;
 use podnet_common::CtState;
 
 use crate::{
-    datapath::{maps::EventTotals, nat::Translation},
+    datapath::{
+        maps::{EventTotals, TableUse},
+        nat::Translation,
+    },
     node::Status,
 };
 
@@ -33,6 +36,9 @@ pub struct Snapshot<'a> {
     pub events: EventTotals,
     pub agent: AgentCounts,
 }
+
+/// One figure of a translation table's use, for a gauge by table.
+type TableFigure = fn(&TableUse) -> u64;
 
 /// One metric family being written.
 struct Family<'a> {
@@ -136,38 +142,28 @@ pub fn render(s: &Snapshot<'_>) -> String {
         family(&mut out, "podnet_nat_node_ports", "gauge", "Size of the node port range NAT translates to.")
             .sample(&[], u32::from(max) - u32::from(min) + 1);
     }
-    let mut f = family(
-        &mut out,
-        "podnet_nat_table_claims",
-        "gauge",
-        "Node-port claims in each translation table (new connections are refused when it is full).",
-    );
-    for t in &status.nat_tables {
-        f.sample(&[("table", t.table)], t.entries);
-    }
-    let mut f =
-        family(&mut out, "podnet_nat_table_capacity", "gauge", "Claims each translation table holds.");
-    for t in &status.nat_tables {
-        f.sample(&[("table", t.table)], t.capacity);
-    }
-    let mut f = family(
-        &mut out,
-        "podnet_nat_table_pod_sides",
-        "gauge",
-        "Pod-side entries in each translation table: one per claim, and those that outlived theirs \
-         until the agent collects them (new connections are refused when it is full).",
-    );
-    for t in &status.nat_tables {
-        f.sample(&[("table", t.table)], t.pod_sides);
-    }
-    let mut f = family(
-        &mut out,
-        "podnet_nat_table_pod_side_capacity",
-        "gauge",
-        "Pod-side entries each translation table holds.",
-    );
-    for t in &status.nat_tables {
-        f.sample(&[("table", t.table)], t.pod_side_capacity);
+    let table_gauges: [(&'static str, &str, TableFigure); 4] = [
+        (
+            "podnet_nat_table_claims",
+            "Node-port claims in each translation table (new connections are refused when it is full).",
+            |t| t.entries as u64,
+        ),
+        ("podnet_nat_table_capacity", "Claims each translation table holds.", |t| t.capacity.into()),
+        (
+            "podnet_nat_table_pod_sides",
+            "Pod-side entries in each translation table: one per claim, and those that outlived theirs \
+             until the agent collects them (new connections are refused when it is full).",
+            |t| t.pod_sides as u64,
+        ),
+        ("podnet_nat_table_pod_side_capacity", "Pod-side entries each translation table holds.", |t| {
+            t.pod_side_capacity.into()
+        }),
+    ];
+    for (name, help, figure) in table_gauges {
+        let mut f = family(&mut out, name, "gauge", help);
+        for t in &status.nat_tables {
+            f.sample(&[("table", t.table)], figure(t));
+        }
     }
     family(&mut out, "podnet_nat_gc_runs_total", "counter", "NAT sweeps the agent ran.")
         .sample(&[], s.agent.gc_runs);

@@ -1,6 +1,6 @@
 //! A real etcd (Debian's etcd-server) for cluster tests: one member, started as a child process
-//! inside a lab namespace on an address of that namespace, with its data in the lab's memory directory,
-//! and stopped by pid.
+//! inside a lab namespace on an address of that namespace, with its data in the lab's memory
+//! directory, and stopped by pid.
 
 use std::{
     path::PathBuf,

@@ -152,6 +152,12 @@ fn bpftool<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// What `bpftool map show` says of the pinned map `name` of `node`.
+fn map_info(node: &Node, name: &str) -> anyhow::Result<serde_json::Value> {
+    let path = node.pin_dir().join(name);
+    Ok(serde_json::from_str(&bpftool(&["-j", "map", "show", "pinned", path.to_str().context("path")?])?)?)
+}
+
 /// `bpftool map update` of the pinned map `name` of `node`: `key` and `value` as hex bytes.
 fn update(node: &Node, name: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
     let path = node.pin_dir().join(name);
@@ -243,9 +249,7 @@ fn older_maps_migrate_while_traffic_flows() -> anyhow::Result<()> {
     assert_eq!(translations(&node)?, node_port_before, "on the same node port");
     assert!(pings(&pod2, "10.1.1.2", 1));
 
-    let info =
-        bpftool(&["-j", "map", "show", "pinned", &node.pin_dir().join("CT_OUT").display().to_string()])?;
-    let info: serde_json::Value = serde_json::from_str(&info)?;
+    let info = map_info(&node, "CT_OUT")?;
     assert_eq!(info["max_entries"], 2 * 65536, "CT_OUT has this podnet's capacity: {info}");
     assert_eq!(info["type"], "hash", "CT_OUT is this podnet's kind of map (no longer LRU): {info}");
     let stamps: Vec<String> = std::fs::read_dir(node.pin_dir().join("layout"))?
@@ -280,9 +284,8 @@ fn older_maps_migrate_while_traffic_flows() -> anyhow::Result<()> {
     rows.sort();
     carried.sort();
     assert_eq!(carried, rows, "the pod sides are carried");
-    let info =
-        bpftool(&["-j", "map", "show", "pinned", &node.pin_dir().join("CT_OUT").display().to_string()])?;
-    assert!(info.contains("\"type\":\"hash\""), "CT_OUT is a hash again: {info}");
+    let info = map_info(&node, "CT_OUT")?;
+    assert_eq!(info["type"], "hash", "CT_OUT is a hash again: {info}");
     Ok(())
 }
 

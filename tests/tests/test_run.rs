@@ -510,6 +510,19 @@ fn nat_rewrites() {
     assert!(checksums_valid(&out), "ICMP checksum after reverse NAT");
 }
 
+/// The pod-side key of [`NAT_POD`]'s TCP connection from port `sport` to `remote`:80.
+fn nat_pod_tcp_key(remote: Ipv4Addr, sport: u16) -> CtKey {
+    CtKey {
+        saddr: NAT_POD.octets(),
+        daddr: remote.octets(),
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto: 6,
+        _pad: 0,
+        _pad2: 0,
+    }
+}
+
 /// A pinned translation table, to lose entries by hand.
 fn ct_table(pins: &PinDir, name: &str) -> aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry> {
     let data = aya::maps::MapData::from_pin(pins.map(name)).expect("the table is pinned");
@@ -533,15 +546,7 @@ fn nat_keeps_one_connection_per_node_port() {
     let a = |flags| tcp4((pod, 40000), (remote, 80), flags);
     let b = |flags| tcp4((pod, 40001), (remote, 80), flags);
     let reply = |flags| tcp4((remote, 80), (node, port), flags);
-    let key = |sport: u16| CtKey {
-        saddr: pod.octets(),
-        daddr: remote.octets(),
-        sport: sport.to_be(),
-        dport: 80u16.to_be(),
-        proto: 6,
-        _pad: 0,
-        _pad2: 0,
-    };
+    let key = |sport| nat_pod_tcp_key(remote, sport);
     let reply_key = key(40000).reply(node.octets(), port.to_be());
     let states = |dp: &Loaded| -> Vec<(String, &'static str)> {
         nat::list(&dp.pins).unwrap().into_iter().map(|t| (t.pod, t.state.name())).collect()
@@ -641,15 +646,7 @@ fn a_full_pod_side_table_refuses_new_connections() {
     netns::enter(&ns).unwrap();
     let (node, pod, remote) = (NAT_NODE, NAT_POD, Ipv4Addr::new(192, 168, 50, 2));
     let mut dp = Loaded::with_nat_tables("full", eth0, 65535, TableSizes { tcp: 4, udp_icmp: 4 });
-    let key = |sport: u16| CtKey {
-        saddr: pod.octets(),
-        daddr: remote.octets(),
-        sport: sport.to_be(),
-        dport: 80u16.to_be(),
-        proto: 6,
-        _pad: 0,
-        _pad2: 0,
-    };
+    let key = |sport| nat_pod_tcp_key(remote, sport);
     let mut pod_sides = ct_table(&dp.pins, "CT_TCP_OUT");
     for sport in 50000u16..50008 {
         let stale = CtEntry {

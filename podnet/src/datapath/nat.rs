@@ -54,6 +54,14 @@ pub struct Translation {
     replied: bool,
 }
 
+impl Translation {
+    /// Whether its reply side, the claim on its node port, is still its own (not gone, not taken
+    /// over by another connection).
+    fn holds_claim(&self) -> bool {
+        self.seen.1.is_some()
+    }
+}
+
 fn state_name<S: serde::Serializer>(state: &CtState, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(state.name())
 }
@@ -136,7 +144,7 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collecte
     let mut live: Vec<Translation> = Vec::new();
     for t in ct.pairs().iter().map(|p| decode(p, now)) {
         let idle = Duration::from_secs_f64(t.idle_s);
-        if t.seen.1.is_none() && idle > timeouts.of(t.state).min(CLAIMLESS_GRACE) {
+        if !t.holds_claim() && idle > timeouts.of(t.state).min(CLAIMLESS_GRACE) {
             done.orphans += usize::from(remove_if_unchanged(&mut ct, &t));
         } else if idle > timeouts.of(t.state) {
             done.expired += usize::from(remove_if_unchanged(&mut ct, &t));
@@ -171,7 +179,7 @@ pub fn gc(pins: &PinDir, timeouts: &Timeouts, pressure: bool) -> Result<Collecte
             let mut droppable: Vec<&Translation> = live
                 .iter()
                 .filter(|t| (t.keys.0.proto == proto::TCP) == (table.table == "tcp"))
-                .filter(|t| t.seen.1.is_some())
+                .filter(|t| t.holds_claim())
                 .filter(|t| !t.replied || matches!(t.state, CtState::TcpTimeWait | CtState::TcpReset))
                 .collect();
             droppable.sort_by(|a, b| b.idle_s.total_cmp(&a.idle_s));

@@ -244,7 +244,7 @@ async fn up_steps(
             .map_err(|e| NodeError::Pod { pod: pod.name.clone(), source: Box::new(e) })?;
     }
     reattach_containers(&net, &mut program).await?;
-    narrow_to_pod_cidr(config, &pins, uplink.as_ref())?;
+    narrow_to_pod_cidr(config, &pins)?;
     retire_old_bridge(config, nl, records, &before).await?;
     migrate::finish(&pins)?;
     forget_stale_translations(config, &pins, uplink.as_ref())?;
@@ -541,8 +541,8 @@ fn nat_settings(config: &Config, uplink: Option<&Iface>) -> NatConfig {
 /// Lets the programs look for local pods only inside `node.pod_cidr` (see `NatConfig::pod_net`),
 /// once every pod the datapath knows is there: after a pod CIDR change, containers keep their
 /// addresses in the old one until the runtime recreates them, and while any does, every address
-/// is looked up.
-fn narrow_to_pod_cidr(config: &Config, pins: &PinDir, uplink: Option<&Iface>) -> Result<(), NodeError> {
+/// is looked up (the settings keep the mask 0 that `nat_settings` gave them).
+fn narrow_to_pod_cidr(config: &Config, pins: &PinDir) -> Result<(), NodeError> {
     let cidr = config.node.pod_cidr;
     let outside: Vec<String> = Endpoints::open(pins)?
         .list()
@@ -550,18 +550,20 @@ fn narrow_to_pod_cidr(config: &Config, pins: &PinDir, uplink: Option<&Iface>) ->
         .filter(|(ip, _)| !cidr.contains(ip))
         .map(|(ip, _)| ip.to_string())
         .collect();
-    let mut settings = nat_settings(config, uplink);
-    if outside.is_empty() {
-        settings.pod_net = cidr.network().octets();
-        settings.pod_mask = cidr.netmask().octets();
-    } else {
+    if !outside.is_empty() {
         warn!(
             "pod(s) {} are outside node.pod_cidr {cidr}: pods' packets look for a local pod at every \
              destination (a little slower) until they are recreated in it",
             outside.join(", ")
         );
+        return Ok(());
     }
-    Ok(NatSettings::open(pins)?.set(&settings)?)
+    // The rest of the settings as `up` wrote them before it attached the pods.
+    let mut nat = NatSettings::open(pins)?;
+    let mut settings = nat.get()?;
+    settings.pod_net = cidr.network().octets();
+    settings.pod_mask = cidr.netmask().octets();
+    Ok(nat.set(&settings)?)
 }
 
 /// Detaches `[[pod]]`s that are no longer in the config, and removes what no pod owns any more:
