@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use podnet_common::{
-    Endpoint, EndpointKey, PodSource, PodStats, Reason,
+    Endpoint, EndpointKey, PassReason, PodSource, PodStats, RedirectReason,
     maps::{ENDPOINTS_MAX, POD_SOURCES_MAX, POD_STATS_SLOTS},
 };
 
@@ -44,13 +44,17 @@ pub enum Hop {
 #[inline(always)]
 pub fn deliver(ip: &Ipv4, ep: &Endpoint, hop: Hop) -> Verdict {
     let reason = match hop {
-        Hop::SameSegment => Reason::RedirectLocal,
+        Hop::SameSegment => RedirectReason::RedirectLocal,
         Hop::Routed | Hop::NatReply => {
             if ip.ttl() <= 1 {
-                return Verdict::pass(Reason::PassTtlExpiring);
+                return Verdict::pass(PassReason::PassTtlExpiring);
             }
             ip.decrement_ttl();
-            if hop == Hop::NatReply { Reason::RedirectNatReply } else { Reason::RedirectFromUplink }
+            if hop == Hop::NatReply {
+                RedirectReason::RedirectNatReply
+            } else {
+                RedirectReason::RedirectFromUplink
+            }
         }
     };
     ip.set_macs(ep.host_mac, ep.pod_mac);
@@ -123,9 +127,10 @@ pub fn deliver_xdp(ctx: &XdpContext, ip: &Ipv4) -> Option<Verdict> {
         Ok(action) => {
             // Counted here only when XDP delivers it (tc counts what it falls back to).
             count_to_pod(ep.slot, ip.tot_len());
-            Verdict::redirected(action as i32, Reason::XdpRedirectLocal)
+            Verdict::redirected(action as i32, RedirectReason::XdpRedirectLocal)
         }
-        Err(action) => Verdict::redirected(action as i32, Reason::XdpPass),
+        // The default action: on to tc.
+        Err(_) => Verdict::xdp_pass(PassReason::XdpPass),
     })
 }
 

@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::macro_support::{Level, level_enabled};
 use podnet_common::{
-    CtKey, Event, EventBudget, Reason,
+    CtKey, Event, EventBudget, Pending, Reason,
     events::{self, BURST, DROP, LISTENER_TTL_NS, NAT_NEW, PER_SECOND},
     maps::EVENTS_BYTES,
     proto::{ICMP, TCP, UDP},
@@ -53,16 +53,6 @@ static LOGGERS: ProgramArray<1> = ProgramArray::new();
 
 /// Nanoseconds per token of the event budget.
 const NS_PER_TOKEN: u64 = 1_000_000_000 / PER_SECOND;
-
-/// An event on its way, and the packet's fate.
-#[repr(C)]
-pub struct Pending {
-    event: Event,
-    /// What the hook's program returns for the packet; the logger returns it instead.
-    action: i32,
-    /// 1 when `event` is this packet's (a logger only logs a fresh one).
-    fresh: u32,
-}
 
 /// A program context that knows the interface its packet arrived on, and its logger.
 pub trait Arrival: Packet + EbpfContext {
@@ -95,10 +85,10 @@ impl Arrival for XdpContext {
 /// event, and a drop or new translation with an event becomes a log line when logging is on
 /// (the logger, tail-called, then returns `action`). Returns `action`.
 #[inline(always)]
-pub fn finish<C: Arrival>(ctx: &C, reason: Reason, action: i32) -> i32 {
-    let pending = if reason.is_drop() {
+pub fn finish<C: Arrival>(ctx: &C, reason: u32, drop: bool, action: i32) -> i32 {
+    let pending = if drop {
         dropped(ctx, reason)
-    } else if reason == Reason::RedirectNatNew && C::LOGGER.is_some() && level_enabled(Level::Debug) {
+    } else if reason == Reason::RedirectNatNew as u32 && C::LOGGER.is_some() && level_enabled(Level::Debug) {
         // SAFETY: this CPU's slot (see `pending`), read in place.
         pending().filter(|&p| unsafe { (*p).fresh } != 0)
     } else {
@@ -123,7 +113,7 @@ pub fn finish<C: Arrival>(ctx: &C, reason: Reason, action: i32) -> i32 {
 
 /// Reports a packet dropped for `reason`: the event, if one is wanted.
 #[inline(always)]
-fn dropped<C: Arrival>(ctx: &C, reason: Reason) -> Option<*mut Pending> {
+fn dropped<C: Arrival>(ctx: &C, reason: u32) -> Option<*mut Pending> {
     let slot = pending()?;
     // SAFETY: this CPU's slot (see `pending`), borrowed only within this function.
     let pending = unsafe { &mut *slot };

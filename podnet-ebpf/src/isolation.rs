@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::btf_map,
     programs::TcContext,
 };
-use podnet_common::{Ipv4LpmData, Reason, admission, maps::UPLINK_ALLOW_MAX};
+use podnet_common::{DropReason, Ipv4LpmData, PassReason, admission, maps::UPLINK_ALLOW_MAX};
 
 use crate::{
     endpoints,
@@ -37,18 +37,18 @@ pub fn pod_source(ctx: &TcContext, ip: &Ipv4) -> Option<u16> {
 pub fn pod_non_ipv4(ctx: &TcContext) -> Result<Verdict, Malformed> {
     let eth = packet::read::<EthHdr>(ctx, 0)?;
     if eth.ether_type != EthHdr::TYPE_ARP {
-        return Ok(Verdict::drop(Reason::DropNotIpv4));
+        return Ok(Verdict::drop(DropReason::DropNotIpv4));
     }
     let arp = packet::read::<ArpHdr>(ctx, EthHdr::LEN)?;
     if !arp.is_ethernet_ipv4() {
-        return Ok(Verdict::drop(Reason::DropNotIpv4));
+        return Ok(Verdict::drop(DropReason::DropNotIpv4));
     }
     // The sender fields are what neighbours learn; the frame's source MAC is what the bridge
     // learns. Both must be the pod's own.
     if arp.sha != eth.src || endpoints::own_slot(arp.spa, arp.sha, packet::ingress_ifindex(ctx)).is_none() {
-        return Ok(Verdict::drop(Reason::DropSpoofed));
+        return Ok(Verdict::drop(DropReason::DropSpoofed));
     }
-    Ok(Verdict::pass(Reason::PassArp))
+    Ok(Verdict::pass(PassReason::PassArp))
 }
 
 /// Whether `addr` is in an `[uplink] allow_from` network: such networks route the pod CIDR to
@@ -62,14 +62,14 @@ pub fn in_allowed_network(addr: [u8; 4]) -> bool {
 /// from a source `[uplink] allow_from` admits. Sources that can only be forged (this node's pod
 /// CIDR and address, martian ranges) are refused even inside an admitted range.
 #[inline(always)]
-pub fn admitted_from_uplink(ip: &Ipv4) -> Result<(), Reason> {
+pub fn admitted_from_uplink(ip: &Ipv4) -> Result<(), DropReason> {
     let src = ip.saddr();
     if routing::is_peer(src) {
         return Ok(());
     }
     match UPLINK_ALLOW.get(&Key::new(32, src)) {
         Some(&admission::ADMIT) => Ok(()),
-        Some(_) => Err(Reason::DropSpoofed),
-        None => Err(Reason::DropNotAllowed),
+        Some(_) => Err(DropReason::DropSpoofed),
+        None => Err(DropReason::DropNotAllowed),
     }
 }

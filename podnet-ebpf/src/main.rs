@@ -22,7 +22,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use podnet_common::{Reason, is_martian_destination};
+use podnet_common::{DropReason, PassReason, RedirectReason, is_martian_destination};
 
 use crate::{
     endpoints::Hop,
@@ -42,25 +42,25 @@ use crate::{
 /// dropped); the rest (to the node, ARP) goes on to the kernel stack.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    try_from_pod(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish(&ctx)
+    try_from_pod(&ctx).unwrap_or(Verdict::drop(DropReason::DropMalformed)).finish(&ctx)
 }
 
 #[inline(always)]
 fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
     if packet::vlan_tagged(ctx)? {
-        return Ok(Verdict::drop(Reason::DropVlanTagged));
+        return Ok(Verdict::drop(DropReason::DropVlanTagged));
     }
     let Some(ip) = Ipv4::parse(ctx)? else {
         return isolation::pod_non_ipv4(ctx);
     };
     let Some(slot) = isolation::pod_source(ctx, &ip) else {
-        return Ok(Verdict::drop(Reason::DropSpoofed));
+        return Ok(Verdict::drop(DropReason::DropSpoofed));
     };
     endpoints::count_from_pod(slot, ip.tot_len());
     let ip = ip.with_l4(ctx)?;
     ip.check_l4(ctx)?;
     if is_martian_destination(ip.daddr()) {
-        return Ok(Verdict::drop(Reason::DropMartian));
+        return Ok(Verdict::drop(DropReason::DropMartian));
     }
     // Local pods are in the node's pod CIDR (once `up` set it): others skip the endpoint lookup.
     if nat::in_pod_cidr(ip.daddr())
@@ -71,13 +71,16 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
     let now = clock::now();
     Ok(match routing::classify(ctx, &ip, now) {
         Next::Peer(Ok(route)) => {
-            let reason =
-                if route.resolved() { Reason::RedirectRemote } else { Reason::RedirectRemoteResolve };
+            let reason = if route.resolved() {
+                RedirectReason::RedirectRemote
+            } else {
+                RedirectReason::RedirectRemoteResolve
+            };
             routing::transmit(&ip, &route, reason)
         }
         Next::Peer(Err(reason)) => Verdict::pass(reason),
         Next::Outside(route) => {
-            nat::masquerade(ctx, &ip, route, now)?.unwrap_or(Verdict::pass(Reason::PassNotLocal))
+            nat::masquerade(ctx, &ip, route, now)?.unwrap_or(Verdict::pass(PassReason::PassNotLocal))
         }
     })
 }
@@ -88,7 +91,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
 /// before they reach a pod; the rest (VLAN-tagged frames included) goes on to the stack.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    try_from_uplink(&ctx).unwrap_or(Verdict::drop(Reason::DropMalformed)).finish(&ctx)
+    try_from_uplink(&ctx).unwrap_or(Verdict::drop(DropReason::DropMalformed)).finish(&ctx)
 }
 
 #[inline(always)]
@@ -97,18 +100,18 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
     // priority tags (VLAN 0) and would route the packet inside to a pod past the checks below.
     if packet::vlan_tagged(ctx)? {
         return Ok(match packet::tagged_ipv4(ctx)? {
-            Some((_, dst)) if endpoints::lookup(dst).is_some() => Verdict::drop(Reason::DropVlanTagged),
-            _ => Verdict::pass(Reason::PassNotIpv4),
+            Some((_, dst)) if endpoints::lookup(dst).is_some() => Verdict::drop(DropReason::DropVlanTagged),
+            _ => Verdict::pass(PassReason::PassNotIpv4),
         });
     }
     let Some(ip) = Ipv4::parse(ctx)? else {
-        return Ok(Verdict::pass(Reason::PassNotIpv4));
+        return Ok(Verdict::pass(PassReason::PassNotIpv4));
     };
     if let Some(verdict) = nat::unmasquerade(ctx, &ip)? {
         return Ok(verdict);
     }
     let Some(ep) = endpoints::lookup(ip.daddr()) else {
-        return Ok(Verdict::pass(Reason::PassUplinkNotLocal));
+        return Ok(Verdict::pass(PassReason::PassUplinkNotLocal));
     };
     if let Err(reason) = isolation::admitted_from_uplink(&ip) {
         return Ok(Verdict::drop(reason));
@@ -126,7 +129,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
 /// BENCHMARKS.md); hence XDP is off by default.
 #[xdp]
 pub fn uplink_filter(ctx: XdpContext) -> u32 {
-    try_uplink_xdp(&ctx, false).unwrap_or(Verdict::xdp_drop(Reason::XdpDropMalformed)).finish(&ctx) as u32
+    try_uplink_xdp(&ctx, false).unwrap_or(Verdict::xdp_drop(DropReason::XdpDropMalformed)).finish(&ctx) as u32
 }
 
 /// `uplink_filter`, then frames from other nodes for local pods are redirected at XDP to the
@@ -136,7 +139,7 @@ pub fn uplink_filter(ctx: XdpContext) -> u32 {
 /// by a sender on the same host), so it cannot rewrite ports safely.
 #[xdp]
 pub fn uplink_deliver(ctx: XdpContext) -> u32 {
-    try_uplink_xdp(&ctx, true).unwrap_or(Verdict::xdp_drop(Reason::XdpDropMalformed)).finish(&ctx) as u32
+    try_uplink_xdp(&ctx, true).unwrap_or(Verdict::xdp_drop(DropReason::XdpDropMalformed)).finish(&ctx) as u32
 }
 
 #[inline(always)]
@@ -144,17 +147,17 @@ fn try_uplink_xdp(ctx: &XdpContext, deliver: bool) -> Result<Verdict, Malformed>
     let Some(ip) = Ipv4::parse(ctx)? else {
         // The deny list holds behind VLAN tags too (the stack may untag and route the packet).
         return Ok(match packet::tagged_ipv4(ctx)? {
-            Some((src, _)) if prefilter::denied(src) => Verdict::xdp_drop(Reason::XdpDropDenied),
-            _ => Verdict::xdp_pass(Reason::XdpPass),
+            Some((src, _)) if prefilter::denied(src) => Verdict::xdp_drop(DropReason::XdpDropDenied),
+            _ => Verdict::xdp_pass(PassReason::XdpPass),
         });
     };
     if prefilter::denied(ip.saddr()) {
-        return Ok(Verdict::xdp_drop(Reason::XdpDropDenied));
+        return Ok(Verdict::xdp_drop(DropReason::XdpDropDenied));
     }
     if deliver && let Some(verdict) = endpoints::deliver_xdp(ctx, &ip) {
         return Ok(verdict);
     }
-    Ok(Verdict::xdp_pass(Reason::XdpPass))
+    Ok(Verdict::xdp_pass(PassReason::XdpPass))
 }
 
 /// The tc programs' logger, tail-called by `from_pod` and `from_uplink` when the programs were

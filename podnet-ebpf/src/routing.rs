@@ -36,7 +36,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use podnet_common::{
-    CachedRoute, Ipv4LpmData, Peer, Reason, RouteKey,
+    CachedRoute, Ipv4LpmData, PassReason, Peer, RedirectReason, RouteKey,
     maps::{PEERS_MAX, ROUTES_SLOTS},
     route_slot,
 };
@@ -86,9 +86,9 @@ impl Route {
 /// Where a pod's packet for an address that is no local pod goes.
 pub enum Next {
     /// Another node's pod CIDR or address: routed to that node (or why the stack must handle it).
-    Peer(Result<Route, Reason>),
+    Peer(Result<Route, PassReason>),
     /// Outside the cluster, with the route when the cache knew it (`None`: not asked yet).
-    Outside(Option<Result<Route, Reason>>),
+    Outside(Option<Result<Route, PassReason>>),
 }
 
 /// Whether `addr` is a peer node's address or in a peer's pod CIDR.
@@ -115,7 +115,7 @@ pub fn classify(ctx: &TcContext, ip: &Ipv4, now: u64) -> Next {
 /// Routes `ip` toward its destination outside the cluster at time `now` (the FIB asked, the
 /// answer cached).
 #[inline(always)]
-pub fn to_outside(ctx: &TcContext, ip: &Ipv4, now: u64) -> Result<Route, Reason> {
+pub fn to_outside(ctx: &TcContext, ip: &Ipv4, now: u64) -> Result<Route, PassReason> {
     ask_fib(ctx, ip, ip.daddr(), false, stamp(now))
 }
 
@@ -150,14 +150,14 @@ fn cached(key: &RouteKey, (now, generation): Stamp) -> Option<CachedRoute> {
 
 /// A cached route for `ip`, after the checks the FIB would make of this packet: TTL and MTU.
 #[inline(always)]
-fn check(ctx: &TcContext, ip: &Ipv4, cached: CachedRoute) -> Result<Route, Reason> {
+fn check(ctx: &TcContext, ip: &Ipv4, cached: CachedRoute) -> Result<Route, PassReason> {
     if ip.ttl() <= 1 {
-        return Err(Reason::PassTtlExpiring);
+        return Err(PassReason::PassTtlExpiring);
     }
     if gso(ctx) {
         fits_device(ctx, cached.ifindex)?;
     } else if ip.tot_len() > cached.mtu {
-        return Err(Reason::PassFragNeeded);
+        return Err(PassReason::PassFragNeeded);
     }
     Ok(Route { ifindex: cached.ifindex, hop: Hop::Macs(cached.smac, cached.dmac) })
 }
@@ -174,11 +174,11 @@ fn gso(ctx: &TcContext) -> bool {
 /// Whether the packet fits `ifindex`'s MTU, each segment of a GSO packet (without
 /// BPF_MTU_CHK_SEGS the helper passes every GSO packet).
 #[inline(always)]
-fn fits_device(ctx: &TcContext, ifindex: u32) -> Result<(), Reason> {
+fn fits_device(ctx: &TcContext, ifindex: u32) -> Result<(), PassReason> {
     let mut mtu = 0u32;
     // SAFETY: the helper reads the skb and writes `mtu`, on our stack for the whole call.
     let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &mut mtu, 0, u64::from(BPF_MTU_CHK_SEGS)) };
-    if rc == 0 { Ok(()) } else { Err(Reason::PassFragNeeded) }
+    if rc == 0 { Ok(()) } else { Err(PassReason::PassFragNeeded) }
 }
 
 /// Asks the FIB how to forward `ip` toward `via` (its destination, or the node that owns it;
@@ -191,9 +191,9 @@ fn ask_fib(
     via: [u8; 4],
     peer: bool,
     (now, generation): Stamp,
-) -> Result<Route, Reason> {
+) -> Result<Route, PassReason> {
     if ip.ttl() <= 1 {
-        return Err(Reason::PassTtlExpiring);
+        return Err(PassReason::PassTtlExpiring);
     }
     let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
     // SAFETY: a stack slot of the struct's own size and alignment; zeroed, it is a valid
@@ -214,10 +214,10 @@ fn ask_fib(
     let neighbour_known = match rc {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         BPF_FIB_LKUP_RET_NO_NEIGH => false,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::PassFragNeeded),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(PassReason::PassFragNeeded),
         // For this node itself (the gateway address, say): the stack's.
-        BPF_FIB_LKUP_RET_NOT_FWDED => return Err(Reason::PassNotLocal),
-        _ => return Err(Reason::PassNoRoute),
+        BPF_FIB_LKUP_RET_NOT_FWDED => return Err(PassReason::PassNotLocal),
+        _ => return Err(PassReason::PassNoRoute),
     };
     if gso {
         fits_device(ctx, fib.ifindex)?;
@@ -255,7 +255,7 @@ fn ask_fib(
 /// Forwards `ip` along `route`: one routed hop (TTL - 1), then out of the route's interface,
 /// counting `reason`. The redirect takes effect when the program returns.
 #[inline(always)]
-pub fn transmit(ip: &Ipv4, route: &Route, reason: Reason) -> Verdict {
+pub fn transmit(ip: &Ipv4, route: &Route, reason: RedirectReason) -> Verdict {
     ip.decrement_ttl();
     let action = match route.hop {
         Hop::Macs(smac, dmac) => {

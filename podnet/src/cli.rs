@@ -238,5 +238,5 @@ pub enum NodeCommand {
 }
 
 fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
-    podnet::config::parse_cidr(text)
+    podnet::model::names::parse_cidr(text)
 }

@@ -1,15 +1,24 @@
-//! podnet's userspace: the node configuration ([`config`]), the kernel plumbing ([`host`]), the
-//! eBPF datapath as typed objects ([`datapath`]), what a node does ([`node`]: up, down, pods,
-//! IPAM, the per-node lock), the node agent ([`agent`]) and the CNI plugin ([`cni`]). The
-//! `podnet` binary is a thin CLI over them.
+//! podnet's userspace, in layers that each use only the ones before them:
+//! - [`model`]: the node as podnet means it (pods, peers, uplink, NAT, cluster), no formats;
+//! - [`config`]: the TOML file, checked into the model;
+//! - [`host`]: the kernel plumbing (netlink, namespaces, sysctls) and [`datapath`]: the eBPF
+//!   programs and maps as typed objects;
+//! - [`discovery`]: cluster membership (etcd); [`api`]: the agent's protocol;
+//! - [`node`]: what a node does (plan and apply `up`, `down`, pods, peers, status);
+//! - [`agent`], [`cni`], [`monitor`], [`metrics`], [`status`]: the daemon, the CNI plugin and
+//!   what they show.
+//!
+//! The `podnet` binary is a thin CLI over them.
 
 pub mod agent;
+pub mod api;
 pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod discovery;
 pub mod host;
 pub mod metrics;
+pub mod model;
 pub mod monitor;
 pub mod node;
 pub mod status;

@@ -4,14 +4,14 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use podnet::{
     agent,
-    config::{Config, Draft, PeerNode, XdpMode},
+    api::{Op, Peer, Reply, client},
+    config::Draft,
     datapath::{maps::Deny, nat},
+    discovery,
     host::netns,
+    model::{Config, XdpMode},
     monitor,
-    node::{
-        self,
-        op::{self, Op},
-    },
+    node::{self, Teardown, op},
     status,
 };
 use tracing_subscriber::EnvFilter;
@@ -108,10 +108,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         rt.block_on(agent::run(cli.config.as_deref(), draft, interval, ebpf_log))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let config = match cli.command {
-        Command::Down => draft.for_teardown(),
-        _ => draft.resolve(None)?,
-    };
+    if let Command::Down = cli.command {
+        let teardown = Teardown {
+            node: draft.node_name().to_owned(),
+            state: draft.state(),
+            uplink: draft.uplink_interface().map(str::to_owned),
+            membership: draft.membership(),
+        };
+        rt.block_on(async {
+            if client::agent_listens(&teardown.node).await {
+                let socket = client::socket_path(&teardown.node).display().to_string();
+                return Err(node::NodeError::AgentRunning { socket });
+            }
+            let _lock = node::lock::NodeLock::acquire(&teardown.node)?;
+            node::down(&teardown).await
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = discovery::resolve(&draft)?;
     rt.block_on(async {
         // State-changing verbs go through the node's agent when it runs (see `op::run`).
         let change = |op: Op| {
@@ -121,7 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         match cli.command {
             Command::Up => {
                 if let Some(cluster) = &config.cluster
-                    && !agent::api::agent_listens(&config.node.name).await
+                    && !client::agent_listens(&config.node.name).await
                 {
                     tracing::warn!(
                         "node {} is a [cluster] node and no agent runs: nothing renews its lease in etcd, \
@@ -134,14 +148,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let config =
                     cli.config.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
                 change(Op::Up { config }).await?;
-            }
-            Command::Down => {
-                if agent::api::agent_listens(&config.node.name).await {
-                    let socket = agent::api::socket_path(&config.node.name).display().to_string();
-                    return Err(node::NodeError::AgentRunning { socket }.into());
-                }
-                let _lock = node::lock::NodeLock::acquire(&config.node.name)?;
-                node::down(&config).await?;
             }
             Command::Status { json, watch: false, .. } => {
                 let status = node::status(&config)?;
@@ -159,13 +165,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 change(Op::EbpfLog { level }).await?;
             }
             Command::Node(NodeCommand::Add { name, ip, pod_cidr }) => {
-                change(Op::AddPeer { peer: PeerNode { name, ip, pod_cidr } }).await?;
+                change(Op::AddPeer { peer: Peer { name, ip, pod_cidr } }).await?;
             }
             Command::Node(NodeCommand::Del { name }) => {
                 change(Op::DelPeer { name }).await?;
             }
             Command::Nat(NatCommand::List { json }) => {
-                let translations = nat::list(&node::pins_of_running_node(&config)?)?;
+                let translations = nat::list(&node::pins_of_running_node(&config.node.name)?)?;
                 let out = if json {
                     serde_json::to_string_pretty(&translations)?
                 } else {
@@ -187,7 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         change(Op::DenyDel { cidr }).await?;
                     }
                     DenyCommand::List { json } => {
-                        let denied = Deny::open(&node::pins_of_running_node(&config)?)?.list();
+                        let denied = Deny::open(&node::pins_of_running_node(&config.node.name)?)?.list();
                         if json {
                             show(&serde_json::to_string_pretty(&denied)?)?;
                         } else {
@@ -197,13 +203,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Command::Nat(NatCommand::Flush) => {
-                show(&format!("removed {} translation(s)", change(Op::NatFlush).await?["removed"]))?;
+                let removed = match change(Op::NatFlush).await? {
+                    Reply::Flushed { removed } => removed,
+                    other => anyhow::bail!("the node answered {other:?} to `nat flush`"),
+                };
+                show(&format!("removed {removed} translation(s)"))?;
             }
             Command::Nat(NatCommand::Gc) => {
-                let removed = change(Op::NatGc { pressure: false }).await?;
-                show(&format!("removed {} idle translation(s)", removed["removed"]))?;
+                let removed = match change(Op::NatGc { pressure: false }).await? {
+                    Reply::Collected { expired, orphans, early } => expired + orphans + early,
+                    other => anyhow::bail!("the node answered {other:?} to `nat gc`"),
+                };
+                show(&format!("removed {removed} idle translation(s)"))?;
             }
-            Command::Agent { .. } | Command::Config => unreachable!("handled above"),
+            Command::Agent { .. } | Command::Config | Command::Down => {
+                anyhow::bail!("handled before the node's config was resolved")
+            }
         }
         Ok(ExitCode::SUCCESS)
     })

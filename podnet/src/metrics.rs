@@ -12,6 +12,7 @@ use crate::{
         maps::{EventTotals, TableUse},
         nat::Translation,
     },
+    model::PeerOrigin,
     node::Status,
 };
 
@@ -186,8 +187,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
     .sample(&[], s.agent.pressure_sweeps);
 
     let mut f = family(&mut out, "podnet_peers", "gauge", "Peer nodes, by where they came from.");
-    for source in ["config", "cluster", "cli"] {
-        f.sample(&[("source", source)], status.peers.iter().filter(|p| p.source == source).count());
+    for source in PeerOrigin::ALL {
+        f.sample(&[("source", source.name())], status.peers.iter().filter(|p| p.source == source).count());
     }
     let mut f = family(
         &mut out,
@@ -196,7 +197,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Programs attached, by program, hook and interface (1 while the pinned link holds it).",
     );
     for p in &status.programs {
-        f.sample(&[("program", &p.program), ("hook", &p.hook), ("interface", &p.ifname)], 1);
+        f.sample(&[("program", &p.program), ("hook", &p.hook.to_string()), ("interface", &p.ifname)], 1);
     }
     let mut f = family(
         &mut out,

@@ -16,11 +16,11 @@ use tokio::{
 };
 
 use crate::{
-    config::Config,
     datapath::{
         maps::{EventMaps, EventTotals, MapsError},
         nat::now_ns,
     },
+    model::Config,
     node::{self, NodeError, lock::NodeLock},
 };
 
@@ -65,7 +65,7 @@ const TICK: Duration = Duration::from_secs(1);
 /// Prints the node's events until SIGINT or SIGTERM (or until stdout is closed).
 pub async fn run(config: &Config, filter: &Filter, json: bool) -> Result<(), MonitorError> {
     let node = &config.node.name;
-    let pins = node::pins_of_running_node(config)?;
+    let pins = node::pins_of_running_node(node)?;
     let _reader = NodeLock::monitor(node)?.ok_or_else(|| MonitorError::Busy { node: node.clone() })?;
     let path = pins.map(EVENTS);
     let ring = MapData::from_pin(&path)
@@ -151,6 +151,7 @@ async fn follow(
 }
 
 /// A pod the filter names: its address and host veth.
+#[derive(Debug, Clone, Copy)]
 struct PodId {
     ip: [u8; 4],
     ifindex: u32,
@@ -189,7 +190,7 @@ impl Names {
             .collect();
         match found.len() {
             0 => Err(MonitorError::UnknownPod { pod: name.to_owned() }),
-            1 => Ok(found.into_iter().next().expect("one")),
+            1 => Ok(found[0]),
             n => Err(MonitorError::AmbiguousPod { pod: name.to_owned(), count: n }),
         }
     }
@@ -215,6 +216,33 @@ fn protocol_name(protocol: u8) -> String {
     }
 }
 
+/// What an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventKind {
+    Drop,
+    NatNew,
+    /// One a newer podnet's programs write: shown by number.
+    Unknown(u8),
+}
+
+impl EventKind {
+    fn of(kind: u8) -> Self {
+        match kind {
+            events::DROP => Self::Drop,
+            events::NAT_NEW => Self::NatNew,
+            other => Self::Unknown(other),
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Self::Drop => "drop".to_owned(),
+            Self::NatNew => "nat_new".to_owned(),
+            Self::Unknown(k) => format!("kind_{k}"),
+        }
+    }
+}
+
 fn reason_name(reason: u8) -> &'static str {
     Reason::ALL.iter().find(|r| **r as u8 == reason).map_or("unknown", |r| r.name())
 }
@@ -228,11 +256,11 @@ fn ifname(ifindex: u32) -> String {
 fn write_event(out: &mut impl std::io::Write, e: &Event, names: &Names, json: bool) -> std::io::Result<()> {
     let (src, dst) = (Ipv4Addr::from(e.saddr), Ipv4Addr::from(e.daddr));
     let pod = names.pod_of(e);
-    let kind = if e.kind == events::NAT_NEW { "nat_new" } else { "drop" };
+    let kind = EventKind::of(e.kind);
     if json {
         let mut line = json!({
             "time_ns": e.time_ns,
-            "kind": kind,
+            "kind": kind.name(),
             "reason": reason_name(e.reason),
             "ifindex": e.ifindex,
             "interface": ifname(e.ifindex),
@@ -241,7 +269,7 @@ fn write_event(out: &mut impl std::io::Write, e: &Event, names: &Names, json: bo
             "src": src, "sport": e.sport,
             "dst": dst, "dport": e.dport,
         });
-        if e.kind == events::NAT_NEW {
+        if kind == EventKind::NatNew {
             line["nat_src"] = json!(Ipv4Addr::from(e.nat_addr));
             line["nat_sport"] = json!(e.nat_port);
         }
@@ -253,23 +281,30 @@ fn write_event(out: &mut impl std::io::Write, e: &Event, names: &Names, json: bo
         None => ifname(e.ifindex),
     };
     let protocol = protocol_name(e.protocol);
-    if e.kind == events::NAT_NEW {
-        writeln!(
+    match kind {
+        EventKind::NatNew => writeln!(
             out,
             "{seconds:.6} nat new  {protocol} {src}:{} -> {dst}:{} as {}:{} from {on}",
             e.sport,
             e.dport,
             Ipv4Addr::from(e.nat_addr),
             e.nat_port
-        )
-    } else {
-        writeln!(
+        ),
+        EventKind::Drop => writeln!(
             out,
             "{seconds:.6} drop {} on {on}: {protocol} {src}:{} -> {dst}:{}",
             reason_name(e.reason),
             e.sport,
             e.dport
-        )
+        ),
+        EventKind::Unknown(_) => writeln!(
+            out,
+            "{seconds:.6} {} ({}) on {on}: {protocol} {src}:{} -> {dst}:{}",
+            kind.name(),
+            reason_name(e.reason),
+            e.sport,
+            e.dport
+        ),
     }
 }
 

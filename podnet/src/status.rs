@@ -55,7 +55,7 @@ pub fn render(s: &Status, rates: Option<&Rates>) -> String {
     let peers: Vec<Vec<String>> = s
         .peers
         .iter()
-        .map(|p| vec![p.name.clone(), p.node_ip.to_string(), p.pod_cidr.clone(), p.source.to_owned()])
+        .map(|p| vec![p.name.clone(), p.node_ip.to_string(), p.pod_cidr.clone(), p.source.name().to_owned()])
         .collect();
     let programs: Vec<Vec<String>> = s
         .programs
@@ -63,7 +63,7 @@ pub fn render(s: &Status, rates: Option<&Rates>) -> String {
         .map(|p| {
             vec![
                 p.program.to_owned(),
-                p.hook.to_owned(),
+                p.hook.to_string(),
                 p.ifname.clone(),
                 p.link_id.to_string(),
                 p.prog_id.to_string(),

@@ -17,6 +17,7 @@ pub mod cni;
 pub mod etcd;
 pub mod packets;
 pub mod podman;
+pub mod test_run;
 
 /// The podnet binary under test: `$PODNET_BIN` (set by `cargo xtask test`), else the debug build.
 pub fn podnet_bin() -> PathBuf {

@@ -5,18 +5,15 @@
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use ipnet::Ipv4Net;
 use podnet::{
-    config,
-    config::PeerNode,
-    config::Timeouts,
-    datapath::maps::{Conntrack, Counters, Deny, Endpoints, NatSettings, Peers, UplinkAllow},
-    datapath::{Datapath, EbpfLog, PinDir, TableSizes, nat},
+    datapath::maps::{Conntrack, Deny, Endpoints, NatSettings, Peers, UplinkAllow},
+    datapath::{PinDir, TableSizes, nat},
     host::netns,
+    model::{PeerNode, Timeouts, refused_sources},
 };
 use podnet_common::{
-    CtEntry, CtKey, CtState, Endpoint, NatConfig, PodSource, Reason,
+    CtEntry, CtKey, CtState, Endpoint, PodSource, Reason,
     programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
 };
 use podnet_tests::{
@@ -26,13 +23,10 @@ use podnet_tests::{
         arp, as_fragment, checksums_valid, ethernet, icmp_echo, icmp_error, inet_checksum, ipv4,
         router_advertisement, tcp4, udp4, udp4_checksummed, vlan_tagged, with_tot_len, with_ttl,
     },
+    test_run::{
+        Loaded, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS, XDP_REDIRECT, nat_config,
+    },
 };
-
-/// tc actions as the kernel numbers them (include/uapi/linux/pkt_cls.h); TC_ACT_UNSPEC (-1) is
-/// tcx's "next program", what podnet returns for what it leaves to others.
-const TC_ACT_UNSPEC: u32 = -1i32 as u32;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 
 const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb3];
@@ -44,112 +38,39 @@ const SENDER_MAC: [u8; 6] = [0xbb; 6];
 const NAT_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 const NAT_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 4);
 
-/// A datapath loaded into its own pin directory, removed again on drop.
-struct Loaded {
-    datapath: Datapath,
-    pins: PinDir,
+/// A datapath of its own, with [`LOCAL`] on `lo` (ifindex 1: the devmap takes only devices that
+/// exist) and [`SENDER`] sending on `lo` too (what a test run sends without a context arrives
+/// there).
+fn loaded(tag: &str) -> Loaded {
+    with_tables(tag, TableSizes::default())
 }
 
-impl Loaded {
-    fn new(tag: &str) -> Self {
-        Self::with_tables(tag, TableSizes::default())
-    }
-
-    fn with_tables(tag: &str, tables: TableSizes) -> Self {
-        let pins = PinDir::for_node(&format!("testrun-{tag}{}", std::process::id()));
-        let datapath = Datapath::load(&pins, tables, EbpfLog::Off).unwrap_or_else(|e| {
-            // No `Loaded` to drop yet: what the load pinned goes here.
-            let _ = pins.remove();
-            panic!("load the embedded eBPF object: {e:?}")
-        });
-        let mut endpoints = Endpoints::open(&pins).unwrap();
-        // The pod's "host veth" is `lo` (ifindex 1): the devmap takes only devices that exist.
-        let endpoint = Endpoint::new(1, POD_MAC, HOST_MAC);
-        endpoints.insert(LOCAL, &endpoint).unwrap();
-        let mut loaded = Self { datapath, pins };
-        // The frames' sender is a pod too, on `lo` unless a test moves it: what a test run
-        // sends without a context arrives there.
-        loaded.add_sender(SENDER, 1);
-        loaded
-    }
-
-    /// A datapath masquerading as [`NAT_NODE`] out of `eth0` with node ports 61000-`port_max`,
-    /// pod CIDR 10.1.1.0/24, and [`NAT_POD`] sending on `eth0` (call it in a [`FibFixture`]
-    /// namespace).
-    fn with_nat(tag: &str, eth0: u32, port_max: u16) -> Self {
-        Self::with_nat_tables(tag, eth0, port_max, TableSizes::default())
-    }
-
-    /// [`Loaded::with_nat`] with translation tables of `tables` claims.
-    fn with_nat_tables(tag: &str, eth0: u32, port_max: u16, tables: TableSizes) -> Self {
-        let mut dp = Self::with_tables(tag, tables);
-        let config = NatConfig {
-            node_ip: NAT_NODE.octets(),
-            enabled: 1,
-            uplink_ifindex: eth0,
-            port_min: 61000,
-            port_max,
-            timeouts_s: Timeouts::default().seconds(),
-            pod_net: [10, 1, 1, 0],
-            pod_mask: [255, 255, 255, 0],
-        };
-        NatSettings::open(&dp.pins).unwrap().set(&config).unwrap();
-        dp.add_sender(NAT_POD, eth0);
-        dp
-    }
-
-    /// Registers pod `ip` on host veth `ifindex` with MAC [`SENDER_MAC`], the source MAC of the
-    /// synthetic frames, so its frames pass the source check when they arrive on `ifindex`.
-    fn add_sender(&mut self, ip: Ipv4Addr, ifindex: u32) {
-        let endpoint = Endpoint::new(ifindex, SENDER_MAC, HOST_MAC);
-        Endpoints::open(&self.pins).unwrap().insert(ip, &endpoint).unwrap();
-    }
-
-    /// Runs XDP program `name` once on `frame`; returns its action and the frame it left.
-    fn run_xdp(&mut self, name: &'static str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let prog = self.datapath.xdp_program(name).unwrap();
-        let result = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    /// Runs `from_pod` once on `frame`; returns the action and the frame as the program left it.
-    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        self.run_on(FROM_POD, frame, None)
-    }
-
-    /// Runs program `name` once on `frame`, as if it arrived on interface `ifindex` (the FIB
-    /// needs an input device with forwarding on).
-    fn run_on(&mut self, name: &'static str, frame: &[u8], ifindex: Option<u32>) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        // struct __sk_buff is 192 bytes; `ifindex` sits at offset 40.
-        let mut skb = [0u8; 192];
-        skb[40..44].copy_from_slice(&ifindex.unwrap_or(0).to_ne_bytes());
-        let prog = self.datapath.program(name).unwrap();
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: ifindex.map(|_| &skb[..]),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    fn counters(&self) -> Vec<u64> {
-        Counters::open(&self.pins).unwrap().totals().unwrap().into_iter().map(|(_, n)| n).collect()
-    }
+fn with_tables(tag: &str, tables: TableSizes) -> Loaded {
+    let mut dp = Loaded::new(&format!("testrun-{tag}"), tables).unwrap();
+    dp.add_endpoint(LOCAL, 1, POD_MAC, HOST_MAC);
+    add_sender(&mut dp, SENDER, 1);
+    dp
 }
 
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        let _ = self.pins.remove();
-    }
+/// A datapath masquerading as [`NAT_NODE`] out of `eth0` with node ports 61000-`port_max`,
+/// pod CIDR 10.1.1.0/24, and [`NAT_POD`] sending on `eth0` (call it in a [`FibFixture`]
+/// namespace).
+fn with_nat(tag: &str, eth0: u32, port_max: u16) -> Loaded {
+    with_nat_tables(tag, eth0, port_max, TableSizes::default())
+}
+
+/// [`with_nat`] with translation tables of `tables` claims.
+fn with_nat_tables(tag: &str, eth0: u32, port_max: u16, tables: TableSizes) -> Loaded {
+    let mut dp = with_tables(tag, tables);
+    dp.set_nat(&nat_config(NAT_NODE, eth0, 61000, port_max));
+    add_sender(&mut dp, NAT_POD, eth0);
+    dp
+}
+
+/// Registers pod `ip` on host veth `ifindex` with MAC [`SENDER_MAC`], the source MAC of the
+/// synthetic frames, so its frames pass the source check when they arrive on `ifindex`.
+fn add_sender(dp: &mut Loaded, ip: Ipv4Addr, ifindex: u32) {
+    dp.add_endpoint(ip, ifindex, SENDER_MAC, HOST_MAC);
 }
 
 /// Keeps the calling thread on the CPU it runs on (test runs execute on the caller's CPU) until
@@ -185,7 +106,7 @@ fn counted(before: &[u64], after: &[u64], reason: Reason) {
 /// All cases share one load: the pin directory is per process.
 #[test]
 fn from_pod_decisions() {
-    let mut dp = Loaded::new("pod");
+    let mut dp = loaded("pod");
     let pod1 = SENDER;
 
     // Local destination: redirected, Ethernet rewritten for the pod, IP packet untouched.
@@ -244,7 +165,7 @@ fn routing_decisions() {
     // This test's thread (only) moves into the node namespace: the FIB lookups happen there.
     netns::enter(&ns).unwrap();
 
-    let mut dp = Loaded::new("route");
+    let mut dp = loaded("route");
     let mut peers = Peers::open(&dp.pins).unwrap();
     for (name, ip, cidr) in
         [("node2", [192, 168, 50, 2], "10.1.2.0/24"), ("node4", [192, 168, 50, 4], "10.1.4.0/24")]
@@ -253,7 +174,7 @@ fn routing_decisions() {
         peers.insert(&PeerNode { name: name.into(), ip: Ipv4Addr::from(ip), pod_cidr }).unwrap();
     }
     // The FIB needs an input device with forwarding on: the sending pod's "veth" is eth0.
-    dp.add_sender(SENDER, eth0);
+    add_sender(&mut dp, SENDER, eth0);
     let remote_pod = Ipv4Addr::new(10, 1, 2, 2);
     let frame_from = |src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: usize| {
         with_ttl(&udp4([0xaa; 6], [0xbb; 6], src, dst, &vec![0u8; payload]), ttl)
@@ -322,7 +243,7 @@ fn routing_decisions() {
 /// eats the headroom shows here first (`MAX_TRIES` in the NAT is the big lever).
 #[test]
 fn programs_stay_well_inside_the_verifiers_budget() {
-    let mut dp = Loaded::new("budget");
+    let mut dp = loaded("budget");
     for name in [FROM_POD, FROM_UPLINK] {
         let info = dp.datapath.program(name).unwrap().info().unwrap();
         let verified = info.verified_instruction_count().expect("the kernel reports verified instructions");
@@ -341,14 +262,14 @@ fn cached_routes_follow_changes_within_a_second() {
     let mut lab = Lab::new("trc").unwrap();
     let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
     netns::enter(&ns).unwrap();
-    let mut dp = Loaded::new("routes");
+    let mut dp = loaded("routes");
     let node2 = PeerNode {
         name: "node2".into(),
         ip: Ipv4Addr::new(192, 168, 50, 2),
         pod_cidr: "10.1.2.0/24".parse().unwrap(),
     };
     Peers::open(&dp.pins).unwrap().insert(&node2).unwrap();
-    dp.add_sender(SENDER, eth0);
+    add_sender(&mut dp, SENDER, eth0);
     let frame = |payload: usize| {
         with_ttl(&udp4([0xaa; 6], [0xbb; 6], SENDER, Ipv4Addr::new(10, 1, 2, 2), &vec![0u8; payload]), 64)
     };
@@ -420,9 +341,9 @@ fn local_pods_are_looked_up_inside_the_pod_cidr() {
         dp.run_on(FROM_POD, &to(dst), Some(eth0));
         dp.counters()[Reason::RedirectLocal as usize] > before[Reason::RedirectLocal as usize]
     };
-    let mut without = Loaded::new("nocidr");
-    without.add_sender(NAT_POD, eth0);
-    for (mut dp, cidr_set) in [(Loaded::with_nat("cidr", eth0, 61000), true), (without, false)] {
+    let mut without = loaded("nocidr");
+    add_sender(&mut without, NAT_POD, eth0);
+    for (mut dp, cidr_set) in [(with_nat("cidr", eth0, 61000), true), (without, false)] {
         Endpoints::open(&dp.pins).unwrap().insert(outside, &Endpoint::new(1, POD_MAC, HOST_MAC)).unwrap();
         assert!(delivered(&mut dp, LOCAL), "inside the pod CIDR");
         assert_eq!(delivered(&mut dp, outside), !cidr_set, "outside the pod CIDR, CIDR set: {cidr_set}");
@@ -437,7 +358,7 @@ fn nat_rewrites() {
     let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
     netns::enter(&ns).unwrap();
     let (node, pod, remote) = (NAT_NODE, NAT_POD, Ipv4Addr::new(192, 168, 50, 2));
-    let mut dp = Loaded::with_nat("nat", eth0, 61000);
+    let mut dp = with_nat("nat", eth0, 61000);
     let src = |f: &[u8]| (Ipv4Addr::new(f[26], f[27], f[28], f[29]), u16::from_be_bytes([f[34], f[35]]));
     let dst = |f: &[u8]| (Ipv4Addr::new(f[30], f[31], f[32], f[33]), u16::from_be_bytes([f[36], f[37]]));
 
@@ -478,7 +399,7 @@ fn nat_rewrites() {
     let before = dp.counters();
     assert_eq!(dp.run_on(FROM_UPLINK, &synack, Some(eth0)).0, TC_ACT_SHOT);
     counted(&before, &dp.counters(), Reason::DropNatReplyNoPod);
-    dp.add_sender(pod, eth0);
+    add_sender(&mut dp, pod, eth0);
 
     // A second TCP connection needs another port: there is none; dropped, counted, and the
     // existing translation is untouched.
@@ -539,7 +460,7 @@ fn nat_keeps_one_connection_per_node_port() {
     let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
     netns::enter(&ns).unwrap();
     let (node, pod, remote) = (NAT_NODE, NAT_POD, Ipv4Addr::new(192, 168, 50, 2));
-    let mut dp = Loaded::with_nat("pair", eth0, 61000);
+    let mut dp = with_nat("pair", eth0, 61000);
     let port = 61000u16;
     let src_port = |f: &[u8]| u16::from_be_bytes([f[34], f[35]]);
     let dst = |f: &[u8]| (Ipv4Addr::new(f[30], f[31], f[32], f[33]), u16::from_be_bytes([f[36], f[37]]));
@@ -645,7 +566,7 @@ fn a_full_pod_side_table_refuses_new_connections() {
     let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
     netns::enter(&ns).unwrap();
     let (node, pod, remote) = (NAT_NODE, NAT_POD, Ipv4Addr::new(192, 168, 50, 2));
-    let mut dp = Loaded::with_nat_tables("full", eth0, 65535, TableSizes { tcp: 4, udp_icmp: 4 });
+    let mut dp = with_nat_tables("full", eth0, 65535, TableSizes { tcp: 4, udp_icmp: 4 });
     let key = |sport| nat_pod_tcp_key(remote, sport);
     let mut pod_sides = ct_table(&dp.pins, "CT_TCP_OUT");
     for sport in 50000u16..50008 {
@@ -685,7 +606,7 @@ fn icmp_errors_are_translated_both_ways() {
     netns::enter(&ns).unwrap();
     let (node, pod, remote, router) =
         (NAT_NODE, NAT_POD, Ipv4Addr::new(192, 168, 50, 2), Ipv4Addr::new(192, 168, 50, 3));
-    let mut dp = Loaded::with_nat("icmp", eth0, 61000);
+    let mut dp = with_nat("icmp", eth0, 61000);
     // The quoted IPv4 header: after the outer one and the 8-byte ICMP header.
     let q = ETH_LEN + 28;
     let addr = |f: &[u8], at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
@@ -752,7 +673,7 @@ fn fragmented_datagrams_are_translated_both_ways() {
     let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
     netns::enter(&ns).unwrap();
     let (node, pod, remote) = (NAT_NODE, NAT_POD, Ipv4Addr::new(192, 168, 50, 2));
-    let mut dp = Loaded::with_nat("frag", eth0, 61000);
+    let mut dp = with_nat("frag", eth0, 61000);
     let addr = |f: &[u8], at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
     let ports = |f: &[u8]| (u16::from_be_bytes([f[34], f[35]]), u16::from_be_bytes([f[36], f[37]]));
     let header_ok = |f: &[u8]| inet_checksum(&f[ETH_LEN..ETH_LEN + 20]) == 0;
@@ -801,16 +722,12 @@ fn fragmented_datagrams_are_translated_both_ways() {
     }
 }
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-
 /// The uplink's XDP prefilter: deny-listed sources and malformed frames dropped (and counted),
 /// everything else passed on to tc. `uplink_deliver` makes the same decisions for these frames
 /// (none is a routable frame for a local pod).
 #[test]
 fn uplink_filter_decisions() {
-    let mut dp = Loaded::new("xdp");
+    let mut dp = loaded("xdp");
     Deny::open(&dp.pins).unwrap().insert("203.0.113.0/24".parse().unwrap()).unwrap();
     let (pod, node) = (Ipv4Addr::new(10, 1, 1, 2), Ipv4Addr::new(192, 168, 50, 1));
     let cases: Vec<(&str, Vec<u8>, u32, Reason)> = vec![
@@ -866,7 +783,7 @@ fn uplink_filter_decisions() {
     for program in [UPLINK_FILTER, UPLINK_DELIVER] {
         for (what, frame, action, reason) in &cases {
             let before = dp.counters();
-            assert_eq!(dp.run_xdp(program, frame).0, *action, "{program}: {what}");
+            assert_eq!(dp.run_xdp_once(program, frame).0, *action, "{program}: {what}");
             counted(&before, &dp.counters(), *reason);
         }
     }
@@ -876,7 +793,7 @@ fn uplink_filter_decisions() {
 /// hop: TTL - 1 with a valid header checksum, MACs for the pod); what tc must handle passes.
 #[test]
 fn uplink_deliver_decisions() {
-    let mut dp = Loaded::new("deliver");
+    let mut dp = loaded("deliver");
     let remote = Ipv4Addr::new(10, 1, 2, 2);
     let peer = PeerNode {
         name: "node2".into(),
@@ -886,7 +803,7 @@ fn uplink_deliver_decisions() {
     Peers::open(&dp.pins).unwrap().insert(&peer).unwrap();
     let frame = udp4([0xaa; 6], [0xbb; 6], remote, LOCAL, b"hello");
     let before = dp.counters();
-    let (action, out) = dp.run_xdp(UPLINK_DELIVER, &frame);
+    let (action, out) = dp.run_xdp_once(UPLINK_DELIVER, &frame);
     assert_eq!(action, XDP_REDIRECT);
     counted(&before, &dp.counters(), Reason::XdpRedirectLocal);
     assert_eq!(out[..6], POD_MAC, "destination MAC is the pod's");
@@ -906,12 +823,12 @@ fn uplink_deliver_decisions() {
         ("not a peer (tc drops it)", stranger.to_vec()),
     ] {
         let before = dp.counters();
-        assert_eq!(dp.run_xdp(UPLINK_DELIVER, &f), (XDP_PASS, f.clone()), "{what}: passed untouched");
+        assert_eq!(dp.run_xdp_once(UPLINK_DELIVER, &f), (XDP_PASS, f.clone()), "{what}: passed untouched");
         counted(&before, &dp.counters(), Reason::XdpPass);
     }
     // The prefilter comes first: a denied source is dropped even when it is for a local pod.
     Deny::open(&dp.pins).unwrap().insert("10.1.2.0/24".parse().unwrap()).unwrap();
-    assert_eq!(dp.run_xdp(UPLINK_DELIVER, &frame).0, XDP_DROP);
+    assert_eq!(dp.run_xdp_once(UPLINK_DELIVER, &frame).0, XDP_DROP);
 }
 
 /// A pod can be only itself: what `from_pod` drops before any forwarding, and why. Pod A (the
@@ -921,7 +838,7 @@ fn isolation_decisions() {
     let mut lab = Lab::new("tri").unwrap();
     let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
     netns::enter(&ns).unwrap();
-    let mut dp = Loaded::new("iso");
+    let mut dp = loaded("iso");
     let pod_b = Ipv4Addr::new(10, 1, 1, 5);
     let b_mac = [0xcc; 6];
     Endpoints::open(&dp.pins).unwrap().insert(pod_b, &Endpoint::new(eth0, b_mac, HOST_MAC)).unwrap();
@@ -1023,7 +940,7 @@ fn uplink_admission_decisions() {
     let mut lab = Lab::new("tra").unwrap();
     let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
     netns::enter(&ns).unwrap();
-    let mut dp = Loaded::new("adm");
+    let mut dp = loaded("adm");
     let peer = PeerNode {
         name: "node2".into(),
         ip: Ipv4Addr::new(192, 168, 50, 2),
@@ -1031,7 +948,7 @@ fn uplink_admission_decisions() {
     };
     Peers::open(&dp.pins).unwrap().insert(&peer).unwrap();
     let node = Ipv4Addr::new(192, 168, 50, 1);
-    let refused = config::refused_sources("10.1.1.0/24".parse().unwrap(), node);
+    let refused = refused_sources("10.1.1.0/24".parse().unwrap(), node);
     let mut allow = UplinkAllow::open(&dp.pins).unwrap();
     allow.set(&[], &refused).unwrap();
     let from = |src: [u8; 4]| udp4([0xaa; 6], [0xbb; 6], Ipv4Addr::from(src), LOCAL, b"x");
@@ -1039,7 +956,7 @@ fn uplink_admission_decisions() {
         let before = dp.counters();
         assert_eq!(dp.run_on(FROM_UPLINK, &from(src), Some(eth0)).0, tc, "tc, from {src:?}");
         counted(&before, &dp.counters(), reason);
-        assert_eq!(dp.run_xdp(UPLINK_DELIVER, &from(src)).0, xdp, "uplink_deliver, from {src:?}");
+        assert_eq!(dp.run_xdp_once(UPLINK_DELIVER, &from(src)).0, xdp, "uplink_deliver, from {src:?}");
     };
     check(&mut dp, [10, 1, 2, 7], TC_ACT_REDIRECT, Reason::RedirectFromUplink, XDP_REDIRECT);
     check(&mut dp, [192, 168, 50, 2], TC_ACT_REDIRECT, Reason::RedirectFromUplink, XDP_REDIRECT);
@@ -1070,7 +987,11 @@ fn uplink_admission_decisions() {
     Deny::open(&dp.pins).unwrap().insert("192.168.50.100/32".parse().unwrap()).unwrap();
     for program in [UPLINK_FILTER, UPLINK_DELIVER] {
         let before = dp.counters();
-        assert_eq!(dp.run_xdp(program, &vlan_tagged(&from([192, 168, 50, 100]), 0)).0, XDP_DROP, "{program}");
+        assert_eq!(
+            dp.run_xdp_once(program, &vlan_tagged(&from([192, 168, 50, 100]), 0)).0,
+            XDP_DROP,
+            "{program}"
+        );
         counted(&before, &dp.counters(), Reason::XdpDropDenied);
     }
     Deny::open(&dp.pins).unwrap().remove("192.168.50.100/32".parse().unwrap()).unwrap();
@@ -1093,10 +1014,10 @@ fn nothing_leaves_untranslated() {
         .unwrap();
     podnet_tests::sh(&ns, "ip", &["rule", "add", "from", "10.1.1.6", "lookup", "100"]).unwrap();
     netns::enter(&ns).unwrap();
-    let mut dp = Loaded::with_nat("leak", eth0, 61999);
+    let mut dp = with_nat("leak", eth0, 61999);
     let (pod, policy_pod) = (NAT_POD, Ipv4Addr::new(10, 1, 1, 6));
     // One pod per veth: the policy-routed pod sends on `lo` (forwarding is on there too).
-    dp.add_sender(policy_pod, 1);
+    add_sender(&mut dp, policy_pod, 1);
     let remote = Ipv4Addr::new(198, 51, 100, 1);
 
     let gre = ipv4([0xaa; 6], SENDER_MAC, pod, remote, 47, &[0; 24]);

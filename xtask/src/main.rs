@@ -32,9 +32,17 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// rustfmt check and clippy -D warnings on both halves (userspace and eBPF), and no calls to
-    /// memset/memcpy/memmove/memcmp in the kernel object (byte loops on the fast path).
+    /// rustfmt check and clippy -D warnings on both halves (userspace and eBPF); no calls to
+    /// memset/memcpy/memmove/memcmp in the kernel object (byte loops on the fast path); the
+    /// object's pinned maps as podnet-common's layouts and podnet-common/abi.txt say (a changed
+    /// map needs a layout version bump); no import cycles between podnet's modules.
     Lint,
+    /// Print the fingerprints of the kernel object's pinned maps (what `lint` checks against
+    /// podnet-common/abi.txt); `--write` records them there, after a layout version bump.
+    Abi {
+        #[arg(long)]
+        write: bool,
+    },
     /// Build, lint and run every test (unit, BPF_PROG_TEST_RUN, end-to-end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -60,6 +68,10 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => {
             build_ebpf(&root, false)?;
             lint(&root)
+        }
+        Task::Abi { write } => {
+            build_ebpf(&root, false)?;
+            abi(&root, write)
         }
         Task::Test { args } => {
             build(&root, false)?;
@@ -187,9 +199,10 @@ fn lint(root: &Path) -> anyhow::Result<()> {
     run(ebpf_cargo(root).args(["fmt", "--check"]))?;
     run(ebpf_cargo(root).args(["clippy", "--", "-D", "warnings"]))?;
     step("no memory-builtin calls in the kernel object");
-    let object = root.join("target/ebpf/podnet.bpf.o");
-    let calls =
-        builtin_calls(&std::fs::read(&object).with_context(|| format!("read {}", object.display()))?)?;
+    let object = root.join(OBJECT);
+    let calls = xtask::builtins::builtin_calls(
+        &std::fs::read(&object).with_context(|| format!("read {}", object.display()))?,
+    )?;
     if !calls.is_empty() {
         bail!(
             "{} calls a memory builtin (a byte loop in BPF), at:\n  {}\nWrite the fields one by one, \
@@ -199,40 +212,33 @@ fn lint(root: &Path) -> anyhow::Result<()> {
             calls.join("\n  ")
         );
     }
+    step("the object's pinned maps against podnet-common's layouts and podnet-common/abi.txt");
+    let problems = xtask::abi::check(&object, &root.join(xtask::abi::ABI_FILE))?;
+    if !problems.is_empty() {
+        bail!("the map ABI does not hold:\n  {}", problems.join("\n  "));
+    }
+    step("no import cycles between podnet's modules");
+    let cycles = xtask::modules::cycles(&xtask::modules::graph(&root.join("podnet/src"))?);
+    if !cycles.is_empty() {
+        let cycles: Vec<String> = cycles.iter().map(|c| c.join(" -> ")).collect();
+        bail!("podnet's modules import each other in a circle:\n  {}", cycles.join("\n  "));
+    }
     Ok(())
 }
 
-/// The memory builtins LLVM calls for copies, fills and comparisons it does not unroll: in BPF
-/// they are byte-at-a-time loops, and a call makes the verifier walk them once per byte.
-const MEMORY_BUILTINS: [&str; 5] = ["memset", "memcpy", "memmove", "memcmp", "bcmp"];
+/// The kernel object `build-ebpf` makes, relative to the workspace root.
+const OBJECT: &str = "target/ebpf/podnet.bpf.o";
 
-/// Every relocation in the kernel object `elf` that calls a memory builtin, as
-/// "program+offset -> builtin".
-fn builtin_calls(elf: &[u8]) -> anyhow::Result<Vec<String>> {
-    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
-    let file = object::File::parse(elf).context("parse the kernel object")?;
-    let mut calls = Vec::new();
-    for section in file.sections().filter(|s| s.kind() == object::SectionKind::Text) {
-        for (offset, relocation) in section.relocations() {
-            let RelocationTarget::Symbol(index) = relocation.target() else {
-                continue;
-            };
-            let name = file.symbol_by_index(index)?.name()?;
-            if !MEMORY_BUILTINS.contains(&name) {
-                continue;
-            }
-            // Named by the program (function symbol) the call sits in.
-            let caller = file.symbols().find(|f| {
-                f.section_index() == Some(section.index())
-                    && f.kind() == object::SymbolKind::Text
-                    && (f.address()..f.address() + f.size()).contains(&offset)
-            });
-            let (caller, at) = match caller {
-                Some(f) => (f.name()?, offset - f.address()),
-                None => (section.name()?, offset),
-            };
-            calls.push(format!("{caller}+{at:#x} -> {name}"));
-        }
+/// Prints the pinned maps' fingerprints; with `write`, records them in podnet-common/abi.txt.
+fn abi(root: &Path, write: bool) -> anyhow::Result<()> {
+    let maps = xtask::abi::object_maps(&root.join(OBJECT))?;
+    let text = xtask::abi::record(&maps, &podnet_common::maps::LAYOUTS);
+    if write {
+        let path = root.join(xtask::abi::ABI_FILE);
+        std::fs::write(&path, &text).with_context(|| format!("write {}", path.display()))?;
+        step(&format!("recorded in {}", path.display()));
+    } else {
+        print!("{text}");
     }
-    Ok(calls)
+    Ok(())
 }

@@ -24,7 +24,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use podnet_common::{
-    CtEntry, CtKey, CtState, NatConfig, Reason, ct_flags,
+    CtEntry, CtKey, CtState, DropReason, NatConfig, PassReason, RedirectReason, ct_flags,
     maps::{CT_MAX, LOCKS_MAX, PRESSURE_OTHER, PRESSURE_TCP},
     port_search_offset, port_search_start,
     proto::{ICMP, TCP, UDP},
@@ -275,7 +275,7 @@ pub fn in_pod_cidr(addr: [u8; 4]) -> bool {
 pub fn masquerade(
     ctx: &TcContext,
     ip: &Ipv4,
-    route: Option<Result<routing::Route, Reason>>,
+    route: Option<Result<routing::Route, PassReason>>,
     now: u64,
 ) -> Result<Option<Verdict>, Malformed> {
     let Some(cfg) = config() else {
@@ -290,9 +290,9 @@ pub fn masquerade(
     // (with DF it only answers "fragmentation needed").
     let route = match route.unwrap_or_else(|| routing::to_outside(ctx, ip, now)) {
         Ok(route) if route.ifindex == cfg.uplink_ifindex => route,
-        Ok(_) => return Ok(Some(Verdict::pass(Reason::PassNotLocal))),
-        Err(Reason::PassFragNeeded) if !ip.dont_fragment() => {
-            return Ok(Some(Verdict::drop(Reason::DropNotNatable)));
+        Ok(_) => return Ok(Some(Verdict::pass(PassReason::PassNotLocal))),
+        Err(PassReason::PassFragNeeded) if !ip.dont_fragment() => {
+            return Ok(Some(Verdict::drop(DropReason::DropNotNatable)));
         }
         Err(reason) => return Ok(Some(Verdict::pass(reason))),
     };
@@ -300,24 +300,24 @@ pub fn masquerade(
         if !frag::translate(ip, Side::Source) {
             // Its first fragment went untranslated to an `allow_from` network, or was dropped.
             return Ok(Some(if isolation::in_allowed_network(ip.daddr()) {
-                Verdict::pass(Reason::PassNoNat)
+                Verdict::pass(PassReason::PassNoNat)
             } else {
-                Verdict::drop(Reason::DropNotNatable)
+                Verdict::drop(DropReason::DropNotNatable)
             }));
         }
-        return Ok(Some(routing::transmit(ip, &route, Reason::RedirectNat)));
+        return Ok(Some(routing::transmit(ip, &route, RedirectReason::RedirectNat)));
     }
     let Some(flow) = Flow::parse(ctx, ip, true)? else {
         if icmp::outbound(ctx, ip, cfg)? {
             // The ICMP rewrite used helpers, which may have moved the packet.
             let ip = Ipv4::parse(ctx)?.ok_or(Malformed)?;
-            return Ok(Some(routing::transmit(&ip, &route, Reason::RedirectNat)));
+            return Ok(Some(routing::transmit(&ip, &route, RedirectReason::RedirectNat)));
         }
         // Networks in `allow_from` route the pod CIDR back to this node: they get pod addresses.
         return Ok(Some(if isolation::in_allowed_network(ip.daddr()) {
-            Verdict::pass(Reason::PassNoNat)
+            Verdict::pass(PassReason::PassNoNat)
         } else {
-            Verdict::drop(Reason::DropNotNatable)
+            Verdict::drop(DropReason::DropNotNatable)
         }));
     };
     let translated = if flow.key.proto == TCP {
@@ -329,7 +329,7 @@ pub fn masquerade(
         Ok(translation) => translation,
         Err(verdict) => return Ok(Some(verdict)),
     };
-    if reason == Reason::RedirectNatNew {
+    if reason == RedirectReason::RedirectNatNew {
         events::nat_new(ctx, &flow.key, cfg.node_ip, port);
     }
     frag::remember(ip, cfg.node_ip);
@@ -342,13 +342,18 @@ pub fn masquerade(
 /// The node port of `flow`'s translation in tables `T`, made now if it has none, with the reason
 /// to count; or the verdict for a packet that gets no translation.
 #[inline(always)]
-fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig, now: u64) -> Result<(u16, Reason), Verdict> {
+fn translate<T: Tables>(
+    ip: &Ipv4,
+    flow: &Flow,
+    cfg: &NatConfig,
+    now: u64,
+) -> Result<(u16, RedirectReason), Verdict> {
     if let Some(entry) = T::out().get_ptr_mut(&flow.key) {
-        return Ok((established::<T>(flow, entry, cfg, now)?, Reason::RedirectNat));
+        return Ok((established::<T>(flow, entry, cfg, now)?, RedirectReason::RedirectNat));
     }
     // Asked only where there is no translation, so established flows pay no lookup for it.
     if isolation::in_allowed_network(ip.daddr()) {
-        return Err(Verdict::pass(Reason::PassNoNat));
+        return Err(Verdict::pass(PassReason::PassNoNat));
     }
     // A FIN or RST starts nothing: it may only close a connection whose pod side was lost
     // (collected, or not carried over) while its claim lives on.
@@ -368,7 +373,7 @@ fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig, now: u64) -> Re
             return Err(Verdict::drop(if error == E2BIG {
                 table_full::<T>(now)
             } else {
-                Reason::DropNatPortsExhausted
+                DropReason::DropNatPortsExhausted
             }));
         };
         // SAFETY: from a successful lookup; the port is rewritten only by the connection's own
@@ -378,9 +383,9 @@ fn translate<T: Tables>(ip: &Ipv4, flow: &Flow, cfg: &NatConfig, now: u64) -> Re
             // The claim made here goes back (it may also be the winner's: then it stays).
             release::<T>(&claimed, &flow.key, now);
         }
-        return Ok((winner_port, Reason::RedirectNat));
+        return Ok((winner_port, RedirectReason::RedirectNat));
     }
-    Ok((port, if create { Reason::RedirectNatNew } else { Reason::RedirectNat }))
+    Ok((port, if create { RedirectReason::RedirectNatNew } else { RedirectReason::RedirectNat }))
 }
 
 /// A packet of a translated connection (`entry` its pod side): its node port. Once a second,
@@ -437,11 +442,12 @@ fn pod_side(flow: &Flow, now: u64) -> CtEntry {
     CtEntry { created_ns: now, seen_ns: now, addr: flow.key.saddr, port: flow.key.sport, flags: 0, _pad: 0 }
 }
 
-/// Whether reply-side entry `reply` belongs to the connection with pod-side key `key`.
+/// Whether reply-side entry `reply` belongs to the connection with pod-side key `key` (the rule
+/// is [`CtEntry::holds`], which userspace applies too).
 #[inline(always)]
 pub(super) fn holds(reply: *const CtEntry, key: &CtKey) -> bool {
     // SAFETY: from a successful lookup.
-    unsafe { (*reply).addr == key.saddr && (*reply).port == key.sport }
+    unsafe { (*reply).holds(key) }
 }
 
 /// Claims a node port for `flow` in tables `T` (its reply-side entry); the drop reason when none
@@ -451,7 +457,7 @@ pub(super) fn holds(reply: *const CtEntry, key: &CtKey) -> bool {
 /// claimed and one held by a translation idle past its timeout is taken over (a full table
 /// only stops new claims, not take-overs). Without `create` only the flow's own claim is found.
 #[inline(always)]
-fn claim<T: Tables>(flow: &Flow, cfg: &NatConfig, now: u64, create: bool) -> Result<u16, Reason> {
+fn claim<T: Tables>(flow: &Flow, cfg: &NatConfig, now: u64, create: bool) -> Result<u16, DropReason> {
     let range = u32::from(cfg.port_max).saturating_sub(u32::from(cfg.port_min)) + 1;
     let start = port_search_start(&flow.key, cfg.port_min, cfg.port_max);
     let pod_side = pod_side(flow, now);
@@ -480,18 +486,18 @@ fn claim<T: Tables>(flow: &Flow, cfg: &NatConfig, now: u64, create: bool) -> Res
     if full {
         return Err(table_full::<T>(now));
     }
-    Err(if create { Reason::DropNatPortsExhausted } else { Reason::DropNatNoFlow })
+    Err(if create { DropReason::DropNatPortsExhausted } else { DropReason::DropNatNoFlow })
 }
 
 /// Tells the agent that tables `T` refused a new connection for want of room (it collects at
 /// once); the drop reason.
 #[inline(always)]
-fn table_full<T: Tables>(now: u64) -> Reason {
+fn table_full<T: Tables>(now: u64) -> DropReason {
     if let Some(slot) = NAT_PRESSURE.get_ptr_mut(T::PRESSURE) {
         // SAFETY: an array slot; a racing store of another timestamp is as good.
         unsafe { *slot = now };
     }
-    Reason::DropNatTableFull
+    DropReason::DropNatTableFull
 }
 
 /// Takes claim `reply_key` over for `pod_side` if its translation has expired. Under its key in
@@ -554,7 +560,7 @@ pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malfo
         return Ok(None);
     }
     Ok(Some(
-        translate_back(ctx, &ip.with_l4(ctx)?, cfg)?.unwrap_or(Verdict::pass(Reason::PassUplinkNotLocal)),
+        translate_back(ctx, &ip.with_l4(ctx)?, cfg)?.unwrap_or(Verdict::pass(PassReason::PassUplinkNotLocal)),
     ))
 }
 
@@ -586,7 +592,7 @@ fn translate_back(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<Option<
     // Translated and left to the stack, its "time exceeded" would quote the pod's address to the
     // outside (ICMP errors and later fragments, the other replies, get none).
     if ip.ttl() <= 1 {
-        return Ok(Some(Verdict::drop(Reason::DropNatReplyTtlExpired)));
+        return Ok(Some(Verdict::drop(DropReason::DropNatReplyTtlExpired)));
     }
     touch(entry, now(), flow.flags);
     // SAFETY: as in `touch`; address and port are never rewritten after insertion.
@@ -605,6 +611,6 @@ fn translate_back(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<Option<
 fn deliver_reply(ip: &Ipv4) -> Verdict {
     match endpoints::lookup(ip.daddr()) {
         Some(ep) => endpoints::deliver(ip, &ep, Hop::NatReply),
-        None => Verdict::drop(Reason::DropNatReplyNoPod),
+        None => Verdict::drop(DropReason::DropNatReplyNoPod),
     }
 }

@@ -77,7 +77,7 @@ async fn read_head(stream: &mut TcpStream) -> Option<String> {
 fn scrape(served: &Served) -> Result<String, NodeError> {
     let config = &served.config;
     let status = node::status(config)?;
-    let pins = node::pins_of_running_node(config)?;
+    let pins = node::pins_of_running_node(&config.node.name)?;
     let translations = nat::list(&pins)?;
     let snapshot = Snapshot {
         status: &status,

@@ -1,5 +1,5 @@
 //! `podnet agent`: the node daemon. It brings the node up from its config as `up` does, then
-//! serves the node's operations ([`Op`]) on a unix socket ([`api`]) one at a time, each under
+//! serves the node's operations ([`Op`]) on a unix socket ([`crate::api`]) one at a time, each under
 //! the node lock, so while it runs it is the single writer of the node's maps: the CLI's
 //! state-changing verbs and the CNI plugin hand their operations to it. Between requests it
 //! expires idle NAT translations. A node of a `[cluster]` first joins it (leasing its pod CIDR)
@@ -10,7 +10,6 @@
 //! node's lease runs out after its TTL unless the next agent renews it, and the next agent picks
 //! the pinned state up.
 
-pub mod api;
 mod http;
 
 use std::{
@@ -19,7 +18,6 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, TcpStream, UnixListener, UnixStream},
@@ -29,17 +27,21 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use self::api::{Answer, socket_path};
 use crate::{
-    config::{Config, ConfigError, Draft},
+    api::{
+        Answer, ApiError, ErrorKind, Op, PROTOCOL, Reply, Request,
+        client::{RUN_DIR, socket_path},
+    },
+    config::{ConfigError, Draft},
     datapath::{EbpfLog, logs::LogReader, nat},
-    discovery::{DiscoveryError, PeerSource as _, Update, etcd::Etcd},
+    discovery::{self, DiscoveryError, PeerSource as _, Update, etcd::Etcd},
     error_chain as chain,
     metrics::AgentCounts,
+    model::{Config, PeerNode},
     node::{
         self, NodeError,
-        lock::{NodeLock, RUN_DIR},
-        op::{self, Op},
+        lock::{LockError, NodeLock},
+        op,
     },
 };
 
@@ -83,7 +85,7 @@ struct Served {
     logs: Option<LogReader>,
     counts: AgentCounts,
     /// The cluster's last view, while some peer of it is still to be set up.
-    cluster_retry: Option<Vec<crate::config::PeerNode>>,
+    cluster_retry: Option<Vec<PeerNode>>,
 }
 
 impl Served {
@@ -94,7 +96,7 @@ impl Served {
         // Also after a failed `up`: programs already swapped log through the logger pinned now.
         self.logs = None;
         if self.ebpf_log != EbpfLog::Off {
-            let pins = node::pin_dir(&self.config);
+            let pins = crate::datapath::PinDir::for_node(&self.config.node.name);
             match LogReader::open(&pins) {
                 Ok(reader) => self.logs = Some(reader),
                 Err(e) => warn!("agent: the programs' log lines cannot be read: {}", chain(&e)),
@@ -211,7 +213,7 @@ pub async fn run(
                     },
                     _ = watch.tick() => {
                         let mut served = served.lock().await;
-                        let latest = crate::node::pins_of_running_node(&served.config)
+                        let latest = node::pins_of_running_node(&served.config.node.name)
                             .ok()
                             .and_then(|pins| nat::pressure(&pins).ok())
                             .unwrap_or(pressure_seen);
@@ -261,17 +263,30 @@ async fn serve(mut stream: UnixStream, served: Rc<Mutex<Served>>) {
     if !matches!(read, Ok(Ok(n)) if n > 0) {
         return; // a probe (`agent_listens`), a client that gave up, or one that never wrote
     }
-    let answer = match serde_json::from_str::<Op>(&line) {
-        Ok(op) => {
+    let answer = match serde_json::from_str::<Request>(&line) {
+        Ok(Request { protocol, .. }) if protocol != PROTOCOL => Answer::Error(ApiError::message(
+            ErrorKind::Protocol,
+            format!(
+                "this agent speaks protocol {PROTOCOL}, the request protocol {protocol}: run the \
+                 podnet that matches the agent, or restart the agent after an upgrade"
+            ),
+        )),
+        Ok(Request { op, .. }) => {
             info!("agent: {}", line.trim());
             match handle(&op, &mut *served.lock().await).await {
-                Ok(value) => Answer::Ok(value),
-                Err(e) => Answer::Error(chain(&e)),
+                Ok(reply) => Answer::Ok(reply),
+                Err(e) => Answer::Error(e),
             }
         }
-        Err(e) => Answer::Error(format!("not a podnet request (at most {REQUEST_MAX} bytes of JSON): {e}")),
+        Err(e) => Answer::Error(ApiError::message(
+            ErrorKind::Protocol,
+            format!("not a podnet request of protocol {PROTOCOL} (at most {REQUEST_MAX} bytes of JSON): {e}"),
+        )),
     };
-    let mut out = serde_json::to_vec(&answer).expect("an answer serializes");
+    let Ok(mut out) = serde_json::to_vec(&answer) else {
+        warn!("agent: could not write its answer as JSON");
+        return;
+    };
     out.push(b'\n');
     if let Err(e) = stream.write_all(&out).await {
         warn!("agent: could not answer: {e}");
@@ -280,15 +295,15 @@ async fn serve(mut stream: UnixStream, served: Rc<Mutex<Served>>) {
 
 /// Runs `op` under the node lock; `up` first re-reads the agent's config file, and refuses
 /// another file than the one the agent serves; `ebpf-log` reloads the programs at a new level.
-async fn handle(op: &Op, served: &mut Served) -> Result<Value, NodeError> {
+async fn handle(op: &Op, served: &mut Served) -> Result<Reply, ApiError> {
     if let Op::EbpfLog { level } = op {
         let before = std::mem::replace(&mut served.ebpf_log, *level);
         if let Err(e) = served.up().await {
             served.ebpf_log = before;
-            return Err(e);
+            return Err(e.to_api());
         }
         info!("agent: the programs now log up to {level:?}");
-        return Ok(Value::Null);
+        return Ok(Reply::Done);
     }
     if let Op::Up { config: asked } = op {
         let canonical =
@@ -296,20 +311,26 @@ async fn handle(op: &Op, served: &mut Served) -> Result<Value, NodeError> {
         if canonical(asked) != canonical(&served.path) {
             let serving =
                 served.path.as_ref().map_or("the built-in config".to_owned(), |p| p.display().to_string());
-            return Err(NodeError::Agent {
-                message: format!(
-                    "it serves node {} from {serving}: run `up` with that file, or restart the agent with the new one",
+            return Err(ApiError::message(
+                ErrorKind::Refused,
+                format!(
+                    "the agent serves node {} from {serving}: run `up` with that file, or restart the \
+                     agent with the new one",
                     served.config.node.name
                 ),
-            });
+            ));
         }
-        served.config =
-            Config::load(served.path.as_deref()).map_err(|e| NodeError::Agent { message: chain(&e) })?;
-        served.up().await?;
-        return Ok(Value::Null);
+        served.config = load(served.path.as_deref()).map_err(|e| ApiError::new(ErrorKind::Invalid, &e))?;
+        served.up().await.map_err(|e| e.to_api())?;
+        return Ok(Reply::Done);
     }
-    let _lock = node_lock(&served.config.node.name).await?;
-    op::execute(&served.config, op).await
+    let _lock = node_lock(&served.config.node.name).await.map_err(|e| e.to_api())?;
+    op::execute(&served.config, op).await.map_err(|e| e.to_api())
+}
+
+/// The config at `path` (or the built-in one), with the pod CIDR the node leased.
+fn load(path: Option<&Path>) -> Result<Config, DiscoveryError> {
+    discovery::resolve(&Draft::load(path)?)
 }
 
 /// A failed accept (out of file descriptors, say): said, then a pause, or the loop would spin
@@ -342,10 +363,9 @@ async fn follow_cluster(update: Update, served: &mut Served) {
                 Ok(())
             }
             Update::PodCidr(cidr) => {
-                let draft = Draft::load(served.path.as_deref())
-                    .map_err(|e| NodeError::Agent { message: chain(&e) })?;
+                let config = Draft::load(served.path.as_deref()).and_then(|draft| draft.resolve(Some(cidr)));
                 served.config =
-                    draft.resolve(Some(cidr)).map_err(|e| NodeError::Agent { message: chain(&e) })?;
+                    config.map_err(|e| NodeError::Agent(ApiError::new(ErrorKind::Invalid, &e)))?;
                 served.up().await
             }
         }
@@ -358,9 +378,8 @@ async fn follow_cluster(update: Update, served: &mut Served) {
 /// The node lock, waited for off the runtime's thread.
 async fn node_lock(node: &str) -> Result<NodeLock, NodeError> {
     let node = node.to_owned();
-    Ok(tokio::task::spawn_blocking(move || NodeLock::acquire(&node))
-        .await
-        .expect("the lock task does not panic")?)
+    let waited = tokio::task::spawn_blocking(move || NodeLock::acquire(&node)).await;
+    Ok(waited.map_err(|source| LockError::Wait { source })??)
 }
 
 /// How often the agent looks whether the datapath found a translation table full.
@@ -378,7 +397,7 @@ async fn sweep_nat(served: &mut Served, pressure: bool) {
     }
     let result = async {
         let _lock = node_lock(&config.node.name).await?;
-        let pins = node::pins_of_running_node(config)?;
+        let pins = node::pins_of_running_node(&config.node.name)?;
         Ok::<_, NodeError>(nat::gc(&pins, &config.nat.timeouts, pressure)?)
     };
     match result.await {

@@ -24,12 +24,12 @@ use serde_json::json;
 
 use self::spec::{AddResult, CniError, LATEST, NetConf, SUPPORTED_VERSIONS, cni_arg, code};
 use crate::{
-    config::Config,
-    error_chain as chain,
-    node::{
-        self,
-        op::{self, Container, Op},
-    },
+    api::{Container, ErrorKind, Op, Reply},
+    config::Draft,
+    datapath::PinDir,
+    discovery, error_chain as chain,
+    model::Config,
+    node::{NodeError, op},
 };
 
 /// Runs the plugin for the command in `CNI_COMMAND`: the answer on stdout, exit 0 on success.
@@ -129,19 +129,25 @@ async fn dispatch(
                 })
                 .transpose()?;
             let (netns, ifname) = (container.netns.clone(), container.ifname.clone());
-            let out = op::run(&config, &Op::PodAdd { container, ip }).await.map_err(failed)?;
-            let field = |key: &str| out[key].as_str().unwrap_or_default().to_owned();
+            let added = match op::run(&config, &Op::PodAdd { container, ip }).await.map_err(failed)? {
+                Reply::PodAdded(added) => added,
+                other => {
+                    return Err(CniError::new(
+                        code::IO_FAILURE,
+                        "the node did not report the container's attachment",
+                        format!("it answered {other:?}; is the agent of another podnet version?"),
+                    ));
+                }
+            };
             let result = AddResult {
-                host_ifname: field("host_ifname"),
-                host_mac: field("host_mac"),
+                host_ifname: added.host_ifname,
+                host_mac: added.host_mac,
                 ifname,
-                mac: field("mac"),
+                mac: added.mac,
                 sandbox: netns,
-                ip: field("ip").parse().map_err(|_| {
-                    CniError::new(code::IO_FAILURE, "the node reported no address", out.to_string())
-                })?,
-                prefix: config.node.pod_cidr.prefix_len(),
-                gateway: config.node.gateway,
+                ip: added.ip,
+                prefix: added.prefix,
+                gateway: added.gateway,
             };
             Ok(Some(result.to_json(version)))
         }
@@ -157,7 +163,7 @@ async fn dispatch(
             Ok(None)
         }
         "STATUS" => {
-            let pins = node::pin_dir(&config);
+            let pins = PinDir::for_node(&config.node.name);
             if !pins.program(podnet_common::programs::FROM_POD).exists() {
                 return Err(CniError::new(
                     code::NOT_AVAILABLE,
@@ -188,17 +194,19 @@ async fn dispatch(
     }
 }
 
-/// A node's failure as the runtime is told it: bad input is the runtime's to fix, a node that
-/// is not up is worth a retry, the rest names the step that failed.
-fn failed(e: node::NodeError) -> CniError {
-    let (code, details) = match &e {
-        node::NodeError::InvalidContainer { .. } => {
-            (code::INVALID_ENVIRONMENT, "fix what the runtime passes")
+/// A node's failure as the runtime is told it, by its kind (the same whether the agent or the
+/// plugin itself ran the operation): bad input is the runtime's to fix, a node that is not up is
+/// worth a retry, the rest names the step that failed.
+fn failed(e: NodeError) -> CniError {
+    let (code, details) = match e.kind() {
+        ErrorKind::InvalidContainer => (code::INVALID_ENVIRONMENT, "fix what the runtime passes"),
+        ErrorKind::NotUp => (code::TRY_AGAIN_LATER, "run `podnet up` or `podnet agent` on the node"),
+        ErrorKind::Protocol => {
+            (code::INCOMPATIBLE_VERSION, "the plugin and the node's agent are of different podnet versions")
         }
-        node::NodeError::NotUp { .. } => {
-            (code::TRY_AGAIN_LATER, "run `podnet up` or `podnet agent` on the node")
+        ErrorKind::Invalid | ErrorKind::Refused | ErrorKind::Check | ErrorKind::Failed => {
+            (code::IO_FAILURE, "the message names the step that failed; `podnet status` shows the node")
         }
-        _ => (code::IO_FAILURE, "the message names the step that failed; `podnet status` shows the node"),
     };
     CniError::new(code, chain(&e), details)
 }
@@ -212,6 +220,8 @@ fn node_config(conf: &NetConf) -> Result<Config, CniError> {
             "add \"config\": \"/etc/podnet/node.toml\" (the node's podnet config) to the plugin's entry",
         )
     })?;
-    Config::load(Some(path))
+    Draft::load(Some(path))
+        .map_err(discovery::DiscoveryError::from)
+        .and_then(|draft| discovery::resolve(&draft))
         .map_err(|e| CniError::new(code::INVALID_CONFIG, chain(&e), "fix the node config"))
 }

@@ -36,7 +36,8 @@ const COUNTER_SLOTS_CHANGED: [(u32, u32); 1] = [(2, Reason::DropNotNatable as u3
 /// Sets aside every pinned map whose stamp is not the layout this podnet expects (a map without
 /// a stamp is podnet 0.1's, version 1).
 pub(super) fn set_aside_stale(pins: &PinDir) -> Result<(), DatapathError> {
-    for (name, version) in LAYOUTS {
+    for layout in LAYOUTS {
+        let (name, version) = (layout.name, layout.version);
         if !pins.map(name).exists() {
             continue;
         }
@@ -72,7 +73,7 @@ pub(super) fn restore(pins: &PinDir, unfinished: &[(String, u32)]) -> Result<(),
 
 /// Stamps every map with the layout version it now has.
 pub(super) fn stamp_all(pins: &PinDir) -> Result<(), DatapathError> {
-    LAYOUTS.into_iter().try_for_each(|(name, version)| pins.stamp(name, version))
+    LAYOUTS.into_iter().try_for_each(|layout| pins.stamp(layout.name, layout.version))
 }
 
 /// Carries the set-aside maps' entries into the new ones, before any new program runs.

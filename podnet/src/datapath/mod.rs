@@ -37,7 +37,7 @@ use podnet_common::{
     programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
 };
 
-use crate::config::XdpMode;
+use crate::model::XdpMode;
 
 pub mod logs;
 pub mod maps;
@@ -46,7 +46,7 @@ pub mod nat;
 mod pins;
 
 pub use logs::EbpfLog;
-pub use pins::{PinDir, bpffs_mounted, ensure_bpffs, parse_link_name};
+pub use pins::{Hook, PinDir, bpffs_mounted, ensure_bpffs, parse_link_name};
 use pins::{fs_err, remove_file};
 
 /// The compiled kernel programs, embedded at build time (see build.rs).
@@ -73,6 +73,11 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "this podnet was built without its kernel programs (target/ebpf/podnet.bpf.o was missing): \
+         run `cargo xtask build-ebpf`, then build podnet again"
+    )]
+    NoObject,
     #[error("could not load the eBPF object (is the kernel new enough: BTF, tcx need Linux >= 6.6?)")]
     Load(#[source] aya::EbpfError),
     #[error("program {name} is missing from the eBPF object; rebuild with `cargo xtask build-ebpf`")]
@@ -157,6 +162,9 @@ impl Datapath {
     /// translation tables of `tables` entries and log lines up to `log`, and loads every program
     /// into the kernel.
     pub fn load(pins: &PinDir, tables: TableSizes, log: EbpfLog) -> Result<Self, DatapathError> {
+        if OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
         ensure_bpffs()?;
         std::fs::create_dir_all(pins.links()).map_err(fs_err("create", &pins.links()))?;
         let unfinished = pins.maps_set_aside();

@@ -7,29 +7,10 @@ use podnet_common::{CtEntry, CtKey, CtState, NatConfig, ct_flags, proto};
 use serde::Serialize;
 
 use crate::{
-    config::Timeouts,
     datapath::PinDir,
     datapath::maps::{Conntrack, CtPair, MapsError, NatPressure, TableUse},
+    model::Timeouts,
 };
-
-impl Timeouts {
-    /// How long a translation in `state` may stay idle.
-    pub fn of(&self, state: CtState) -> Duration {
-        match state {
-            CtState::TcpSynSent => self.tcp_syn,
-            CtState::TcpEstablished => self.tcp_established,
-            CtState::TcpTimeWait => self.tcp_time_wait,
-            CtState::TcpReset => self.tcp_reset,
-            CtState::Udp => self.udp,
-            CtState::Icmp => self.icmp,
-        }
-    }
-
-    /// The timeouts in whole seconds, indexed by state, as the datapath reads them.
-    pub fn seconds(&self) -> [u32; CtState::COUNT] {
-        CtState::ALL.map(|state| u32::try_from(self.of(state).as_secs()).unwrap_or(u32::MAX))
-    }
-}
 
 /// One masqueraded connection.
 #[derive(Debug, Clone, Serialize)]
@@ -250,24 +231,6 @@ pub fn flush(pins: &PinDir) -> Result<usize, MapsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const T: Timeouts = Timeouts {
-        tcp_syn: Duration::from_secs(60),
-        tcp_established: Duration::from_secs(21600),
-        tcp_time_wait: Duration::from_secs(120),
-        tcp_reset: Duration::from_secs(10),
-        udp: Duration::from_secs(30),
-        icmp: Duration::from_secs(5),
-    };
-
-    #[test]
-    fn timeouts_by_state() {
-        assert_eq!(T.of(CtState::TcpSynSent), Duration::from_secs(60));
-        assert_eq!(T.of(CtState::TcpEstablished), Duration::from_secs(21600));
-        assert_eq!(T.of(CtState::TcpTimeWait), Duration::from_secs(120));
-        assert_eq!(T.of(CtState::Icmp), Duration::from_secs(5));
-        assert_eq!(T.seconds(), [60, 21600, 120, 10, 30, 5]);
-    }
 
     #[test]
     fn decode_uses_the_latest_packet_of_either_direction() {

@@ -9,7 +9,7 @@ use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 use podnet_common::PIN_ROOT;
 
 use super::DatapathError;
-use crate::config::XdpMode;
+use crate::model::XdpMode;
 
 /// A node's directory on bpffs and the paths inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,11 +156,42 @@ impl PinDir {
     }
 }
 
-/// Splits a pinned link's name into the interface and the hook it is attached at.
-pub fn parse_link_name(name: &str) -> (&str, String) {
+/// Where a pinned link attaches its program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// tcx ingress (`from_pod`, `from_uplink`).
+    TcxIngress,
+    /// XDP in this mode (`uplink_filter`, `uplink_deliver`).
+    Xdp(XdpMode),
+}
+
+impl Hook {
+    pub fn is_tcx(self) -> bool {
+        self == Hook::TcxIngress
+    }
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hook::TcxIngress => f.write_str("tcx ingress"),
+            Hook::Xdp(mode) => write!(f, "xdp {}", mode.name()),
+        }
+    }
+}
+
+impl serde::Serialize for Hook {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Splits a pinned link's name into the interface and the hook it is attached at (a name of
+/// a mode this podnet does not know is shown as generic XDP: it is one podnet made).
+pub fn parse_link_name(name: &str) -> (&str, Hook) {
     match name.split_once("@xdp-") {
-        Some((ifname, mode)) => (ifname, format!("xdp {mode}")),
-        None => (name, "tcx ingress".to_owned()),
+        Some((ifname, mode)) => (ifname, Hook::Xdp(XdpMode::parse(mode).unwrap_or(XdpMode::Generic))),
+        None => (name, Hook::TcxIngress),
     }
 }
 

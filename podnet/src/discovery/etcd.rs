@@ -29,42 +29,27 @@ use etcd_client::{
     PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use ipnet::Ipv4Net;
-use podnet_common::PEER_NAME_MAX;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{DiscoveryError, Joined, LeaseRecord, PeerSource, Update};
+use super::{
+    DiscoveryError, Joined, LeaseRecord, PeerSource, Update,
+    view::{self, LeftOut, Member, QUOTED_MAX},
+};
 use crate::{
-    config::{self, Cluster, EtcdTls, Membership, PeerNode},
     error_chain as chain,
+    model::{Cluster, EtcdTls, Membership, PeerNode},
 };
 
 /// Longest wait for one answer from etcd (connecting included).
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP/2 pings on an idle connection: a dead etcd is noticed within two of them.
 const PING_INTERVAL: Duration = Duration::from_secs(2);
-/// Longest part of a key a warning quotes (keys are anyone's input).
-const KEY_QUOTED_MAX: usize = 100;
 /// Bad keys remembered so that each is warned about once.
 const WARNED_MAX: usize = 1024;
 /// First and longest wait before trying etcd again.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
-
-/// A node as etcd holds it: the value of its subnet and node keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub node: String,
-    pub node_ip: Ipv4Addr,
-    pub pod_cidr: Ipv4Net,
-}
-
-impl Member {
-    fn parse(value: &[u8]) -> Option<Self> {
-        serde_json::from_slice(value).ok()
-    }
-}
 
 /// This node's membership of a cluster in etcd.
 pub struct Etcd {
@@ -164,7 +149,7 @@ impl Etcd {
     }
 
     /// Resumes the node's lease, or takes a new one; the lease record follows.
-    async fn claim(&mut self, client: &mut Client) -> Result<Joined, DiscoveryError> {
+    async fn claim(&mut self, client: &mut Client) -> Result<(LeaseRecord, Joined), DiscoveryError> {
         let fresh = self.held.is_none();
         let record = match self.resume(client).await? {
             Some(record) => record,
@@ -184,7 +169,7 @@ impl Etcd {
             record.save(&self.state)?;
             self.held = Some(record);
         }
-        Ok(Joined { pod_cidr: record.pod_cidr, fresh })
+        Ok((record, Joined { pod_cidr: record.pod_cidr, fresh }))
     }
 
     /// The node's lease from before, if it lives and still holds the node's CIDR: found by the
@@ -339,7 +324,7 @@ impl Etcd {
     ) -> Result<(), DiscoveryError> {
         let mut client = self.connect().await?;
         let before = self.held.map(|h| h.pod_cidr);
-        let joined = self.claim(&mut client).await?;
+        let (held, joined) = self.claim(&mut client).await?;
         if before != Some(joined.pod_cidr) {
             warn!(
                 "cluster: node {} lost its lease on {} and now holds {}: its pods move",
@@ -351,7 +336,7 @@ impl Etcd {
                 return Ok(());
             }
         }
-        let lease = self.held.expect("claimed").lease;
+        let lease = held.lease;
         let (mut keeper, mut renewed) = self.call(client.lease_keep_alive(lease)).await?;
         let prefix = self.subnets_prefix();
         let listing = self.call(client.get(prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
@@ -442,83 +427,30 @@ impl Etcd {
         updates.send(Update::Peers(view)).await.is_ok()
     }
 
-    /// The other nodes `members` (subnet keys and values) hold, checked as untrusted input; in a
-    /// grace time after a listing, with the peers of the view before it that it lacks.
+    /// The other nodes `members` (subnet keys and values) hold, checked as untrusted input (see
+    /// [`view::view`]); in a grace time after a listing, with the peers of the view before it
+    /// that it lacks. Each key left out is warned about once.
     fn view(&mut self, members: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<PeerNode> {
-        let mut peers: Vec<PeerNode> = Vec::new();
-        let (mut names, mut ips) = (HashSet::new(), HashSet::new());
-        if let Some(before) = &self.grace {
-            for peer in before {
-                names.insert(peer.name.clone());
-                ips.insert(peer.ip);
-                peers.push(peer.clone());
+        let prefix = self.subnets_prefix();
+        let me = view::Me {
+            cluster: &self.cluster,
+            name: &self.name,
+            node_ip: self.node_ip,
+            pod_cidr: self.held.map(|h| h.pod_cidr),
+            subnets_prefix: &prefix,
+        };
+        let (peers, left_out) = view::view(&me, members, self.grace.as_deref().unwrap_or_default());
+        for LeftOut { key, value, problem } in left_out {
+            if self.warned.len() >= WARNED_MAX {
+                // Anyone can write keys: remembering them all would let them fill memory.
+                self.warned.clear();
             }
-        }
-        for (key, value) in members {
-            let peer = self.member(key, value).and_then(|peer| match peer {
-                // Held over from before the listing, and listed again.
-                Some(p) if peers.contains(&p) => Ok(None),
-                Some(p) if names.contains(&p.name) || ips.contains(&p.ip) => {
-                    Err(format!("node {} ({}) clashes with a node listed before it", p.name, p.ip))
-                }
-                peer => Ok(peer),
-            });
-            match peer {
-                Ok(Some(peer)) => {
-                    names.insert(peer.name.clone());
-                    ips.insert(peer.ip);
-                    peers.push(peer);
-                }
-                Ok(None) => {}
-                Err(problem) => {
-                    if self.warned.len() >= WARNED_MAX {
-                        // Anyone can write keys: remembering them all would let them fill memory.
-                        self.warned.clear();
-                    }
-                    if self.warned.insert((key.clone(), value.clone())) {
-                        let key = String::from_utf8_lossy(&key[..key.len().min(KEY_QUOTED_MAX)]);
-                        warn!("cluster: ignoring {key}: {problem}");
-                    }
-                }
+            if self.warned.insert((key.clone(), value)) {
+                let key = String::from_utf8_lossy(&key[..key.len().min(QUOTED_MAX)]);
+                warn!("cluster: ignoring {key}: {problem}");
             }
         }
         peers
-    }
-
-    /// The peer a subnet key names; `None` for this node's own.
-    fn member(&self, key: &[u8], value: &[u8]) -> Result<Option<PeerNode>, String> {
-        let key_cidr = std::str::from_utf8(key)
-            .ok()
-            .and_then(|k| k.strip_prefix(&self.subnets_prefix()))
-            .and_then(|k| k.replacen('-', "/", 1).parse::<Ipv4Net>().ok())
-            .ok_or("the key is not <prefix>/subnets/<network>-<len>")?;
-        let member = Member::parse(value)
-            .ok_or("the value is not {\"node\": NAME, \"node_ip\": IPv4, \"pod_cidr\": CIDR}")?;
-        if member.pod_cidr != key_cidr || !self.cluster.leases(member.pod_cidr) {
-            return Err(format!(
-                "pod_cidr {} is not the key's, or not a /{} of cluster_cidr {}",
-                member.pod_cidr, self.cluster.node_prefix, self.cluster.cluster_cidr
-            ));
-        }
-        if member.node == self.name || member.node_ip == self.node_ip {
-            return match self.held {
-                Some(held) if member.node == self.name && member.pod_cidr == held.pod_cidr => Ok(None),
-                _ => Err(format!("{} ({}) poses as this node", member.node, member.node_ip)),
-            };
-        }
-        if let Err(problem) = config::check_name(&member.node, PEER_NAME_MAX) {
-            return Err(format!("not a node name: {}", &problem[..problem.len().min(KEY_QUOTED_MAX)]));
-        }
-        let ip = member.node_ip;
-        if ip.is_unspecified()
-            || ip.is_loopback()
-            || ip.is_multicast()
-            || ip.is_broadcast()
-            || self.cluster.cluster_cidr.contains(&ip)
-        {
-            return Err(format!("{ip} cannot be a node's address"));
-        }
-        Ok(Some(PeerNode { name: member.node, ip, pod_cidr: member.pod_cidr }))
     }
 }
 
@@ -528,7 +460,7 @@ impl PeerSource for Etcd {
         loop {
             let attempt = async {
                 let mut client = self.connect().await?;
-                self.claim(&mut client).await
+                self.claim(&mut client).await.map(|(_, joined)| joined)
             };
             match attempt.await {
                 Ok(joined) => return Ok(joined),

@@ -1,21 +1,25 @@
 //! How a node finds the others. A [`PeerSource`] gives the node its pod CIDR ([`PeerSource::join`])
 //! and then follows the cluster ([`PeerSource::follow`]), sending the agent complete views of
 //! the other nodes; the agent makes the peer map and the kernel routes hold each view
-//! ([`crate::node::set_cluster_peers`]). A view is never a delta: a source that lost its store
+//! (`node::peers`). A view is never a delta: a source that lost its store
 //! and came back sends a fresh one, and only what changed is touched, so an outage flaps
 //! nothing. etcd is the source today ([`etcd`]); a Kubernetes source (Node objects'
 //! `spec.podCIDRs` and InternalIP) would be another implementation of the same trait.
 
 pub mod etcd;
 mod record;
+mod view;
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
-pub use self::record::LeaseRecord;
-use crate::config::PeerNode;
+pub use self::{record::LeaseRecord, view::Member};
+use crate::{
+    config::{ConfigError, Draft},
+    model::{Config, PeerNode},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -62,6 +66,8 @@ pub enum DiscoveryError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("lease record {} is not podnet's (remove it; the agent leases again)", path.display())]
     RecordCorrupt {
         path: PathBuf,
@@ -116,4 +122,14 @@ pub trait PeerSource {
 
     /// Gives the node's place up (its lease and keys), for `down` or a failed first `up`.
     fn leave(&mut self) -> impl Future<Output = Result<(), DiscoveryError>>;
+}
+
+/// The config of the node `draft` describes, with its pod CIDR: the configured one, or the one
+/// its agent leased last (the node's lease record), if the cluster still leases it.
+pub fn resolve(draft: &Draft) -> Result<Config, DiscoveryError> {
+    let leased = match draft.needs_lease() {
+        true => LeaseRecord::load(&draft.state())?.map(|r| r.pod_cidr),
+        false => None,
+    };
+    Ok(draft.resolve(leased)?)
 }

@@ -6,12 +6,12 @@
 use std::net::Ipv4Addr;
 
 use crate::{
-    config::Node,
     host::{
         gro,
         netlink::{Iface, Netlink, NetlinkError},
         sysctl::{self, SysctlError},
     },
+    model::Node,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -45,6 +45,11 @@ pub fn enable_ip_forward() -> Result<bool, SysctlError> {
     write(IP_FORWARD, "1").map(|()| true)
 }
 
+/// Whether IPv4 forwarding is on in the current (node) namespace.
+pub fn ip_forward_enabled() -> Result<bool, SysctlError> {
+    Ok(read(IP_FORWARD)?.trim() == "1")
+}
+
 /// Turns IPv4 forwarding off again (what [`enable_ip_forward`] turned on).
 pub fn restore_ip_forward() -> Result<(), SysctlError> {
     write(IP_FORWARD, "0")
@@ -62,14 +67,19 @@ pub fn disable_ipv6_in(ns: &str) -> Result<(), SysctlError> {
     })?
 }
 
+/// Whether ports `min..=max` are all in one of the current (node) namespace's reserved ranges.
+pub fn ports_reserved(min: u16, max: u16) -> Result<bool, SysctlError> {
+    Ok(reserved_ports()?.iter().any(|&(a, b)| a <= min && max <= b))
+}
+
 /// Reserves ports `min..=max` in the current (node) namespace's `ip_local_reserved_ports`, so
 /// the node's own sockets never take a port a translation uses. Ranges already reserved stay.
 /// Returns whether it reserved anything (false: the node had them reserved already).
 pub fn reserve_ports(min: u16, max: u16) -> Result<bool, SysctlError> {
-    let mut ranges = reserved_ports()?;
-    if ranges.iter().any(|&(a, b)| a <= min && max <= b) {
+    if ports_reserved(min, max)? {
         return Ok(false);
     }
+    let mut ranges = reserved_ports()?;
     ranges.push((min, max));
     write(RESERVED_PORTS, &format_ranges(&ranges)).map(|()| true)
 }

@@ -1,10 +1,10 @@
 //! podnet's address management, and the record of the node's pods.
 //!
 //! Each address of the node's pod CIDR that a pod holds is a file `<state>/ipam/<ip>` whose
-//! content names the pod ([`PodRecord`]: a `[[pod]]` of the config or a container the CNI plugin
-//! attached, with its interfaces). A reservation is made atomically: the record is written to a
-//! temporary file, synced, then hard-linked to the address's name, which fails if the address is
-//! taken. So a crash at any point never hands one address to two pods (at worst an address stays
+//! content names the pod (a `[[pod]]` of the config or a container the CNI plugin attached,
+//! with its interfaces, and whether podnet made its namespace): [`Held`]. A reservation is made
+//! atomically: the record is written to a temporary file, synced, then hard-linked to the
+//! address's name, which fails if the address is taken. So a crash at any point never hands one address to two pods (at worst an address stays
 //! reserved until `DEL` or `GC` releases it), and the state survives restarts of the agent and of
 //! the node's processes. Callers hold the node lock; the link makes even unlocked use safe.
 
@@ -18,7 +18,7 @@ use std::{
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::config;
+use crate::model::{Config, Origin, Pod};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -44,53 +44,65 @@ pub enum IpamError {
     },
 }
 
-/// Who made a pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PodKind {
-    /// A `[[pod]]` of the node's config: podnet made its namespace too.
-    Config,
-    /// A container a runtime attached through the CNI plugin.
-    Cni,
-}
-
-/// A pod as the node remembers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodRecord {
-    pub kind: PodKind,
-    /// The `[[pod]]` name, or the container id.
-    pub id: String,
-    /// The pod's network namespace: a name under /run/netns or a path.
-    pub netns: String,
-    /// The interface inside the pod.
-    pub ifname: String,
-    /// The host end of its veth pair.
-    pub host_ifname: String,
-    /// The CNI network a container was attached to (`name` of the network config).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<String>,
-    /// Whether podnet created the namespace (a `[[pod]]`'s, when it did not exist before):
-    /// podnet deletes only namespaces it made.
-    #[serde(default)]
+/// A pod's address as the node holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub ip: Ipv4Addr,
+    pub pod: Pod,
+    /// Whether podnet created the pod's namespace (a `[[pod]]`'s, when it did not exist
+    /// before): podnet deletes only namespaces it made.
     pub owns_netns: bool,
 }
 
-impl PodRecord {
-    /// Whether `self` and `other` are the same attachment (a runtime identifies one by network,
-    /// container id and interface name).
-    pub fn same_attachment(&self, other: &PodRecord) -> bool {
-        self.kind == other.kind
-            && self.id == other.id
-            && self.ifname == other.ifname
-            && self.network == other.network
+/// Who made a pod, as the file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Config,
+    Cni,
+}
+
+/// The file of a held address: the pod, as podnet 0.1 wrote it already.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PodFile {
+    kind: Kind,
+    id: String,
+    netns: String,
+    ifname: String,
+    host_ifname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    network: Option<String>,
+    #[serde(default)]
+    owns_netns: bool,
+}
+
+impl PodFile {
+    fn of(pod: &Pod, owns_netns: bool) -> Self {
+        Self {
+            kind: if pod.is_container() { Kind::Cni } else { Kind::Config },
+            id: pod.id.clone(),
+            netns: pod.netns.clone(),
+            ifname: pod.ifname.clone(),
+            host_ifname: pod.host_ifname.clone(),
+            network: pod.network().map(str::to_owned),
+            owns_netns,
+        }
     }
 
-    /// How `podnet status` names it: the `[[pod]]` name, or the container id's first 12 characters.
-    pub fn display_name(&self) -> String {
-        match self.kind {
-            PodKind::Config => self.id.clone(),
-            PodKind::Cni => format!("cni:{}", self.id.chars().take(12).collect::<String>()),
-        }
+    fn held(self, ip: Ipv4Addr) -> Held {
+        let origin = match (self.kind, self.network) {
+            (Kind::Cni, network) => Origin::Cni { network: network.unwrap_or_default() },
+            (Kind::Config, _) => Origin::Config,
+        };
+        let pod = Pod {
+            origin,
+            id: self.id,
+            netns: self.netns,
+            ifname: self.ifname,
+            host_ifname: self.host_ifname,
+            ip: Some(ip),
+        };
+        Held { ip, pod, owns_netns: self.owns_netns }
     }
 }
 
@@ -102,10 +114,16 @@ pub struct Reservation {
     pub moved_from: Option<Ipv4Addr>,
 }
 
-/// The node's pod addresses.
+/// The node's held addresses on disk: what every pod holds, whatever the pod CIDR.
+#[derive(Debug, Clone)]
+pub struct Records {
+    dir: PathBuf,
+}
+
+/// The node's pod addresses: its [`Records`], and the range new ones come from.
 #[derive(Debug, Clone)]
 pub struct Ipam {
-    dir: PathBuf,
+    records: Records,
     cidr: Ipv4Net,
     gateway: Ipv4Addr,
     /// Addresses `[[pod]]`s of the config name: never handed out to anyone else.
@@ -117,112 +135,68 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IpamError + use<> {
     move |source| IpamError::Io { path, source }
 }
 
-impl Ipam {
-    /// The IPAM of the node `config` describes (its directory is made on first use); the
-    /// addresses its `[[pod]]`s name are kept for them.
-    pub fn of(config: &config::Config) -> Self {
-        let node = &config.node;
-        Self {
-            dir: node.state().join("ipam"),
-            cidr: node.pod_cidr,
-            gateway: node.gateway,
-            kept: config.pods.iter().filter_map(|p| p.ip).collect(),
-        }
+impl Records {
+    /// The records of the node whose state directory is `state`.
+    pub fn of(state: &Path) -> Self {
+        Self { dir: state.join("ipam") }
     }
 
-    /// The address `pod` holds, reserving one if it holds none: `requested` if given (it must be
-    /// free or already the pod's), else the next free one after the last reserved. A pod that
-    /// holds another address than `requested` moves: `requested` is reserved, then the old one
-    /// is given back (see [`Reservation::moved_from`]).
-    pub fn reserve(&self, pod: &PodRecord, requested: Option<Ipv4Addr>) -> Result<Reservation, IpamError> {
-        std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
-        let held = self.held()?;
-        let mine: Vec<Ipv4Addr> =
-            held.iter().filter(|(_, r)| r.same_attachment(pod)).map(|(ip, _)| *ip).collect();
-        // A crash in the middle of a move leaves the pod two: keep the one asked for (or the
-        // first) and give back the rest.
-        let holds = requested.filter(|r| mine.contains(r)).or(mine.first().copied());
-        for extra in mine.iter().filter(|ip| Some(**ip) != holds) {
-            self.remove_file(*extra)?;
-        }
-        match (holds, requested) {
-            (Some(ip), None) if self.assignable(ip) => Ok(Reservation { ip, moved_from: None }),
-            (Some(ip), Some(want)) if ip == want => Ok(Reservation { ip, moved_from: None }),
-            // The pod CIDR changed under it: a new address from the new one.
-            (Some(old), None) => {
-                let ip = self.reserve_new(&held, pod, None)?;
-                self.remove_file(old)?;
-                Ok(Reservation { ip, moved_from: Some(old) })
-            }
-            (Some(old), Some(want)) => {
-                let ip = self.reserve_free(&held, pod, want)?;
-                self.remove_file(old)?;
-                Ok(Reservation { ip, moved_from: Some(old) })
-            }
-            (None, requested) => {
-                Ok(Reservation { ip: self.reserve_new(&held, pod, requested)?, moved_from: None })
-            }
-        }
-    }
-
-    fn reserve_new(
-        &self,
-        held: &[(Ipv4Addr, PodRecord)],
-        pod: &PodRecord,
-        requested: Option<Ipv4Addr>,
-    ) -> Result<Ipv4Addr, IpamError> {
-        if let Some(ip) = requested {
-            return self.reserve_free(held, pod, ip);
-        }
-        let hosts: Vec<Ipv4Addr> = self.cidr.hosts().filter(|ip| self.assignable(*ip)).collect();
-        let last: Option<Ipv4Addr> =
-            std::fs::read_to_string(self.dir.join("last")).ok().and_then(|t| t.trim().parse().ok());
-        let start = last.and_then(|l| hosts.iter().position(|ip| *ip == l)).map_or(0, |i| i + 1);
-        for ip in hosts.iter().cycle().skip(start).take(hosts.len()) {
-            if held.iter().any(|(h, _)| h == ip) || self.kept.contains(ip) {
+    /// Every held address and its pod, sorted by address.
+    pub fn held(&self) -> Result<Vec<Held>, IpamError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        };
+        let mut held = Vec::new();
+        for entry in entries.flatten() {
+            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
                 continue;
-            }
-            if self.try_reserve(*ip, pod)? {
-                // Round robin: a released address is not handed out again at once.
-                let _ = std::fs::write(self.dir.join("last"), ip.to_string());
-                return Ok(*ip);
-            }
+            };
+            let path = entry.path();
+            let text = std::fs::read(&path).map_err(io_err(&path))?;
+            let file: PodFile =
+                serde_json::from_slice(&text).map_err(|source| IpamError::Corrupt { path, source })?;
+            held.push(file.held(ip));
         }
-        Err(IpamError::Exhausted { cidr: self.cidr })
+        held.sort_by_key(|h| h.ip);
+        Ok(held)
     }
 
-    /// Reserves `ip`, which must be assignable and free, for `pod`.
-    fn reserve_free(
-        &self,
-        held: &[(Ipv4Addr, PodRecord)],
-        pod: &PodRecord,
-        ip: Ipv4Addr,
-    ) -> Result<Ipv4Addr, IpamError> {
-        if !self.assignable(ip) {
-            return Err(IpamError::NotAssignable { ip, cidr: self.cidr });
-        }
-        if let Some((_, holder)) = held.iter().find(|(held_ip, _)| *held_ip == ip) {
-            return Err(IpamError::InUse { ip, holder: holder.display_name() });
-        }
-        if self.try_reserve(ip, pod)? {
-            Ok(ip)
-        } else {
-            Err(IpamError::InUse { ip, holder: "another pod".to_owned() })
+    /// What `pod` holds, if anything.
+    pub fn of_pod(&self, pod: &Pod) -> Result<Option<Held>, IpamError> {
+        Ok(self.held()?.into_iter().find(|h| h.pod.same_attachment(pod)))
+    }
+
+    /// Gives back the address `pod` holds, if any, and returns it.
+    pub fn release(&self, pod: &Pod) -> Result<Option<Ipv4Addr>, IpamError> {
+        let Some(held) = self.of_pod(pod)? else {
+            return Ok(None);
+        };
+        self.remove_file(held.ip).map(|()| Some(held.ip))
+    }
+
+    fn remove_file(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+        let path = self.dir.join(ip.to_string());
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
         }
     }
 
-    fn assignable(&self, ip: Ipv4Addr) -> bool {
-        self.cidr.contains(&ip)
-            && ip != self.cidr.network()
-            && ip != self.cidr.broadcast()
-            && ip != self.gateway
+    /// Forgets every reservation (`down`).
+    pub fn remove_all(&self) -> Result<(), IpamError> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&self.dir)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Writes `pod`'s record as `ip` unless that name exists; whether it did.
-    fn try_reserve(&self, ip: Ipv4Addr, pod: &PodRecord) -> Result<bool, IpamError> {
+    fn try_reserve(&self, ip: Ipv4Addr, pod: &Pod, owns_netns: bool) -> Result<bool, IpamError> {
         let tmp = self.dir.join(format!(".{ip}.{}", std::process::id()));
         let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-        let body = serde_json::to_vec(pod).expect("a pod record serializes");
+        let body = serde_json::to_vec(&PodFile::of(pod, owns_netns)).expect("a pod record serializes");
         file.write_all(&body).and_then(|()| file.sync_all()).map_err(io_err(&tmp))?;
         let target = self.dir.join(ip.to_string());
         let linked = std::fs::hard_link(&tmp, &target);
@@ -236,51 +210,114 @@ impl Ipam {
             Err(e) => Err(io_err(&target)(e)),
         }
     }
+}
 
-    /// Gives back the address `pod` holds, if any, and returns it.
-    pub fn release(&self, pod: &PodRecord) -> Result<Option<Ipv4Addr>, IpamError> {
-        let Some((ip, _)) = self.held()?.into_iter().find(|(_, r)| r.same_attachment(pod)) else {
-            return Ok(None);
-        };
-        self.remove_file(ip).map(|()| Some(ip))
+impl std::ops::Deref for Ipam {
+    type Target = Records;
+
+    fn deref(&self) -> &Records {
+        &self.records
     }
+}
 
-    fn remove_file(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
-        let path = self.dir.join(ip.to_string());
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
-            _ => Ok(()),
+impl Ipam {
+    /// The IPAM of the node `config` describes (its directory is made on first use); the
+    /// addresses its `[[pod]]`s name are kept for them.
+    pub fn of(config: &Config) -> Self {
+        let node = &config.node;
+        Self {
+            records: Records::of(&node.state()),
+            cidr: node.pod_cidr,
+            gateway: node.gateway,
+            kept: config.pods.iter().filter_map(|p| p.ip).collect(),
         }
     }
 
-    /// Every held address and its pod, sorted by address.
-    pub fn held(&self) -> Result<Vec<(Ipv4Addr, PodRecord)>, IpamError> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&self.dir)(e)),
-        };
-        let mut held = Vec::new();
-        for entry in entries.flatten() {
-            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
+    /// The address `pod` holds, reserving one if it holds none: the one it asks for (`pod.ip`:
+    /// it must be free or already the pod's), else the next free one after the last reserved.
+    /// A pod that holds another address than it asks for moves: the new one is reserved, then
+    /// the old one is given back (see [`Reservation::moved_from`]). `owns_netns`: podnet made
+    /// the pod's namespace (a pod that moves keeps what its old record said).
+    pub fn reserve(&self, pod: &Pod, owns_netns: bool) -> Result<Reservation, IpamError> {
+        std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        let held = self.held()?;
+        let mine: Vec<&Held> = held.iter().filter(|h| h.pod.same_attachment(pod)).collect();
+        let owns_netns = owns_netns || mine.iter().any(|h| h.owns_netns);
+        let requested = pod.ip;
+        // A crash in the middle of a move leaves the pod two: keep the one asked for (or the
+        // first) and give back the rest.
+        let holds = requested.filter(|r| mine.iter().any(|h| h.ip == *r)).or(mine.first().map(|h| h.ip));
+        for extra in mine.iter().filter(|h| Some(h.ip) != holds) {
+            self.remove_file(extra.ip)?;
+        }
+        match (holds, requested) {
+            (Some(ip), None) if self.assignable(ip) => Ok(Reservation { ip, moved_from: None }),
+            (Some(ip), Some(want)) if ip == want => Ok(Reservation { ip, moved_from: None }),
+            // The pod CIDR changed under it: a new address from the new one.
+            (Some(old), None) => {
+                let ip = self.reserve_new(&held, pod, owns_netns)?;
+                self.remove_file(old)?;
+                Ok(Reservation { ip, moved_from: Some(old) })
+            }
+            (Some(old), Some(want)) => {
+                let ip = self.reserve_free(&held, pod, want, owns_netns)?;
+                self.remove_file(old)?;
+                Ok(Reservation { ip, moved_from: Some(old) })
+            }
+            (None, Some(want)) => {
+                Ok(Reservation { ip: self.reserve_free(&held, pod, want, owns_netns)?, moved_from: None })
+            }
+            (None, None) => {
+                Ok(Reservation { ip: self.reserve_new(&held, pod, owns_netns)?, moved_from: None })
+            }
+        }
+    }
+
+    /// The next free address after the last one handed out.
+    fn reserve_new(&self, held: &[Held], pod: &Pod, owns_netns: bool) -> Result<Ipv4Addr, IpamError> {
+        let hosts: Vec<Ipv4Addr> = self.cidr.hosts().filter(|ip| self.assignable(*ip)).collect();
+        let last: Option<Ipv4Addr> =
+            std::fs::read_to_string(self.dir.join("last")).ok().and_then(|t| t.trim().parse().ok());
+        let start = last.and_then(|l| hosts.iter().position(|ip| *ip == l)).map_or(0, |i| i + 1);
+        for ip in hosts.iter().cycle().skip(start).take(hosts.len()) {
+            if held.iter().any(|h| h.ip == *ip) || self.kept.contains(ip) {
                 continue;
-            };
-            let path = entry.path();
-            let text = std::fs::read(&path).map_err(io_err(&path))?;
-            let record =
-                serde_json::from_slice(&text).map_err(|source| IpamError::Corrupt { path, source })?;
-            held.push((ip, record));
+            }
+            if self.try_reserve(*ip, pod, owns_netns)? {
+                // Round robin: a released address is not handed out again at once.
+                let _ = std::fs::write(self.dir.join("last"), ip.to_string());
+                return Ok(*ip);
+            }
         }
-        held.sort_by_key(|(ip, _)| *ip);
-        Ok(held)
+        Err(IpamError::Exhausted { cidr: self.cidr })
     }
 
-    /// Forgets every reservation (`down`).
-    pub fn remove_all(&self) -> Result<(), IpamError> {
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&self.dir)(e)),
-            _ => Ok(()),
+    /// Reserves `ip`, which must be assignable and free, for `pod`.
+    fn reserve_free(
+        &self,
+        held: &[Held],
+        pod: &Pod,
+        ip: Ipv4Addr,
+        owns_netns: bool,
+    ) -> Result<Ipv4Addr, IpamError> {
+        if !self.assignable(ip) {
+            return Err(IpamError::NotAssignable { ip, cidr: self.cidr });
         }
+        if let Some(holder) = held.iter().find(|h| h.ip == ip) {
+            return Err(IpamError::InUse { ip, holder: holder.pod.to_string() });
+        }
+        if self.try_reserve(ip, pod, owns_netns)? {
+            Ok(ip)
+        } else {
+            Err(IpamError::InUse { ip, holder: "another pod".to_owned() })
+        }
+    }
+
+    fn assignable(&self, ip: Ipv4Addr) -> bool {
+        self.cidr.contains(&ip)
+            && ip != self.cidr.network()
+            && ip != self.cidr.broadcast()
+            && ip != self.gateway
     }
 }
 
@@ -292,37 +329,33 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("podnet-ipam-test-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         Ipam {
-            dir,
+            records: Records { dir },
             cidr: "10.9.0.0/29".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 9, 0, 1),
             kept: Vec::new(),
         }
     }
 
-    fn pod(id: &str) -> PodRecord {
-        PodRecord {
-            kind: PodKind::Cni,
-            id: id.into(),
-            netns: "/run/netns/x".into(),
-            ifname: "eth0".into(),
-            host_ifname: format!("pn{id}"),
-            network: Some("podnet".into()),
-            owns_netns: false,
-        }
+    fn pod(id: &str) -> Pod {
+        Pod::container("podnet", id, "/run/netns/x", "eth0", None)
+    }
+
+    fn asking(id: &str, ip: Ipv4Addr) -> Pod {
+        Pod { ip: Some(ip), ..pod(id) }
     }
 
     #[test]
     fn reserves_round_robin_and_idempotently() {
         let ipam = ipam("rr");
-        let a = ipam.reserve(&pod("a"), None).unwrap().ip;
+        let a = ipam.reserve(&pod("a"), false).unwrap().ip;
         assert_eq!(a, Ipv4Addr::new(10, 9, 0, 2), "the gateway .1 is skipped");
-        assert_eq!(ipam.reserve(&pod("a"), None).unwrap().ip, a, "the same pod gets the same address");
-        let b = ipam.reserve(&pod("b"), None).unwrap().ip;
+        assert_eq!(ipam.reserve(&pod("a"), false).unwrap().ip, a, "the same pod gets the same address");
+        let b = ipam.reserve(&pod("b"), false).unwrap().ip;
         assert_eq!(b, Ipv4Addr::new(10, 9, 0, 3));
         assert_eq!(ipam.release(&pod("a")).unwrap(), Some(a));
         assert_eq!(ipam.release(&pod("a")).unwrap(), None, "releasing twice is fine");
         assert_eq!(
-            ipam.reserve(&pod("c"), None).unwrap().ip,
+            ipam.reserve(&pod("c"), false).unwrap().ip,
             Ipv4Addr::new(10, 9, 0, 4),
             "not .2 again at once"
         );
@@ -333,37 +366,40 @@ mod tests {
     fn requested_addresses_and_exhaustion() {
         let ipam = ipam("req");
         assert_eq!(
-            ipam.reserve(&pod("a"), Some(Ipv4Addr::new(10, 9, 0, 6))).unwrap().ip,
+            ipam.reserve(&asking("a", Ipv4Addr::new(10, 9, 0, 6)), false).unwrap().ip,
             Ipv4Addr::new(10, 9, 0, 6)
         );
-        let err = ipam.reserve(&pod("b"), Some(Ipv4Addr::new(10, 9, 0, 6))).unwrap_err().to_string();
+        let err = ipam.reserve(&asking("b", Ipv4Addr::new(10, 9, 0, 6)), false).unwrap_err().to_string();
         assert_eq!(err, "10.9.0.6 is already held by cni:a");
-        let err = ipam.reserve(&pod("b"), Some(Ipv4Addr::new(10, 9, 0, 1))).unwrap_err().to_string();
+        let err = ipam.reserve(&asking("b", Ipv4Addr::new(10, 9, 0, 1)), false).unwrap_err().to_string();
         assert!(err.starts_with("10.9.0.1 is not an address pods can have in 10.9.0.0/29"), "{err}");
         // .2 .3 .4 .5 are left.
         for id in ["b", "c", "d", "e"] {
-            ipam.reserve(&pod(id), None).unwrap();
+            ipam.reserve(&pod(id), false).unwrap();
         }
-        let err = ipam.reserve(&pod("f"), None).unwrap_err().to_string();
+        let err = ipam.reserve(&pod("f"), false).unwrap_err().to_string();
         // A pod that asks for another address moves to it, and only to a free one.
-        let moved = ipam.reserve(&pod("a"), Some(Ipv4Addr::new(10, 9, 0, 2)));
+        let moved = ipam.reserve(&asking("a", Ipv4Addr::new(10, 9, 0, 2)), false);
         assert!(matches!(moved, Err(IpamError::InUse { .. })), "{moved:?}");
         ipam.release(&pod("b")).unwrap();
-        let moved = ipam.reserve(&pod("a"), Some(Ipv4Addr::new(10, 9, 0, 2))).unwrap();
+        let moved = ipam.reserve(&asking("a", Ipv4Addr::new(10, 9, 0, 2)), false).unwrap();
         assert_eq!(
             moved,
             Reservation { ip: Ipv4Addr::new(10, 9, 0, 2), moved_from: Some(Ipv4Addr::new(10, 9, 0, 6)) }
         );
-        assert!(ipam.reserve(&pod("g"), Some(Ipv4Addr::new(10, 9, 0, 6))).is_ok(), "the old address is free");
+        assert!(
+            ipam.reserve(&asking("g", Ipv4Addr::new(10, 9, 0, 6)), false).is_ok(),
+            "the old address is free"
+        );
         ipam.release(&pod("g")).unwrap();
         // Two records of one pod (a move cut short): the one asked for stays.
-        std::fs::copy(ipam.dir.join("10.9.0.2"), ipam.dir.join("10.9.0.6")).unwrap();
-        let kept = ipam.reserve(&pod("a"), Some(Ipv4Addr::new(10, 9, 0, 6))).unwrap();
+        std::fs::copy(ipam.records.dir.join("10.9.0.2"), ipam.records.dir.join("10.9.0.6")).unwrap();
+        let kept = ipam.reserve(&asking("a", Ipv4Addr::new(10, 9, 0, 6)), false).unwrap();
         assert_eq!(kept, Reservation { ip: Ipv4Addr::new(10, 9, 0, 6), moved_from: None });
-        assert!(!ipam.dir.join("10.9.0.2").exists());
+        assert!(!ipam.records.dir.join("10.9.0.2").exists());
         // Outside the pod CIDR (it changed): a new address.
         let narrow = Ipam { cidr: "10.9.0.0/30".parse().unwrap(), ..ipam.clone() };
-        let moved = narrow.reserve(&pod("a"), None).unwrap();
+        let moved = narrow.reserve(&pod("a"), false).unwrap();
         assert_eq!(
             moved,
             Reservation { ip: Ipv4Addr::new(10, 9, 0, 2), moved_from: Some(Ipv4Addr::new(10, 9, 0, 6)) }

@@ -8,8 +8,7 @@ use std::{fs::File, io, path::PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-/// Where the lock files and the agent's socket live.
-pub const RUN_DIR: &str = "/run/podnet";
+use crate::api::client::RUN_DIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -25,6 +24,11 @@ pub enum LockError {
         #[source]
         source: nix::Error,
     },
+    #[error("the wait for the node lock ended (the agent is stopping)")]
+    Wait {
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// Held while it lives.
@@ -34,8 +38,10 @@ pub struct NodeLock(#[expect(dead_code, reason = "held for its Drop, which unloc
 impl NodeLock {
     /// Waits until node `node` is free and takes it.
     pub fn acquire(node: &str) -> Result<Self, LockError> {
-        lock(&format!("{node}.lock"), FlockArg::LockExclusive)
-            .map(|held| held.expect("a blocking lock is taken"))
+        let path = PathBuf::from(RUN_DIR).join(format!("{node}.lock"));
+        // A blocking lock is taken or fails; it never finds the lock held.
+        lock(&format!("{node}.lock"), FlockArg::LockExclusive)?
+            .ok_or(LockError::Lock { path, source: nix::Error::EWOULDBLOCK })
     }
 
     /// The agent's own lock on node `node`, held for the agent's whole life: `None` when another

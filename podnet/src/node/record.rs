@@ -2,15 +2,20 @@
 //! exactly that and nothing the node had before: a bridge podnet created, the gateway address it
 //! added, IPv4 forwarding it turned on, the NAT ports it reserved, and the peers the config and
 //! the cluster gave (a peer the config drops goes on the next `up`, one the cluster drops when
-//! the agent hears of it; one added at runtime with `podnet node add` stays). Kept as `<state>/node.json`, rewritten atomically after every change. A record is
-//! trusted only beside the node's pins: one without them predates a reboot or a lost pin
+//! the agent hears of it; one added at runtime with `podnet node add` stays), and the uplink.
+//! Kept as `<state>/node.json`, rewritten atomically after every change. A record is trusted only beside the node's pins: one without them predates a reboot or a lost pin
 //! directory, and podnet claims nothing it cannot prove it made.
 
-use std::{io, net::Ipv4Addr, path::PathBuf};
+use std::{
+    io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, PeerNode};
+use crate::model::PeerNode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -45,10 +50,46 @@ pub struct NodeRecord {
     pub reserved_ports: Option<(u16, u16)>,
     /// The `[[peer]]`s of the config at the last `up`.
     #[serde(default)]
-    pub config_peers: Vec<PeerNode>,
+    pub config_peers: Vec<RecordedPeer>,
     /// The peers the cluster gave (see [`crate::discovery`]), as the agent last set them.
     #[serde(default)]
-    pub cluster_peers: Vec<PeerNode>,
+    pub cluster_peers: Vec<RecordedPeer>,
+    /// The uplink the last `up` attached to: where `down` finds the peers' routes, with or
+    /// without a config.
+    #[serde(default)]
+    pub uplink: Option<String>,
+}
+
+/// A peer as the record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedPeer {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+}
+
+impl From<&PeerNode> for RecordedPeer {
+    fn from(p: &PeerNode) -> Self {
+        Self { name: p.name.clone(), ip: p.ip, pod_cidr: p.pod_cidr }
+    }
+}
+
+impl From<&RecordedPeer> for PeerNode {
+    fn from(p: &RecordedPeer) -> Self {
+        Self { name: p.name.clone(), ip: p.ip, pod_cidr: p.pod_cidr }
+    }
+}
+
+impl NodeRecord {
+    /// The config's peers as recorded.
+    pub fn config_peers(&self) -> Vec<PeerNode> {
+        self.config_peers.iter().map(PeerNode::from).collect()
+    }
+
+    /// The cluster's peers as recorded.
+    pub fn cluster_peers(&self) -> Vec<PeerNode> {
+        self.cluster_peers.iter().map(PeerNode::from).collect()
+    }
 }
 
 /// A node's record on disk.
@@ -56,8 +97,9 @@ pub struct NodeRecord {
 pub struct RecordFile(PathBuf);
 
 impl RecordFile {
-    pub fn of(config: &Config) -> Self {
-        Self(config.node.state().join("node.json"))
+    /// The record of the node whose state directory is `state`.
+    pub fn of(state: &Path) -> Self {
+        Self(state.join("node.json"))
     }
 
     /// The record; an empty one when there is none (podnet made nothing yet).
@@ -94,7 +136,6 @@ impl RecordFile {
     pub fn exists(&self) -> bool {
         self.0.exists()
     }
-
     pub fn remove(&self) -> Result<(), RecordError> {
         match std::fs::remove_file(&self.0) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {

@@ -4,24 +4,22 @@
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use bytes::BytesMut;
 use podnet::{
-    config::PeerNode,
-    config::Timeouts,
-    datapath::maps::{Deny, Endpoints, NatSettings, Peers},
-    datapath::{Datapath, EbpfLog, PinDir, TableSizes},
+    datapath::TableSizes,
+    datapath::maps::{Deny, Peers},
     host::netns,
+    model::PeerNode,
 };
-use podnet_common::{
-    Endpoint, NatConfig,
-    programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
-};
+use podnet_common::programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER};
 use serde::Serialize;
 
 use crate::{
     Lab,
     packets::{ETH_LEN, TCP_ACK, TCP_SYN, ipv4, tcp4, udp4, with_ttl},
+    test_run::{
+        Loaded, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS, XDP_REDIRECT, nat_config,
+    },
 };
 
 /// Runs per `BPF_PROG_TEST_RUN` call: the TTL (255) must stay above 1 through a whole batch.
@@ -39,18 +37,16 @@ pub struct Cost {
 pub fn measure(repeat: u32, only: Option<&str>) -> anyhow::Result<Vec<Cost>> {
     let mut lab = Lab::new("cost")?;
     let fixture = lab.fib_fixture()?;
-    let pins = PinDir::for_node(&format!("bench-cost{}", std::process::id()));
     // A scoped thread enters the namespace, so this process's own threads stay where they are.
-    let result = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         s.spawn(|| {
             netns::enter(&fixture.ns)?;
-            measure_in(&pins, (fixture.eth0, fixture.eth0_mac), repeat, only)
+            let mut loaded = Loaded::new("bench-cost", TableSizes::default())?;
+            measure_in(&mut loaded, (fixture.eth0, fixture.eth0_mac), repeat, only)
         })
         .join()
-        .expect("cost thread does not panic")
-    });
-    pins.remove()?;
-    result
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the cost thread panicked")))
+    })
 }
 
 /// One timed case: `frames` are run in turn, each `batch` runs per call, until `repeat` runs
@@ -61,56 +57,38 @@ struct Case {
     packet: &'static str,
     frames: Vec<BytesMut>,
     batch: u32,
-    /// tc action every call must end with (TC_ACT_UNSPEC, TC_ACT_SHOT, 7 for TC_ACT_REDIRECT),
+    /// Action every call must end with (TC_ACT_UNSPEC, TC_ACT_SHOT, TC_ACT_REDIRECT, XDP_*),
     /// so a figure never times a different path than its label says.
     expected: u32,
 }
 
-/// tc's "next program" (-1), what podnet returns for what it leaves to the stack.
-const TC_ACT_UNSPEC: u32 = -1i32 as u32;
-const TC_ACT_SHOT: u32 = 2;
-
 fn measure_in(
-    pins: &PinDir,
+    loaded: &mut Loaded,
     (ifindex, mac): (u32, [u8; 6]),
     repeat: u32,
     only: Option<&str>,
 ) -> anyhow::Result<Vec<Cost>> {
-    let mut datapath = Datapath::load(pins, TableSizes::default(), EbpfLog::Off)?;
     let local = Ipv4Addr::new(10, 1, 1, 3);
     // Runs of a batch see the frame as the previous run left it: delivery writes `host_mac` and
     // routing the uplink's MAC as the source, so both are the sender's MAC (`mac`), which keeps
     // every run past the source check.
-    let endpoint = Endpoint::new(1, [2, 0, 0, 0, 0, 3], mac);
-    let mut endpoints = Endpoints::open(pins)?;
-    endpoints.insert(local, &endpoint)?;
+    loaded.add_endpoint(local, 1, [2, 0, 0, 0, 0, 3], mac);
     // The sending pod: its frames come from `mac` on the fixture's uplink (the input device the
     // FIB needs), so they pass the source check.
     let pod1 = Ipv4Addr::new(10, 1, 1, 2);
-    let sender = Endpoint::new(ifindex, mac, [2, 0, 0, 0, 0, 0xb2]);
-    endpoints.insert(pod1, &sender)?;
+    loaded.add_endpoint(pod1, ifindex, mac, [2, 0, 0, 0, 0, 0xb2]);
     // node2 at .3; .2 plays an external host (both neighbours are known in the fixture).
     let peer = PeerNode {
         name: "node2".into(),
         ip: Ipv4Addr::new(192, 168, 50, 3),
         pod_cidr: "10.1.2.0/24".parse()?,
     };
-    Peers::open(pins)?.insert(&peer)?;
+    Peers::open(&loaded.pins)?.insert(&peer)?;
     let node = Ipv4Addr::new(192, 168, 50, 1);
-    let nat = NatConfig {
-        node_ip: node.octets(),
-        enabled: 1,
-        uplink_ifindex: ifindex,
-        port_min: 1024,
-        port_max: 65535,
-        timeouts_s: Timeouts::default().seconds(),
-        // The node's pods, as `up` writes it: 10.1.1.2 and 10.1.1.3 are local.
-        pod_net: [10, 1, 1, 0],
-        pod_mask: [255, 255, 255, 0],
-    };
-    NatSettings::open(pins)?.set(&nat)?;
+    // The node's pods, as `up` writes it: 10.1.1.2 and 10.1.1.3 are local.
+    loaded.set_nat(&nat_config(node, ifindex, 1024, 65535));
     let denied = Ipv4Addr::new(203, 0, 113, 7);
-    Deny::open(pins)?.insert("203.0.113.0/24".parse()?)?;
+    Deny::open(&loaded.pins)?.insert("203.0.113.0/24".parse()?)?;
     // The kernel reruns the program on the same packet, keeping its edits: routed cases lower
     // the TTL each run. Start at 255 and run batches of BATCH so that every run is routed. Every
     // frame comes from the sender's MAC.
@@ -127,27 +105,18 @@ fn measure_in(
     let from_peer = |dst| udp(Ipv4Addr::new(10, 1, 2, 2), dst);
     let external = Ipv4Addr::new(192, 168, 50, 2);
     let outbound = ttl255(tcp4((pod1, 40000), (external, 80), TCP_ACK));
-    // struct __sk_buff is 192 bytes; `ifindex` (the input device for the FIB) sits at offset 40.
-    let mut skb = [0u8; 192];
-    skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     // Create the translation the established cases use, and learn its node port.
-    let mut out = vec![0u8; outbound.len() + 64];
-    datapath.program(FROM_POD)?.test_run(TestRunOptions {
-        data_in: Some(&outbound),
-        data_out: Some(&mut out),
-        ctx_in: Some(&skb),
-        ..Default::default()
-    })?;
+    let out = loaded.run_tc(FROM_POD, &outbound, Some(ifindex), 1)?.frame;
     let node_port = u16::from_be_bytes([out[ETH_LEN + 20], out[ETH_LEN + 21]]);
     let case = |batch: u32| {
         move |program, packet, frame, expected| Case { program, packet, frames: vec![frame], batch, expected }
     };
     let (one, single) = (case(BATCH), case(1));
     let cases = [
-        one(FROM_POD, "local hit (redirect_peer)", frame(local), 7),
-        one(FROM_POD, "remote hit (FIB + redirect)", frame(Ipv4Addr::new(10, 1, 2, 2)), 7),
-        single(FROM_POD, "local hit, 1 run per call", frame(local), 7),
-        single(FROM_POD, "NAT established, 1 run per call", outbound, 7),
+        one(FROM_POD, "local hit (redirect_peer)", frame(local), TC_ACT_REDIRECT),
+        one(FROM_POD, "remote hit (FIB + redirect)", frame(Ipv4Addr::new(10, 1, 2, 2)), TC_ACT_REDIRECT),
+        single(FROM_POD, "local hit, 1 run per call", frame(local), TC_ACT_REDIRECT),
+        single(FROM_POD, "NAT established, 1 run per call", outbound, TC_ACT_REDIRECT),
         Case {
             program: FROM_POD,
             packet: "NAT new flow, 1 run per call",
@@ -155,7 +124,7 @@ fn measure_in(
                 .map(|i| ttl255(tcp4((pod1, 1024 + i as u16), (external, 443), TCP_SYN)))
                 .collect(),
             batch: 1,
-            expected: 7,
+            expected: TC_ACT_REDIRECT,
         },
         one(
             FROM_POD,
@@ -164,18 +133,17 @@ fn measure_in(
             TC_ACT_SHOT,
         ),
         one(FROM_POD, "spoofed source (drop)", frame_from_spoofer(local), TC_ACT_SHOT),
-        one(FROM_UPLINK, "to local pod (redirect_peer)", from_peer(local), 7),
+        one(FROM_UPLINK, "to local pod (redirect_peer)", from_peer(local), TC_ACT_REDIRECT),
         single(
             FROM_UPLINK,
             "NAT reply, 1 run per call",
             ttl255(tcp4((external, 80), (node, node_port), TCP_ACK)),
-            7,
+            TC_ACT_REDIRECT,
         ),
         one(FROM_UPLINK, "pass-through (for the node)", from_peer(node), TC_ACT_UNSPEC),
-        // XDP actions: XDP_DROP 1, XDP_PASS 2, XDP_REDIRECT 4.
-        one(UPLINK_FILTER, "deny-listed source (drop)", udp(denied, local), 1),
-        one(UPLINK_FILTER, "allowed source (pass)", from_peer(local), 2),
-        one(UPLINK_DELIVER, "to local pod (devmap redirect)", from_peer(local), 4),
+        one(UPLINK_FILTER, "deny-listed source (drop)", udp(denied, local), XDP_DROP),
+        one(UPLINK_FILTER, "allowed source (pass)", from_peer(local), XDP_PASS),
+        one(UPLINK_DELIVER, "to local pod (devmap redirect)", from_peer(local), XDP_REDIRECT),
     ];
     cases
         .into_iter()
@@ -188,23 +156,16 @@ fn measure_in(
                 let frame = &case.frames[call as usize % case.frames.len()];
                 let result = if [UPLINK_FILTER, UPLINK_DELIVER].contains(&case.program) {
                     // XDP takes no skb context.
-                    let opts =
-                        TestRunOptions { data_in: Some(frame), repeat: case.batch, ..Default::default() };
-                    datapath.xdp_program(case.program)?.test_run(opts)?
+                    loaded.run_xdp(case.program, frame, case.batch)?
                 } else {
-                    datapath.program(case.program)?.test_run(TestRunOptions {
-                        data_in: Some(frame),
-                        ctx_in: Some(&skb),
-                        repeat: case.batch,
-                        ..Default::default()
-                    })?
+                    loaded.run_tc(case.program, frame, Some(ifindex), case.batch)?
                 };
                 anyhow::ensure!(
-                    result.return_value == case.expected,
+                    result.action == case.expected,
                     "{} on {}: returned {}, expected {}",
                     case.program,
                     case.packet,
-                    result.return_value,
+                    result.action,
                     case.expected
                 );
                 total_ns += result.duration.as_nanos() as f64;

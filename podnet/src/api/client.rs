@@ -1,23 +1,24 @@
-//! The agent's local API: a unix socket `/run/podnet/<node>.sock` (root only), one request per
-//! connection: a JSON line holding an [`Op`], answered by a JSON line, `{"ok": VALUE}` or
-//! `{"error": "MESSAGE"}`.
+//! The calling side of the agent's socket: the CLI and the CNI plugin hand operations to a
+//! running agent with [`call`].
 
 use std::{io, path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::UnixStream,
 };
 
-use crate::node::{lock::RUN_DIR, op::Op};
+use super::{Answer, ApiError, Op, PROTOCOL, Reply, Request};
+
+/// Where the lock files and the agent's socket live.
+pub const RUN_DIR: &str = "/run/podnet";
 
 /// How long a client waits for the agent's answer (an `up` of a big node included).
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Talking to the agent failed (not: the agent answered with an error).
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub enum ClientError {
     #[error("the agent's socket {path}")]
     Io {
         path: PathBuf,
@@ -26,7 +27,10 @@ pub enum ApiError {
     },
     #[error("the agent at {path} gave no answer within {secs} s")]
     Timeout { path: PathBuf, secs: u64 },
-    #[error("the agent at {path} answered something that is not a podnet answer: {text:?}")]
+    #[error(
+        "the agent at {path} answered something that is not a podnet answer of protocol {PROTOCOL} \
+         (an agent of another podnet version? restart it after an upgrade): {text:?}"
+    )]
     Garbled { path: PathBuf, text: String },
 }
 
@@ -35,27 +39,20 @@ pub fn socket_path(node: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{node}.sock"))
 }
 
-/// One answer on the wire.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Answer {
-    Ok(Value),
-    Error(String),
-}
-
 /// Asks node `node`'s agent to run `op`. `None` when no agent listens (no socket, or a stale one
 /// left by an agent that was killed); otherwise what it answered.
-pub async fn call(node: &str, op: &Op) -> Result<Option<Result<Value, String>>, ApiError> {
+pub async fn call(node: &str, op: &Op) -> Result<Option<Result<Reply, ApiError>>, ClientError> {
     let path = socket_path(node);
     let mut stream = match UnixStream::connect(&path).await {
         Ok(stream) => stream,
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
             return Ok(None);
         }
-        Err(source) => return Err(ApiError::Io { path, source }),
+        Err(source) => return Err(ClientError::Io { path, source }),
     };
     let exchange = async {
-        let mut line = serde_json::to_vec(op).expect("an op serializes");
+        let request = Request { protocol: PROTOCOL, op: op.clone() };
+        let mut line = serde_json::to_vec(&request).map_err(io::Error::other)?;
         line.push(b'\n');
         stream.write_all(&line).await?;
         let mut answer = String::new();
@@ -64,12 +61,12 @@ pub async fn call(node: &str, op: &Op) -> Result<Option<Result<Value, String>>, 
     };
     let text = tokio::time::timeout(CALL_TIMEOUT, exchange)
         .await
-        .map_err(|_| ApiError::Timeout { path: path.clone(), secs: CALL_TIMEOUT.as_secs() })?
-        .map_err(|source| ApiError::Io { path: path.clone(), source })?;
+        .map_err(|_| ClientError::Timeout { path: path.clone(), secs: CALL_TIMEOUT.as_secs() })?
+        .map_err(|source| ClientError::Io { path: path.clone(), source })?;
     match serde_json::from_str(&text) {
-        Ok(Answer::Ok(value)) => Ok(Some(Ok(value))),
-        Ok(Answer::Error(message)) => Ok(Some(Err(message))),
-        Err(_) => Err(ApiError::Garbled { path, text }),
+        Ok(Answer::Ok(reply)) => Ok(Some(Ok(reply))),
+        Ok(Answer::Error(error)) => Ok(Some(Err(error))),
+        Err(_) => Err(ClientError::Garbled { path, text }),
     }
 }
 

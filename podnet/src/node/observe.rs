@@ -1,0 +1,81 @@
+//! What `up` finds on the node before it changes anything: the [`Observed`] that
+//! [`super::plan`] plans from. Only reads.
+
+use tracing::debug;
+
+use super::{
+    NodeError,
+    ipam::Ipam,
+    plan::{FoundBridge, FoundUplink, Observed},
+    record::{NodeRecord, RecordFile},
+};
+use crate::{
+    datapath::{
+        PinDir,
+        maps::{Endpoints, Peers},
+    },
+    host::{netlink::Netlink, netns, sysctl},
+    model::Config,
+};
+
+/// Reads the node `config` describes, as it is now.
+pub async fn observe(config: &Config, nl: &Netlink) -> Result<Observed, NodeError> {
+    let node = &config.node;
+    let pins = PinDir::for_node(&node.name);
+    let up_before = pins.path().exists();
+    let records = RecordFile::of(&node.state());
+    let record = if up_before { records.load()? } else { NodeRecord::default() };
+    let uplink = match &config.uplink {
+        None => None,
+        Some(settings) => match nl.link(&settings.interface).await? {
+            None => None,
+            Some(iface) => Some(FoundUplink {
+                addresses: nl.ipv4_addresses(&iface).await?,
+                networks: nl.ipv4_networks(&iface).await?,
+                iface,
+            }),
+        },
+    };
+    let bridge = match nl.link(&node.bridge).await? {
+        None => None,
+        Some(found) => Some(FoundBridge {
+            is_bridge: found.is_bridge,
+            has_gateway: found.is_bridge && nl.ipv4_addresses(&found).await?.contains(&node.gateway),
+        }),
+    };
+    let ports_reserved = match config.nat.enabled {
+        true => sysctl::ports_reserved(config.nat.port_min, config.nat.port_max)?,
+        false => false,
+    };
+    // Maps of a layout this podnet cannot read (an upgrade migrates them) hold nothing it plans
+    // from: what they hold is carried into the new maps.
+    let (endpoints, peers) = if up_before {
+        let endpoints = Endpoints::open(&pins).map(|e| e.list().into_iter().map(|(ip, _)| ip).collect());
+        let peers = Peers::open(&pins).map(|p| p.list());
+        if let Err(e) = endpoints.as_ref().and(peers.as_ref()) {
+            debug!("up: the pinned maps are not readable as they are ({e}); they will be migrated");
+        }
+        (endpoints.unwrap_or_default(), peers.unwrap_or_default())
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Ok(Observed {
+        up_before,
+        stale_record: !up_before && records.exists(),
+        record,
+        uplink,
+        bridge,
+        ip_forward: sysctl::ip_forward_enabled()?,
+        ports_reserved,
+        held: Ipam::of(config).held()?,
+        endpoints,
+        peers,
+        links: pins.linked_interfaces(),
+        pod_namespaces: config
+            .pods
+            .iter()
+            .filter(|p| netns::exists(&p.netns))
+            .map(|p| p.netns.clone())
+            .collect(),
+    })
+}

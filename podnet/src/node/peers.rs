@@ -1,0 +1,314 @@
+//! Peers at runtime: one added or removed by hand (`podnet node add|del`), and the cluster's
+//! complete views ([`crate::discovery`]) made into the peer map and routes. How a view becomes
+//! peers is planned by [`cluster_changes`] (pure, unit-tested with a fake peer source).
+
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+use super::{NodeError, pins_of_running_node, record::RecordFile};
+use crate::{
+    datapath::maps::Peers,
+    error_chain,
+    host::netlink::{Iface, Netlink},
+    model::{Config, PeerNode, check_peer, overlaps},
+};
+
+/// The node's uplink, which every peer route goes through.
+async fn uplink(config: &Config, nl: &Netlink) -> Result<Iface, NodeError> {
+    let settings = config.uplink.as_ref().ok_or(NodeError::NoUplinkConfigured)?;
+    nl.link(&settings.interface).await?.ok_or_else(|| NodeError::NotAsConfigured {
+        source_name: config.source.clone(),
+        field: "uplink.interface".to_owned(),
+        problem: format!("{} does not exist in the node's network namespace", settings.interface),
+    })
+}
+
+/// Adds a peer node at runtime: its pod CIDR goes into the peer map and the kernel route table.
+/// Nothing restarts; flows to other nodes are not touched.
+pub async fn add_peer(config: &Config, peer: PeerNode) -> Result<(), NodeError> {
+    let pins = pins_of_running_node(&config.node.name)?;
+    let nl = Netlink::current()?;
+    let uplink = uplink(config, &nl).await?;
+    let mut peers = Peers::open(&pins)?;
+    let known = peers.list();
+    check_peer(&config.node, config.uplink.as_ref(), &known, &peer)
+        .map_err(|(field, problem)| NodeError::InvalidPeer { field, problem })?;
+    peers.insert(&peer)?;
+    nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+    info!("peer {} added: {} via {}", peer.name, peer.pod_cidr, peer.ip);
+    Ok(())
+}
+
+/// Removes a peer node at runtime: map entry and kernel route.
+pub async fn del_peer(config: &Config, name: &str) -> Result<(), NodeError> {
+    let pins = pins_of_running_node(&config.node.name)?;
+    let nl = Netlink::current()?;
+    let mut peers = Peers::open(&pins)?;
+    let peer = peers
+        .list()
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| NodeError::UnknownPeer { name: name.to_owned() })?;
+    peers.remove(&peer)?;
+    if let Some(uplink) = config.uplink.as_ref()
+        && let Some(link) = nl.link(&uplink.interface).await?
+    {
+        nl.del_peer_route(peer.pod_cidr, peer.ip, &link).await?;
+    }
+    info!("peer {} removed ({} via {})", peer.name, peer.pod_cidr, peer.ip);
+    Ok(())
+}
+
+/// How a view of the cluster changes the node's cluster peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterChanges {
+    /// Cluster peers no longer in the view, and whether each is in the peer map.
+    pub gone: Vec<(PeerNode, bool)>,
+    /// Cluster peers that stay.
+    pub kept: Vec<PeerNode>,
+    /// Peers that join, and whether each is in the peer map already (an agent killed between the
+    /// map and the record: it is the cluster's).
+    pub joined: Vec<(PeerNode, bool)>,
+    /// Peers of the view left out, and why.
+    pub refused: Vec<(PeerNode, String)>,
+}
+
+/// What `view` (every other node of the cluster) does to a node of `config` whose record names
+/// `recorded` as cluster peers, whose peer map holds `in_map`, and whose uplink is on
+/// `networks`. A peer that clashes with this node, the config's peers, peers added at runtime,
+/// peers of the view before it or the uplink's networks is refused: a store's value never takes
+/// a route away from anyone.
+pub fn cluster_changes(
+    config: &Config,
+    view: &[PeerNode],
+    recorded: &[PeerNode],
+    in_map: &[PeerNode],
+    networks: &[Ipv4Net],
+) -> ClusterChanges {
+    let mut changes = ClusterChanges::default();
+    for peer in recorded {
+        if view.contains(peer) {
+            changes.kept.push(peer.clone());
+        } else {
+            changes.gone.push((peer.clone(), in_map.contains(peer)));
+        }
+    }
+    // The peer map as it will be: without the gone, with each peer that joins.
+    let mut known: Vec<PeerNode> =
+        in_map.iter().filter(|p| !changes.gone.iter().any(|(g, _)| g == *p)).cloned().collect();
+    for peer in view.iter().filter(|p| !changes.kept.contains(p)) {
+        if known.contains(peer) && !config.peers.contains(peer) {
+            changes.joined.push((peer.clone(), true));
+            continue;
+        }
+        let checked = check_peer(&config.node, config.uplink.as_ref(), &known, peer).and_then(|()| {
+            match networks.iter().find(|n| overlaps(**n, peer.pod_cidr)) {
+                Some(n) => {
+                    Err(("pod_cidr", format!("{} overlaps {n}, a network of the uplink", peer.pod_cidr)))
+                }
+                None => Ok(()),
+            }
+        });
+        match checked {
+            Ok(()) => {
+                known.push(peer.clone());
+                changes.joined.push((peer.clone(), false));
+            }
+            Err((field, problem)) => changes.refused.push((peer.clone(), format!("{field}: {problem}"))),
+        }
+    }
+    changes
+}
+
+/// Makes the peers the cluster gave those of `view` (a complete view from a
+/// [`crate::discovery::PeerSource`]): adds the new ones, removes the ones gone, and touches
+/// nothing else (see [`cluster_changes`]). A peer whose route or map entry cannot be made is
+/// left out for now; returns whether any was, so the caller tries the view again later.
+pub async fn set_cluster_peers(config: &Config, view: &[PeerNode]) -> Result<bool, NodeError> {
+    let pins = pins_of_running_node(&config.node.name)?;
+    let nl = Netlink::current()?;
+    let uplink = uplink(config, &nl).await?;
+    let records = RecordFile::of(&config.node.state());
+    let mut peers = Peers::open(&pins)?;
+    let recorded = records.load()?.cluster_peers();
+    let networks = nl.ipv4_networks(&uplink).await?;
+    let changes = cluster_changes(config, view, &recorded, &peers.list(), &networks);
+    for (gone, in_map) in &changes.gone {
+        info!("peer {} ({} via {}) left the cluster", gone.name, gone.pod_cidr, gone.ip);
+        if *in_map {
+            peers.remove(gone)?;
+        }
+        nl.del_peer_route(gone.pod_cidr, gone.ip, &uplink).await?;
+    }
+    let mut kept = changes.kept;
+    records.update(|r| r.cluster_peers = kept.iter().map(Into::into).collect())?;
+    for (peer, problem) in &changes.refused {
+        warn!("cluster peer {} ({} via {}) left out: {problem}", peer.name, peer.pod_cidr, peer.ip);
+    }
+    let mut retry = false;
+    for (peer, in_map) in &changes.joined {
+        if !in_map {
+            // The route first: a peer the kernel cannot route to never gets into the map.
+            let added = async {
+                nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+                if let Err(e) = peers.insert(peer) {
+                    nl.del_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+                    return Err(NodeError::from(e));
+                }
+                Ok::<_, NodeError>(())
+            };
+            if let Err(e) = added.await {
+                warn!(
+                    "cluster peer {} ({} via {}) left out for now: {}",
+                    peer.name,
+                    peer.pod_cidr,
+                    peer.ip,
+                    error_chain(&e)
+                );
+                retry = true;
+                continue;
+            }
+        }
+        info!("peer {} ({} via {}) joined the cluster", peer.name, peer.pod_cidr, peer.ip);
+        kept.push(peer.clone());
+        records.update(|r| r.cluster_peers = kept.iter().map(Into::into).collect())?;
+    }
+    Ok(retry)
+}
+
+#[cfg(test)]
+mod tests {
+    use ipnet::Ipv4Net;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{
+        config::Draft,
+        discovery::{DiscoveryError, Joined, PeerSource, Update},
+        model::Source,
+    };
+
+    fn peer(name: &str, ip: &str, cidr: &str) -> PeerNode {
+        PeerNode { name: name.into(), ip: ip.parse().unwrap(), pod_cidr: cidr.parse().unwrap() }
+    }
+
+    fn config() -> Config {
+        let text = "[node]\nname = \"node1\"\npod_cidr = \"10.1.1.0/24\"\n\
+                    [uplink]\ninterface = \"eth0\"\nip = \"192.168.50.1\"\n\
+                    [[peer]]\nname = \"static\"\nip = \"192.168.50.9\"\npod_cidr = \"10.9.0.0/24\"\n";
+        Draft::parse(text.to_owned(), Source::BuiltIn).unwrap().resolve(None).unwrap()
+    }
+
+    /// A cluster that gives the node a CIDR and then a scripted series of views.
+    struct FakeSource {
+        views: Vec<Vec<PeerNode>>,
+    }
+
+    impl PeerSource for FakeSource {
+        async fn join(&mut self) -> Result<Joined, DiscoveryError> {
+            Ok(Joined { pod_cidr: "10.1.1.0/24".parse().unwrap(), fresh: true })
+        }
+
+        async fn follow(self, updates: mpsc::Sender<Update>) {
+            for view in self.views {
+                if updates.send(Update::Peers(view)).await.is_err() {
+                    return;
+                }
+            }
+        }
+
+        async fn leave(&mut self) -> Result<(), DiscoveryError> {
+            Ok(())
+        }
+    }
+
+    /// Runs `source` and makes each view it sends into peers as the agent would (map and record
+    /// kept in memory); returns the map, the record and every refusal, after each view.
+    fn follow(source: FakeSource, networks: &[Ipv4Net]) -> Vec<(Vec<PeerNode>, Vec<PeerNode>, Vec<String>)> {
+        let config = config();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut map = config.peers.clone();
+        let mut recorded = Vec::new();
+        let mut after = Vec::new();
+        runtime.block_on(async {
+            let mut source = source;
+            assert_eq!(source.join().await.unwrap().pod_cidr.to_string(), "10.1.1.0/24");
+            source.follow(tx).await;
+            while let Some(Update::Peers(view)) = rx.recv().await {
+                let changes = cluster_changes(&config, &view, &recorded, &map, networks);
+                map.retain(|p| !changes.gone.iter().any(|(g, _)| g == p));
+                recorded = changes.kept.clone();
+                for (p, in_map) in &changes.joined {
+                    if !in_map {
+                        map.push(p.clone());
+                    }
+                    recorded.push(p.clone());
+                }
+                let refused = changes.refused.iter().map(|(p, why)| format!("{}: {why}", p.name)).collect();
+                after.push((map.clone(), recorded.clone(), refused));
+            }
+        });
+        after
+    }
+
+    #[test]
+    fn views_become_peers_and_peers_that_leave_go() {
+        let node2 = peer("node2", "192.168.60.2", "10.1.2.0/24");
+        let node3 = peer("node3", "192.168.60.3", "10.1.3.0/24");
+        let after = follow(
+            FakeSource {
+                views: vec![vec![node2.clone()], vec![node2.clone(), node3.clone()], vec![node3.clone()]],
+            },
+            &[],
+        );
+        let statics = config().peers;
+        assert_eq!(after[0].0, [statics.clone(), vec![node2.clone()]].concat());
+        assert_eq!(after[1].1, [node2.clone(), node3.clone()]);
+        assert_eq!(after[2].0, [statics, vec![node3.clone()]].concat(), "node2 left");
+        assert_eq!(after[2].1, [node3]);
+        assert!(after.iter().all(|(_, _, refused)| refused.is_empty()));
+    }
+
+    #[test]
+    fn a_view_never_takes_a_route_from_anyone() {
+        let networks: Vec<Ipv4Net> = vec!["192.168.50.0/24".parse().unwrap()];
+        let after = follow(
+            FakeSource {
+                views: vec![vec![
+                    peer("node2", "192.168.60.2", "10.1.2.0/24"),
+                    // Over a config peer, this node, the uplink's network, a peer before it.
+                    peer("evil1", "192.168.60.3", "10.9.0.0/25"),
+                    peer("evil2", "192.168.60.4", "10.1.1.0/24"),
+                    peer("evil3", "192.168.60.5", "192.168.50.128/25"),
+                    peer("evil4", "192.168.60.6", "10.1.2.128/25"),
+                    peer("static", "192.168.60.7", "10.1.7.0/24"),
+                ]],
+            },
+            &networks,
+        );
+        let (map, recorded, refused) = &after[0];
+        assert_eq!(recorded, &[peer("node2", "192.168.60.2", "10.1.2.0/24")]);
+        assert_eq!(map.len(), 2, "the config's peer and node2: {map:?}");
+        assert_eq!(refused.len(), 5, "{refused:#?}");
+        assert!(
+            refused[0].starts_with("evil1: pod_cidr: 10.9.0.0/25 overlaps 10.9.0.0/24 of node \"static\"")
+        );
+        assert!(refused[1].starts_with("evil2: pod_cidr: 10.1.1.0/24 overlaps this node's pod_cidr"));
+        assert!(refused[2].contains("a network of the uplink"), "{}", refused[2]);
+        assert!(
+            refused[3].starts_with("evil4: pod_cidr: 10.1.2.128/25 overlaps 10.1.2.0/24 of node \"node2\"")
+        );
+        assert_eq!(refused[4], "static: name: node name \"static\" is already in use");
+    }
+
+    #[test]
+    fn a_peer_in_the_map_but_in_no_record_is_adopted() {
+        let config = config();
+        let node2 = peer("node2", "192.168.60.2", "10.1.2.0/24");
+        let in_map = [config.peers.clone(), vec![node2.clone()]].concat();
+        let changes = cluster_changes(&config, std::slice::from_ref(&node2), &[], &in_map, &[]);
+        assert_eq!(changes.joined, [(node2, true)]);
+        assert!(changes.refused.is_empty());
+    }
+}
