@@ -180,6 +180,10 @@ reasons! {
     /// one) translated back to a pod that is no longer on this node: dropped (the stack would
     /// route it, and its errors would quote the pod's address to the outside).
     drop DropNatReplyNoPod = 30 => "drop_nat_reply_no_pod",
+    /// First packet of a pod's connection to the outside that another CPU translated at the same
+    /// moment (both saw no translation): it leaves on the node port the other CPU claimed, and
+    /// the claim this CPU made goes back.
+    redirect RedirectNatRaced = 31 => "redirect_nat_raced",
 }
 
 impl Reason {

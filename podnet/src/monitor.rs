@@ -103,9 +103,9 @@ async fn follow(
     let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
     let mut tick = tokio::time::interval(TICK);
     let mut out = std::io::stdout().lock();
-    if !json {
-        let _ = writeln!(out, "listening for events on node {} (Ctrl-C to stop)", config.node.name);
-    }
+    // Said once the programs know (stderr: with --json, stdout holds only events).
+    maps.set_listening(now_ns())?;
+    eprintln!("listening for events on node {} (Ctrl-C to stop)", config.node.name);
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),

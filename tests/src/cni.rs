@@ -2,10 +2,7 @@
 //! the network config on stdin, inside the node's network namespace (`nsenter --net`, which
 //! keeps the host's mounts, so the pins under /sys/fs/bpf stay visible).
 
-use std::{
-    io::Write as _,
-    process::{Command, Stdio},
-};
+use std::process::Command;
 
 use anyhow::Context as _;
 
@@ -35,6 +32,9 @@ pub fn net_conf(node: &Node, version: &str, extra: serde_json::Value) -> serde_j
     conf
 }
 
+/// Longest a plugin call may take (an ADD waits for the node lock behind others).
+const PLUGIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Runs `CNI_COMMAND=command` for container `id` (interface `ifname`, namespace path `netns`)
 /// on `node` with `conf` on stdin and extra `args` (CNI_ARGS).
 pub fn call(
@@ -44,7 +44,8 @@ pub fn call(
     args: &str,
     conf: &serde_json::Value,
 ) -> anyhow::Result<Reply> {
-    let mut child = Command::new("nsenter")
+    let mut plugin = Command::new("nsenter");
+    plugin
         .arg(format!("--net=/run/netns/{}", node.netns))
         .arg(podnet_bin())
         .env("CNI_COMMAND", command)
@@ -52,14 +53,8 @@ pub fn call(
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", ifname)
         .env("CNI_ARGS", args)
-        .env("CNI_PATH", podnet_bin().parent().context("bin dir")?)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run the plugin")?;
-    child.stdin.take().context("stdin")?.write_all(conf.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
+        .env("CNI_PATH", podnet_bin().parent().context("bin dir")?);
+    let out = crate::output_within(&mut plugin, conf.to_string().as_bytes(), PLUGIN_DEADLINE)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = if stdout.trim().is_empty() {
         serde_json::Value::Null

@@ -5,8 +5,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -40,6 +43,37 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
     Ok(out)
 }
 
+/// Runs `cmd` with `input` on its stdin and returns its output, killing it (and failing) when it
+/// has not finished within `deadline`: a hung command fails its test instead of stalling the
+/// suite.
+pub fn output_within(cmd: &mut Command, input: &[u8], deadline: Duration) -> anyhow::Result<Output> {
+    use std::io::{Read as _, Write as _};
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    // Small inputs fit the pipe: written at once, then closed.
+    child.stdin.take().context("stdin")?.write_all(input)?;
+    let until = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} did not finish within {deadline:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    child.stdout.take().context("stdout")?.read_to_end(&mut stdout)?;
+    child.stderr.take().context("stderr")?.read_to_end(&mut stderr)?;
+    Ok(Output { status, stdout, stderr })
+}
+
 /// A command run inside network namespace `ns` (`ip netns exec`).
 pub fn in_ns(ns: &str, program: &str) -> Command {
     let mut cmd = Command::new("ip");
@@ -53,27 +87,74 @@ pub fn sh(ns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Whether `ping` from `ns` to `ip` gets `count` answers (each waited for at most 1 s).
+/// Whether `ping` from `ns` to `ip` gets an answer to every one of `count` requests (each waited
+/// for at most 1 s): one lost is a failure.
 pub fn pings(ns: &str, ip: &str, count: u32) -> bool {
-    in_ns(ns, "ping")
-        .args(["-c", &count.to_string(), "-W", "1", "-i", "0.2", "-q", ip])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    replies(ns, ip, count) == count
+}
+
+/// How many of `count` pings from `ns` to `ip` are answered (each waited for at most 1 s).
+pub fn replies(ns: &str, ip: &str, count: u32) -> u32 {
+    let Ok(out) =
+        in_ns(ns, "ping").args(["-c", &count.to_string(), "-W", "1", "-i", "0.2", "-q", ip]).output()
+    else {
+        return 0;
+    };
+    // "3 packets transmitted, 2 received, 33% packet loss, time 402ms"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let received = text.lines().find_map(|l| {
+        let (sent, rest) = l.split_once(" packets transmitted, ")?;
+        (sent.trim().parse::<u32>().ok()? == count).then_some(())?;
+        rest.split(' ').next()?.parse().ok()
+    });
+    received.unwrap_or(0)
 }
 
 /// Waits until something listens on TCP `port` in `ns` (at most 10 s).
 pub fn wait_listening(ns: &str, port: u16) -> anyhow::Result<()> {
+    wait_socket(ns, "-Hltn", port)
+}
+
+/// Waits until a UDP socket is bound to `port` in `ns` (at most 10 s).
+pub fn wait_udp_bound(ns: &str, port: u16) -> anyhow::Result<()> {
+    wait_socket(ns, "-Hlun", port)
+}
+
+fn wait_socket(ns: &str, ss_flags: &str, port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let listening = sh(ns, "ss", &["-Hltn", &format!("sport = :{port}")])?;
+        let listening = sh(ns, "ss", &[ss_flags, &format!("sport = :{port}")])?;
         if !listening.trim().is_empty() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("nothing listens on port {port} in {ns} after 10 s")
+    bail!("nothing bound port {port} ({ss_flags}) in {ns} after 10 s")
+}
+
+/// Polls `check` every 50 ms until it gives a value, for at most `deadline`; `what` names what
+/// was waited for when it never came.
+pub fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(found) = check()? {
+            return Ok(found);
+        }
+        anyhow::ensure!(Instant::now() < until, "{what}: not within {deadline:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The packet loss a `ping -q` summary reports, in percent.
+pub fn ping_loss(summary: &str) -> Option<f64> {
+    // "400 packets transmitted, 400 received, 0% packet loss, time 4010ms"
+    let line = summary.lines().find(|l| l.contains("% packet loss"))?;
+    let field = line.split(", ").find(|f| f.ends_with("% packet loss"))?;
+    field.trim_end_matches("% packet loss").trim().parse().ok()
 }
 
 /// GETs `url` from inside `ns` and returns the body.
@@ -82,11 +163,14 @@ pub fn http_get(ns: &str, url: &str) -> anyhow::Result<String> {
 }
 
 /// Summary of an iperf3 client run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Iperf {
     pub bytes: u64,
     pub bits_per_second: f64,
     pub retransmits: u64,
+    /// Bytes sent in each one-second interval: a stall shows as an interval with (almost)
+    /// nothing, which the total hides.
+    pub intervals: Vec<u64>,
 }
 
 /// Runs an iperf3 TCP client in `ns` against `server:port` for `seconds` (cubic, as the
@@ -99,14 +183,37 @@ pub fn iperf3_tcp(ns: &str, server: &str, port: u16, seconds: u32) -> anyhow::Re
     )?;
     let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     let sent = &json["end"]["sum_sent"];
+    let intervals = json["intervals"]
+        .as_array()
+        .context("iperf3: no intervals")?
+        .iter()
+        .map(|i| i["sum"]["bytes"].as_u64().context("iperf3: an interval without bytes"))
+        .collect::<anyhow::Result<_>>()?;
     Ok(Iperf {
         bytes: sent["bytes"].as_u64().context("iperf3: no end.sum_sent.bytes")?,
         bits_per_second: sent["bits_per_second"].as_f64().unwrap_or(0.0),
         retransmits: sent["retransmits"].as_u64().unwrap_or(0),
+        intervals,
     })
 }
 
+impl Iperf {
+    /// Fails unless every one-second interval moved at least `min_bytes`: the flow never
+    /// stopped, however long.
+    pub fn never_stalled(&self, what: &str, min_bytes: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.intervals.is_empty() && self.intervals.iter().all(|&b| b >= min_bytes),
+            "{what}: a second moved less than {min_bytes} bytes: {:?} bytes a second, {} retransmits",
+            self.intervals,
+            self.retransmits
+        );
+        Ok(())
+    }
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
+/// Labs alive in this process (see the end of `Drop for Lab`).
+static LIVE_LABS: Mutex<usize> = Mutex::new(0);
 
 /// One test's namespaces, files and processes, all named with a unique prefix and all removed
 /// on drop (also when the test panics).
@@ -116,7 +223,7 @@ pub struct Lab {
     dir: PathBuf,
     namespaces: Vec<String>,
     nodes: Vec<Node>,
-    children: Vec<Child>,
+    children: Vec<Proc>,
 }
 
 /// MAC of the known neighbour 192.168.50.2 in a [`FibFixture`].
@@ -144,6 +251,7 @@ impl Lab {
         let prefix = format!("{tag}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir().join("podnet-lab").join(&prefix);
         std::fs::create_dir_all(&dir)?;
+        *LIVE_LABS.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
         Ok(Self { prefix, dir, namespaces: Vec::new(), nodes: Vec::new(), children: Vec::new() })
     }
 
@@ -228,9 +336,9 @@ impl Lab {
     }
 
     /// Packets in capture `pcap` (from [`Self::capture`], taken in `ns`) that match `filter`
-    /// ("" for all), after a moment for what is in flight.
-    pub fn captured(&self, ns: &str, pcap: &str, filter: &str) -> anyhow::Result<usize> {
-        std::thread::sleep(Duration::from_millis(300));
+    /// ("" for all) now. To show that something did not arrive, a test sends a control last on
+    /// the same path and waits for it ([`Self::wait_captured`]) before it counts.
+    pub fn count(&self, ns: &str, pcap: &str, filter: &str) -> anyhow::Result<usize> {
         count_captured(ns, pcap, filter)
     }
 
@@ -281,15 +389,25 @@ impl Lab {
     /// Starts `cmd` as is (no namespace switch: podnet's own `--netns`, say); it is killed when
     /// the lab is dropped. Returns its pid.
     pub fn spawn_command(&mut self, cmd: &mut Command) -> anyhow::Result<u32> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {cmd:?}"))?;
-        let pid = child.id();
-        self.children.push(child);
-        Ok(pid)
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        Ok(self.own(cmd, None)?.pid)
+    }
+
+    /// Starts `cmd` (in a namespace with [`in_ns`]) with its output going to a file of the lab,
+    /// and returns a handle to watch it and collect its output; the lab kills it when it is
+    /// dropped, whatever happens to the test.
+    pub fn child(&mut self, cmd: &mut Command) -> anyhow::Result<Proc> {
+        let out = self.dir.join(format!("proc-{}.out", self.children.len()));
+        let file = std::fs::File::create(&out)?;
+        cmd.stdout(file.try_clone()?).stderr(file);
+        self.own(cmd, Some(out))
+    }
+
+    fn own(&mut self, cmd: &mut Command, out: Option<PathBuf>) -> anyhow::Result<Proc> {
+        let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+        let proc = Proc { pid: child.id(), child: Arc::new(Mutex::new(child)), out };
+        self.children.push(proc.clone());
+        Ok(proc)
     }
 
     /// Starts `podnet agent` for `node` and waits (at most 20 s) until it answers on its socket.
@@ -302,15 +420,8 @@ impl Lab {
     pub fn agent_with(&mut self, node: &Node, args: &[&str]) -> anyhow::Result<u32> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.agent_log(node))?;
         let mut cmd = node.podnet(&["agent", "--interval", "1"]);
-        cmd.args(args);
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {cmd:?}"))?;
-        let pid = child.id();
-        self.children.push(child);
+        cmd.args(args).stdout(Stdio::null()).stderr(log);
+        let pid = self.own(&mut cmd, None)?.pid;
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(node.agent_socket()).is_err() {
             if Instant::now() > deadline {
@@ -333,6 +444,13 @@ impl Lab {
         self.dir.join(format!("{}.agent.log", node.name))
     }
 
+    /// Starts a fast ping (every 10 ms, for `seconds`) from `ns` to `ip`; its summary (see
+    /// [`ping_loss`]) tells whether anything was lost while it ran.
+    pub fn fast_ping(&mut self, ns: &str, ip: &str, seconds: u32) -> anyhow::Result<Proc> {
+        let count = (seconds * 100).to_string();
+        self.child(in_ns(ns, "ping").args(["-c", &count, "-i", "0.01", "-W", "1", "-q", ip]))
+    }
+
     /// Starts a long-running process in `ns`; it is killed when the lab is dropped.
     pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
         self.spawn_command(in_ns(ns, program).args(args)).map(drop)
@@ -353,6 +471,72 @@ impl Lab {
         self.spawn(ns, "iperf3", &["-s", "-p", &port.to_string()])?;
         wait_listening(ns, port)
     }
+}
+
+/// A process a [`Lab`] started and owns (see [`Lab::child`]).
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: u32,
+    child: Arc<Mutex<Child>>,
+    /// Where its stdout and stderr go, when they are kept.
+    out: Option<PathBuf>,
+}
+
+impl Proc {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether it has not exited yet.
+    pub fn running(&self) -> bool {
+        matches!(self.lock().try_wait(), Ok(None))
+    }
+
+    /// Waits (at most `deadline`) until it exits; kills it and fails when it does not.
+    pub fn wait(&self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.lock().try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > until {
+                self.kill();
+                bail!("process {} did not exit within {deadline:?}; killed", self.pid);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (at most `deadline`) until it exits, and returns what it wrote.
+    pub fn wait_output(&self, deadline: Duration) -> anyhow::Result<String> {
+        self.wait(deadline)?;
+        self.output()
+    }
+
+    /// What it wrote so far (stdout and stderr).
+    pub fn output(&self) -> anyhow::Result<String> {
+        let path = self.out.as_ref().context("its output is not kept (see Lab::child)")?;
+        Ok(std::fs::read_to_string(path)?)
+    }
+
+    /// Kills it (if it still runs) and reaps it.
+    pub fn kill(&self) {
+        let mut child = self.lock();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// How many CPUs the kernel has per-CPU map slots for (`/sys/devices/system/cpu/possible`).
+pub fn possible_cpus() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    text.trim()
+        .split(',')
+        .map(|range| {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            Ok(b.parse::<u64>()? - a.parse::<u64>()? + 1)
+        })
+        .sum()
 }
 
 impl Node {
@@ -494,9 +678,8 @@ pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
+        for proc in &self.children {
+            proc.kill();
         }
         for node in &self.nodes {
             let _ = node.podnet(&["down"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
@@ -508,10 +691,17 @@ impl Drop for Lab {
             let _ = std::fs::remove_file(node.agent_socket().with_extension("agent.lock"));
             let _ = std::fs::remove_file(node.agent_socket().with_extension("monitor.lock"));
         }
-        for dir in ["/sys/fs/bpf/podnet", "/run/podnet", "/var/lib/podnet"] {
-            // Only when no other lab's node is left in them.
-            let _ = std::fs::remove_dir(dir);
+        // The shared parents go with the process's last lab only: another lab of this process
+        // may be about to use them (a node's lock file, its pins), and removing an empty
+        // directory under it would fail its next step.
+        let mut live = LIVE_LABS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *live -= 1;
+        if *live == 0 {
+            for dir in ["/sys/fs/bpf/podnet", "/run/podnet", "/var/lib/podnet"] {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
+        drop(live);
         for ns in namespaces_with_prefix(&self.prefix) {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
@@ -519,5 +709,49 @@ impl Drop for Lab {
         if let Some(memory) = self.memory_root() {
             let _ = std::fs::remove_dir_all(memory);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lab's own checks can fail: a path that loses some pings fails `pings` (which a single
+    /// answer used to satisfy), and a fast ping reports the loss.
+    #[test]
+    fn a_lossy_path_fails_pings() -> anyhow::Result<()> {
+        let mut lab = Lab::new("lossy")?;
+        let (a, b) = (lab.netns("a")?, lab.netns("b")?);
+        sh(&a, "ip", &["link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &b])?;
+        for (ns, ip) in [(&a, "10.9.9.1/24"), (&b, "10.9.9.2/24")] {
+            sh(ns, "ip", &["addr", "add", ip, "dev", "veth0"])?;
+            sh(ns, "ip", &["link", "set", "veth0", "up"])?;
+        }
+        assert!(pings(&a, "10.9.9.2", 3), "a clean path answers every ping");
+        // b drops half of the echo requests it gets.
+        sh(
+            &b,
+            "iptables",
+            &[
+                "-A",
+                "INPUT",
+                "-p",
+                "icmp",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                "0.5",
+                "-j",
+                "DROP",
+            ],
+        )?;
+        let answered = replies(&a, "10.9.9.2", 20);
+        assert!(answered > 0 && answered < 20, "{answered} of 20 answered");
+        assert!(!pings(&a, "10.9.9.2", 20), "20 pings with losses are not 20 answers");
+        let summary = lab.fast_ping(&a, "10.9.9.2", 1)?.wait_output(Duration::from_secs(10))?;
+        assert!(ping_loss(&summary).is_some_and(|loss| loss > 0.0), "{summary}");
+        Ok(())
     }
 }

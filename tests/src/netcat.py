@@ -16,8 +16,6 @@
                                              peer's "port unreachable" comes back, else "timeout"
   netcat.py tcp-sink ADDR PORT               read each connection to its end, answer the byte count
   netcat.py tcp-send ADDR PORT BYTES         send BYTES, shut the sending side, print the answer
-  netcat.py udp-race ADDR PORT FIRST N       one datagram from each source port FIRST..FIRST+N-1
-                                             (SO_REUSEPORT: run two at once on two CPUs)
   netcat.py udp-spray ADDR PORT N            N datagrams, each a flow of its own (source ports, then
                                              destination ports from PORT on; raw socket)
 """
@@ -166,19 +164,3 @@ elif mode == "tcp-send":
     s.sendall(b"x" * int(sys.argv[4]))
     s.shutdown(socket.SHUT_WR)
     print(s.recv(64).decode())
-elif mode == "udp-race":
-    first, n = int(sys.argv[4]), int(sys.argv[5])
-    socks = []
-    for sport in range(first, first + n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.bind(("", sport))
-        socks.append(s)
-    # Both racers send each datagram on the same millisecond tick (spinning to it).
-    time.sleep(1 - time.time() % 1)
-    for s in socks:
-        tick = int(time.time() * 1000) + 1
-        while time.time() * 1000 < tick:
-            pass
-        s.sendto(b"race", (addr, port))
-    print(len(socks))

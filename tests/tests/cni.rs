@@ -2,7 +2,7 @@
 //! of spec 1.1.0, the 0.4.0 result format, errors, idempotent DEL, CHECK that notices damage, GC,
 //! IPAM under 50 concurrent ADDs, and two `up`s at once. Containers are namespaces of the lab.
 
-use std::{collections::HashSet, process::Stdio, thread};
+use std::{collections::HashSet, thread, time::Duration};
 
 use podnet_tests::{
     Lab, Node,
@@ -271,9 +271,15 @@ fn concurrent_ups_end_consistent() -> anyhow::Result<()> {
         "pod_cidr = \"10.1.1.0/24\"\n\n[[pod]]\nname = \"pod1\"\n\n[[pod]]\nname = \"pod2\"\n",
     )?;
     for round in 0..20 {
-        let start = || node.podnet(&["up"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn();
-        let (a, b) = (start()?, start()?);
-        let (a, b) = (a.wait_with_output()?, b.wait_with_output()?);
+        let up = || podnet_tests::output_within(&mut node.podnet(&["up"]), b"", Duration::from_secs(60));
+        let (a, b) = std::thread::scope(|s| {
+            let (a, b) = (s.spawn(up), s.spawn(up));
+            let joined = |t: std::thread::ScopedJoinHandle<'_, anyhow::Result<std::process::Output>>| {
+                t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("`up` thread panicked")))
+            };
+            (joined(a), joined(b))
+        });
+        let (a, b) = (a?, b?);
         assert!(
             a.status.success() && b.status.success(),
             "round {round}: {}{}",

@@ -3,11 +3,11 @@
 //! are migrated while traffic flows; and podnet removes only what it made (a bridge, forwarding,
 //! ports it found stay), with config and runtime errors that name the file and the field.
 
-use std::{path::Path, thread, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
 use podnet::datapath::{PinDir, maps::NatSettings};
-use podnet_tests::{Lab, Node, in_ns, node_config, pings, sh};
+use podnet_tests::{Lab, Node, in_ns, node_config, pings, possible_cpus, sh, wait_udp_bound};
 
 const EXT: &str = "192.168.50.100";
 
@@ -117,7 +117,7 @@ fn config_edits_land_completely() -> anyhow::Result<()> {
     assert!(translations(&node)?.is_empty(), "{:?}", translations(&node)?);
     let nc = lab.netcat()?;
     lab.spawn(&ext, "python3", &[&nc, "udp-echo", EXT, "9999"])?;
-    thread::sleep(Duration::from_millis(300));
+    wait_udp_bound(&ext, 9999)?;
     assert_eq!(sh(&pod1, "python3", &[&nc, "udp-ask", EXT, "9999", "hi"])?.trim(), "hi from 192.168.50.11");
 
     // A pod leaves the config: its namespace (podnet made it), veth and endpoint go.
@@ -202,7 +202,7 @@ fn older_maps_migrate_while_traffic_flows() -> anyhow::Result<()> {
     let (pod1, pod2) = (node.pod_ns("pod1"), node.pod_ns("pod2"));
     let nc = lab.netcat()?;
     lab.spawn(&ext, "python3", &[&nc, "udp-echo", EXT, "9999"])?;
-    thread::sleep(Duration::from_millis(300));
+    wait_udp_bound(&ext, 9999)?;
     // A NAT translation that must survive: the same pod port asks again after the upgrade.
     let ask = |text: &str| sh(&pod1, "python3", &[&nc, "udp-ask", EXT, "9999", text, "40000"]);
     assert_eq!(ask("before")?.trim(), "before from 192.168.50.1");
@@ -217,29 +217,44 @@ fn older_maps_migrate_while_traffic_flows() -> anyhow::Result<()> {
             update(&node, name, k, v)?;
         }
     }
-    // bpftool writes the one value given to every CPU's slot.
+    // bpftool writes the one value given to every CPU's slot: the old map counts 1000 per CPU.
     let per_cpu = |n: u64| n.to_le_bytes();
     update(&node, "COUNTERS", &0u32.to_le_bytes(), &per_cpu(1000))?; // redirect_local
     update(&node, "COUNTERS", &15u32.to_le_bytes(), &per_cpu(7))?; // was pass_not_natable
     std::fs::remove_dir_all(node.pin_dir().join("layout"))?;
+    let seeded = 1000 * possible_cpus()?;
 
-    // Pods keep talking through the upgrade.
-    let ping = in_ns(&pod1, "ping").args(["-c", "300", "-i", "0.01", "-q", "10.1.1.3"]).output();
-    let upgrade = thread::spawn({
-        let node = node.clone();
-        move || {
-            thread::sleep(Duration::from_millis(500));
-            node.run_podnet(&["up"])
-        }
-    });
-    let ping = ping?;
-    upgrade.join().expect("up did not panic")?;
-    let out = String::from_utf8_lossy(&ping.stdout);
+    // Pods keep talking through the upgrade: a fast ping runs all through it and loses nothing.
+    // FORWARD drops, as on a Kubernetes node: only the datapath carries pod traffic, so a gap in
+    // it is a loss, not a detour through the bridge.
+    node.forward_drop()?;
+    // (The running programs count into their own map, no longer pinned: pod2's traffic, which
+    // they count in POD_STATS, shows the ping flowing.)
+    let to_pod2 = || -> anyhow::Result<u64> {
+        let status = node.status()?;
+        let pod2 =
+            status["endpoints"].as_array().and_then(|e| e.iter().find(|e| e["ip"] == "10.1.1.3")).cloned();
+        Ok(pod2.and_then(|e| e["traffic"]["to_pod_packets"].as_u64()).unwrap_or(0))
+    };
+    let flowing = to_pod2()? + 20;
+    let ping = lab.child(in_ns(&pod1, "ping").args(["-c", "400", "-i", "0.01", "-q", "10.1.1.3"]))?;
+    podnet_tests::wait_for("the ping to flow", Duration::from_secs(5), || {
+        Ok((to_pod2()? >= flowing).then_some(()))
+    })?;
+    node.run_podnet(&["up"])?;
+    assert!(ping.running(), "the ping ran on while `up` migrated the maps (else it proves nothing)");
+    let out = ping.wait_output(Duration::from_secs(20))?;
     assert!(out.contains(" 0% packet loss"), "no packet lost during the migration:\n{out}");
 
+    // 50 more pings: 100 deliveries the new programs count.
+    let more = sh(&pod1, "ping", &["-c", "50", "-i", "0.01", "-q", "10.1.1.3"])?;
+    assert_eq!(podnet_tests::ping_loss(&more), Some(0.0), "{more}");
     let status = node.status()?;
     let local = node.counter("redirect_local")?;
-    assert!(local >= 1000 + 300, "old counts carried over and new ones added: {local}");
+    assert!(
+        local >= seeded + 100,
+        "the old map's {seeded} counts carried over and the new programs' added: {local}"
+    );
     assert_eq!(
         node.counter("drop_not_natable")?,
         0,

@@ -102,7 +102,7 @@ fn a_pod_cannot_send_as_anyone_else_with(xdp: &str) -> anyhow::Result<()> {
 
     for (ns, pcap) in &captures {
         assert_eq!(lab.wait_captured(ns, pcap, CONTROL, 1)?, 1, "the control reached {ns}");
-        assert_eq!(lab.captured(ns, pcap, ATTACK)?, 0, "forged datagrams reached {ns}");
+        assert_eq!(lab.count(ns, pcap, ATTACK)?, 0, "forged datagrams reached {ns}");
     }
     let dropped = n1.counter("drop_spoofed")? - spoofed_before;
     assert_eq!(dropped, frames.len() as u64, "each forged frame counted once as drop_spoofed");
@@ -208,9 +208,23 @@ fn a_pod_cannot_poison_layer_2() -> anyhow::Result<()> {
     assert_eq!(n1.counter("drop_spoofed")? - spoofed, forged.len() as u64);
     assert_eq!(n1.counter("drop_vlan_tagged")? - vlan, 2);
     assert_eq!(n1.counter("drop_not_ipv4")? - not_ipv4, 1, "the router advertisement");
-    assert_eq!(lab.captured(&victim, &ra_before, "")?, 0, "an RA reached pod2");
-    assert_eq!(lab.captured(&n1.netns, &ra_node, "")?, 0, "an RA reached the node");
-    assert_eq!(lab.captured(&cluster.switch, &tagged, "")?, 0, "tagged frames left the node");
+    // Controls, last: the node's own RA on its bridge reaches pod2 and the bridge's capture; a
+    // frame the node tags (VLAN 200) itself leaves its uplink.
+    send(&n1.netns, "br0", &[&router_advertisement(gw_mac)])?;
+    let (_, uplink_mac) = link(&n1.netns, "eth0")?;
+    let own_tagged = vlan_tagged(&datagram([0xff; 6], uplink_mac, "192.168.50.1", EXT), 200);
+    send(&n1.netns, "eth0", &[&own_tagged])?;
+    let from = |mac: [u8; 6]| format!("ether src {}", podnet::host::netlink::fmt_mac(&mac));
+    for (ns, pcap, what) in [(&victim, &ra_before, "pod2"), (&n1.netns, &ra_node, "the node")] {
+        assert_eq!(lab.wait_captured(ns, pcap, &from(gw_mac), 1)?, 1, "the node's RA reached {what}");
+        assert_eq!(lab.count(ns, pcap, &from(mac))?, 0, "pod1's RA reached {what}");
+    }
+    assert_eq!(
+        lab.wait_captured(&cluster.switch, &tagged, "vlan 200", 1)?,
+        1,
+        "the node's tagged frame left"
+    );
+    assert_eq!(lab.count(&cluster.switch, &tagged, "vlan 100")?, 0, "pod1's tagged frames left the node");
     // Pods have no IPv6 at all, so none could be configured from an RA either.
     assert_eq!(sh(&victim, "ip", &["-6", "-o", "addr"])?.trim(), "", "pod2 has IPv6 addresses");
     assert!(!sh(&n1.netns, "ip", &["-6", "-o", "addr"])?.contains("2001:db8"));
@@ -264,7 +278,7 @@ fn malformed_and_martian_packets_go_nowhere() -> anyhow::Result<()> {
     assert_eq!(n1.counter("drop_martian")? - martian_before, martians.len() as u64);
     assert_eq!(lab.wait_captured(&cluster.switch, &wire, CONTROL, 2)?, 2, "the controls left the node");
     assert_eq!(
-        lab.captured(&cluster.switch, &wire, &format!("not ({CONTROL})"))?,
+        lab.count(&cluster.switch, &wire, &format!("not ({CONTROL})"))?,
         0,
         "nothing else left the node"
     );
@@ -273,11 +287,7 @@ fn malformed_and_martian_packets_go_nowhere() -> anyhow::Result<()> {
         1,
         "the control reached node2's pod"
     );
-    assert_eq!(
-        lab.captured(&n2.pod_ns("pod1"), &remote, &format!("not ({CONTROL})"))?,
-        0,
-        "nothing else did"
-    );
+    assert_eq!(lab.count(&n2.pod_ns("pod1"), &remote, &format!("not ({CONTROL})"))?, 0, "nothing else did");
     assert!(pings(&attacker, EXT, 1) && pings(&attacker, "10.1.2.2", 1), "normal traffic flows");
     let _ = ext;
     Ok(())
@@ -306,11 +316,14 @@ fn only_peers_reach_pods_from_outside_with(xdp: &str) -> anyhow::Result<()> {
     assert!(!pings(&ext, "10.1.1.2", 1), "ICMP from outside");
     assert!(sh(&ext, "python3", &[&nc, "udp-ask", "10.1.1.2", "9999", "hi"]).is_err(), "UDP from outside");
     assert!(podnet_tests::http_get(&ext, "http://10.1.1.2:8080/").is_err(), "TCP SYN from outside");
-    assert_eq!(lab.captured(&pod, &seen, "")?, 0, "the pod saw the outside host");
     assert!(n1.counter("drop_not_allowed")? - refused >= 3);
-    // Peers and their pods still do; the pod's own connections out still get replies.
+    // Peers and their pods still do; the pod's own connections out still get replies: the
+    // outside host's echo reply is the control of the capture.
     assert!(pings(&n2.pod_ns("pod1"), "10.1.1.2", 1) && pings(&n2.netns, "10.1.1.2", 1));
     assert!(pings(&pod, EXT, 1));
+    let reply = "icmp[icmptype] = icmp-echoreply";
+    assert_eq!(lab.wait_captured(&pod, &seen, reply, 1)?, 1, "the reply to the pod's own ping arrived");
+    assert_eq!(lab.count(&pod, &seen, &format!("not ({reply})"))?, 0, "the pod saw the outside host");
 
     // allow_from admits the host.
     let config = std::fs::read_to_string(&n1.config)?;
@@ -338,14 +351,20 @@ fn only_peers_reach_pods_from_outside_with(xdp: &str) -> anyhow::Result<()> {
         1,
         "the priority-tagged datagram was dropped"
     );
-    assert_eq!(lab.captured(&pod, &tagged_seen, "")?, 0, "a priority-tagged datagram reached the pod");
+    // Control: the reply to the pod's own ping of the stranger.
+    assert!(pings(&pod, "192.168.50.101", 1));
+    assert_eq!(lab.wait_captured(&pod, &tagged_seen, reply, 1)?, 1, "the stranger's echo reply arrived");
+    assert_eq!(lab.count(&pod, &tagged_seen, "udp")?, 0, "a priority-tagged datagram reached the pod");
 
     // A forged local pod source never gets through, admitted or not.
     let forged = lab.capture(&pod, "veth_pod1", "src host 10.1.1.3")?;
     let spoofed = n1.counter("drop_spoofed")?;
     send(&ext, "eth0", &[&datagram(uplink_mac, ext_mac, "10.1.1.3", "10.1.1.2")])?;
     assert_eq!(n1.counter("drop_spoofed")? - spoofed, 1);
-    assert_eq!(lab.captured(&pod, &forged, "")?, 0, "a forged neighbour source reached the pod");
+    // Control: the real neighbour's ping.
+    assert!(pings(&n1.pod_ns("pod2"), "10.1.1.2", 1));
+    assert_eq!(lab.wait_captured(&pod, &forged, "icmp", 1)?, 1, "pod2's ping arrived");
+    assert_eq!(lab.count(&pod, &forged, "udp")?, 0, "a forged neighbour source reached the pod");
     Ok(())
 }
 
@@ -359,8 +378,9 @@ fn nothing_leaves_the_uplink_with_a_pod_address() -> anyhow::Result<()> {
     let (cluster, ext) = lab_cluster(&mut lab, "off")?;
     let n1 = &cluster.nodes[0];
     let pod = n1.pod_ns("pod1");
-    let wire = lab.capture(&ext, "eth0", "src net 10.1.0.0/16")?;
-    let translated = lab.capture(&ext, "eth0", "src host 192.168.50.1")?;
+    // One capture for both (so the last translated packet is the control of the rest).
+    let wire = lab.capture(&ext, "eth0", "src net 10.1.0.0/16 or src host 192.168.50.1")?;
+    let translated = "src host 192.168.50.1";
     let before = n1.counter("drop_not_natable")?;
 
     // A 3000-byte datagram leaves the pod as three fragments, translated; GRE is not.
@@ -386,15 +406,15 @@ fn nothing_leaves_the_uplink_with_a_pod_address() -> anyhow::Result<()> {
 
     assert_eq!(n1.counter("drop_not_natable")? - before, 1 + 1, "GRE, non-DF too big");
     assert!(
-        lab.captured(&ext, &translated, "ip[6:2] & 0x3fff != 0")? >= 3,
+        lab.wait_captured(&ext, &wire, &format!("{translated} and ip[6:2] & 0x3fff != 0"), 3)? >= 3,
         "the datagram's fragments left as the node"
     );
     assert!(pings(&pod, EXT, 1), "translated traffic still flows");
     assert!(
-        lab.wait_captured(&ext, &translated, "icmp[icmptype] = icmp-echo", 1)? >= 1,
+        lab.wait_captured(&ext, &wire, &format!("{translated} and icmp[icmptype] = icmp-echo"), 1)? >= 1,
         "the capture sees the ping"
     );
-    assert_eq!(lab.captured(&ext, &wire, "")?, 0, "a pod address reached the outside");
+    assert_eq!(lab.count(&ext, &wire, "src net 10.1.0.0/16")?, 0, "a pod address reached the outside");
 
     let reserved = || sh(&n1.netns, "sysctl", &["-n", "net.ipv4.ip_local_reserved_ports"]);
     assert_eq!(reserved()?.trim(), "61000-65535", "the NAT range is reserved on the node");

@@ -11,7 +11,7 @@ use std::{
 use podnet_tests::{
     Lab, Node, cluster, in_ns, link,
     packets::{send, udp4_checksummed, with_macs},
-    pings, sh,
+    pings, sh, wait_for,
 };
 
 const EXT: &str = "192.168.50.100";
@@ -28,10 +28,16 @@ fn node_and_outside(lab: &mut Lab) -> anyhow::Result<(Node, String)> {
 
 /// `count` UDP frames from pod1 with a source address that is not its own (dropped as spoofed).
 fn spoof(node: &Node, count: usize) -> anyhow::Result<()> {
+    spoof_from(node, "10.1.1.99", count)
+}
+
+/// `count` UDP frames from pod1's veth to pod2 with source address `src`: dropped as spoofed
+/// unless it is pod1's own, 10.1.1.2.
+fn spoof_from(node: &Node, src: &str, count: usize) -> anyhow::Result<()> {
     let ns = node.pod_ns("pod1");
     let (_, mac) = link(&ns, "veth_pod1")?;
     let frame = with_macs(
-        &udp4_checksummed(("10.1.1.99".parse()?, 4242), ("10.1.1.3".parse()?, 53), b"spoofed"),
+        &udp4_checksummed((src.parse()?, 4242), ("10.1.1.3".parse()?, 53), b"spoofed"),
         [0xff; 6],
         mac,
     );
@@ -135,14 +141,11 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() -> anyhow::Result<
 fn monitor_shows_drops_and_new_translations_and_counts_what_it_held_back() -> anyhow::Result<()> {
     let mut lab = Lab::new("obe")?;
     let (node, _ext) = node_and_outside(&mut lab)?;
-    let out = lab.dir().join("monitor.jsonl");
-    let mut monitor = node
-        .podnet(&["monitor", "--json"])
-        .stdout(std::fs::File::create(&out)?)
-        .stderr(Stdio::piped())
-        .spawn()?;
-    // It says it listens once a second; the first time right away.
-    thread::sleep(Duration::from_millis(800));
+    let monitor = lab.child(&mut node.podnet(&["monitor", "--json"]))?;
+    // It says it listens (to the programs, and on stderr) once it reads the ring.
+    wait_for("the monitor to listen", Duration::from_secs(10), || {
+        Ok(monitor.output()?.contains("listening for events").then_some(()))
+    })?;
     let second = node.podnet(&["monitor"]).output()?;
     assert!(
         !second.status.success()
@@ -152,15 +155,23 @@ fn monitor_shows_drops_and_new_translations_and_counts_what_it_held_back() -> an
     spoof(&node, 1)?;
     assert!(pings(&node.pod_ns("pod2"), EXT, 1));
     let before = node.counter("drop_spoofed")?;
-    // A flood: the budget (200 at once, then 1000/s per CPU) holds most of it back.
+    // A flood: the budget (200 at once, then 1000/s per CPU) holds most of it back; the monitor
+    // reports what was held back within its next tick.
     spoof(&node, 5000)?;
-    thread::sleep(Duration::from_millis(2500));
-    let _ = Command::new("kill").args(["-INT", &monitor.id().to_string()]).status();
-    monitor.wait()?;
     assert_eq!(node.counter("drop_spoofed")? - before, 5000, "every packet is counted, shown or not");
+    let events = |text: &str| -> Vec<serde_json::Value> {
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    let held = |lines: &[serde_json::Value]| -> u64 {
+        lines.iter().filter(|e| e["kind"] == "lost").filter_map(|e| e["rate_limited"].as_u64()).sum()
+    };
+    wait_for("the monitor to report the events held back", Duration::from_secs(10), || {
+        Ok((held(&events(&monitor.output()?)) >= 4000).then_some(()))
+    })?;
+    anyhow::ensure!(Command::new("kill").args(["-INT", &monitor.pid.to_string()]).status()?.success());
+    monitor.wait(Duration::from_secs(10))?;
 
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&out)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let lines = events(&monitor.output()?);
     let spoofed = lines
         .iter()
         .find(|e| e["kind"] == "drop")
@@ -177,8 +188,7 @@ fn monitor_shows_drops_and_new_translations_and_counts_what_it_held_back() -> an
     assert_eq!((nat["protocol"].as_str(), nat["nat_src"].as_str()), (Some("icmp"), Some("192.168.50.1")));
     assert!(nat["nat_sport"].as_u64().is_some_and(|p| p >= 61000), "{nat}");
     let drops = lines.iter().filter(|e| e["kind"] == "drop").count();
-    let held_back: u64 =
-        lines.iter().filter(|e| e["kind"] == "lost").filter_map(|e| e["rate_limited"].as_u64()).sum();
+    let held_back = held(&lines);
     // The flood takes tens of milliseconds to send: a burst of 200 per CPU and a few more.
     assert!(drops <= 1000, "{drops} drop events shown");
     assert!(held_back >= 4000 && drops as u64 + held_back >= 5001, "{drops} shown, {held_back} held back");
@@ -208,22 +218,17 @@ fn the_programs_log_lines_reach_the_agents_log_when_asked() -> anyhow::Result<()
     spoof(&node, 1)?;
     assert!(pings(&node.pod_ns("pod2"), EXT, 1));
     let log = lab.agent_log(&node);
-    let wait_for = |needle: &str| -> anyhow::Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+    let logged = |needle: &str| -> anyhow::Result<String> {
+        wait_for(&format!("{needle:?} in the agent's log"), Duration::from_secs(5), || {
             let text = std::fs::read_to_string(&log)?;
-            if text.contains(needle) {
-                return Ok(text);
-            }
-            anyhow::ensure!(Instant::now() < deadline, "no {needle:?} in the agent's log:\n{text}");
-            thread::sleep(Duration::from_millis(100));
-        }
+            Ok(text.contains(needle).then_some(text))
+        })
     };
-    wait_for("drop drop_spoofed on ifindex")?;
-    wait_for("nat: new translation, protocol 1 10.1.1.3:")?;
+    logged("drop drop_spoofed on ifindex")?;
+    logged("nat: new translation, protocol 1 10.1.1.3:")?;
     // Levels switched while spoofed frames flood in: every swap keeps every frame dropped.
     let pod2 = node.pod_ns("pod2");
-    let pcap = lab.capture(&pod2, "veth_pod2", "udp and src host 10.1.1.99")?;
+    let pcap = lab.capture(&pod2, "veth_pod2", "udp")?;
     let done = std::sync::atomic::AtomicBool::new(false);
     thread::scope(|s| -> anyhow::Result<()> {
         // A steady trickle within the event budget: every frame gets logged, so every one goes
@@ -241,8 +246,11 @@ fn the_programs_log_lines_reach_the_agents_log_when_asked() -> anyhow::Result<()
         flood.join().expect("no panic")?;
         switched
     })?;
+    // Control: a frame with pod1's own address reaches pod2's capture.
+    spoof_from(&node, "10.1.1.2", 1)?;
+    assert_eq!(lab.wait_captured(&pod2, &pcap, "src host 10.1.1.2", 1)?, 1, "pod1's own frame arrived");
     assert_eq!(
-        lab.captured(&pod2, &pcap, "")?,
+        lab.count(&pod2, &pcap, "src host 10.1.1.99")?,
         0,
         "spoofed frames reached pod2 while the programs were swapped"
     );
@@ -254,8 +262,12 @@ fn the_programs_log_lines_reach_the_agents_log_when_asked() -> anyhow::Result<()
     assert_eq!(link_ids()?, links, "the programs were swapped in their links");
     let lines = std::fs::read_to_string(&log)?.matches("drop drop_spoofed").count();
     spoof(&node, 3)?;
-    thread::sleep(Duration::from_millis(600));
-    assert_eq!(std::fs::read_to_string(&log)?.matches("drop drop_spoofed").count(), lines);
+    // Control: switched on again, drops from another address are logged; the agent reads the
+    // programs' lines in order, so lines of the three above would have come before them.
+    node.run_podnet(&["ebpf-log", "info"])?;
+    spoof_from(&node, "10.1.1.98", 1)?;
+    let text = logged("10.1.1.98:4242")?;
+    assert_eq!(text.matches("drop drop_spoofed").count(), lines + 1, "only the control was logged:\n{text}");
     let _ = ext;
     Ok(())
 }
@@ -264,16 +276,13 @@ fn the_programs_log_lines_reach_the_agents_log_when_asked() -> anyhow::Result<()
 fn status_watch_shows_rates() -> anyhow::Result<()> {
     let mut lab = Lab::new("obw")?;
     let (node, _ext) = node_and_outside(&mut lab)?;
-    let watch =
-        node.podnet(&["status", "--watch", "--json", "--interval", "1"]).stdout(Stdio::piped()).spawn()?;
+    let watch = lab.child(&mut node.podnet(&["status", "--watch", "--json", "--interval", "1"]))?;
     let pinger =
-        in_ns(&node.pod_ns("pod1"), "ping").args(["-c", "30", "-i", "0.1", "-q", "10.1.1.3"]).output();
-    thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill").args(["-INT", &watch.id().to_string()]).status();
-    let out = watch.wait_with_output()?;
-    pinger?;
-    let reports: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+        lab.child(in_ns(&node.pod_ns("pod1"), "ping").args(["-c", "30", "-i", "0.1", "-q", "10.1.1.3"]))?;
+    pinger.wait(Duration::from_secs(20))?;
+    anyhow::ensure!(Command::new("kill").args(["-INT", &watch.pid.to_string()]).status()?.success());
+    let out = watch.wait_output(Duration::from_secs(10))?;
+    let reports: Vec<serde_json::Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(reports.len() >= 3, "{} reports", reports.len());
     assert!(reports[0]["rates"].is_null(), "the first report has nothing to compare with");
     let rate = reports[1]["rates"]["redirect_local"].as_f64().unwrap_or(0.0);

@@ -73,6 +73,16 @@ fn add_sender(dp: &mut Loaded, ip: Ipv4Addr, ifindex: u32) {
     dp.add_endpoint(ip, ifindex, SENDER_MAC, HOST_MAC);
 }
 
+/// Keeps the calling thread on CPU `cpu` from now on (test runs execute on the caller's CPU).
+fn run_on_cpu(cpu: usize) {
+    // SAFETY: a plain bitmask on our stack, zeroed before use; pid 0 is the calling thread.
+    unsafe {
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one), 0);
+    }
+}
+
 /// Keeps the calling thread on the CPU it runs on (test runs execute on the caller's CPU) until
 /// the returned guard is dropped, which gives the thread its CPUs back.
 fn stay_on_this_cpu() -> impl Drop {
@@ -1067,4 +1077,72 @@ fn nothing_leaves_untranslated() {
     let before = dp.counters();
     assert_eq!(dp.run_on(FROM_POD, &to_policy(pod), Some(eth0)).0, TC_ACT_UNSPEC);
     counted(&before, &dp.counters(), Reason::PassNotLocal);
+}
+
+/// Two CPUs translating one new connection at the same moment agree on one node port and keep
+/// one claim for it. 4000 connections, each one's SYN run through `from_pod` by both CPUs at
+/// once (the two threads meet at a spin barrier before every run): the contended path runs
+/// (`redirect_nat_raced` counts the packets that found the other CPU's translation made a moment
+/// before theirs), both packets of every connection leave on the same node port, and the tables
+/// hold one claim and one pod side per connection.
+#[test]
+fn two_cpus_on_one_new_connection_keep_one_claim() {
+    let mut lab = Lab::new("trrace").unwrap();
+    let FibFixture { ns, eth0, .. } = lab.fib_fixture().unwrap();
+    netns::enter(&ns).unwrap();
+    let mut dp = with_nat("race", eth0, 65535);
+    // Each thread runs the program through a descriptor of its own.
+    dp.datapath.pin_pod_program().unwrap();
+    let pinned = dp.pins.program(FROM_POD);
+    const CONNECTIONS: u16 = 4000;
+    let remote = Ipv4Addr::new(192, 168, 50, 2);
+    // Each to a port of its own: their node ports never run short (the range holds 4536
+    // connections to one remote address and port).
+    let frames: Vec<Vec<u8>> =
+        (0..CONNECTIONS).map(|i| tcp4((NAT_POD, 20000 + i), (remote, 1000 + i), TCP_SYN).to_vec()).collect();
+    let arrived = std::sync::atomic::AtomicUsize::new(0);
+    let racer = |cpu: usize| {
+        run_on_cpu(cpu);
+        let program = aya::programs::SchedClassifier::from_pin(&pinned).unwrap();
+        let mut skb = [0u8; 192];
+        skb[40..44].copy_from_slice(&eth0.to_ne_bytes());
+        let mut ports = Vec::with_capacity(frames.len());
+        for (i, frame) in frames.iter().enumerate() {
+            // Both threads run connection i together.
+            arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            while arrived.load(std::sync::atomic::Ordering::SeqCst) < 2 * (i + 1) {
+                std::hint::spin_loop();
+            }
+            let mut out = vec![0u8; frame.len() + 64];
+            let result = aya::programs::TestRun::test_run(
+                &program,
+                aya::programs::TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&skb),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(result.return_value, TC_ACT_REDIRECT, "connection {i} on CPU {cpu}");
+            ports.push(u16::from_be_bytes([out[34], out[35]]));
+        }
+        ports
+    };
+    let (first, second) = std::thread::scope(|s| {
+        let (a, b) = (s.spawn(|| racer(0)), s.spawn(|| racer(1)));
+        (a.join().expect("CPU 0 racer"), b.join().expect("CPU 1 racer"))
+    });
+    let raced = dp.counters()[Reason::RedirectNatRaced as usize];
+    assert!(raced > 0, "the CPUs never raced on a new connection: the test proves nothing");
+    eprintln!("{raced} of {CONNECTIONS} connections raced");
+    let split: Vec<usize> = (0..first.len()).filter(|&i| first[i] != second[i]).collect();
+    assert!(
+        split.is_empty(),
+        "{} connections' two packets left on different node ports, e.g. (connection, ports) {:?}",
+        split.len(),
+        split.iter().take(5).map(|&i| (i, first[i], second[i])).collect::<Vec<_>>()
+    );
+    let tcp = nat::usage(&dp.pins).unwrap()[0];
+    assert_eq!((tcp.entries, tcp.pod_sides), (CONNECTIONS as usize, CONNECTIONS as usize), "{tcp:?}");
 }

@@ -383,7 +383,7 @@ fn translate<T: Tables>(
             // The claim made here goes back (it may also be the winner's: then it stays).
             release::<T>(&claimed, &flow.key, now);
         }
-        return Ok((winner_port, RedirectReason::RedirectNat));
+        return Ok((winner_port, RedirectReason::RedirectNatRaced));
     }
     Ok((port, if create { RedirectReason::RedirectNatNew } else { RedirectReason::RedirectNat }))
 }
