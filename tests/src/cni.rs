@@ -40,9 +40,20 @@ const PLUGIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 pub fn call(
     node: &Node,
     command: &str,
-    (id, netns, ifname): (&str, &str, &str),
+    container: (&str, &str, &str),
     args: &str,
     conf: &serde_json::Value,
+) -> anyhow::Result<Reply> {
+    call_with_env(node, command, container, conf, &[("CNI_ARGS", args)])
+}
+
+/// [`call`] with more variables in the plugin's environment (CNI_ARGS among them).
+pub fn call_with_env(
+    node: &Node,
+    command: &str,
+    (id, netns, ifname): (&str, &str, &str),
+    conf: &serde_json::Value,
+    env: &[(&str, &str)],
 ) -> anyhow::Result<Reply> {
     let mut plugin = Command::new("nsenter");
     plugin
@@ -52,8 +63,8 @@ pub fn call(
         .env("CNI_CONTAINERID", id)
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", ifname)
-        .env("CNI_ARGS", args)
-        .env("CNI_PATH", podnet_bin().parent().context("bin dir")?);
+        .env("CNI_PATH", podnet_bin().parent().context("bin dir")?)
+        .envs(env.iter().copied());
     let out = crate::output_within(&mut plugin, conf.to_string().as_bytes(), PLUGIN_DEADLINE)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = if stdout.trim().is_empty() {

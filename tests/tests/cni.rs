@@ -186,7 +186,25 @@ fn hostile_cni_input_is_refused() -> anyhow::Result<()> {
     let routes_before = sh(&node.netns, "ip", &["route"])?;
     let links_before = sh(&node.netns, "ip", &["-o", "link"])?.lines().count();
     let held = || endpoints(&node).map(|e| e.len());
+    // Files that are not network namespaces, each refused before it is opened (a FIFO would
+    // block the plugin, and with it every ADD waiting for the node lock).
+    let dir = lab.dir().clone();
+    let fifo = dir.join("fifo");
+    podnet_tests::run(std::process::Command::new("mkfifo").arg(&fifo))?;
+    let regular = dir.join("regular");
+    std::fs::write(&regular, "x")?;
+    let socket = dir.join("socket");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket)?;
+    let mnt_ns = "/proc/self/ns/mnt".to_owned();
+    let path = |p: &std::path::Path| p.display().to_string();
     for (what, netns, ifname) in [
+        ("a FIFO", path(&fifo), "eth9"),
+        ("a regular file", path(&regular), "eth9"),
+        ("a socket", path(&socket), "eth9"),
+        ("a device", "/dev/null".to_owned(), "eth9"),
+        ("a mount namespace", mnt_ns, "eth9"),
+        ("the host's namespace", "/proc/1/ns/net".to_owned(), "eth9"),
+        ("the host's namespace through this test", format!("/proc/{}/ns/net", std::process::id()), "eth9"),
         ("the node's namespace", "/proc/self/ns/net".to_owned(), "eth9"),
         ("the node's namespace by name", format!("/run/netns/{}", node.netns), "eth9"),
         ("a relative path", "../../proc/self/ns/net".to_owned(), "eth9"),
@@ -197,6 +215,11 @@ fn hostile_cni_input_is_refused() -> anyhow::Result<()> {
         assert_eq!((reply.success, reply.json["code"].as_u64()), (false, Some(4)), "{what}: {reply:?}");
     }
     assert_eq!(held()?, 1, "no address was taken");
+    let fifo_add = call(&node, "ADD", ("evil", &path(&fifo), "eth9"), "", &conf)?;
+    assert!(
+        fifo_add.json["msg"].as_str().unwrap_or("").contains("is not a network namespace (a FIFO)"),
+        "{fifo_add:?}"
+    );
     assert_eq!(sh(&node.netns, "ip", &["route"])?, routes_before, "the node's routes are untouched");
     assert_eq!(sh(&node.netns, "ip", &["-o", "link"])?.lines().count(), links_before);
     assert_eq!(sh(&node.netns, "sysctl", &["-n", "net.ipv6.conf.all.disable_ipv6"])?.trim(), "0");
@@ -343,5 +366,59 @@ fn up_updates_the_containers_programs() -> anyhow::Result<()> {
     node.run_podnet(&["down"])?;
     let state = std::path::Path::new("/var/lib/podnet").join(&node.name);
     assert!(!state.exists(), "down leaves no state behind");
+    Ok(())
+}
+
+/// The network config's `config` must be a podnet node config: a FIFO or a device is refused
+/// without being read, and a file that is not TOML is reported without a word of what it holds.
+/// A change that cannot get the node lock in time says the node is busy (CNI "try again later")
+/// instead of waiting for ever.
+#[test]
+fn config_files_and_the_node_lock_are_bounded() -> anyhow::Result<()> {
+    let mut lab = Lab::new("cnif")?;
+    let node = node(&mut lab)?;
+    let c = lab.netns("c")?;
+    let netns = format!("/run/netns/{c}");
+    let secret = lab.dir().join("shadow");
+    std::fs::write(&secret, "root:$6$s3cr3tsalt$hash:19000:0:99999:7:::\n")?;
+    let fifo = lab.dir().join("config-fifo");
+    podnet_tests::run(std::process::Command::new("mkfifo").arg(&fifo))?;
+    for (what, config, expected) in [
+        ("a file that is not TOML", secret.display().to_string(), "is not a podnet node config (line 1:"),
+        ("a FIFO", fifo.display().to_string(), "not a regular file"),
+        ("a device", "/dev/zero".to_owned(), "not a regular file"),
+    ] {
+        let conf = json!({"cniVersion": "1.1.0", "name": "podnet", "type": "podnet", "config": config});
+        let reply = call(&node, "ADD", ("c1", &netns, "eth0"), "", &conf)?;
+        let text = reply.json.to_string();
+        assert_eq!((reply.success, reply.json["code"].as_u64()), (false, Some(7)), "{what}: {text}");
+        assert!(text.contains(expected), "{what}: {text}");
+        assert!(!text.contains("s3cr3t") && !text.contains("root:"), "{what}: the file was quoted: {text}");
+    }
+
+    // Another change holds the node lock: the ADD gives up after PODNET_LOCK_WAIT seconds.
+    let lock = std::path::PathBuf::from("/run/podnet").join(format!("{}.lock", node.name));
+    let hold =
+        "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); time.sleep(60)";
+    let holder = lab.child(std::process::Command::new("python3").args(["-c", hold]).arg(&lock))?;
+    podnet_tests::wait_for("the lock to be held", Duration::from_secs(5), || {
+        let free =
+            std::process::Command::new("flock").args(["-n"]).arg(&lock).arg("true").status()?.success();
+        Ok((!free).then_some(()))
+    })?;
+    let started = std::time::Instant::now();
+    let busy = podnet_tests::cni::call_with_env(
+        &node,
+        "ADD",
+        ("c1", &netns, "eth0"),
+        &net_conf(&node, "1.1.0", json!({})),
+        &[("PODNET_LOCK_WAIT", "2")],
+    )?;
+    assert_eq!((busy.success, busy.json["code"].as_u64()), (false, Some(11)), "{busy:?}");
+    assert!(busy.json["msg"].as_str().unwrap_or("").contains("is busy"), "{busy:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    holder.kill();
+    let add = call(&node, "ADD", ("c1", &netns, "eth0"), "", &net_conf(&node, "1.1.0", json!({})))?;
+    assert!(add.success, "once the lock is free: {add:?}");
     Ok(())
 }

@@ -160,6 +160,8 @@ pub enum ErrorKind {
     InvalidContainer,
     /// The node is not up: try again once it is.
     NotUp,
+    /// Another change holds the node: try again.
+    Busy,
     /// Asked of the wrong party: an agent serving another config, a verb only the agent runs.
     Refused,
     /// The client and the agent speak different protocol versions.

@@ -25,7 +25,7 @@ use serde_json::json;
 use self::spec::{AddResult, CniError, LATEST, NetConf, SUPPORTED_VERSIONS, cni_arg, code};
 use crate::{
     api::{Container, ErrorKind, Op, Reply},
-    config::Draft,
+    config::{ConfigError, Draft},
     datapath::PinDir,
     discovery, error_chain as chain,
     model::Config,
@@ -201,6 +201,7 @@ fn failed(e: NodeError) -> CniError {
     let (code, details) = match e.kind() {
         ErrorKind::InvalidContainer => (code::INVALID_ENVIRONMENT, "fix what the runtime passes"),
         ErrorKind::NotUp => (code::TRY_AGAIN_LATER, "run `podnet up` or `podnet agent` on the node"),
+        ErrorKind::Busy => (code::TRY_AGAIN_LATER, "another change holds the node; try again"),
         ErrorKind::Protocol => {
             (code::INCOMPATIBLE_VERSION, "the plugin and the node's agent are of different podnet versions")
         }
@@ -220,8 +221,16 @@ fn node_config(conf: &NetConf) -> Result<Config, CniError> {
             "add \"config\": \"/etc/podnet/node.toml\" (the node's podnet config) to the plugin's entry",
         )
     })?;
-    Draft::load(Some(path))
-        .map_err(discovery::DiscoveryError::from)
-        .and_then(|draft| discovery::resolve(&draft))
+    // A file that does not parse is quoted nowhere: the runtime's network config may name any.
+    let draft = Draft::load(Some(path)).map_err(|e| {
+        let msg = match &e {
+            ConfigError::Parse { source_name, summary, .. } => {
+                format!("{source_name} is not a podnet node config ({summary})")
+            }
+            e => chain(e),
+        };
+        CniError::new(code::INVALID_CONFIG, msg, "name the node's podnet config (TOML) in \"config\"")
+    })?;
+    discovery::resolve(&draft)
         .map_err(|e| CniError::new(code::INVALID_CONFIG, chain(&e), "fix the node config"))
 }

@@ -33,7 +33,15 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{source_name}: {message}")]
-    Parse { source_name: Source, message: String },
+    Parse {
+        source_name: Source,
+        message: String,
+        /// The same without the file's text: where and what, for callers that must not
+        /// quote a file someone named (the CNI plugin's `config`).
+        summary: String,
+    },
+    #[error("{}: {problem}", path.display())]
+    NotAConfigFile { path: PathBuf, problem: String },
     #[error("{source_name}: {field}: {problem}")]
     Invalid { source_name: Source, field: String, problem: String },
     #[error(
@@ -41,6 +49,36 @@ pub enum ConfigError {
          start `podnet agent`, which leases one from [cluster] etcd"
     )]
     NotLeased { source_name: Source, node: String },
+}
+
+/// Largest config file podnet reads.
+const FILE_MAX: u64 = 1 << 20;
+
+/// The text of config file `path`: a regular file (anything else is refused before it is read:
+/// a FIFO would block, a device may act) of at most [`FILE_MAX`] bytes.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let refused =
+        |problem: &str| ConfigError::NotAConfigFile { path: path.to_owned(), problem: problem.to_owned() };
+    let read_err = |source| ConfigError::Read { path: path.to_owned(), source };
+    if !std::fs::metadata(path).map_err(read_err)?.is_file() {
+        return Err(refused("not a regular file: name the node's TOML config"));
+    }
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(refused("not a regular file: name the node's TOML config"));
+    }
+    if meta.len() > FILE_MAX {
+        return Err(refused(&format!("{} bytes; a node config is at most {FILE_MAX}", meta.len())));
+    }
+    let mut text = String::new();
+    file.take(FILE_MAX + 1).read_to_string(&mut text).map_err(read_err)?;
+    Ok(text)
 }
 
 /// A config file checked as far as it can be before its node has a pod CIDR: a `[cluster]` node
@@ -62,11 +100,7 @@ impl Draft {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         match path {
             None => Self::parse(DEFAULT_TOML.to_owned(), Source::BuiltIn),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                Self::parse(text, Source::File(path.to_owned()))
-            }
+            Some(path) => Self::parse(read(path)?, Source::File(path.to_owned())),
         }
     }
 
@@ -77,9 +111,16 @@ impl Draft {
     }
 
     fn validate(text: &str, source: &Source, leased: Option<Ipv4Net>) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            source_name: source.clone(),
-            message: cut_lines(e.to_string().trim_end(), QUOTED_MAX),
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(1, |span| text[..span.start.min(text.len())].lines().count().max(1));
+            ConfigError::Parse {
+                source_name: source.clone(),
+                message: cut_lines(e.to_string().trim_end(), QUOTED_MAX),
+                summary: format!(
+                    "line {line}: {}",
+                    cut_lines(e.message().lines().next().unwrap_or_default(), QUOTED_MAX)
+                ),
+            }
         })?;
         Validator { source: source.clone() }.validate(raw, leased)
     }

@@ -4,14 +4,18 @@
 use std::{
     fs::File,
     io,
-    os::fd::{AsFd, OwnedFd},
-    path::PathBuf,
+    os::{
+        fd::{AsFd, AsRawFd as _, OwnedFd},
+        unix::fs::OpenOptionsExt as _,
+    },
+    path::{Path, PathBuf},
 };
 
 use nix::{
     errno::Errno,
     mount::{MntFlags, MsFlags, mount, umount2},
     sched::{CloneFlags, setns, unshare},
+    sys::statfs::{NSFS_MAGIC, fstatfs, statfs},
 };
 
 /// Where `ip netns` (and podnet) keep named namespaces.
@@ -21,6 +25,11 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 pub enum NetnsError {
     #[error("network namespace {name:?} does not exist ({}); {hint}", path(name).display())]
     Missing { name: String, hint: &'static str },
+    #[error(
+        "{} is not a network namespace ({what}): name one under /run/netns or a /proc/PID/ns/net",
+        path(name).display()
+    )]
+    NotANetns { name: String, what: String },
     #[error("could not {op} network namespace {name:?}")]
     Io {
         op: &'static str,
@@ -51,28 +60,74 @@ pub fn exists(name: &str) -> bool {
     path(name).exists()
 }
 
-/// Whether the namespace `name` (or path) is the calling thread's own: a container "namespace"
-/// that is really the node's must not be configured as a pod.
-pub fn is_current(name: &str) -> Result<bool, NetnsError> {
+/// Whether the namespace `name` (or path) is the calling thread's own or the host's: a container
+/// "namespace" that is really the node's, or the machine's, must not be configured as a pod.
+/// The host's is the one PID 1 runs in, or kthreadd (which always runs in the initial network
+/// namespace) where PID 1's cannot be read (a caller without every capability PID 1 holds).
+pub fn is_node_or_host(name: &str) -> Result<bool, NetnsError> {
     use std::os::unix::fs::MetadataExt as _;
     let target = File::from(open(name)?).metadata().map_err(io_err("inspect", name))?;
-    let own = std::fs::metadata("/proc/thread-self/ns/net").map_err(io_err("inspect the caller's", name))?;
-    Ok((target.dev(), target.ino()) == (own.dev(), own.ino()))
+    let same = |other: &str| -> Option<bool> {
+        let other = std::fs::metadata(other).ok()?;
+        Some((target.dev(), target.ino()) == (other.dev(), other.ino()))
+    };
+    let own = same("/proc/thread-self/ns/net").ok_or_else(|| {
+        io_err("inspect the caller's", name)(io::Error::other("/proc/thread-self/ns/net cannot be read"))
+    })?;
+    let kthreadd = std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd");
+    let host = same("/proc/1/ns/net").or_else(|| kthreadd.then(|| same("/proc/2/ns/net")).flatten());
+    Ok(own || host == Some(true))
 }
 
-/// Opens the named namespace (for `setns` or `IFLA_NET_NS_FD`).
+/// Opens the named namespace (for `setns` or `IFLA_NET_NS_FD`), which must be a network
+/// namespace: a name or path anyone may pass (a runtime's CNI_NETNS) is checked before it is
+/// opened (it must live on nsfs, so a FIFO, a socket, a device or a regular file is refused
+/// without being opened: opening a FIFO would block, a device may act), then opened without
+/// blocking, and the open file checked again (the path may have changed in between) and asked
+/// for its namespace type.
 pub fn open(name: &str) -> Result<OwnedFd, NetnsError> {
-    match File::open(path(name)) {
-        Ok(f) => Ok(f.into()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    let target = path(name);
+    let not_netns = |what: String| NetnsError::NotANetns { name: name.to_owned(), what };
+    match statfs(&target) {
+        Ok(fs) if fs.filesystem_type() == NSFS_MAGIC => {}
+        Ok(_) => return Err(not_netns(describe(&target))),
+        Err(Errno::ENOENT) => {
             let hint = if name.starts_with('/') {
                 "the container (or its sandbox) is gone"
             } else {
                 "create it first, e.g. `ip netns add NAME`"
             };
-            Err(NetnsError::Missing { name: name.to_owned(), hint })
+            return Err(NetnsError::Missing { name: name.to_owned(), hint });
         }
-        Err(e) => Err(io_err("open", name)(e)),
+        Err(e) => return Err(errno("inspect", name)(e)),
+    }
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&target)
+        .map_err(io_err("open", name))?;
+    if fstatfs(&file).map_err(errno("inspect", name))?.filesystem_type() != NSFS_MAGIC {
+        return Err(not_netns("it changed while it was opened".to_owned()));
+    }
+    // SAFETY: an ioctl without arguments on a descriptor we own; it only reads the namespace's
+    // type.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    if kind != libc::CLONE_NEWNET {
+        return Err(not_netns("a namespace of another kind".to_owned()));
+    }
+    Ok(file.into())
+}
+
+/// What kind of file `path` is, for an error.
+fn describe(path: &Path) -> String {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::symlink_metadata(path).map(|m| m.file_type()) {
+        Ok(t) if t.is_fifo() => "a FIFO".to_owned(),
+        Ok(t) if t.is_socket() => "a socket".to_owned(),
+        Ok(t) if t.is_char_device() || t.is_block_device() => "a device".to_owned(),
+        Ok(t) if t.is_dir() => "a directory".to_owned(),
+        Ok(t) if t.is_file() => "a regular file".to_owned(),
+        _ => "not on nsfs".to_owned(),
     }
 }
 

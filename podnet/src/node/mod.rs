@@ -106,6 +106,7 @@ impl NodeError {
         match self {
             NodeError::InvalidContainer { .. } => ErrorKind::InvalidContainer,
             NodeError::NotUp { .. } => ErrorKind::NotUp,
+            NodeError::Lock(LockError::Busy { .. }) => ErrorKind::Busy,
             NodeError::Agent(e) => e.kind,
             NodeError::Check { .. } => ErrorKind::Check,
             NodeError::Refused { .. } | NodeError::AgentRunning { .. } => ErrorKind::Refused,

@@ -45,16 +45,23 @@ fn link(pod: &Pod) -> PodLink<'_> {
     PodLink { netns: &pod.netns, ifname: &pod.ifname, host_ifname: &pod.host_ifname }
 }
 
-/// Refuses a container whose namespace is the node's own: podnet would configure the node as a
-/// pod. (What is wrong with its names, [`Pod::check_container`] says.)
+/// Refuses a container whose namespace is not a network namespace (a FIFO, a device, ...) or is
+/// the node's own or the host's: podnet would configure the node as a pod. (What is wrong with
+/// its names, [`Pod::check_container`] says.)
 pub fn check_container(pod: &Pod) -> Result<(), NodeError> {
     let invalid =
         |what: &str, problem: String| NodeError::InvalidContainer { what: what.to_owned(), problem };
     pod.check_container().map_err(|(what, problem)| invalid(what, problem))?;
-    if netns::is_current(&pod.netns)? {
-        return Err(invalid("CNI_NETNS", format!("{} is the node's own network namespace", pod.netns)));
+    match netns::is_node_or_host(&pod.netns) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(invalid(
+            "CNI_NETNS",
+            format!("{} is the node's own network namespace (or the host's)", pod.netns),
+        )),
+        Err(e @ netns::NetnsError::Missing { .. }) => Err(e.into()),
+        // Not a network namespace, or not one podnet may look at: the runtime's to fix.
+        Err(e) => Err(invalid("CNI_NETNS", crate::error_chain(&e))),
     }
-    Ok(())
 }
 
 /// Attaches `pod` with the address it asks for (or one from IPAM); `owns_netns`: podnet made its
