@@ -586,10 +586,24 @@ impl Node {
         PathBuf::from("/sys/fs/bpf/podnet").join(&self.name)
     }
 
+    /// `bpftool map dump` of the node's pinned map `name`, as bpftool's JSON.
+    pub fn map_dump(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        let path = self.pin_dir().join(name);
+        let path = path.to_str().context("utf-8 path")?;
+        Ok(serde_json::from_str(&bpftool(&["-j", "map", "dump", "pinned", path])?)?)
+    }
+
     /// Where the node's agent listens.
     pub fn agent_socket(&self) -> PathBuf {
         PathBuf::from("/run/podnet").join(format!("{}.sock", self.name))
     }
+}
+
+/// Runs bpftool (outside `ip netns exec`, whose private mount namespace hides bpffs) and returns
+/// its output.
+pub fn bpftool<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> anyhow::Result<String> {
+    let out = run(Command::new("bpftool").args(args))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The uplink XDP modes every cross-node and NAT scenario runs in: `[uplink] xdp`, and

@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
 use podnet::datapath::{PinDir, maps::NatSettings};
-use podnet_tests::{Lab, Node, in_ns, node_config, pings, possible_cpus, sh, wait_udp_bound};
+use podnet_tests::{Lab, Node, bpftool, in_ns, node_config, pings, possible_cpus, sh, wait_udp_bound};
 
 const EXT: &str = "192.168.50.100";
 
@@ -143,13 +143,6 @@ fn pin_older_map(node: &Node, name: &str, spec: &[&str]) -> anyhow::Result<()> {
     args.extend_from_slice(spec);
     args.extend_from_slice(&["name", name]);
     bpftool(&args).map(drop)
-}
-
-/// Runs bpftool (outside `ip netns exec`, whose private mount namespace hides bpffs) and returns
-/// its output.
-fn bpftool<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> anyhow::Result<String> {
-    let out = podnet_tests::run(std::process::Command::new("bpftool").args(args))?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// What `bpftool map show` says of the pinned map `name` of `node`.

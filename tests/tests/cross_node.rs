@@ -104,6 +104,55 @@ fn nodes_join_and_leave_at_runtime_with(xdp: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a refused `node add` must leave as it was: the peer map, the node's routes, its record.
+fn peer_state(node: &Node) -> anyhow::Result<(serde_json::Value, String, String)> {
+    let record = std::fs::read_to_string(format!("/var/lib/podnet/{}/node.json", node.name))?;
+    Ok((node.map_dump("PEERS")?, sh(&node.netns, "ip", &["route"])?, record))
+}
+
+#[test]
+fn a_refused_peer_changes_nothing() -> anyhow::Result<()> {
+    let mut lab = Lab::new("xr")?;
+    let nodes = cluster(&mut lab, "", &[&[2]], "off")?.nodes;
+    let n1 = &nodes[0];
+    let before = peer_state(n1)?;
+    // (ip, pod CIDR, what the refusal says)
+    let refused = [
+        ("0.0.0.0", "10.1.9.0/24", "0.0.0.0 is 0.0.0.0/8"),
+        ("127.0.0.1", "10.1.9.0/24", "127.0.0.1 is loopback"),
+        ("224.0.0.5", "10.1.9.0/24", "224.0.0.5 is multicast"),
+        ("255.255.255.255", "10.1.9.0/24", "is reserved or broadcast"),
+        ("192.168.50.1", "10.1.9.0/24", "192.168.50.1 is already another node's address"),
+        ("192.168.50.2", "10.1.9.0/24", "192.168.50.2 is already another node's address"),
+        ("10.1.1.2", "10.1.9.0/24", "10.1.1.2 lies in this node's pod_cidr"),
+        ("10.1.2.2", "10.1.9.0/24", "10.1.2.2 lies in 10.1.2.0/24 of node \"node2\""),
+        ("192.168.50.9", "0.0.0.0/0", "0.0.0.0/0 overlaps 0.0.0.0/8"),
+        ("192.168.50.9", "10.1.1.128/25", "overlaps this node's pod_cidr"),
+        ("192.168.50.9", "10.1.2.0/23", "overlaps 10.1.2.0/24 of node \"node2\""),
+        ("192.168.50.9", "192.168.50.128/28", "overlaps 192.168.50.0/24, a network of the uplink"),
+        // Valid to every check, but not on the uplink's network: the kernel refuses the route.
+        ("192.168.99.9", "10.1.9.0/24", "Network is unreachable"),
+    ];
+    for via in ["the CLI", "the agent"] {
+        if via == "the agent" {
+            lab.agent(n1)?;
+        }
+        for (ip, cidr, why) in refused {
+            let out = n1.podnet(&["node", "add", "bad", "--ip", ip, "--pod-cidr", cidr]).output()?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{ip} {cidr} accepted through {via}");
+            assert!(stderr.contains(why), "{ip} {cidr} through {via}: {stderr}");
+            assert_eq!(peer_state(n1)?, before, "{ip} {cidr} through {via} changed the node");
+        }
+        let out = n1
+            .podnet(&["node", "add", "node2", "--ip", "192.168.50.9", "--pod-cidr", "10.1.9.0/24"])
+            .output()?;
+        assert!(String::from_utf8_lossy(&out.stderr).contains("node name"), "a second node2 ({via})");
+        assert_eq!(peer_state(n1)?, before);
+    }
+    Ok(())
+}
+
 #[test]
 fn the_stack_answers_what_the_fast_path_leaves() -> anyhow::Result<()> {
     in_every_xdp_mode(the_stack_answers_what_the_fast_path_leaves_with)

@@ -72,7 +72,12 @@ pub fn crate_paths(text: &str) -> BTreeSet<String> {
                     '{' => depth += 1,
                     '}' if depth == 0 => break,
                     '}' => depth -= 1,
-                    ',' if depth == 0 => at_start = true,
+                    ',' if depth == 0 => {
+                        if !word.is_empty() {
+                            found.insert(std::mem::take(&mut word));
+                        }
+                        at_start = true;
+                    }
                     c if depth == 0 && at_start && (c.is_alphanumeric() || c == '_') => word.push(c),
                     _ if depth == 0 && !word.is_empty() => {
                         found.insert(std::mem::take(&mut word));
@@ -131,6 +136,8 @@ mod tests {
                     // crate::commented\nfn f() { crate::node::up(); }\n";
         let found: Vec<String> = crate_paths(text).into_iter().collect();
         assert_eq!(found, ["config", "error_chain", "host", "node"]);
+        let found: Vec<String> = crate_paths("use crate::{a, b::c, d};").into_iter().collect();
+        assert_eq!(found, ["a", "b", "d"], "a name right before a comma ends there");
     }
 
     #[test]

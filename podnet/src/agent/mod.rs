@@ -314,8 +314,8 @@ async fn handle(op: &Op, served: &mut Served) -> Result<Reply, ApiError> {
             return Err(ApiError::message(
                 ErrorKind::Refused,
                 format!(
-                    "the agent serves node {} from {serving}: run `up` with that file, or restart the \
-                     agent with the new one",
+                    "it serves node {} from {serving}: run `up` with that file, or restart it with \
+                     the new one",
                     served.config.node.name
                 ),
             ));

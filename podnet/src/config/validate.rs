@@ -78,7 +78,8 @@ impl Validator {
             let ip = self.ipv4(&field("ip"), &raw_peer.ip)?;
             let pod_cidr = self.cidr(&field("pod_cidr"), &raw_peer.pod_cidr)?;
             let peer = PeerNode { name: raw_peer.name, ip, pod_cidr };
-            check_peer(&node, uplink.as_ref(), &peers, &peer).map_err(|(f, p)| self.invalid(field(f), p))?;
+            check_peer(&node, uplink.as_ref(), &peers, &[], &peer)
+                .map_err(|(f, p)| self.invalid(field(f), p))?;
             if let Some(cluster) = cluster.as_ref().filter(|c| overlaps(c.cluster_cidr, peer.pod_cidr)) {
                 return Err(self.invalid(
                     field("pod_cidr"),

@@ -15,6 +15,12 @@ use crate::model::{Cluster, PeerNode, names::check_name};
 /// Longest part of a key or problem a warning quotes (keys are anyone's input).
 pub(super) const QUOTED_MAX: usize = 100;
 
+/// `text` cut to at most [`QUOTED_MAX`] bytes, at a character boundary.
+pub(super) fn cut(text: &str) -> &str {
+    let end = (0..=text.len().min(QUOTED_MAX)).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    &text[..end]
+}
+
 /// A node as etcd holds it: the value of its subnet and node keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -104,7 +110,7 @@ fn member(me: &Me<'_>, key: &[u8], value: &[u8]) -> Result<Option<PeerNode>, Str
         };
     }
     if let Err(problem) = check_name(&member.node, podnet_common::PEER_NAME_MAX) {
-        return Err(format!("not a node name: {}", &problem[..problem.len().min(QUOTED_MAX)]));
+        return Err(format!("not a node name: {}", cut(&problem)));
     }
     let ip = member.node_ip;
     if ip.is_unspecified()

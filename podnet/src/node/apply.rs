@@ -17,14 +17,22 @@ use crate::error_chain;
 
 /// What `up` changes things through.
 pub trait Host {
-    /// Carries out one step.
-    fn perform(&mut self, step: &Step) -> impl Future<Output = Result<(), NodeError>>;
+    /// Carries out one step, saying whether it changed anything.
+    fn perform(&mut self, step: &Step) -> impl Future<Output = Result<Done, NodeError>>;
     /// Removes one thing a step of this run made.
     fn undo(&mut self, made: &Made) -> impl Future<Output = Result<(), NodeError>>;
     /// Writes the node's record.
     fn save_record(&mut self, record: &NodeRecord) -> Result<(), NodeError>;
     /// Removes the node's record.
     fn remove_record(&mut self) -> Result<(), NodeError>;
+}
+
+/// What a step found when it ran: only what it changed is recorded and undone on failure (a
+/// namespace or a port reservation that was there already is someone else's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    Changed,
+    Unchanged,
 }
 
 /// Carries out `plan` on `host`, starting from the node's `record` as found; `up_before`: the
@@ -37,16 +45,23 @@ pub async fn apply<H: Host>(
 ) -> Result<(), NodeError> {
     let mut made = Vec::new();
     for step in &plan.steps {
-        if let Err(e) = host.perform(step).await {
-            let e = match step {
-                Step::AttachPod { pod, creates_netns, .. } => {
-                    if *creates_netns {
-                        made.push(Made::Netns(pod.netns.clone()));
+        let done = match host.perform(step).await {
+            Ok(done) => {
+                let before = record.clone();
+                made.extend(note(step, done, &mut record, &before));
+                if record != before { host.save_record(&record) } else { Ok(()) }
+            }
+            Err(e) => {
+                made.extend(left_by_failure(step));
+                Err(match step {
+                    Step::AttachPod { pod, .. } => {
+                        NodeError::Pod { pod: pod.id.clone(), source: Box::new(e) }
                     }
-                    NodeError::Pod { pod: pod.id.clone(), source: Box::new(e) }
-                }
-                _ => e,
-            };
+                    _ => e,
+                })
+            }
+        };
+        if let Err(e) = done {
             if !made.is_empty() {
                 warn!("`up` failed; undoing the {} change(s) it made", made.len());
                 rollback(host, &mut record, made).await;
@@ -56,17 +71,21 @@ pub async fn apply<H: Host>(
             }
             return Err(e);
         }
-        let before = record.clone();
-        made.extend(note(step, &mut record, &before));
-        if record != before {
-            host.save_record(&record)?;
-        }
     }
     Ok(())
 }
 
+/// What a step that failed part-way may have left that is this run's to remove.
+fn left_by_failure(step: &Step) -> Option<Made> {
+    match step {
+        // Some maps may be pinned already.
+        Step::LoadDatapath { first_up: true, .. } => Some(Made::PinDir),
+        _ => None,
+    }
+}
+
 /// How the record changes once `step` is done, and what it made that a failure undoes.
-fn note(step: &Step, record: &mut NodeRecord, before: &NodeRecord) -> Vec<Made> {
+fn note(step: &Step, done: Done, record: &mut NodeRecord, before: &NodeRecord) -> Vec<Made> {
     let mut made = Vec::new();
     match step {
         Step::DiscardStaleRecord => *record = NodeRecord::default(),
@@ -85,7 +104,7 @@ fn note(step: &Step, record: &mut NodeRecord, before: &NodeRecord) -> Vec<Made> 
             made.push(Made::IpForward);
         }
         Step::ReleasePorts { .. } => record.reserved_ports = None,
-        Step::ReservePorts { min, max } => {
+        Step::ReservePorts { min, max } if done == Done::Changed => {
             record.reserved_ports = Some((*min, *max));
             made.push(Made::ReservedPorts(*min, *max));
         }
@@ -101,7 +120,8 @@ fn note(step: &Step, record: &mut NodeRecord, before: &NodeRecord) -> Vec<Made> 
                 made.push(Made::Route { peer: peer.clone(), uplink: uplink.name.clone() });
             }
         }
-        Step::AttachPod { pod, new: true, .. } => made.push(Made::Pod(pod.clone())),
+        Step::CreateNetns(name) if done == Done::Changed => made.push(Made::Netns(name.clone())),
+        Step::AttachPod { pod, new: true } => made.push(Made::Pod(pod.clone())),
         Step::RetireGateway { bridge, gateway } if record.gateway == Some((bridge.clone(), *gateway)) => {
             record.gateway = None;
         }
@@ -141,24 +161,28 @@ mod tests {
     };
 
     /// A host that records what it is asked, fails the step numbered `fail_at` (and the undos
-    /// `refuse`), and keeps the record in memory.
+    /// `refuse`, and saving the record from the `fail_save`th save on), finds what `there` names
+    /// done already, and keeps the record in memory.
     #[derive(Default)]
     struct Fake {
         fail_at: Option<usize>,
         refuse: Vec<Made>,
+        fail_save: Option<usize>,
+        there: Vec<Step>,
         performed: Vec<Step>,
         undone: Vec<Made>,
+        saves: usize,
         record: Option<NodeRecord>,
         removed: bool,
     }
 
     impl Host for Fake {
-        async fn perform(&mut self, step: &Step) -> Result<(), NodeError> {
+        async fn perform(&mut self, step: &Step) -> Result<Done, NodeError> {
             if self.fail_at == Some(self.performed.len()) {
                 return Err(NodeError::Refused { message: format!("{step:?} failed") });
             }
             self.performed.push(step.clone());
-            Ok(())
+            Ok(if self.there.contains(step) { Done::Unchanged } else { Done::Changed })
         }
 
         async fn undo(&mut self, made: &Made) -> Result<(), NodeError> {
@@ -170,6 +194,10 @@ mod tests {
         }
 
         fn save_record(&mut self, record: &NodeRecord) -> Result<(), NodeError> {
+            self.saves += 1;
+            if self.fail_save.is_some_and(|n| self.saves >= n) {
+                return Err(NodeError::Refused { message: "disk full".into() });
+            }
             self.record = Some(record.clone());
             Ok(())
         }
@@ -215,8 +243,10 @@ mod tests {
                 Step::LoadDatapath { tables: TableSizes::default(), log: EbpfLog::Off, first_up: true },
                 Step::AttachUplink { iface: eth0() },
                 Step::AddConfigPeer { peer: node2(), uplink: eth0(), undo_route: true },
-                Step::AttachPod { pod: pod("pod1"), new: true, creates_netns: true },
-                Step::AttachPod { pod: pod("pod2"), new: true, creates_netns: true },
+                Step::CreateNetns("node1-pod1".into()),
+                Step::AttachPod { pod: pod("pod1"), new: true },
+                Step::CreateNetns("node1-pod2".into()),
+                Step::AttachPod { pod: pod("pod2"), new: true },
                 Step::FinishMigration,
             ],
             warnings: Vec::new(),
@@ -250,7 +280,7 @@ mod tests {
 
     #[test]
     fn a_failed_first_run_undoes_everything_newest_first_and_leaves_no_record() {
-        let mut host = Fake { fail_at: Some(7), ..Fake::default() };
+        let mut host = Fake { fail_at: Some(9), ..Fake::default() };
         let err = run(&mut host, &first_up(), NodeRecord::default(), false).unwrap_err();
         assert_eq!(err.to_string(), "pod pod2");
         assert_eq!(
@@ -258,6 +288,7 @@ mod tests {
             [
                 Made::Netns("node1-pod2".into()),
                 Made::Pod(pod("pod1")),
+                Made::Netns("node1-pod1".into()),
                 Made::Route { peer: node2(), uplink: "eth0".into() },
                 Made::PinDir,
                 Made::ReservedPorts(61000, 65535),
@@ -304,5 +335,44 @@ mod tests {
         assert!(record.ip_forward, "still on, so `down` turns it off");
         assert_eq!((record.bridge, record.reserved_ports), (None, None));
         assert!(!host.removed);
+    }
+
+    #[test]
+    fn what_was_there_already_is_neither_recorded_nor_undone() {
+        let mut host = Fake {
+            fail_at: Some(9),
+            there: vec![
+                Step::ReservePorts { min: 61000, max: 65535 },
+                Step::CreateNetns("node1-pod1".into()),
+            ],
+            ..Fake::default()
+        };
+        run(&mut host, &first_up(), NodeRecord::default(), false).unwrap_err();
+        assert!(!host.undone.contains(&Made::ReservedPorts(61000, 65535)), "someone else's reservation");
+        assert!(!host.undone.contains(&Made::Netns("node1-pod1".into())), "someone else's namespace");
+        assert!(host.undone.contains(&Made::Netns("node1-pod2".into())));
+    }
+
+    #[test]
+    fn a_datapath_that_fails_to_load_on_a_first_run_leaves_no_pins() {
+        let mut host = Fake { fail_at: Some(3), ..Fake::default() };
+        run(&mut host, &first_up(), NodeRecord::default(), false).unwrap_err();
+        assert_eq!(host.undone[0], Made::PinDir, "the maps pinned before the failure go");
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_saved_fails_the_run_and_undoes_it() {
+        let mut host = Fake { fail_save: Some(2), ..Fake::default() };
+        let err = run(&mut host, &first_up(), NodeRecord::default(), false).unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+        assert_eq!(host.performed.len(), 2, "nothing runs after the failed save");
+        assert_eq!(
+            host.undone,
+            [
+                Made::IpForward,
+                Made::GatewayAddress("br0".into(), Ipv4Addr::new(10, 1, 1, 1), None),
+                Made::Bridge("br0".into(), None),
+            ]
+        );
     }
 }

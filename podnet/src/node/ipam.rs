@@ -4,9 +4,9 @@
 //! content names the pod (a `[[pod]]` of the config or a container the CNI plugin attached,
 //! with its interfaces, and whether podnet made its namespace): [`Held`]. A reservation is made
 //! atomically: the record is written to a temporary file, synced, then hard-linked to the
-//! address's name, which fails if the address is taken. So a crash at any point never hands one address to two pods (at worst an address stays
-//! reserved until `DEL` or `GC` releases it), and the state survives restarts of the agent and of
-//! the node's processes. Callers hold the node lock; the link makes even unlocked use safe.
+//! address's name, which fails if the address is taken. So a crash at any point never hands one
+//! address to two pods (at worst an address stays reserved until `DEL` or `GC` releases it), and
+//! the state survives restarts of the agent and of the node's processes. Callers hold the node lock; the link makes even unlocked use safe.
 
 use std::{
     fs::File,

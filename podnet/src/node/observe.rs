@@ -1,8 +1,6 @@
 //! What `up` finds on the node before it changes anything: the [`Observed`] that
 //! [`super::plan`] plans from. Only reads.
 
-use tracing::debug;
-
 use super::{
     NodeError,
     ipam::Ipam,
@@ -10,10 +8,7 @@ use super::{
     record::{NodeRecord, RecordFile},
 };
 use crate::{
-    datapath::{
-        PinDir,
-        maps::{Endpoints, Peers},
-    },
+    datapath::PinDir,
     host::{netlink::Netlink, netns, sysctl},
     model::Config,
 };
@@ -47,18 +42,6 @@ pub async fn observe(config: &Config, nl: &Netlink) -> Result<Observed, NodeErro
         true => sysctl::ports_reserved(config.nat.port_min, config.nat.port_max)?,
         false => false,
     };
-    // Maps of a layout this podnet cannot read (an upgrade migrates them) hold nothing it plans
-    // from: what they hold is carried into the new maps.
-    let (endpoints, peers) = if up_before {
-        let endpoints = Endpoints::open(&pins).map(|e| e.list().into_iter().map(|(ip, _)| ip).collect());
-        let peers = Peers::open(&pins).map(|p| p.list());
-        if let Err(e) = endpoints.as_ref().and(peers.as_ref()) {
-            debug!("up: the pinned maps are not readable as they are ({e}); they will be migrated");
-        }
-        (endpoints.unwrap_or_default(), peers.unwrap_or_default())
-    } else {
-        (Vec::new(), Vec::new())
-    };
     Ok(Observed {
         up_before,
         stale_record: !up_before && records.exists(),
@@ -68,8 +51,6 @@ pub async fn observe(config: &Config, nl: &Netlink) -> Result<Observed, NodeErro
         ip_forward: sysctl::ip_forward_enabled()?,
         ports_reserved,
         held: Ipam::of(config).held()?,
-        endpoints,
-        peers,
         links: pins.linked_interfaces(),
         pod_namespaces: config
             .pods

@@ -10,31 +10,45 @@ use crate::{
     datapath::maps::Peers,
     error_chain,
     host::netlink::{Iface, Netlink},
-    model::{Config, PeerNode, check_peer, overlaps},
+    model::{Config, PeerNode, check_peer},
 };
 
 /// The node's uplink, which every peer route goes through.
-async fn uplink(config: &Config, nl: &Netlink) -> Result<Iface, NodeError> {
+pub(super) async fn uplink(config: &Config, nl: &Netlink) -> Result<Iface, NodeError> {
     let settings = config.uplink.as_ref().ok_or(NodeError::NoUplinkConfigured)?;
     nl.link(&settings.interface).await?.ok_or_else(|| NodeError::NotAsConfigured {
         source_name: config.source.clone(),
         field: "uplink.interface".to_owned(),
-        problem: format!("{} does not exist in the node's network namespace", settings.interface),
+        problem: format!(
+            "{} does not exist in the node's network namespace; create and address it first",
+            settings.interface
+        ),
     })
 }
 
-/// Adds a peer node at runtime: its pod CIDR goes into the peer map and the kernel route table.
-/// Nothing restarts; flows to other nodes are not touched.
+/// Routes `peer` via `uplink`, then puts it in the peer map: a peer the kernel cannot route to
+/// never gets into the map, and a peer the map refuses loses its route again.
+async fn install(nl: &Netlink, peers: &mut Peers, uplink: &Iface, peer: &PeerNode) -> Result<(), NodeError> {
+    nl.add_peer_route(peer.pod_cidr, peer.ip, uplink).await?;
+    if let Err(e) = peers.insert(peer) {
+        nl.del_peer_route(peer.pod_cidr, peer.ip, uplink).await?;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Adds a peer node at runtime: its pod CIDR goes into the kernel route table and the peer map,
+/// after every check (a refused peer changes nothing). Nothing restarts; flows to other nodes
+/// are not touched.
 pub async fn add_peer(config: &Config, peer: PeerNode) -> Result<(), NodeError> {
     let pins = pins_of_running_node(&config.node.name)?;
     let nl = Netlink::current()?;
     let uplink = uplink(config, &nl).await?;
     let mut peers = Peers::open(&pins)?;
-    let known = peers.list();
-    check_peer(&config.node, config.uplink.as_ref(), &known, &peer)
+    let networks = nl.ipv4_networks(&uplink).await?;
+    check_peer(&config.node, config.uplink.as_ref(), &peers.list(), &networks, &peer)
         .map_err(|(field, problem)| NodeError::InvalidPeer { field, problem })?;
-    peers.insert(&peer)?;
-    nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
+    install(&nl, &mut peers, &uplink, &peer).await?;
     info!("peer {} added: {} via {}", peer.name, peer.pod_cidr, peer.ip);
     Ok(())
 }
@@ -43,6 +57,7 @@ pub async fn add_peer(config: &Config, peer: PeerNode) -> Result<(), NodeError> 
 pub async fn del_peer(config: &Config, name: &str) -> Result<(), NodeError> {
     let pins = pins_of_running_node(&config.node.name)?;
     let nl = Netlink::current()?;
+    let uplink = uplink(config, &nl).await?;
     let mut peers = Peers::open(&pins)?;
     let peer = peers
         .list()
@@ -50,11 +65,7 @@ pub async fn del_peer(config: &Config, name: &str) -> Result<(), NodeError> {
         .find(|p| p.name == name)
         .ok_or_else(|| NodeError::UnknownPeer { name: name.to_owned() })?;
     peers.remove(&peer)?;
-    if let Some(uplink) = config.uplink.as_ref()
-        && let Some(link) = nl.link(&uplink.interface).await?
-    {
-        nl.del_peer_route(peer.pod_cidr, peer.ip, &link).await?;
-    }
+    nl.del_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
     info!("peer {} removed ({} via {})", peer.name, peer.pod_cidr, peer.ip);
     Ok(())
 }
@@ -101,15 +112,7 @@ pub fn cluster_changes(
             changes.joined.push((peer.clone(), true));
             continue;
         }
-        let checked = check_peer(&config.node, config.uplink.as_ref(), &known, peer).and_then(|()| {
-            match networks.iter().find(|n| overlaps(**n, peer.pod_cidr)) {
-                Some(n) => {
-                    Err(("pod_cidr", format!("{} overlaps {n}, a network of the uplink", peer.pod_cidr)))
-                }
-                None => Ok(()),
-            }
-        });
-        match checked {
+        match check_peer(&config.node, config.uplink.as_ref(), &known, networks, peer) {
             Ok(()) => {
                 known.push(peer.clone());
                 changes.joined.push((peer.clone(), false));
@@ -147,27 +150,16 @@ pub async fn set_cluster_peers(config: &Config, view: &[PeerNode]) -> Result<boo
     }
     let mut retry = false;
     for (peer, in_map) in &changes.joined {
-        if !in_map {
-            // The route first: a peer the kernel cannot route to never gets into the map.
-            let added = async {
-                nl.add_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
-                if let Err(e) = peers.insert(peer) {
-                    nl.del_peer_route(peer.pod_cidr, peer.ip, &uplink).await?;
-                    return Err(NodeError::from(e));
-                }
-                Ok::<_, NodeError>(())
-            };
-            if let Err(e) = added.await {
-                warn!(
-                    "cluster peer {} ({} via {}) left out for now: {}",
-                    peer.name,
-                    peer.pod_cidr,
-                    peer.ip,
-                    error_chain(&e)
-                );
-                retry = true;
-                continue;
-            }
+        if !in_map && let Err(e) = install(&nl, &mut peers, &uplink, peer).await {
+            warn!(
+                "cluster peer {} ({} via {}) left out for now: {}",
+                peer.name,
+                peer.pod_cidr,
+                peer.ip,
+                error_chain(&e)
+            );
+            retry = true;
+            continue;
         }
         info!("peer {} ({} via {}) joined the cluster", peer.name, peer.pod_cidr, peer.ip);
         kept.push(peer.clone());

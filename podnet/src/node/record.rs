@@ -3,8 +3,9 @@
 //! added, IPv4 forwarding it turned on, the NAT ports it reserved, and the peers the config and
 //! the cluster gave (a peer the config drops goes on the next `up`, one the cluster drops when
 //! the agent hears of it; one added at runtime with `podnet node add` stays), and the uplink.
-//! Kept as `<state>/node.json`, rewritten atomically after every change. A record is trusted only beside the node's pins: one without them predates a reboot or a lost pin
-//! directory, and podnet claims nothing it cannot prove it made.
+//! Kept as `<state>/node.json`, rewritten atomically after every change. A record is trusted
+//! only beside the node's pins: one without them predates a reboot or a lost pin directory, and
+//! podnet claims nothing it cannot prove it made.
 
 use std::{
     io,
@@ -136,12 +137,17 @@ impl RecordFile {
     pub fn exists(&self) -> bool {
         self.0.exists()
     }
+
+    /// Removes the record, and the temporary file of a save that was killed before its rename.
     pub fn remove(&self) -> Result<(), RecordError> {
-        match std::fs::remove_file(&self.0) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(RecordError::Io { path: self.0.clone(), source: e })
+        for path in [self.0.with_extension("json.tmp"), self.0.clone()] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(RecordError::Io { path, source: e });
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 }

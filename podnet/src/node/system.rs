@@ -6,7 +6,7 @@ use tracing::{info, warn};
 
 use super::{
     NodeError,
-    apply::{Host, apply},
+    apply::{Done, Host, apply},
     ipam::Ipam,
     observe::observe,
     plan::{Observed, Step, plan, veth_settings},
@@ -57,7 +57,7 @@ pub async fn up(config: &Config, log: EbpfLog) -> Result<(), NodeError> {
 pub async fn node_net(config: &Config, nl: Netlink) -> Result<NodeNet, NodeError> {
     let node = &config.node;
     let uplink = match &config.uplink {
-        Some(u) => nl.link(&u.interface).await?,
+        Some(_) => Some(super::peers::uplink(config, &nl).await?),
         None => None,
     };
     let pins = super::pins_of_running_node(&node.name)?;
@@ -81,6 +81,8 @@ struct System {
     datapath: Option<Datapath>,
     /// `from_pod` as pinned, once there.
     program: Option<PodProgram>,
+    /// The pod namespaces this run made.
+    made_netns: Vec<String>,
 }
 
 impl System {
@@ -94,6 +96,7 @@ impl System {
             config: config.clone(),
             datapath: None,
             program: None,
+            made_netns: Vec::new(),
         }
     }
 
@@ -161,7 +164,7 @@ impl System {
 }
 
 impl Host for System {
-    async fn perform(&mut self, step: &Step) -> Result<(), NodeError> {
+    async fn perform(&mut self, step: &Step) -> Result<Done, NodeError> {
         let pins = self.pins.clone();
         match step {
             Step::DiscardStaleRecord => self.records.remove()?,
@@ -178,7 +181,9 @@ impl Host for System {
                          (net.ipv4.ip_local_port_range): the node's own connections get only the rest"
                     );
                 }
-                sysctl::reserve_ports(*min, *max)?;
+                if !sysctl::reserve_ports(*min, *max)? {
+                    return Ok(Done::Unchanged);
+                }
             }
             Step::LoadDatapath { tables, log, .. } => {
                 let mut datapath = Datapath::load(&pins, *tables, *log)?;
@@ -192,13 +197,14 @@ impl Host for System {
                 self.datapath()?.attach_xdp(program, &iface.name, iface.index, *mode)?
             }
             Step::DetachUplinkXdp { ifname } => pins.unpin_xdp(ifname)?,
-            Step::ForgetConfigPeer { peer, in_map, uplink } => {
+            Step::ForgetConfigPeer { peer, uplink } => {
                 info!(
                     "removing peer {} ({} via {}): no longer in the config",
                     peer.name, peer.pod_cidr, peer.ip
                 );
-                if *in_map {
-                    Peers::open(&pins)?.remove(peer)?;
+                let mut peers = Peers::open(&pins)?;
+                if peers.list().contains(peer) {
+                    peers.remove(peer)?;
                 }
                 if let Some(uplink) = uplink {
                     self.nl.del_peer_route(peer.pod_cidr, peer.ip, uplink).await?;
@@ -212,9 +218,20 @@ impl Host for System {
                 info!("removing pod {} ({}): no longer in the config", held.pod, held.ip);
                 pod::detach(&self.nl, &pins, &self.ipam, &held.pod).await?;
             }
-            Step::RemoveEndpoint(ip) => {
-                info!("removing endpoint {ip}: no pod holds it");
-                Endpoints::open(&pins)?.remove(*ip)?;
+            Step::RemoveStrayEndpoints { keep } => {
+                let mut endpoints = Endpoints::open(&pins)?;
+                for (ip, _) in endpoints.list() {
+                    if keep.binary_search(&ip).is_err() {
+                        info!("removing endpoint {ip}: no pod holds it");
+                        endpoints.remove(ip)?;
+                    }
+                }
+            }
+            Step::CreateNetns(name) => {
+                if !netns::create(name)? {
+                    return Ok(Done::Unchanged);
+                }
+                self.made_netns.push(name.clone());
             }
             Step::RemovePodVeth(name) => {
                 info!("removing {name}: no pod owns it");
@@ -226,10 +243,10 @@ impl Host for System {
                 info!("detaching {hook} from {name}: it is no longer the uplink");
                 pins.unpin_link(link)?;
             }
-            Step::AttachPod { pod, new, creates_netns } => {
-                netns::create(&pod.netns)?;
+            Step::AttachPod { pod, new } => {
+                let owns_netns = self.made_netns.contains(&pod.netns);
                 let (net, program) = self.pods().await?;
-                let attached = pod::attach(&net, program, pod, *creates_netns).await?;
+                let attached = pod::attach(&net, program, pod, owns_netns).await?;
                 if *new {
                     info!("pod {pod}: {} in namespace {} via {}", attached.ip, pod.netns, pod.host_ifname);
                 }
@@ -273,7 +290,7 @@ impl Host for System {
                 }
             }
         }
-        Ok(())
+        Ok(Done::Changed)
     }
 
     async fn undo(&mut self, made: &Made) -> Result<(), NodeError> {

@@ -42,10 +42,6 @@ pub struct Observed {
     pub ports_reserved: bool,
     /// The addresses pods hold (IPAM).
     pub held: Vec<Held>,
-    /// The addresses in the datapath's endpoint map.
-    pub endpoints: Vec<Ipv4Addr>,
-    /// The peers in the datapath's peer map.
-    pub peers: Vec<PeerNode>,
     /// The pinned links: interface names (tcx), `<ifname>@xdp-<mode>` (XDP).
     pub links: Vec<String>,
     /// The network namespaces of the config's pods that exist.
@@ -117,11 +113,10 @@ pub enum Step {
     DetachUplinkXdp {
         ifname: String,
     },
-    /// A `[[peer]]` gone from the config: out of the peer map (if `in_map`) and its route off
-    /// the uplink (if there is one).
+    /// A `[[peer]]` gone from the config: out of the peer map (if it is there as it was
+    /// configured) and its route off the uplink (if there is one).
     ForgetConfigPeer {
         peer: PeerNode,
-        in_map: bool,
         uplink: Option<Iface>,
     },
     /// A `[[peer]]` in the peer map and routed via the uplink; `undo_route`: a first `up` made
@@ -133,19 +128,23 @@ pub enum Step {
     },
     /// A `[[pod]]` gone from the config, detached.
     DetachPod(Held),
-    /// An endpoint no pod holds.
-    RemoveEndpoint(Ipv4Addr),
+    /// Every endpoint but these (the addresses pods hold or the config gives them): what a pod
+    /// gone in a crash left. Read from the map when the step runs, after any migration.
+    RemoveStrayEndpoints {
+        keep: Vec<Ipv4Addr>,
+    },
+    /// A pod's namespace, made if missing (a pod podnet made it for owns it).
+    CreateNetns(String),
     /// A pod veth no pod owns: its link unpinned and the veth deleted.
     RemovePodVeth(String),
     /// A pinned link of a device that is not podnet's (an old uplink): unpinned, the device
     /// left alone.
     DetachLink(String),
-    /// A `[[pod]]` attached; `new`: it holds no address yet; `creates_netns`: its namespace does
-    /// not exist (podnet makes it, and owns it).
+    /// A `[[pod]]` attached in its namespace (made by [`Step::CreateNetns`] if it was missing);
+    /// `new`: it holds no address yet.
     AttachPod {
         pod: Pod,
         new: bool,
-        creates_netns: bool,
     },
     /// A container the CNI plugin attached, brought up to date (its endpoint, the new
     /// `from_pod` in its link).
@@ -237,8 +236,7 @@ pub fn plan(config: &Config, found: &Observed, log: EbpfLog) -> Result<Plan, Nod
     }
 
     for gone in record.config_peers().into_iter().filter(|p| !config.peers.contains(p)) {
-        let in_map = found.peers.contains(&gone);
-        steps.push(Step::ForgetConfigPeer { peer: gone, in_map, uplink: uplink.cloned() });
+        steps.push(Step::ForgetConfigPeer { peer: gone, uplink: uplink.cloned() });
     }
     if let Some(uplink) = uplink {
         for peer in &config.peers {
@@ -256,14 +254,12 @@ pub fn plan(config: &Config, found: &Observed, log: EbpfLog) -> Result<Plan, Nod
         found.held.iter().partition(|h| !h.pod.is_container() && !in_config(h));
     steps.extend(gone.iter().map(|h| Step::DetachPod((*h).clone())));
     // What a detached pod leaves goes with it; the rest that no pod holds goes on its own.
-    for &ip in &found.endpoints {
-        let holder = |h: &&Held| h.ip == ip;
-        if !held.iter().any(holder)
-            && !gone.iter().any(holder)
-            && !config.pods.iter().any(|p| p.ip == Some(ip))
-        {
-            steps.push(Step::RemoveEndpoint(ip));
-        }
+    let mut keep: Vec<Ipv4Addr> =
+        held.iter().chain(&gone).map(|h| h.ip).chain(config.pods.iter().filter_map(|p| p.ip)).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    if found.up_before {
+        steps.push(Step::RemoveStrayEndpoints { keep });
     }
     let owned = |name: &str| {
         held.iter().chain(&gone).any(|h| h.pod.host_ifname == name)
@@ -282,10 +278,12 @@ pub fn plan(config: &Config, found: &Observed, log: EbpfLog) -> Result<Plan, Nod
     }
 
     for pod in &config.pods {
+        if !found.pod_namespaces.contains(&pod.netns) {
+            steps.push(Step::CreateNetns(pod.netns.clone()));
+        }
         steps.push(Step::AttachPod {
             pod: pod.clone(),
             new: !held.iter().any(|h| h.pod.same_attachment(pod)),
-            creates_netns: !found.pod_namespaces.contains(&pod.netns),
         });
     }
     let containers: Vec<&Held> = held.iter().copied().filter(|h| h.pod.is_container()).collect();
