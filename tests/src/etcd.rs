@@ -225,6 +225,27 @@ impl Etcd {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// A new lease of `ttl` seconds, by its id as etcdctl writes it (hex).
+    pub fn grant(&self, ttl: u64) -> anyhow::Result<String> {
+        let out = self.ctl(&["lease", "grant", &ttl.to_string()])?;
+        // "lease 694d8b0e0a0e0c0d granted with TTL(30s)"
+        out.split_whitespace()
+            .nth(1)
+            .map(str::to_owned)
+            .with_context(|| format!("etcdctl lease grant: {out}"))
+    }
+
+    /// The value of `key` and the lease (hex, "0" for none) it is attached to, if it exists.
+    pub fn entry(&self, key: &str) -> anyhow::Result<Option<(String, String)>> {
+        let json: serde_json::Value = serde_json::from_str(&self.ctl(&["get", key, "-w", "json"])?)?;
+        let Some(kv) = json["kvs"].get(0) else {
+            return Ok(None);
+        };
+        let lease = format!("{:x}", kv["lease"].as_i64().unwrap_or(0));
+        let value = self.ctl(&["get", key, "--print-value-only"])?.trim_end().to_owned();
+        Ok(Some((value, lease)))
+    }
+
     /// Every key under `prefix` with its value, as etcdctl prints them (key line, value line).
     pub fn get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
         let out = self.ctl(&["get", "--prefix", prefix])?;

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use podnet_tests::{
     Lab, Node,
     etcd::{Certs, Etcd},
@@ -244,8 +245,11 @@ fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
     let a_agent = lab.agent(&a)?;
     // Values nobody should trust (two of them take the last free CIDRs), and a node out of reach.
     let poser = format!(r#"{{"node":"{}","node_ip":"192.168.50.1","pod_cidr":"10.2.3.0/24"}}"#, a.name);
+    // A whole claim (both keys under one lease, as an agent writes them) of a node out of reach.
     let far = r#"{"node":"far","node_ip":"203.0.113.9","pod_cidr":"10.2.2.0/24"}"#;
-    etcd.ctl(&["put", "/podnet/subnets/10.2.2.0-24", far])?;
+    let far_lease = format!("--lease={}", etcd.grant(60)?);
+    etcd.ctl(&["put", &far_lease, "/podnet/subnets/10.2.2.0-24", far])?;
+    etcd.ctl(&["put", &far_lease, "/podnet/nodes/far", far])?;
     let hostile = [
         ("/podnet/subnets/10.2.0.64-26", "not json".to_owned()),
         (
@@ -357,6 +361,7 @@ fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
         etcd.ctl(&["del", key])?;
     }
     etcd.ctl(&["del", "/podnet/subnets/10.2.2.0-24"])?;
+    etcd.ctl(&["del", "/podnet/nodes/far"])?;
     let down = a.podnet(&["down"]).output()?;
     assert!(down.status.success(), "{down:?}");
     assert!(
@@ -377,6 +382,98 @@ fn what_the_cluster_cannot_give_is_refused_clearly() -> anyhow::Result<()> {
     std::fs::remove_file(&record)?;
     b.run_podnet(&["down"])?;
     assert!(!b.pin_dir().exists(), "down left b's pins");
+    Ok(())
+}
+
+/// The subnet key of `cidr` ("10.1.2.0/24").
+fn subnet_key(cidr: &str) -> String {
+    format!("/podnet/subnets/{}", cidr.replace('/', "-"))
+}
+
+#[test]
+fn an_etcd_writer_cannot_move_a_node() -> anyhow::Result<()> {
+    let (mut lab, switch, etcd) = etcd_lab("cla", false)?;
+    let cluster = "cluster_cidr = \"10.1.0.0/16\"\nnode_prefix = 24\nlease_ttl = 10\n";
+    let nodes: Vec<Node> =
+        (1..=3).map(|k| member(&mut lab, &switch, &etcd, k, cluster)).collect::<Result<_, _>>()?;
+    for node in &nodes {
+        lab.agent(node)?;
+    }
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut cidrs = Vec::new();
+    for node in &nodes {
+        let others: Vec<&str> = names.iter().copied().filter(|n| *n != node.name).collect();
+        wait_peers(node, &others, 5)?;
+        let ip: std::net::Ipv4Addr = pod_ip(node, "pod1")?.parse()?;
+        cidrs.push(ipnet::Ipv4Net::new(ip, 24)?.trunc().to_string());
+    }
+    // The victim v: the node whose subnet key sorts last, so that a free CIDR's key sorts first.
+    let k = (0..3).max_by_key(|&i| subnet_key(&cidrs[i])).context("three nodes")?;
+    let (v, v_cidr, v_ip) = (&nodes[k], cidrs[k].clone(), format!("192.168.50.{}", k + 1));
+    let others: Vec<&Node> = nodes.iter().filter(|n| n.name != v.name).collect();
+    let forged_cidr = (0..=255)
+        .map(|x| format!("10.1.{x}.0/24"))
+        .find(|c| !cidrs.contains(c) && subnet_key(c) < subnet_key(&v_cidr))
+        .context("a free CIDR whose key sorts first")?;
+    let v_pods = (pod_ip(v, "pod1")?, pod_ip(v, "pod2")?);
+    let (v_subnet, v_name) = (subnet_key(&v_cidr), format!("/podnet/nodes/{}", v.name));
+    let honest = etcd.entry(&v_subnet)?.context("v's subnet key")?;
+    assert_eq!(etcd.entry(&v_name)?.as_ref(), Some(&honest), "v's keys: one value, one lease");
+    let v_lease = format!("--lease={}", honest.1);
+    let forged = format!(r#"{{"node":"{}","node_ip":"{v_ip}","pod_cidr":"{forged_cidr}"}}"#, v.name);
+    let evil = format!(r#"{{"node":"evil","node_ip":"192.168.50.66","pod_cidr":"{v_cidr}"}}"#);
+    let evil_lease = format!("--lease={}", etcd.grant(60)?);
+    let forged_key = subnet_key(&forged_cidr);
+
+    let seconds = 14;
+    let flows = [
+        lab.fast_ping(&others[0].pod_ns("pod1"), &v_pods.0, seconds)?,
+        lab.fast_ping(&others[1].pod_ns("pod1"), &v_pods.1, seconds)?,
+        lab.fast_ping(&v.pod_ns("pod1"), &pod_ip(others[0], "pod1")?, seconds)?,
+    ];
+    let attacks: [(&str, Vec<&str>); 6] = [
+        ("v's subnet key overwritten with another name and next hop", vec!["put", &v_subnet, &evil]),
+        ("the same, under another lease", vec!["put", &evil_lease, &v_subnet, &evil]),
+        ("v's subnet key deleted", vec!["del", &v_subnet]),
+        ("v's name key deleted", vec!["del", &v_name]),
+        (
+            "a subnet key sorting first with v's name, address and lease",
+            vec!["put", &v_lease, &forged_key, &forged],
+        ),
+        ("v's name key made to match that one", vec!["put", &v_lease, &v_name, &forged]),
+    ];
+    for (attack, args) in &attacks {
+        etcd.ctl(args)?;
+        podnet_tests::wait_for(
+            &format!("v to write its keys back after: {attack}"),
+            Duration::from_secs(5),
+            || {
+                let whole = etcd.entry(&v_subnet)?.as_ref() == Some(&honest)
+                    && etcd.entry(&v_name)?.as_ref() == Some(&honest);
+                Ok(whole.then_some(()))
+            },
+        )?;
+        thread::sleep(Duration::from_millis(500));
+        assert_eq!(pod_ip(v, "pod1")?, v_pods.0, "v's pods moved after: {attack}");
+    }
+    for flow in &flows {
+        let summary = flow.wait_output(Duration::from_secs(u64::from(seconds) + 10))?;
+        assert_eq!(podnet_tests::ping_loss(&summary), Some(0.0), "pings lost during the attacks:\n{summary}");
+    }
+    assert_eq!((pod_ip(v, "pod1")?, pod_ip(v, "pod2")?), v_pods, "v's pods kept their addresses");
+    for node in &others {
+        assert!(peers(node)?.contains(&(v.name.clone(), v_cidr.clone(), "cluster".to_owned())));
+        let routes = podnet_tests::sh(&node.netns, "ip", &["route"])?;
+        assert!(routes.contains(&format!("{v_cidr} via {v_ip}")), "{}: {routes}", node.name);
+        assert!(!routes.contains(&forged_cidr), "{}: {routes}", node.name);
+        let log = std::fs::read_to_string(lab.agent_log(node))?;
+        assert!(!log.contains("left the cluster"), "{} dropped a peer:\n{log}", node.name);
+    }
+    let v_routes = podnet_tests::sh(&v.netns, "ip", &["route"])?;
+    assert!(!v_routes.contains(&format!("{v_cidr} via")), "v routes its own CIDR away: {v_routes}");
+    let v_log = std::fs::read_to_string(lab.agent_log(v))?;
+    assert!(v_log.contains("deleted or overwritten by another writer; writing back"), "{v_log}");
+    assert!(!v_log.contains("lost its lease"), "{v_log}");
     Ok(())
 }
 

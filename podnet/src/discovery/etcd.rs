@@ -11,11 +11,12 @@
 //! `{"node":"node3","node_ip":"192.168.50.3","pod_cidr":"10.1.3.0/24"}`.
 //!
 //! A node joins with one transaction that creates both keys only if neither exists, so no two
-//! live nodes hold one CIDR or one name. It follows the cluster by listing the subnet keys and
-//! watching them from the listing's revision. Values are read as untrusted input: a subnet key
-//! that is not a node of this cluster (not JSON, a CIDR that is not its key's or not one the
-//! cluster leases, an address that cannot be a node's, a name or address another key holds) is
-//! left out of the view, with one warning.
+//! live nodes hold one CIDR or one name. It follows the cluster by listing the keys and watching
+//! them from the listing's revision. Values are read as untrusted input, and a node is believed
+//! only by the rules of [`view`] (both keys, one lease, one value; the node believed first keeps
+//! its place). While its lease lives a node's keys are its own: overwritten or deleted by
+//! anyone, they are written back at once (with a warning), and the node never gives up or
+//! renumbers its pod CIDR because of what someone else wrote.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -34,7 +35,7 @@ use tracing::{info, warn};
 
 use super::{
     DiscoveryError, Joined, LeaseRecord, PeerSource, Update,
-    view::{self, LeftOut, Member, QUOTED_MAX},
+    view::{self, Believed, LeftOut, Member, QUOTED_MAX, Stored},
 };
 use crate::{
     error_chain as chain,
@@ -47,6 +48,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Bad keys remembered so that each is warned about once.
 const WARNED_MAX: usize = 1024;
+/// Shortest time between two write-backs of the node's keys: a writer who keeps overwriting
+/// them costs etcd one write of ours per second at most.
+const WRITE_BACK_MIN: Duration = Duration::from_secs(1);
 /// First and longest wait before trying etcd again.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
@@ -63,10 +67,14 @@ pub struct Etcd {
     held: Option<LeaseRecord>,
     /// The last view sent, so that an unchanged cluster sends nothing.
     last_view: Option<Vec<PeerNode>>,
+    /// The peers believed now, with their leases (see [`view`]).
+    believed: Vec<Believed>,
     /// Subnet keys already warned about, with the value that was wrong.
     warned: HashSet<(Vec<u8>, Vec<u8>)>,
-    /// For a lease TTL after a listing, the view before it (see [`Self::view`]).
-    grace: Option<Vec<PeerNode>>,
+    /// For a lease TTL after a listing, the peers before it (see [`Self::view`]).
+    grace: Option<Vec<Believed>>,
+    /// When the node's keys were last written back.
+    written_back: Option<tokio::time::Instant>,
 }
 
 impl Etcd {
@@ -80,8 +88,10 @@ impl Etcd {
             state: member.state,
             configured: member.pod_cidr,
             last_view: None,
+            believed: Vec::new(),
             warned: HashSet::new(),
             grace: None,
+            written_back: None,
         })
     }
 
@@ -134,8 +144,12 @@ impl Etcd {
         format!("{}{}-{}", self.subnets_prefix(), cidr.network(), cidr.prefix_len())
     }
 
+    fn nodes_prefix(&self) -> String {
+        format!("{}/nodes/", self.cluster.prefix)
+    }
+
     fn node_key(&self) -> String {
-        format!("{}/nodes/{}", self.cluster.prefix, self.name)
+        format!("{}{}", self.nodes_prefix(), self.name)
     }
 
     fn value(&self, pod_cidr: Ipv4Net) -> Vec<u8> {
@@ -172,31 +186,37 @@ impl Etcd {
         Ok((record, Joined { pod_cidr: record.pod_cidr, fresh }))
     }
 
-    /// The node's lease from before, if it lives and still holds the node's CIDR: found by the
-    /// node's name key (this node's when the lease record names its lease, or when it holds this
-    /// name at this address: a node that lost its state), or, when that key is gone, by the
-    /// lease record. Its keys are made whole again and given the node's current value. A lease
-    /// of this node that can no longer be used (expired, its CIDR taken, a CIDR the config does
-    /// not allow now) is given up.
-    async fn resume(&self, client: &mut Client) -> Result<Option<LeaseRecord>, DiscoveryError> {
-        let found = self.call(client.get(self.node_key(), None)).await?;
-        let (lease, cidr, name_revision) = match found.kvs().first() {
-            Some(kv) => {
-                let holder = Member::parse(kv.value());
-                let mine = self.held.is_some_and(|h| h.lease == kv.lease() && kv.lease() != 0)
-                    || holder.as_ref().is_some_and(|h| h.node == self.name && h.node_ip == self.node_ip);
-                if !mine {
-                    return Err(self.name_held(kv));
-                }
-                (kv.lease(), holder.map(|h| h.pod_cidr), Some(kv.mod_revision()))
+    /// The node's lease from before, if it lives and may still hold the node's CIDR. The lease
+    /// record's lease, while it lives, holds the node's keys whatever they hold now (they are
+    /// written back). Without one (a node that lost its state), the node's name key names it,
+    /// if it holds this name at this address. A lease of this node that can no longer be used
+    /// (expired, its CIDR taken, a CIDR the config does not allow now) is given up.
+    async fn resume(&mut self, client: &mut Client) -> Result<Option<LeaseRecord>, DiscoveryError> {
+        if let Some(held) = self.held
+            && self.alive(client, held.lease).await?
+        {
+            if self.usable(held.pod_cidr) {
+                self.write_back(client, held).await?;
+                return Ok(Some(held));
             }
-            None => match self.held {
-                Some(held) => (held.lease, Some(held.pod_cidr), None),
-                None => return Ok(None),
-            },
+            info!(
+                "cluster: giving up lease {:x}: the config does not allow {} now",
+                held.lease, held.pod_cidr
+            );
+            let _ = self.call(client.lease_revoke(held.lease)).await;
+            return Ok(None);
+        }
+        let found = self.call(client.get(self.node_key(), None)).await?;
+        let Some(kv) = found.kvs().first() else {
+            return Ok(None);
         };
-        let alive = lease != 0 && self.call(client.lease_time_to_live(lease, None)).await?.ttl() > 0;
-        if let Some(cidr) = cidr.filter(|c| alive && self.usable(*c))
+        let holder = Member::parse(kv.value());
+        if !holder.as_ref().is_some_and(|h| h.node == self.name && h.node_ip == self.node_ip) {
+            return Err(self.name_held(kv));
+        }
+        let lease = kv.lease();
+        let alive = self.alive(client, lease).await?;
+        if let Some(cidr) = holder.map(|h| h.pod_cidr).filter(|c| alive && self.usable(*c))
             && self.hold(client, lease, cidr).await?
         {
             return Ok(Some(LeaseRecord { pod_cidr: cidr, lease }));
@@ -207,12 +227,53 @@ impl Etcd {
             );
             let _ = self.call(client.lease_revoke(lease)).await;
         }
-        if let Some(revision) = name_revision {
-            let unchanged = Compare::mod_revision(self.node_key(), CompareOp::Equal, revision);
-            let delete = TxnOp::delete(self.node_key(), None);
-            self.call(client.txn(Txn::new().when([unchanged]).and_then([delete]))).await?;
-        }
+        let unchanged = Compare::mod_revision(self.node_key(), CompareOp::Equal, kv.mod_revision());
+        let delete = TxnOp::delete(self.node_key(), None);
+        self.call(client.txn(Txn::new().when([unchanged]).and_then([delete]))).await?;
         Ok(None)
+    }
+
+    /// Whether `lease` lives.
+    async fn alive(&self, client: &mut Client, lease: i64) -> Result<bool, DiscoveryError> {
+        Ok(lease != 0 && self.call(client.lease_time_to_live(lease, None)).await?.ttl() > 0)
+    }
+
+    /// Writes the node's two keys as `held` says, in one transaction, whatever they hold now;
+    /// says so when someone else had changed them. At most once per [`WRITE_BACK_MIN`].
+    async fn write_back(&mut self, client: &mut Client, held: LeaseRecord) -> Result<(), DiscoveryError> {
+        let (subnet, node) = (self.subnet_key(held.pod_cidr), self.node_key());
+        let value = self.value(held.pod_cidr);
+        let found = self
+            .call(client.txn(
+                Txn::new().and_then([TxnOp::get(subnet.as_str(), None), TxnOp::get(node.as_str(), None)]),
+            ))
+            .await?;
+        let changed: Vec<&str> = [&subnet, &node]
+            .into_iter()
+            .enumerate()
+            .filter(|(n, _)| {
+                !got(&found, *n).is_some_and(|kv| kv.lease() == held.lease && kv.value() == value)
+            })
+            .map(|(_, key)| key.as_str())
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        if let Some(last) = self.written_back {
+            tokio::time::sleep_until(last + WRITE_BACK_MIN).await;
+        }
+        warn!(
+            "cluster: {} deleted or overwritten by another writer; writing back node {} ({}, {}) under lease {:x}",
+            changed.join(" and "),
+            self.name,
+            self.node_ip,
+            held.pod_cidr,
+            held.lease
+        );
+        let put = |key: &str| TxnOp::put(key, value.clone(), Some(PutOptions::new().with_lease(held.lease)));
+        self.call(client.txn(Txn::new().and_then([put(&subnet), put(&node)]))).await?;
+        self.written_back = Some(tokio::time::Instant::now());
+        Ok(())
     }
 
     /// The error for a name key `kv` another node holds.
@@ -338,32 +399,32 @@ impl Etcd {
         }
         let lease = held.lease;
         let (mut keeper, mut renewed) = self.call(client.lease_keep_alive(lease)).await?;
-        let prefix = self.subnets_prefix();
-        let listing = self.call(client.get(prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
+        // The whole prefix: the subnet keys, the name keys, and this node's own.
+        let watched = format!("{}/", self.cluster.prefix);
+        let listing = self.call(client.get(watched.clone(), Some(GetOptions::new().with_prefix()))).await?;
         let revision = listing.header().map_or(0, |h| h.revision());
-        let mut members: BTreeMap<Vec<u8>, Vec<u8>> =
-            listing.kvs().iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())).collect();
+        let mut keys: BTreeMap<Vec<u8>, Stored> = listing.kvs().iter().map(stored).collect();
         // After an outage (a restarted or even a wiped etcd), peers missing from the first
         // listing may just not have renewed yet: they stay one lease TTL longer.
         let grace_end = tokio::time::Instant::now() + self.cluster.lease_ttl;
-        self.grace = self.last_view.clone();
-        if !self.send_view(&members, updates).await {
+        self.grace = Some(self.believed.clone());
+        if !self.send_view(&keys, updates).await {
             return Ok(());
         }
-        // The node's own name key is watched too: the whole prefix, with the subnets as members.
-        let watched = format!("{}/", self.cluster.prefix);
         let watch_from = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
         let mut watch = self.call(client.watch(watched.clone(), Some(watch_from))).await?;
         *backoff = Backoff::new(&self.cluster);
         info!("cluster: following {watched} in etcd from revision {revision}");
         let mut renew = tokio::time::interval(self.cluster.lease_ttl / 3);
         let own_keys = [self.subnet_key(joined.pod_cidr), self.node_key()];
+        let own_value = self.value(joined.pod_cidr);
+        let subnets = self.subnets_prefix();
         let etcd_error = self.etcd_error();
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(grace_end), if self.grace.is_some() => {
                     self.grace = None;
-                    if !self.send_view(&members, updates).await {
+                    if !self.send_view(&keys, updates).await {
                         return Ok(());
                     }
                 }
@@ -382,29 +443,30 @@ impl Etcd {
                             changes.compact_revision()
                         )));
                     }
+                    let mut taken = false;
                     for event in changes.events() {
                         let Some(kv) = event.kv() else { continue };
-                        if let Some(own) = own_keys.iter().find(|k| k.as_bytes() == kv.key())
-                            && (event.event_type() == EventType::Delete || kv.lease() != lease)
-                        {
-                            return Err(DiscoveryError::KeyTaken { key: own.clone() });
+                        let deleted = event.event_type() == EventType::Delete;
+                        if own_keys.iter().any(|k| k.as_bytes() == kv.key()) {
+                            taken |= deleted || kv.lease() != lease || kv.value() != own_value;
                         }
-                        if !kv.key().starts_with(prefix.as_bytes()) {
-                            continue;
-                        }
-                        match event.event_type() {
-                            EventType::Put => members.insert(kv.key().to_vec(), kv.value().to_vec()),
-                            EventType::Delete => {
-                                // Gone for sure: not held over either.
-                                if let (Some(grace), Some(gone)) = (&mut self.grace, members.get(kv.key())) {
-                                    let gone = Member::parse(gone);
-                                    grace.retain(|p| gone.as_ref().is_none_or(|g| g.pod_cidr != p.pod_cidr));
-                                }
-                                members.remove(kv.key())
+                        if deleted {
+                            // A subnet key gone for sure: its node is not held over either.
+                            if let (Some(grace), true) = (&mut self.grace, kv.key().starts_with(subnets.as_bytes()))
+                                && let Some(gone) = keys.get(kv.key()).and_then(|s| Member::parse(&s.value))
+                            {
+                                grace.retain(|b| b.peer.pod_cidr != gone.pod_cidr);
                             }
-                        };
+                            keys.remove(kv.key());
+                        } else {
+                            let (key, value) = stored(kv);
+                            keys.insert(key, value);
+                        }
                     }
-                    if !self.send_view(&members, updates).await {
+                    if taken {
+                        self.write_back(&mut client, held).await?;
+                    }
+                    if !self.send_view(&keys, updates).await {
                         return Ok(());
                     }
                 }
@@ -413,13 +475,9 @@ impl Etcd {
         }
     }
 
-    /// Sends the view `members` make, if it changed; false when nobody listens any more.
-    async fn send_view(
-        &mut self,
-        members: &BTreeMap<Vec<u8>, Vec<u8>>,
-        updates: &mpsc::Sender<Update>,
-    ) -> bool {
-        let view = self.view(members);
+    /// Sends the view `keys` make, if it changed; false when nobody listens any more.
+    async fn send_view(&mut self, keys: &BTreeMap<Vec<u8>, Stored>, updates: &mpsc::Sender<Update>) -> bool {
+        let view = self.view(keys);
         if self.last_view.as_ref() == Some(&view) {
             return true;
         }
@@ -427,19 +485,21 @@ impl Etcd {
         updates.send(Update::Peers(view)).await.is_ok()
     }
 
-    /// The other nodes `members` (subnet keys and values) hold, checked as untrusted input (see
-    /// [`view::view`]); in a grace time after a listing, with the peers of the view before it
-    /// that it lacks. Each key left out is warned about once.
-    fn view(&mut self, members: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<PeerNode> {
-        let prefix = self.subnets_prefix();
+    /// The other nodes the cluster's `keys` hold, by the rules of [`view`], given the nodes
+    /// believed so far; in a grace time after a listing, with the peers before it that it lacks.
+    /// Each key left out is warned about once.
+    fn view(&mut self, keys: &BTreeMap<Vec<u8>, Stored>) -> Vec<PeerNode> {
+        let (subnets_prefix, nodes_prefix) = (self.subnets_prefix(), self.nodes_prefix());
         let me = view::Me {
             cluster: &self.cluster,
             name: &self.name,
             node_ip: self.node_ip,
             pod_cidr: self.held.map(|h| h.pod_cidr),
-            subnets_prefix: &prefix,
+            subnets_prefix: &subnets_prefix,
+            nodes_prefix: &nodes_prefix,
         };
-        let (peers, left_out) = view::view(&me, members, self.grace.as_deref().unwrap_or_default());
+        let (believed, left_out) =
+            view::view(&me, keys, &self.believed, self.grace.as_deref().unwrap_or_default());
         for LeftOut { key, value, problem } in left_out {
             if self.warned.len() >= WARNED_MAX {
                 // Anyone can write keys: remembering them all would let them fill memory.
@@ -450,6 +510,8 @@ impl Etcd {
                 warn!("cluster: ignoring {key}: {problem}");
             }
         }
+        let peers = believed.iter().map(|b| b.peer.clone()).collect();
+        self.believed = believed;
         peers
     }
 }
@@ -518,6 +580,14 @@ impl PeerSource for Etcd {
         self.held = None;
         LeaseRecord::remove(&self.state)
     }
+}
+
+/// A key as the view reads it.
+fn stored(kv: &KeyValue) -> (Vec<u8>, Stored) {
+    (
+        kv.key().to_vec(),
+        Stored { value: kv.value().to_vec(), lease: kv.lease(), created: kv.create_revision() },
+    )
 }
 
 /// The `n`th get of a transaction's answer, if it found a key.

@@ -29,8 +29,6 @@ pub enum DiscoveryError {
     Timeout { endpoints: String, secs: u64 },
     #[error("the node's lease {lease:x} is gone from etcd (it expired or was revoked)")]
     LeaseLost { lease: i64 },
-    #[error("the node's key {key} was deleted or overwritten; claiming it again")]
-    KeyTaken { key: String },
     #[error("etcd stopped the watch of {prefix} ({reason}); listing again")]
     WatchEnded { prefix: String, reason: String },
     #[error(
@@ -82,11 +80,7 @@ impl DiscoveryError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Etcd { .. }
-                | Self::Timeout { .. }
-                | Self::LeaseLost { .. }
-                | Self::KeyTaken { .. }
-                | Self::WatchEnded { .. }
+            Self::Etcd { .. } | Self::Timeout { .. } | Self::LeaseLost { .. } | Self::WatchEnded { .. }
         )
     }
 }

@@ -1,11 +1,24 @@
-//! How the cluster's subnet keys become this node's peers. Every key and value is input from
-//! anyone who can write to etcd, so each is checked on its own: a key that is not a node of this
-//! cluster is left out (the caller warns once), and never takes a route from anyone.
+//! How the cluster's keys become this node's peers: the trust model for etcd.
+//!
+//! Every key and value is input from anyone who can write to etcd, so each is checked on its
+//! own (a key that is not a node of this cluster is left out, and the caller warns once), and a
+//! node is believed only from what its own agent writes:
+//!
+//! 1. **A claim is a pair.** Node N holds pod CIDR C when `subnets/C` and `nodes/N` are attached
+//!    to the same live lease (non-zero) and hold the same value `{N, address, C}`. An agent
+//!    writes both in one transaction; a key overwritten or written by anyone else breaks the
+//!    pair, so a lone subnet key (a forged one, or one overwritten with another name or next
+//!    hop) is no claim.
+//! 2. **A believed node stays while either of its keys holds it.** Once believed, a node keeps
+//!    its place while its subnet key or its name key still holds its lease and value: one key
+//!    overwritten or deleted (its owner writes it back within a watch round trip) moves nothing.
+//! 3. **Conflicts go to the node believed first.** A claim whose name, address or CIDR another
+//!    believed node has is left out (and logged); among new claims the older subnet key
+//!    (etcd's create revision) is believed first, then the smaller lease. Never key order.
+//! 4. **This node is never a peer.** A claim of this node's name, address or pod CIDR is left
+//!    out: its own CIDR is never routed to another next hop here.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    net::Ipv4Addr,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -33,6 +46,34 @@ impl Member {
     pub(super) fn parse(value: &[u8]) -> Option<Self> {
         serde_json::from_slice(value).ok()
     }
+
+    fn of(peer: &PeerNode) -> Self {
+        Self { node: peer.name.clone(), node_ip: peer.ip, pod_cidr: peer.pod_cidr }
+    }
+}
+
+/// A key under the cluster's prefix, as etcd holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stored {
+    pub value: Vec<u8>,
+    /// The lease it is attached to (0: none).
+    pub lease: i64,
+    /// etcd's revision of its creation.
+    pub created: i64,
+}
+
+impl Stored {
+    /// Whether this key holds `member` under `lease`.
+    fn holds(&self, member: &Member, lease: i64) -> bool {
+        self.lease == lease && Member::parse(&self.value).as_ref() == Some(member)
+    }
+}
+
+/// A peer this node believes, and the lease its keys are attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Believed {
+    pub peer: PeerNode,
+    pub lease: i64,
 }
 
 /// Who this node is, to tell its own key from the others and from forgeries.
@@ -45,6 +86,8 @@ pub(super) struct Me<'a> {
     pub pod_cidr: Option<Ipv4Net>,
     /// `<prefix>/subnets/`.
     pub subnets_prefix: &'a str,
+    /// `<prefix>/nodes/`.
+    pub nodes_prefix: &'a str,
 }
 
 /// A subnet key left out of a view, and why.
@@ -55,40 +98,98 @@ pub(super) struct LeftOut {
     pub problem: String,
 }
 
-/// The other nodes `members` (subnet keys and their values) hold, in key order, and the keys
-/// left out; `held_over`, the peers of an earlier view kept for a while after a listing (see
-/// [`super::etcd`]), come first and are not repeated.
+/// The other nodes the cluster's `keys` (subnet and name keys) hold by the rules above, given
+/// the nodes `believed` before, sorted by name; and the subnet keys left out. `held_over`, the
+/// peers of an earlier view kept for a while after a listing (see [`super::etcd`]), stay
+/// whatever the keys say.
 pub(super) fn view(
     me: &Me<'_>,
-    members: &BTreeMap<Vec<u8>, Vec<u8>>,
-    held_over: &[PeerNode],
-) -> (Vec<PeerNode>, Vec<LeftOut>) {
-    let mut peers: Vec<PeerNode> = held_over.to_vec();
-    let mut names: HashSet<String> = peers.iter().map(|p| p.name.clone()).collect();
-    let mut ips: HashSet<Ipv4Addr> = peers.iter().map(|p| p.ip).collect();
-    let mut left_out = Vec::new();
-    for (key, value) in members {
-        let peer = member(me, key, value).and_then(|peer| match peer {
-            Some(p) if peers.contains(&p) => Ok(None),
-            Some(p) if names.contains(&p.name) || ips.contains(&p.ip) => {
-                Err(format!("node {} ({}) clashes with a node listed before it", p.name, p.ip))
-            }
-            peer => Ok(peer),
-        });
-        match peer {
-            Ok(Some(peer)) => {
-                names.insert(peer.name.clone());
-                ips.insert(peer.ip);
-                peers.push(peer);
-            }
-            Ok(None) => {}
-            Err(problem) => left_out.push(LeftOut { key: key.clone(), value: value.clone(), problem }),
+    keys: &BTreeMap<Vec<u8>, Stored>,
+    believed: &[Believed],
+    held_over: &[Believed],
+) -> (Vec<Believed>, Vec<LeftOut>) {
+    let mut peers: Vec<Believed> = held_over.to_vec();
+    for old in believed {
+        if !peers.iter().any(|p| p.peer == old.peer) && still_held(me, keys, old) {
+            peers.push(old.clone());
         }
     }
+    let mut claims = Vec::new();
+    let mut left_out = Vec::new();
+    let subnets = keys.range(me.subnets_prefix.as_bytes().to_vec()..);
+    for (key, stored) in subnets.take_while(|(k, _)| k.starts_with(me.subnets_prefix.as_bytes())) {
+        match claim(me, keys, key, stored) {
+            Ok(Some(claim)) => claims.push((stored.created, claim)),
+            Ok(None) => {}
+            Err(problem) => left_out.push(LeftOut { key: key.clone(), value: stored.value.clone(), problem }),
+        }
+    }
+    claims.sort_by(|(a_created, a), (b_created, b)| (a_created, a.lease).cmp(&(b_created, b.lease)));
+    for (_, claim) in claims {
+        if let Some(same) = peers.iter_mut().find(|p| p.peer == claim.peer) {
+            // Held over from before a listing, or leased anew: the claim's lease is the one now.
+            same.lease = claim.lease;
+            continue;
+        }
+        let clash = peers.iter().find(|p| {
+            p.peer.name == claim.peer.name
+                || p.peer.ip == claim.peer.ip
+                || p.peer.pod_cidr == claim.peer.pod_cidr
+        });
+        if let Some(first) = clash {
+            let (p, f) = (&claim.peer, &first.peer);
+            let key = format!("{}{}-{}", me.subnets_prefix, p.pod_cidr.network(), p.pod_cidr.prefix_len());
+            let value = keys.get(key.as_bytes()).map(|s| s.value.clone()).unwrap_or_default();
+            left_out.push(LeftOut {
+                key: key.into_bytes(),
+                value,
+                problem: format!(
+                    "node {} ({}, {}) clashes with node {} ({}, {}), believed first",
+                    p.name, p.ip, p.pod_cidr, f.name, f.ip, f.pod_cidr
+                ),
+            });
+            continue;
+        }
+        peers.push(claim);
+    }
+    peers.sort_by(|a, b| a.peer.name.cmp(&b.peer.name));
     (peers, left_out)
 }
 
-/// The peer a subnet key names; `None` for this node's own.
+/// Whether a node believed before still holds its subnet key or its name key (rule 2).
+fn still_held(me: &Me<'_>, keys: &BTreeMap<Vec<u8>, Stored>, old: &Believed) -> bool {
+    let member = Member::of(&old.peer);
+    let cidr = old.peer.pod_cidr;
+    let subnet = format!("{}{}-{}", me.subnets_prefix, cidr.network(), cidr.prefix_len());
+    let name = format!("{}{}", me.nodes_prefix, old.peer.name);
+    [subnet, name].iter().any(|k| keys.get(k.as_bytes()).is_some_and(|s| s.holds(&member, old.lease)))
+}
+
+/// The node the subnet key `key` claims (rule 1); `None` for this node's own.
+fn claim(
+    me: &Me<'_>,
+    keys: &BTreeMap<Vec<u8>, Stored>,
+    key: &[u8],
+    stored: &Stored,
+) -> Result<Option<Believed>, String> {
+    let Some(peer) = member(me, key, &stored.value)? else {
+        return Ok(None);
+    };
+    if stored.lease == 0 {
+        return Err("it has no lease: a node's agent always attaches its keys to its lease".to_owned());
+    }
+    let name_key = format!("{}{}", me.nodes_prefix, peer.name);
+    if !keys.get(name_key.as_bytes()).is_some_and(|s| s.holds(&Member::of(&peer), stored.lease)) {
+        return Err(format!(
+            "{name_key} does not hold the same lease and value: not node {}'s claim (a key overwritten or \
+             forged)",
+            peer.name
+        ));
+    }
+    Ok(Some(Believed { peer, lease: stored.lease }))
+}
+
+/// The peer a subnet key names, checked on its own; `None` for this node's own.
 fn member(me: &Me<'_>, key: &[u8], value: &[u8]) -> Result<Option<PeerNode>, String> {
     let key_cidr = std::str::from_utf8(key)
         .ok()
@@ -103,10 +204,15 @@ fn member(me: &Me<'_>, key: &[u8], value: &[u8]) -> Result<Option<PeerNode>, Str
             member.pod_cidr, me.cluster.node_prefix, me.cluster.cluster_cidr
         ));
     }
-    if member.node == me.name || member.node_ip == me.node_ip {
+    if member.node == me.name || member.node_ip == me.node_ip || me.pod_cidr == Some(member.pod_cidr) {
         return match me.pod_cidr {
-            Some(own) if member.node == me.name && member.pod_cidr == own => Ok(None),
-            _ => Err(format!("{} ({}) poses as this node", member.node, member.node_ip)),
+            Some(own) if member.node == me.name && member.node_ip == me.node_ip && member.pod_cidr == own => {
+                Ok(None)
+            }
+            _ => Err(format!(
+                "{} ({}, {}) poses as this node (its name, address or pod CIDR)",
+                member.node, member.node_ip, member.pod_cidr
+            )),
         };
     }
     if let Err(problem) = check_name(&member.node, podnet_common::PEER_NAME_MAX) {
@@ -142,19 +248,51 @@ mod tests {
         }
     }
 
-    fn key(cidr: &str) -> Vec<u8> {
+    fn subnet(cidr: &str) -> Vec<u8> {
         format!("/podnet/subnets/{}", cidr.replace('/', "-")).into_bytes()
+    }
+
+    fn name(node: &str) -> Vec<u8> {
+        format!("/podnet/nodes/{node}").into_bytes()
     }
 
     fn value(node: &str, ip: &str, cidr: &str) -> Vec<u8> {
         format!("{{\"node\":\"{node}\",\"node_ip\":\"{ip}\",\"pod_cidr\":\"{cidr}\"}}").into_bytes()
     }
 
+    fn stored(value: Vec<u8>, lease: i64, created: i64) -> Stored {
+        Stored { value, lease, created }
+    }
+
     fn peer(name: &str, ip: &str, cidr: &str) -> PeerNode {
         PeerNode { name: name.into(), ip: ip.parse().unwrap(), pod_cidr: cidr.parse().unwrap() }
     }
 
-    fn view_of(entries: &[(Vec<u8>, Vec<u8>)], held_over: &[PeerNode]) -> (Vec<PeerNode>, Vec<String>) {
+    /// The cluster's keys, to which nodes and attackers write.
+    #[derive(Default)]
+    struct Keys(BTreeMap<Vec<u8>, Stored>);
+
+    impl Keys {
+        /// What a node's agent writes: both keys, one lease, one value, one revision.
+        fn node(mut self, node: &str, ip: &str, cidr: &str, lease: i64, created: i64) -> Self {
+            self.0.insert(subnet(cidr), stored(value(node, ip, cidr), lease, created));
+            self.0.insert(name(node), stored(value(node, ip, cidr), lease, created));
+            self
+        }
+
+        fn put(mut self, key: Vec<u8>, value: Vec<u8>, lease: i64, created: i64) -> Self {
+            self.0.insert(key, stored(value, lease, created));
+            self
+        }
+
+        fn del(mut self, key: Vec<u8>) -> Self {
+            self.0.remove(&key);
+            self
+        }
+    }
+
+    /// The view of node1 (10.1.1.0/24 at 192.168.50.1): peers and the problems left out.
+    fn view_of(keys: &Keys, believed: &[Believed], held_over: &[Believed]) -> (Vec<Believed>, Vec<String>) {
         let cluster = cluster();
         let me = Me {
             cluster: &cluster,
@@ -162,82 +300,165 @@ mod tests {
             node_ip: "192.168.50.1".parse().unwrap(),
             pod_cidr: Some("10.1.1.0/24".parse().unwrap()),
             subnets_prefix: "/podnet/subnets/",
+            nodes_prefix: "/podnet/nodes/",
         };
-        let members: BTreeMap<Vec<u8>, Vec<u8>> = entries.iter().cloned().collect();
-        let (peers, left_out) = view(&me, &members, held_over);
+        let (peers, left_out) = view(&me, &keys.0, believed, held_over);
         (peers, left_out.into_iter().map(|l| l.problem).collect())
+    }
+
+    fn believed(name: &str, ip: &str, cidr: &str, lease: i64) -> Believed {
+        Believed { peer: peer(name, ip, cidr), lease }
+    }
+
+    fn node2() -> Believed {
+        believed("node2", "192.168.50.2", "10.1.2.0/24", 2)
+    }
+
+    /// node1 (this node), node2 and node3, as their agents wrote them.
+    fn honest() -> Keys {
+        Keys::default()
+            .node("node1", "192.168.50.1", "10.1.1.0/24", 1, 10)
+            .node("node2", "192.168.50.2", "10.1.2.0/24", 2, 20)
+            .node("node3", "192.168.60.3", "10.1.3.0/24", 3, 30)
     }
 
     #[test]
     fn honest_nodes_become_peers_and_this_node_is_not_one() {
-        let (peers, left_out) = view_of(
-            &[
-                (key("10.1.1.0/24"), value("node1", "192.168.50.1", "10.1.1.0/24")),
-                (key("10.1.2.0/24"), value("node2", "192.168.50.2", "10.1.2.0/24")),
-                (key("10.1.3.0/24"), value("node3", "192.168.60.3", "10.1.3.0/24")),
-            ],
-            &[],
-        );
-        assert_eq!(
-            peers,
-            [peer("node2", "192.168.50.2", "10.1.2.0/24"), peer("node3", "192.168.60.3", "10.1.3.0/24")]
-        );
+        let (peers, left_out) = view_of(&honest(), &[], &[]);
+        assert_eq!(peers, [node2(), believed("node3", "192.168.60.3", "10.1.3.0/24", 3)]);
         assert!(left_out.is_empty(), "{left_out:?}");
     }
 
     #[test]
     fn forged_and_broken_keys_are_left_out_each_with_its_reason() {
-        let (peers, left_out) = view_of(
-            &[
-                (key("10.1.2.0/24"), b"not json".to_vec()),
-                (key("10.1.3.0/24"), value("node3", "192.168.50.3", "10.1.9.0/24")),
-                (key("10.1.4.0/24"), value("node1", "192.168.50.66", "10.1.4.0/24")),
-                (key("10.1.5.0/24"), value("evil", "192.168.50.1", "10.1.5.0/24")),
-                (key("10.1.6.0/24"), value("../x", "192.168.50.6", "10.1.6.0/24")),
-                (key("10.1.7.0/24"), value("node7", "127.0.0.1", "10.1.7.0/24")),
-                (key("10.1.8.0/24"), value("node8", "10.1.200.1", "10.1.8.0/24")),
-                (key("10.2.0.0/24"), value("node9", "192.168.50.9", "10.2.0.0/24")),
-                (b"/podnet/subnets/garbage".to_vec(), value("node10", "192.168.50.10", "10.1.10.0/24")),
-            ],
-            &[],
-        );
+        let entries = [
+            (subnet("10.1.2.0/24"), b"not json".to_vec()),
+            (subnet("10.1.3.0/24"), value("node3", "192.168.50.3", "10.1.9.0/24")),
+            (subnet("10.1.4.0/24"), value("node1", "192.168.50.66", "10.1.4.0/24")),
+            (subnet("10.1.5.0/24"), value("evil", "192.168.50.1", "10.1.5.0/24")),
+            (subnet("10.1.6.0/24"), value("../x", "192.168.50.6", "10.1.6.0/24")),
+            (subnet("10.1.7.0/24"), value("node7", "127.0.0.1", "10.1.7.0/24")),
+            (subnet("10.1.8.0/24"), value("node8", "10.1.200.1", "10.1.8.0/24")),
+            (subnet("10.2.0.0/24"), value("node9", "192.168.50.9", "10.2.0.0/24")),
+            (b"/podnet/subnets/garbage".to_vec(), value("node10", "192.168.50.10", "10.1.10.0/24")),
+        ];
+        let mut keys = Keys::default().node("node1", "192.168.50.1", "10.1.1.0/24", 1, 10);
+        for (key, value) in entries {
+            keys = keys.put(key, value, 5, 50);
+        }
+        // Someone else's value in this node's own subnet key.
+        keys = keys.put(subnet("10.1.1.0/24"), value("evil", "192.168.50.66", "10.1.1.0/24"), 5, 10);
+        let (peers, left_out) = view_of(&keys, &[], &[]);
         assert!(peers.is_empty(), "{peers:?}");
-        assert_eq!(left_out.len(), 9, "{left_out:#?}");
-        assert!(left_out[0].starts_with("the value is not"));
-        assert!(left_out[1].starts_with("pod_cidr 10.1.9.0/24 is not the key's"));
-        assert_eq!(left_out[2], "node1 (192.168.50.66) poses as this node");
-        assert_eq!(left_out[3], "evil (192.168.50.1) poses as this node");
-        assert!(left_out[4].starts_with("not a node name"));
-        assert_eq!(left_out[5], "127.0.0.1 cannot be a node's address");
-        assert_eq!(left_out[6], "10.1.200.1 cannot be a node's address");
-        assert!(left_out[7].starts_with("pod_cidr 10.2.0.0/24 is not the key's, or not a /24"));
-        assert!(left_out[8].starts_with("the key is not"));
+        assert_eq!(left_out.len(), 10, "{left_out:#?}");
+        assert!(left_out[0].starts_with("evil (192.168.50.66, 10.1.1.0/24)"), "{}", left_out[0]);
+        assert!(left_out[1].starts_with("the value is not"));
+        assert!(left_out[2].starts_with("pod_cidr 10.1.9.0/24 is not the key's"));
+        assert!(left_out[3].starts_with("node1 (192.168.50.66, 10.1.4.0/24) poses as this node"));
+        assert!(left_out[4].starts_with("evil (192.168.50.1, 10.1.5.0/24) poses as this node"));
+        assert!(left_out[5].starts_with("not a node name"));
+        assert_eq!(left_out[6], "127.0.0.1 cannot be a node's address");
+        assert_eq!(left_out[7], "10.1.200.1 cannot be a node's address");
+        assert!(left_out[8].starts_with("pod_cidr 10.2.0.0/24 is not the key's, or not a /24"));
+        assert!(left_out[9].starts_with("the key is not"));
     }
 
     #[test]
-    fn a_second_claim_on_a_name_or_address_is_left_out() {
-        let (peers, left_out) = view_of(
-            &[
-                (key("10.1.2.0/24"), value("node2", "192.168.50.2", "10.1.2.0/24")),
-                (key("10.1.3.0/24"), value("node2", "192.168.50.3", "10.1.3.0/24")),
-                (key("10.1.4.0/24"), value("node4", "192.168.50.2", "10.1.4.0/24")),
-            ],
-            &[],
+    fn a_subnet_key_without_its_name_key_is_no_claim() {
+        let two = value("node2", "192.168.50.2", "10.1.2.0/24");
+        for (keys, why) in [
+            (Keys::default().put(subnet("10.1.2.0/24"), two.clone(), 0, 20), "it has no lease"),
+            (
+                Keys::default().put(subnet("10.1.2.0/24"), two.clone(), 2, 20),
+                "/podnet/nodes/node2 does not hold",
+            ),
+            (
+                Keys::default().put(subnet("10.1.2.0/24"), two.clone(), 2, 20).put(
+                    name("node2"),
+                    two.clone(),
+                    9,
+                    20,
+                ),
+                "/podnet/nodes/node2 does not hold",
+            ),
+            (
+                Keys::default().put(subnet("10.1.2.0/24"), two.clone(), 2, 20).put(
+                    name("node2"),
+                    value("node2", "192.168.50.9", "10.1.2.0/24"),
+                    2,
+                    20,
+                ),
+                "/podnet/nodes/node2 does not hold",
+            ),
+        ] {
+            let (peers, left_out) = view_of(&keys, &[], &[]);
+            assert!(peers.is_empty(), "{peers:?}");
+            assert!(left_out[0].starts_with(why), "{left_out:?}");
+        }
+    }
+
+    #[test]
+    fn a_believed_node_stays_while_either_of_its_keys_holds_it() {
+        let before = [node2()];
+        let evil = value("evil", "192.168.50.66", "10.1.2.0/24");
+        for (attack, keys) in [
+            ("subnet key overwritten", honest().put(subnet("10.1.2.0/24"), evil.clone(), 0, 20)),
+            ("subnet key overwritten under a lease", honest().put(subnet("10.1.2.0/24"), evil, 66, 20)),
+            ("subnet key deleted", honest().del(subnet("10.1.2.0/24"))),
+            ("name key deleted", honest().del(name("node2"))),
+        ] {
+            let (peers, _) = view_of(&keys, &before, &[]);
+            assert_eq!(peers[0], node2(), "{attack}");
+        }
+        let gone = honest().del(subnet("10.1.2.0/24")).del(name("node2"));
+        let (peers, _) = view_of(&gone, &before, &[]);
+        assert!(!peers.contains(&node2()), "both keys gone (its lease ended): it left");
+    }
+
+    #[test]
+    fn a_forged_claim_of_a_believed_nodes_name_is_left_out_whatever_its_key_order() {
+        // A subnet key sorting before node2's, with node2's name, address and even lease, and
+        // node2's name key overwritten to match it: a whole pair, but node2 was believed first.
+        let forged = value("node2", "192.168.50.2", "10.1.0.0/24");
+        let keys =
+            honest().put(subnet("10.1.0.0/24"), forged.clone(), 2, 90).put(name("node2"), forged, 2, 20);
+        let (peers, left_out) = view_of(&keys, &[node2()], &[]);
+        assert_eq!(peers[0], node2());
+        assert!(!peers.iter().any(|p| p.peer.pod_cidr == "10.1.0.0/24".parse().unwrap()));
+        // node2's real subnet key is no pair now either (its name key was overwritten) but
+        // still holds node2 (rule 2), until node2 writes its name key back.
+        assert_eq!(
+            left_out,
+            [
+                "/podnet/nodes/node2 does not hold the same lease and value: not node node2's claim (a key \
+                 overwritten or forged)",
+                "node node2 (192.168.50.2, 10.1.0.0/24) clashes with node node2 (192.168.50.2, 10.1.2.0/24), \
+                 believed first",
+            ]
         );
-        assert_eq!(peers, [peer("node2", "192.168.50.2", "10.1.2.0/24")]);
-        assert_eq!(left_out.len(), 2);
-        assert!(left_out.iter().all(|p| p.contains("clashes with a node listed before it")), "{left_out:?}");
+    }
+
+    #[test]
+    fn between_new_claims_the_older_subnet_key_is_believed_never_the_first_key() {
+        // Two whole pairs for one address: the one created first wins though its key sorts last.
+        let keys = Keys::default().node("late", "192.168.50.7", "10.1.7.0/24", 7, 70).node(
+            "early",
+            "192.168.50.7",
+            "10.1.9.0/24",
+            9,
+            40,
+        );
+        let (peers, left_out) = view_of(&keys, &[], &[]);
+        assert_eq!(peers, [believed("early", "192.168.50.7", "10.1.9.0/24", 9)]);
+        assert!(left_out[0].starts_with("node late (192.168.50.7, 10.1.7.0/24) clashes with node early"));
     }
 
     #[test]
     fn held_over_peers_stay_and_are_not_repeated() {
-        let node2 = peer("node2", "192.168.50.2", "10.1.2.0/24");
-        let node3 = peer("node3", "192.168.50.3", "10.1.3.0/24");
-        let (peers, left_out) = view_of(
-            &[(key("10.1.2.0/24"), value("node2", "192.168.50.2", "10.1.2.0/24"))],
-            &[node2.clone(), node3.clone()],
-        );
-        assert_eq!(peers, [node2, node3]);
+        let node3 = believed("node3", "192.168.50.3", "10.1.3.0/24", 3);
+        let keys = Keys::default().node("node2", "192.168.50.2", "10.1.2.0/24", 22, 20);
+        let (peers, left_out) = view_of(&keys, &[], &[node2(), node3.clone()]);
+        assert_eq!(peers, [Believed { lease: 22, ..node2() }, node3], "node2 leased anew");
         assert!(left_out.is_empty());
     }
 }
