@@ -16,6 +16,9 @@
                                              peer's "port unreachable" comes back, else "timeout"
   netcat.py tcp-sink ADDR PORT               read each connection to its end, answer the byte count
   netcat.py tcp-send ADDR PORT BYTES         send BYTES, shut the sending side, print the answer
+  netcat.py http-stall ADDR PORT N SECS     for SECS, keep N connections open that send half a
+                                             request head and nothing more (one replaced as soon
+                                             as the server drops it); print how many were opened
   netcat.py udp-spray ADDR PORT N            N datagrams, each a flow of its own (source ports, then
                                              destination ports from PORT on; raw socket)
 """
@@ -164,3 +167,35 @@ elif mode == "tcp-send":
     s.sendall(b"x" * int(sys.argv[4]))
     s.shutdown(socket.SHUT_WR)
     print(s.recv(64).decode())
+elif mode == "http-stall":
+    import select
+    n, end = int(sys.argv[4]), time.time() + float(sys.argv[5])
+    opened, socks = 0, []
+    while time.time() < end:
+        while len(socks) < n:
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex((addr, port))
+            socks.append((s, False))
+            opened += 1
+        ready = select.select([], [s for s, sent in socks if not sent], [], 0.05)[1]
+        kept = []
+        for s, sent in socks:
+            if s in ready:
+                try:
+                    s.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                    sent = True
+                except OSError:
+                    s.close()
+                    continue
+            if sent and select.select([s], [], [], 0)[0]:
+                try:
+                    if not s.recv(4096):
+                        raise OSError("closed")
+                except OSError:
+                    s.close()
+                    continue
+            kept.append((s, sent))
+        socks = kept
+        time.sleep(0.05)
+    print(opened, flush=True)

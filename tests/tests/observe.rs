@@ -19,11 +19,17 @@ const METRICS: &str = "192.168.50.1:9101";
 
 /// One node (pods 10.1.1.2 and .3, NAT on) and an external host on its switch.
 fn node_and_outside(lab: &mut Lab) -> anyhow::Result<(Node, String)> {
+    let (node, ext, _) = node_outside_and_switch(lab)?;
+    Ok((node, ext))
+}
+
+/// [`node_and_outside`], and the switch, to plug more hosts into.
+fn node_outside_and_switch(lab: &mut Lab) -> anyhow::Result<(Node, String, String)> {
     let c = cluster(lab, "", &[&[]], "off")?;
     let ext = lab.netns("ext")?;
     lab.plug(&c.switch, &ext, "portx", &format!("{EXT}/24"))?;
     let node = c.nodes.into_iter().next().expect("one node");
-    Ok((node, ext))
+    Ok((node, ext, c.switch))
 }
 
 /// `count` UDP frames from pod1 with a source address that is not its own (dropped as spoofed).
@@ -52,7 +58,7 @@ fn metric(body: &str, series: &str) -> Option<f64> {
 #[test]
 fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() -> anyhow::Result<()> {
     let mut lab = Lab::new("obm")?;
-    let (node, ext) = node_and_outside(&mut lab)?;
+    let (node, ext, switch) = node_outside_and_switch(&mut lab)?;
     let mut config = std::fs::read_to_string(&node.config)?;
     config += &format!("\n[agent]\nmetrics = \"{METRICS}\"\n");
     std::fs::write(&node.config, config)?;
@@ -134,6 +140,31 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() -> anyhow::Result<
         thread::sleep(Duration::from_millis(500));
     };
     assert!(value >= 3.0, "Prometheus read {value} packets from pod1");
+
+    // 200 connections that send half a request head and stall, from one host, kept up as the
+    // agent drops them: scrapes from another host are answered every time.
+    let stall = lab.netns("stall")?;
+    lab.plug(&switch, &stall, "ports", "192.168.50.102/24")?;
+    let netcat = lab.netcat()?;
+    let (host, port) = METRICS.split_once(':').expect("host:port");
+    let stalling =
+        lab.child(in_ns(&stall, "python3").args([&netcat, "http-stall", host, port, "200", "10"]))?;
+    thread::sleep(Duration::from_secs(1));
+    let url = format!("http://{METRICS}/metrics");
+    for n in 0..24 {
+        let out = in_ns(&ext, "curl")
+            .args(["-sS", "--fail", "--max-time", "2", "-o", "/dev/null", &url])
+            .output()?;
+        assert!(
+            out.status.success(),
+            "scrape {n} during the stall: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    anyhow::ensure!(stalling.running(), "the stalling host kept at it all through the scrapes");
+    let opened: u32 = stalling.wait_output(Duration::from_secs(20))?.trim().parse()?;
+    assert!(opened >= 200, "the stalling host opened {opened} connections");
     Ok(())
 }
 

@@ -152,7 +152,7 @@ pub async fn run(
         }
         None => None,
     };
-    let scrapes = Rc::new(std::cell::Cell::new(0usize));
+    let scrapes = Rc::new(http::Clients::default());
     let socket = socket_path(&node);
     let listener = listen(&socket)?;
     let (mut term, mut int) = (
@@ -198,17 +198,7 @@ pub async fn run(
                         }
                     }
                     accepted = accept(metrics.as_ref()) => match accepted {
-                        // Scrapers beyond the cap are turned away: file descriptors are the
-                        // node socket's and the datapath's first.
-                        Ok((stream, _)) if scrapes.get() >= http::CLIENTS_MAX => drop(stream),
-                        Ok((stream, _)) => {
-                            scrapes.set(scrapes.get() + 1);
-                            let (served, scrapes) = (served.clone(), scrapes.clone());
-                            drop(tokio::task::spawn_local(async move {
-                                http::serve(stream, served).await;
-                                scrapes.set(scrapes.get() - 1);
-                            }));
-                        }
+                        Ok((stream, peer)) => http::serve(stream, peer, served.clone(), scrapes.clone()),
                         Err(e) => accept_failed("the metrics address", &e).await,
                     },
                     _ = watch.tick() => {
