@@ -23,7 +23,10 @@ pub use abi::{
     endpoint::{Endpoint, EndpointKey, PodSource, PodStats},
     event::{Event, EventBudget, Pending, events},
     nat::NatConfig,
-    route::{CachedRoute, Ipv4LpmData, PEER_NAME_MAX, Peer, RouteKey, admission, route_slot},
+    route::{
+        CachedRoute, DENIED_PORTS_MAX, DeniedPorts, Ipv4LpmData, PEER_NAME_MAX, Peer, RouteKey, admission,
+        route_slot,
+    },
 };
 pub use checksum::{checksum_after_replace, checksum_after_ttl_decrement, inet_checksum};
 pub use ipv4::{ipv4_lengths_consistent, is_martian_destination, l4_min_len, proto};

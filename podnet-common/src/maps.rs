@@ -2,8 +2,8 @@
 //! the one place both sides take them from.
 
 use crate::{
-    CachedRoute, CtEntry, CtKey, Endpoint, EndpointKey, Event, EventBudget, FragEntry, FragKey, Ipv4LpmData,
-    NatConfig, Peer, Pending, PodSource, PodStats, Reason,
+    CachedRoute, CtEntry, CtKey, DeniedPorts, Endpoint, EndpointKey, Event, EventBudget, FragEntry, FragKey,
+    Ipv4LpmData, NatConfig, Peer, Pending, PodSource, PodStats, Reason,
     maps::MapKind::{Array, DevMapHash, Hash, LpmTrie, LruHash, PerCpuArray, ProgArray, RingBuf},
 };
 
@@ -84,6 +84,12 @@ pub const DENY_MAX: usize = 4096;
 pub const UPLINK_ALLOW: &str = "UPLINK_ALLOW";
 /// Capacity of [`UPLINK_ALLOW`].
 pub const UPLINK_ALLOW_MAX: usize = 1024;
+/// Destinations pods may never reach (LPM trie): [`crate::Ipv4LpmData`] key ->
+/// [`crate::DeniedPorts`]. The node's control endpoints (its metrics, etcd) and `[isolation]
+/// pods_never_reach`; `from_pod` drops what matches before it routes or translates.
+pub const POD_DENY: &str = "POD_DENY";
+/// Capacity of [`POD_DENY`].
+pub const POD_DENY_MAX: usize = 1024;
 /// Per-pod traffic (per-CPU array): the [`crate::Endpoint`]'s slot -> [`crate::PodStats`].
 /// Slot 0 belongs to no pod.
 pub const POD_STATS: &str = "POD_STATS";
@@ -157,7 +163,7 @@ type LpmKey = (u32, Ipv4LpmData);
 type DevMapValue = (u32, u32);
 
 /// Every pinned map, with its layout (see [`Layout`]).
-pub const LAYOUTS: [Layout; 24] = [
+pub const LAYOUTS: [Layout; 25] = [
     layout::<EndpointKey, Endpoint>(ENDPOINTS, 1, Hash, ENDPOINTS_MAX),
     layout::<u32, DevMapValue>(POD_DEVS, 1, DevMapHash, ENDPOINTS_MAX),
     layout::<u32, PodSource>(POD_SOURCES, 1, Array, POD_SOURCES_MAX),
@@ -177,6 +183,7 @@ pub const LAYOUTS: [Layout; 24] = [
     layout::<CtKey, u64>(NAT_LOCKS, 1, Hash, LOCKS_MAX),
     layout::<LpmKey, u32>(DENY, 1, LpmTrie, DENY_MAX),
     layout::<LpmKey, u32>(UPLINK_ALLOW, 1, LpmTrie, UPLINK_ALLOW_MAX),
+    layout::<LpmKey, DeniedPorts>(POD_DENY, 1, LpmTrie, POD_DENY_MAX),
     layout::<u32, PodStats>(POD_STATS, 1, PerCpuArray, POD_STATS_SLOTS),
     layout::<u32, u64>(MONITOR, 1, Array, 1),
     layout::<u32, u64>(EVENT_STATS, 1, PerCpuArray, crate::events::STATS),

@@ -184,6 +184,9 @@ reasons! {
     /// moment (both saw no translation): it leaves on the node port the other CPU claimed, and
     /// the claim this CPU made goes back.
     redirect RedirectNatRaced = 31 => "redirect_nat_raced",
+    /// A pod's packet to a destination pods may never reach: the node's control endpoints (its
+    /// metrics, etcd) and `[isolation] pods_never_reach`; dropped before routing and NAT.
+    drop DropDeniedDestination = 32 => "drop_denied_destination",
 }
 
 impl Reason {

@@ -2,7 +2,8 @@
 //! `user`).
 
 use crate::{
-    CtEntry, CtKey, Endpoint, EndpointKey, Event, EventBudget, NatConfig, Peer, Pending, PodSource, PodStats,
+    CtEntry, CtKey, DeniedPorts, Endpoint, EndpointKey, Event, EventBudget, NatConfig, Peer, Pending,
+    PodSource, PodStats,
 };
 
 // SAFETY: `EndpointKey` is `#[repr(C)]`, `Copy`, made only of `u8`s: every bit pattern is valid
@@ -24,6 +25,9 @@ unsafe impl aya::Pod for Pending {}
 // SAFETY: `Peer` is `#[repr(C)]`, `Copy`, made only of byte arrays: no padding, every bit
 // pattern valid.
 unsafe impl aya::Pod for Peer {}
+// SAFETY: `DeniedPorts` is `#[repr(C)]`, `Copy`, eight `u16`s and two bytes, no padding: every
+// bit pattern is valid.
+unsafe impl aya::Pod for DeniedPorts {}
 // SAFETY: `NatConfig` is `#[repr(C)]`, `Copy`, integers and bytes without padding.
 unsafe impl aya::Pod for NatConfig {}
 // SAFETY: `CtKey` is `#[repr(C)]`, `Copy`, integers and bytes with explicit padding.

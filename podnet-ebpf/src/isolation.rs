@@ -6,13 +6,19 @@
 //! (IPv6, VLAN tags, other ethertypes) gets in. So no pod can poison the bridge's FDB or the
 //! node's neighbour table, or send as someone else. From the uplink, only peers (their pods and
 //! their node addresses), `[uplink] allow_from` and replies to masqueraded connections reach pods.
+//! And pods never reach the destinations the node denies them (`POD_DENY`: its control
+//! endpoints, `[isolation] pods_never_reach`).
 
 use aya_ebpf::{
     btf_maps::{LpmTrie, lpm_trie::Key},
     macros::btf_map,
     programs::TcContext,
 };
-use podnet_common::{DropReason, Ipv4LpmData, PassReason, admission, maps::UPLINK_ALLOW_MAX};
+use podnet_common::{
+    DeniedPorts, DropReason, Ipv4LpmData, PassReason, admission,
+    maps::{POD_DENY_MAX, UPLINK_ALLOW_MAX},
+    proto::{TCP, UDP},
+};
 
 use crate::{
     endpoints,
@@ -23,6 +29,9 @@ use crate::{
 
 #[btf_map(pin_by_name)]
 static UPLINK_ALLOW: LpmTrie<Ipv4LpmData, u32, UPLINK_ALLOW_MAX> = LpmTrie::new();
+
+#[btf_map(pin_by_name)]
+static POD_DENY: LpmTrie<Ipv4LpmData, DeniedPorts, POD_DENY_MAX> = LpmTrie::new();
 
 /// The pod's counter slot if its IPv4 packet carries its own source address and MAC, on its
 /// own veth; `None` if it does not.
@@ -72,4 +81,23 @@ pub fn admitted_from_uplink(ip: &Ipv4) -> Result<(), DropReason> {
         Some(_) => Err(DropReason::DropSpoofed),
         None => Err(DropReason::DropNotAllowed),
     }
+}
+
+/// Whether a pod may not send `ip`: everything to a network denied whole, TCP and UDP to a
+/// denied port of its network. A later fragment carries no port and goes on (its first fragment,
+/// which does, did not). `ip` comes from [`Ipv4::with_l4`].
+#[inline(always)]
+pub fn denied_destination(ctx: &TcContext, ip: &Ipv4) -> Result<bool, Malformed> {
+    let Some(denied) = POD_DENY.get(&Key::new(32, ip.daddr())) else {
+        return Ok(false);
+    };
+    if denied.all != 0 {
+        return Ok(true);
+    }
+    let proto = ip.protocol();
+    if (proto != TCP && proto != UDP) || ip.fragment_offset() != 0 {
+        return Ok(false);
+    }
+    let [_, dport] = packet::read::<[u16; 2]>(ctx, ip.l4_offset())?;
+    Ok(denied.holds(dport))
 }

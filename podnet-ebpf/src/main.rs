@@ -36,7 +36,8 @@ use crate::{
 /// First the pod must be itself (see [`isolation`]): VLAN tags, spoofed IPv4 or ARP, anything
 /// but IPv4 and ARP, inconsistent or truncated headers and martian destinations are dropped.
 /// Then IPv4 to another pod on this node is delivered straight into that pod
-/// (`bpf_redirect_peer`, Linux >= 5.10); IPv4 to a pod on another node is routed out of the
+/// (`bpf_redirect_peer`, Linux >= 5.10); what pods may never reach (the node's control
+/// endpoints, `[isolation] pods_never_reach`) is dropped; IPv4 to a pod on another node is routed out of the
 /// uplink (`bpf_fib_lookup` + `bpf_redirect`); TCP, UDP and ICMP echo to the outside are
 /// masqueraded behind the node IP and routed out of the uplink (what cannot be translated is
 /// dropped); the rest (to the node, ARP) goes on to the kernel stack.
@@ -67,6 +68,9 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
         && let Some(ep) = endpoints::lookup(ip.daddr())
     {
         return Ok(endpoints::deliver(&ip, &ep, Hop::SameSegment));
+    }
+    if isolation::denied_destination(ctx, &ip)? {
+        return Ok(Verdict::drop(DropReason::DropDeniedDestination));
     }
     let now = clock::now();
     Ok(match routing::classify(ctx, &ip, now) {

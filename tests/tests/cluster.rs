@@ -477,6 +477,56 @@ fn an_etcd_writer_cannot_move_a_node() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `url` answers `curl` from namespace `ns` within 2 s.
+fn answers(ns: &str, url: &str) -> bool {
+    podnet_tests::in_ns(ns, "curl")
+        .args(["-sS", "--fail", "--max-time", "2", "-o", "/dev/null", url])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn pods_stay_off_the_control_plane() -> anyhow::Result<()> {
+    let (mut lab, switch, etcd) = etcd_lab("clp", false)?;
+    let ext = lab.netns("ext")?;
+    lab.plug(&switch, &ext, "portx", "192.168.50.200/24")?;
+    lab.http_server(&ext, 8080, "outside")?;
+    lab.http_server(&ext, 8081, "outside too")?;
+    let cluster = "cluster_cidr = \"10.1.0.0/16\"\nnode_prefix = 24\n";
+    let node = member(&mut lab, &switch, &etcd, 1, cluster)?;
+    let settings = |open: bool| {
+        format!(
+            "\n[agent]\nmetrics = \"0.0.0.0:9101\"\n\n[isolation]\npods_reach_control_plane = {open}\n\
+             pods_never_reach = [\"192.168.50.200:8080\"]\n"
+        )
+    };
+    let body = std::fs::read_to_string(&node.config)?;
+    std::fs::write(&node.config, body.clone() + &settings(false))?;
+    lab.agent(&node)?;
+    let pod = node.pod_ns("pod1");
+    let gateway = format!("{}.1", pod_ip(&node, "pod1")?.rsplit_once('.').context("an IPv4 address")?.0);
+    let etcd_url = format!("{}/version", etcd.endpoint());
+    let metrics = [format!("http://{gateway}:9101/metrics"), "http://192.168.50.1:9101/metrics".to_owned()];
+    let outside = "http://192.168.50.200:8080/";
+    // The node reaches all of it; its pods reach none of it, but the outside otherwise.
+    for url in metrics.iter().map(String::as_str).chain([etcd_url.as_str(), outside]) {
+        assert!(answers(&node.netns, url), "the node reaches {url}");
+    }
+    let before = node.counter("drop_denied_destination")?;
+    for url in metrics.iter().map(String::as_str).chain([etcd_url.as_str(), outside]) {
+        assert!(!answers(&pod, url), "a pod reaches {url}");
+    }
+    assert!(answers(&pod, "http://192.168.50.200:8081/"), "another port of that host is not denied");
+    assert!(node.counter("drop_denied_destination")? >= before + 4, "each refusal is counted");
+    // The operator opens the control plane to pods: its own list still holds.
+    std::fs::write(&node.config, body + &settings(true))?;
+    node.run_podnet(&["up"])?;
+    assert!(answers(&pod, &etcd_url), "pods reach etcd once the operator says so");
+    assert!(answers(&pod, &metrics[0]), "and the metrics");
+    assert!(!answers(&pod, outside), "pods_never_reach still holds");
+    Ok(())
+}
+
 #[test]
 fn etcd_over_tls_with_client_certificates() -> anyhow::Result<()> {
     let (mut lab, switch, etcd) = etcd_lab("clt", true)?;

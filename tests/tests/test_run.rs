@@ -7,13 +7,13 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use podnet::{
-    datapath::maps::{Conntrack, Deny, Endpoints, NatSettings, Peers, UplinkAllow},
+    datapath::maps::{Conntrack, Deny, Endpoints, NatSettings, Peers, PodDeny, UplinkAllow},
     datapath::{PinDir, TableSizes, nat},
     host::netns,
     model::{PeerNode, Timeouts, refused_sources},
 };
 use podnet_common::{
-    CtEntry, CtKey, CtState, Endpoint, PodSource, Reason,
+    CtEntry, CtKey, CtState, DeniedPorts, Endpoint, PodSource, Reason,
     programs::{FROM_POD, FROM_UPLINK, UPLINK_DELIVER, UPLINK_FILTER},
 };
 use podnet_tests::{
@@ -160,6 +160,43 @@ fn from_pod_decisions() {
         let before = dp.counters();
         assert_eq!(dp.run(&frame).0, TC_ACT_SHOT, "version/IHL {version_ihl:#x}");
         counted(&before, &dp.counters(), Reason::DropMalformed);
+    }
+
+    // Destinations pods may never reach: one port of etcd's host, a whole network.
+    let etcd = Ipv4Addr::new(192, 168, 50, 250);
+    let mut denied = DeniedPorts::default();
+    denied.ports[0] = 2379u16.to_be();
+    let whole = DeniedPorts { all: 1, ..DeniedPorts::default() };
+    PodDeny::open(&dp.pins)
+        .unwrap()
+        .set(&[(Ipv4Net::from(etcd), denied), ("169.254.0.0/16".parse().unwrap(), whole)])
+        .unwrap();
+    let to_etcd = |port: u16| udp4_checksummed((pod1, 40000), (etcd, port), b"put");
+    for (what, frame, reason) in [
+        ("UDP to the denied port", to_etcd(2379).to_vec(), Reason::DropDeniedDestination),
+        (
+            "TCP to the denied port",
+            tcp4((pod1, 40000), (etcd, 2379), TCP_SYN).to_vec(),
+            Reason::DropDeniedDestination,
+        ),
+        (
+            "ICMP into a network denied whole",
+            icmp_echo(pod1, Ipv4Addr::new(169, 254, 169, 254), 8, 7).to_vec(),
+            Reason::DropDeniedDestination,
+        ),
+        ("another port of that host", to_etcd(2380).to_vec(), Reason::PassNotLocal),
+        ("ICMP to that host", icmp_echo(pod1, etcd, 8, 7).to_vec(), Reason::PassNotLocal),
+        // No port in it: its first fragment, which has one, is what is dropped.
+        (
+            "a later fragment to the denied port",
+            as_fragment(&to_etcd(2379), false, 8).to_vec(),
+            Reason::PassNotLocal,
+        ),
+    ] {
+        let before = dp.counters();
+        let expected = if reason == Reason::DropDeniedDestination { TC_ACT_SHOT } else { TC_ACT_UNSPEC };
+        assert_eq!(dp.run(&frame).0, expected, "{what}");
+        counted(&before, &dp.counters(), reason);
     }
 }
 

@@ -84,6 +84,37 @@ pub mod admission {
     pub const ADMIT: u32 = 1;
 }
 
+/// Most ports one [`maps::POD_DENY`] entry holds.
+pub const DENIED_PORTS_MAX: usize = 8;
+
+/// What pods may not reach in one destination network ([`maps::POD_DENY`]): every packet
+/// (`all` = 1), or TCP and UDP to one of `ports` (network byte order; 0 is no port).
+///
+/// Layout: 2 * 8 + 1 + 1 = 18 bytes, 2-byte aligned, explicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeniedPorts {
+    pub ports: [u16; DENIED_PORTS_MAX],
+    pub all: u8,
+    pub _pad: u8,
+}
+
+impl DeniedPorts {
+    /// Whether everything sent here is denied, or TCP and UDP to `port` (network byte order).
+    #[inline(always)]
+    pub fn holds(&self, port: u16) -> bool {
+        let mut i = 0;
+        while i < DENIED_PORTS_MAX {
+            if self.ports[i] == port && port != 0 {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+const _: () = assert!(size_of::<DeniedPorts>() == 18);
 const _: () = assert!(size_of::<RouteKey>() == 8);
 const _: () = assert!(size_of::<CachedRoute>() == 40);
 const _: () = assert!(size_of::<Peer>() == 36);

@@ -19,6 +19,17 @@ pub(super) struct RawConfig {
     pub(super) cluster: Option<RawCluster>,
     #[serde(default)]
     pub(super) agent: RawAgent,
+    #[serde(default)]
+    pub(super) isolation: RawIsolation,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIsolation {
+    #[serde(default)]
+    pub(super) pods_reach_control_plane: bool,
+    #[serde(default)]
+    pub(super) pods_never_reach: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]

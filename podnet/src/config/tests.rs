@@ -361,3 +361,25 @@ fn a_leased_node_without_a_lease_says_what_to_run() {
          `podnet agent`, which leases one from [cluster] etcd"
     );
 }
+
+#[test]
+fn isolation_destinations_are_checked() {
+    let with = |list: &str| parse(&format!("{NODE}[isolation]\npods_never_reach = [{list}]\n"));
+    let c = with("\"169.254.169.254\", \"172.16.0.0/12:443\", \"192.168.50.250:2379\"").unwrap();
+    assert!(!c.isolation.pods_reach_control_plane, "pods are kept off the control plane by default");
+    assert_eq!(c.isolation.pods_never_reach.len(), 3);
+    assert_eq!(c.isolation.pods_never_reach[1].port, Some(443));
+    for (list, problem) in [
+        ("\"example.com\"", "is not a destination like"),
+        ("\"10.0.0.1/8\"", "is not a destination like"),
+        ("\"10.0.0.1:0\"", "is not a destination like"),
+        ("\"10.1.0.0/16\"", "overlaps node.pod_cidr 10.1.1.0/24"),
+        (
+            &(1..=9).map(|p| format!("\"10.9.9.9:{p}\"")).collect::<Vec<_>>().join(", "),
+            "pods_never_reach[8]: more than 8 ports of 10.9.9.9/32",
+        ),
+    ] {
+        let err = with(list).unwrap_err();
+        assert!(err.contains(problem), "{list}: {err}");
+    }
+}

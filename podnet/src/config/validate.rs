@@ -4,14 +4,15 @@
 use std::{collections::HashSet, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use ipnet::Ipv4Net;
+use podnet_common::{DENIED_PORTS_MAX, maps::POD_DENY_MAX};
 
 use super::{
     ConfigError, DEFAULT_STATE_DIR,
-    raw::{RawCluster, RawConfig, RawNat, RawNode, RawPod, RawUplink},
+    raw::{RawCluster, RawConfig, RawIsolation, RawNat, RawNode, RawPod, RawUplink},
 };
 use crate::model::{
-    AgentSettings, Cluster, Config, EtcdTls, Nat, Node, POD_NAME_MAX, PeerNode, Pod, Source, Timeouts,
-    Uplink, XdpMode, check_peer,
+    AgentSettings, Cluster, Config, Destination, EtcdTls, Isolation, Nat, Node, POD_NAME_MAX, PeerNode, Pod,
+    Source, Timeouts, Uplink, XdpMode, check_peer,
     names::{check_host_in, check_ifname, check_name, parse_cidr},
     overlaps, refused_sources,
 };
@@ -107,6 +108,7 @@ impl Validator {
                 })
             })
             .transpose()?;
+        let isolation = self.isolation(raw.isolation, &node)?;
         Ok(Config {
             source: self.source,
             node,
@@ -116,7 +118,52 @@ impl Validator {
             nat,
             cluster,
             agent: AgentSettings { metrics },
+            isolation,
         })
+    }
+
+    fn isolation(&self, raw: RawIsolation, node: &Node) -> Result<Isolation, ConfigError> {
+        if raw.pods_never_reach.len() > POD_DENY_MAX {
+            return Err(self.invalid(
+                "isolation.pods_never_reach",
+                format!("{} destinations: at most {POD_DENY_MAX}", raw.pods_never_reach.len()),
+            ));
+        }
+        let mut never = Vec::with_capacity(raw.pods_never_reach.len());
+        for (i, text) in raw.pods_never_reach.iter().enumerate() {
+            let field = format!("isolation.pods_never_reach[{i}]");
+            let destination = Destination::parse(text).ok_or_else(|| {
+                self.invalid(
+                    &field,
+                    format!(
+                        "{text:?} is not a destination like \"169.254.169.254\", \"10.0.0.0/8\" or \
+                         \"192.168.50.250:2379\" (a network without host bits, a port above 0)"
+                    ),
+                )
+            })?;
+            if overlaps(destination.net, node.pod_cidr) {
+                return Err(self.invalid(
+                    &field,
+                    format!(
+                        "{} overlaps node.pod_cidr {}: pods of this node reach each other before this check",
+                        destination.net, node.pod_cidr
+                    ),
+                ));
+            }
+            let ports =
+                |net| never.iter().filter(|d: &&Destination| d.net == net && d.port.is_some()).count();
+            if destination.port.is_some() && ports(destination.net) >= DENIED_PORTS_MAX {
+                return Err(self.invalid(
+                    &field,
+                    format!(
+                        "more than {DENIED_PORTS_MAX} ports of {}: deny the whole address instead",
+                        destination.net
+                    ),
+                ));
+            }
+            never.push(destination);
+        }
+        Ok(Isolation { pods_reach_control_plane: raw.pods_reach_control_plane, pods_never_reach: never })
     }
 
     fn cluster(&self, raw: RawCluster, pod_cidr_configured: bool) -> Result<Cluster, ConfigError> {

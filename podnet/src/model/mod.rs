@@ -52,6 +52,8 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// What `podnet agent` serves besides its socket.
     pub agent: AgentSettings,
+    /// Where pods may never send.
+    pub isolation: Isolation,
 }
 
 impl Config {
@@ -102,6 +104,39 @@ impl Node {
 pub struct AgentSettings {
     /// Where the agent serves `/metrics` (Prometheus text format); `None`: nowhere.
     pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// `[isolation]`: where pods may never send (enforced by `from_pod` before routing and NAT).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Isolation {
+    /// Pods may reach the node's control endpoints (`[agent] metrics`, `[cluster] etcd`); they
+    /// may not unless the operator says so.
+    pub pods_reach_control_plane: bool,
+    /// Destinations no pod may reach.
+    pub pods_never_reach: Vec<Destination>,
+}
+
+/// A destination pods may not reach: a network, and one TCP and UDP port of it (`None`: every
+/// packet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destination {
+    pub net: Ipv4Net,
+    pub port: Option<u16>,
+}
+
+impl Destination {
+    /// `"169.254.169.254"`, `"10.0.0.0/8"`, `"192.168.50.250:2379"` or `"10.0.0.0/8:443"`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (net, port) = match text.rsplit_once(':') {
+            Some((net, port)) => (net, Some(port.parse::<u16>().ok().filter(|&p| p != 0)?)),
+            None => (text, None),
+        };
+        let net = match net.split_once('/') {
+            Some(_) => net.parse::<Ipv4Net>().ok().filter(|n| n.trunc() == *n)?,
+            None => Ipv4Net::from(net.parse::<Ipv4Addr>().ok()?),
+        };
+        Some(Self { net, port })
+    }
 }
 
 /// Masquerade settings: on by default when the node has an uplink.

@@ -1,6 +1,10 @@
 //! What `up` finds on the node before it changes anything: the [`Observed`] that
 //! [`super::plan`] plans from. Only reads.
 
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs as _};
+
+use tracing::warn;
+
 use super::{
     NodeError,
     ipam::Ipam,
@@ -58,5 +62,23 @@ pub async fn observe(config: &Config, nl: &Netlink) -> Result<Observed, NodeErro
             .filter(|p| netns::exists(&p.netns))
             .map(|p| p.netns.clone())
             .collect(),
+        etcd: config.cluster.as_ref().map(|c| etcd_addresses(&c.etcd)).unwrap_or_default(),
     })
+}
+
+/// The IPv4 addresses of etcd client URLs (`http://192.168.50.250:2379`); a name that does not
+/// resolve now is said and skipped.
+fn etcd_addresses(urls: &[String]) -> Vec<SocketAddrV4> {
+    let mut addresses = Vec::new();
+    for url in urls {
+        let authority = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        match authority.to_socket_addrs() {
+            Ok(found) => addresses.extend(found.filter_map(|a| match a {
+                SocketAddr::V4(a) => Some(a),
+                SocketAddr::V6(_) => None,
+            })),
+            Err(e) => warn!("cluster.etcd {url}: {e}; pods are not kept from it"),
+        }
+    }
+    addresses
 }

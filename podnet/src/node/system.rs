@@ -17,7 +17,7 @@ use super::{
 use crate::{
     datapath::{
         self, Datapath, EbpfLog, PinDir, PodProgram,
-        maps::{Endpoints, NatSettings, Peers, UplinkAllow},
+        maps::{Endpoints, NatSettings, Peers, PodDeny, UplinkAllow},
         migrate,
     },
     error_chain,
@@ -191,6 +191,7 @@ impl Host for System {
                 self.datapath = Some(datapath);
             }
             Step::SetNat(settings) => NatSettings::open(&pins)?.set(settings)?,
+            Step::SetPodDeny(entries) => PodDeny::open(&pins)?.set(entries)?,
             Step::SetUplinkAllow { admit, refuse } => UplinkAllow::open(&pins)?.set(admit, refuse)?,
             Step::AttachUplink { iface } => self.datapath()?.attach(FROM_UPLINK, &iface.name, iface.index)?,
             Step::AttachUplinkXdp { program, iface, mode } => {

@@ -11,10 +11,10 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use podnet_common::{
-    Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, PodSource, PodStats, Reason,
-    admission, events,
+    DeniedPorts, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, PodSource, PodStats,
+    Reason, admission, events,
     maps::{
-        COUNTERS, DENY, ENDPOINTS, EVENT_STATS, MONITOR, NAT_CONFIG, PEERS, POD_DEVS, POD_SOURCES,
+        COUNTERS, DENY, ENDPOINTS, EVENT_STATS, MONITOR, NAT_CONFIG, PEERS, POD_DENY, POD_DEVS, POD_SOURCES,
         POD_SOURCES_MAX, POD_STATS, POD_STATS_SLOTS, ROUTE_GENERATION, UPLINK_ALLOW,
     },
 };
@@ -255,19 +255,19 @@ impl Peers {
     }
 }
 
-/// An LPM trie of IPv4 CIDRs, each with a `u32` value: the deny list and the uplink's
-/// admissions.
-struct CidrMap {
-    trie: LpmTrie<MapData, Ipv4LpmData, u32>,
+/// An LPM trie of IPv4 CIDRs, each with a value: the deny list, the uplink's admissions, the
+/// destinations pods may never reach.
+struct CidrMap<V: aya::Pod> {
+    trie: LpmTrie<MapData, Ipv4LpmData, V>,
     name: &'static str,
 }
 
-impl CidrMap {
+impl<V: aya::Pod + PartialEq> CidrMap<V> {
     fn open(pins: &PinDir, name: &'static str) -> Result<Self, MapsError> {
         Ok(Self { trie: open(pins, name, Map::LpmTrie)?, name })
     }
 
-    fn insert(&mut self, cidr: Ipv4Net, value: u32) -> Result<(), MapsError> {
+    fn insert(&mut self, cidr: Ipv4Net, value: V) -> Result<(), MapsError> {
         self.trie.insert(&key(cidr), &value, 0).map_err(access_err("insert", self.name, cidr.to_string()))
     }
 
@@ -276,8 +276,8 @@ impl CidrMap {
     }
 
     /// Every entry, sorted by CIDR.
-    fn list(&self) -> Vec<(Ipv4Net, u32)> {
-        let mut all: Vec<(Ipv4Net, u32)> = self
+    fn list(&self) -> Vec<(Ipv4Net, V)> {
+        let mut all: Vec<(Ipv4Net, V)> = self
             .trie
             .iter()
             .flatten()
@@ -285,13 +285,26 @@ impl CidrMap {
                 Some((Ipv4Net::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8).ok()?, v))
             })
             .collect();
-        all.sort();
+        all.sort_by_key(|(cidr, _)| *cidr);
         all
+    }
+
+    /// Makes the map hold exactly `wanted` (new values first, then what is not wanted goes).
+    fn set(&mut self, wanted: &[(Ipv4Net, V)]) -> Result<(), MapsError> {
+        for &(cidr, value) in wanted {
+            self.insert(cidr, value)?;
+        }
+        for (cidr, _) in self.list() {
+            if !wanted.iter().any(|(c, _)| *c == cidr) {
+                self.remove(cidr)?;
+            }
+        }
+        Ok(())
     }
 }
 
 /// Source CIDRs the uplink's XDP prefilter drops.
-pub struct Deny(CidrMap);
+pub struct Deny(CidrMap<u32>);
 
 impl Deny {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
@@ -314,7 +327,7 @@ impl Deny {
 
 /// Who besides peers may reach pods from the uplink: admitted CIDRs (`[uplink] allow_from`)
 /// and refused ones (sources that can only be forged), longest prefix wins.
-pub struct UplinkAllow(CidrMap);
+pub struct UplinkAllow(CidrMap<u32>);
 
 impl UplinkAllow {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
@@ -329,20 +342,31 @@ impl UplinkAllow {
             .map(|&c| (c, admission::ADMIT))
             .chain(refuse.iter().map(|&c| (c, admission::REFUSE)))
             .collect();
-        for &(cidr, value) in &wanted {
-            self.0.insert(cidr, value)?;
-        }
-        for (cidr, _) in self.0.list() {
-            if !wanted.iter().any(|(c, _)| *c == cidr) {
-                self.0.remove(cidr)?;
-            }
-        }
-        Ok(())
+        self.0.set(&wanted)
     }
 
     /// The admitted CIDRs, sorted.
     pub fn admitted(&self) -> Vec<Ipv4Net> {
         self.0.list().into_iter().filter(|&(_, v)| v == admission::ADMIT).map(|(c, _)| c).collect()
+    }
+}
+
+/// Destinations pods may never reach: networks, whole or some of their TCP and UDP ports.
+pub struct PodDeny(CidrMap<DeniedPorts>);
+
+impl PodDeny {
+    pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
+        CidrMap::open(pins, POD_DENY).map(Self)
+    }
+
+    /// Makes the map hold exactly `wanted`.
+    pub fn set(&mut self, wanted: &[(Ipv4Net, DeniedPorts)]) -> Result<(), MapsError> {
+        self.0.set(wanted)
+    }
+
+    /// Every entry, sorted by network.
+    pub fn list(&self) -> Vec<(Ipv4Net, DeniedPorts)> {
+        self.0.list()
     }
 }
 

@@ -4,14 +4,15 @@
 //! from config, cluster and CLI, a new bridge or uplink) is a unit test ([`tests`]).
 //! [`super::apply`] carries the steps out and undoes what a failed run made.
 
+mod deny;
 #[cfg(test)]
 mod tests;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnet::Ipv4Net;
 use podnet_common::{
-    NatConfig,
+    DeniedPorts, NatConfig,
     programs::{UPLINK_DELIVER, UPLINK_FILTER},
 };
 
@@ -46,6 +47,8 @@ pub struct Observed {
     pub links: Vec<String>,
     /// The network namespaces of the config's pods that exist.
     pub pod_namespaces: Vec<String>,
+    /// The addresses of `[cluster] etcd`'s client URLs.
+    pub etcd: Vec<SocketAddrV4>,
 }
 
 /// The uplink device as found.
@@ -97,6 +100,8 @@ pub enum Step {
         first_up: bool,
     },
     SetNat(NatConfig),
+    /// What pods may never reach (see [`deny`]).
+    SetPodDeny(Vec<(Ipv4Net, DeniedPorts)>),
     /// Who may reach pods from the uplink: admitted and refused source CIDRs.
     SetUplinkAllow {
         admit: Vec<Ipv4Net>,
@@ -219,6 +224,7 @@ pub fn plan(config: &Config, found: &Observed, log: EbpfLog) -> Result<Plan, Nod
     steps.push(Step::LoadDatapath { tables, log, first_up: !found.up_before });
     let nat = nat_settings(config, uplink);
     steps.push(Step::SetNat(nat));
+    steps.push(Step::SetPodDeny(deny::pod_deny(config, found)));
     if let Some(settings) = &config.uplink {
         let refuse = refused_sources(node.pod_cidr, settings.ip);
         steps.push(Step::SetUplinkAllow { admit: settings.allow_from.clone(), refuse });

@@ -98,6 +98,7 @@ fn names(plan: &Plan) -> Vec<&'static str> {
             Step::ReservePorts { .. } => "ReservePorts",
             Step::LoadDatapath { .. } => "LoadDatapath",
             Step::SetNat(_) => "SetNat",
+            Step::SetPodDeny(_) => "SetPodDeny",
             Step::SetUplinkAllow { .. } => "SetUplinkAllow",
             Step::AttachUplink { .. } => "AttachUplink",
             Step::AttachUplinkXdp { .. } => "AttachUplinkXdp",
@@ -147,6 +148,7 @@ fn a_first_up_builds_everything_and_can_undo_it() {
             "ReservePorts",
             "LoadDatapath",
             "SetNat",
+            "SetPodDeny",
             "SetUplinkAllow",
             "AttachUplink",
             "DetachUplinkXdp",
@@ -175,11 +177,12 @@ fn a_first_up_builds_everything_and_can_undo_it() {
     let Step::SetNat(nat) = &s[4] else { unreachable!() };
     assert_eq!((nat.enabled, nat.node_ip, nat.uplink_ifindex), (1, [192, 168, 50, 1], 2));
     assert_eq!(nat.pod_mask, [0; 4], "local pods anywhere until the pods are in place");
-    assert!(matches!(&s[8], Step::AddConfigPeer { peer, undo_route: true, .. } if peer.name == "node2"));
-    assert_eq!(s[9], Step::CreateNetns("node1-pod1".into()));
-    assert!(matches!(&s[10], Step::AttachPod { pod, new: true } if pod.id == "pod1"
+    assert_eq!(s[5], Step::SetPodDeny(Vec::new()), "no control endpoints, nothing denied");
+    assert!(matches!(&s[9], Step::AddConfigPeer { peer, undo_route: true, .. } if peer.name == "node2"));
+    assert_eq!(s[10], Step::CreateNetns("node1-pod1".into()));
+    assert!(matches!(&s[11], Step::AttachPod { pod, new: true } if pod.id == "pod1"
             && pod.netns == "node1-pod1" && pod.ip == Some(Ipv4Addr::new(10, 1, 1, 2))));
-    assert_eq!(s[13], Step::NarrowToPodCidr("10.1.1.0/24".parse().unwrap()));
+    assert_eq!(s[14], Step::NarrowToPodCidr("10.1.1.0/24".parse().unwrap()));
     assert!(plan.warnings.is_empty());
 }
 
@@ -193,6 +196,7 @@ fn an_unchanged_node_only_re_ensures_what_is_there() {
             "EnsureBridge",
             "LoadDatapath",
             "SetNat",
+            "SetPodDeny",
             "SetUplinkAllow",
             "AttachUplink",
             "DetachUplinkXdp",
@@ -207,7 +211,7 @@ fn an_unchanged_node_only_re_ensures_what_is_there() {
     );
     assert!(matches!(plan.steps[0], Step::EnsureBridge { create: false, add_gateway: false, .. }));
     assert!(matches!(plan.steps[1], Step::LoadDatapath { first_up: false, .. }));
-    assert!(matches!(plan.steps[6], Step::AddConfigPeer { undo_route: false, .. }));
+    assert!(matches!(plan.steps[7], Step::AddConfigPeer { undo_route: false, .. }));
     assert!(plan.steps.iter().all(|s| !matches!(s, Step::AttachPod { new: true, .. })));
     assert!(!names(&plan).contains(&"CreateNetns"), "the namespaces are there");
 }
@@ -468,4 +472,53 @@ fn pods_take_the_uplinks_mtu_unless_the_config_says_otherwise() {
     let small =
         config_of(&BASE.replace("pod_cidr = \"10.1.1.0/24\"\n", "pod_cidr = \"10.1.1.0/24\"\nmtu = 1300\n"));
     assert_eq!(veth_settings(&small, Some(&eth0())).mtu, 1300);
+}
+
+/// The deny map's entries of a plan.
+fn denied(plan: &Plan) -> Vec<(String, u8, Vec<u16>)> {
+    let entries = plan
+        .steps
+        .iter()
+        .find_map(|s| match s {
+            Step::SetPodDeny(entries) => Some(entries.clone()),
+            _ => None,
+        })
+        .expect("a plan sets the deny map");
+    entries
+        .into_iter()
+        .map(|(net, d)| {
+            (net.to_string(), d.all, d.ports.iter().filter(|&&p| p != 0).map(|p| u16::from_be(*p)).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn pods_never_reach_the_control_plane_unless_the_operator_says_so() {
+    let text = format!(
+        "{BASE}\n[agent]\nmetrics = \"0.0.0.0:9101\"\n\
+         [isolation]\npods_never_reach = [\"169.254.169.254\", \"192.168.50.250:2380\", \"10.9.0.0/16:443\"]\n"
+    );
+    let config = config_of(&text);
+    let mut found = after_up(&config);
+    found.etcd = vec!["192.168.50.250:2379".parse().unwrap()];
+    let plan = planned(&config, &found);
+    assert_eq!(
+        denied(&plan),
+        [
+            ("10.1.1.1/32".to_owned(), 0, vec![9101]),
+            ("10.9.0.0/16".to_owned(), 0, vec![443]),
+            ("169.254.169.254/32".to_owned(), 1, vec![]),
+            ("192.168.50.1/32".to_owned(), 0, vec![9101]),
+            ("192.168.50.250/32".to_owned(), 0, vec![2379, 2380]),
+        ]
+    );
+    let open = config_of(&text.replace("[isolation]\n", "[isolation]\npods_reach_control_plane = true\n"));
+    assert_eq!(
+        denied(&planned(&open, &found)),
+        [
+            ("10.9.0.0/16".to_owned(), 0, vec![443]),
+            ("169.254.169.254/32".to_owned(), 1, vec![]),
+            ("192.168.50.250/32".to_owned(), 0, vec![2380]),
+        ]
+    );
 }
