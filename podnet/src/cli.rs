@@ -85,7 +85,20 @@ pub enum Command {
     /// reservation only where `up` made or changed them (recorded in <state_dir>/<node>/node.json).
     /// Safe to run twice, after a failed `up`, or on a node never up. Refused while the agent
     /// runs: stop it first.
-    Down,
+    ///
+    /// It needs only the node's name and state. A config that no longer loads (an upgrade
+    /// renamed a field) is used as far as it can be: its [node], [uplink] and [cluster] alone
+    /// (to give the etcd lease back), or just [node] name and state_dir; podnet says what it
+    /// ignored. With --node NAME no config is read at all (a [cluster] node's lease then runs
+    /// out by itself within lease_ttl).
+    Down {
+        /// Take down the node called NAME from its state alone, without a config.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// With --node: the node's state_dir.
+        #[arg(long, value_name = "DIR", requires = "node", default_value = podnet::config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// Show endpoints (with each pod's traffic), peers, attached programs, per-reason packet
     /// counters and NAT table use.
     Status {

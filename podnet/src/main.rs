@@ -5,11 +5,11 @@ use clap::Parser as _;
 use podnet::{
     agent,
     api::{Op, Peer, Reply, client},
-    config::Draft,
+    config::{self, Draft},
     datapath::{maps::Deny, nat},
     discovery,
     host::netns,
-    model::{Config, XdpMode},
+    model::{Config, XdpMode, names::check_name},
     monitor,
     node::{self, Teardown, op},
     status,
@@ -91,30 +91,62 @@ async fn watch_status(config: &Config, json: bool, interval: Duration) -> anyhow
     }
 }
 
+/// Enters the node namespace `--netns` names, before the runtime starts, so every thread is
+/// born in it.
+fn enter(cli: &Cli) -> anyhow::Result<()> {
+    if let Some(ns) = &cli.netns {
+        netns::enter(ns).with_context(|| format!("cannot act as node {ns:?}"))?;
+    }
+    Ok(())
+}
+
+/// The node `down` takes down when its config at `path` does not load (`error`): what the file
+/// still says of it (see [`config::salvage`]), with a warning naming what is ignored.
+fn salvaged(path: Option<&std::path::Path>, error: config::ConfigError) -> anyhow::Result<Teardown> {
+    let salvaged = path.and_then(config::salvage);
+    let Some(salvaged) = salvaged else {
+        return Err(anyhow::Error::new(error).context(
+            "`down` needs the node's name, and the config does not name it: run `podnet down --node NAME`",
+        ));
+    };
+    tracing::warn!("{}", podnet::error_chain(&error));
+    Ok(match salvaged {
+        config::Salvaged::Sections { draft, ignored } => {
+            tracing::warn!(
+                "taking node {} down with the config's [node], [uplink] and [cluster] alone; ignored: {}",
+                draft.node_name(),
+                if ignored.is_empty() { "nothing".to_owned() } else { ignored.join(", ") }
+            );
+            Teardown::of(&draft)
+        }
+        config::Salvaged::Name { name, state } => {
+            tracing::warn!(
+                "taking node {name} down from its state alone (the config's [cluster] does not load either): \
+                 its etcd lease, if it holds one, runs out by itself"
+            );
+            Teardown::named(&name, state)
+        }
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config = cli.command {
         show(podnet::config::DEFAULT_TOML.trim_end())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let draft = Draft::load(cli.config.as_deref())?;
-    // Enter the node namespace before the runtime starts, so every thread is born in it.
-    if let Some(ns) = &cli.netns {
-        netns::enter(ns).with_context(|| format!("cannot act as node {ns:?}"))?;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    if let Command::Agent { interval, ebpf_log } = cli.command {
-        // The agent resolves the config itself: a cluster node leases its pod CIDR first.
-        let interval = Duration::from_secs(interval.max(1));
-        rt.block_on(agent::run(cli.config.as_deref(), draft, interval, ebpf_log))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let Command::Down = cli.command {
-        let teardown = Teardown {
-            node: draft.node_name().to_owned(),
-            state: draft.state(),
-            uplink: draft.uplink_interface().map(str::to_owned),
-            membership: draft.membership(),
+    if let Command::Down { node, state_dir } = &cli.command {
+        let teardown = match node {
+            Some(name) => {
+                check_name(name, 32).map_err(|problem| anyhow::anyhow!("--node {name:?}: {problem}"))?;
+                Teardown::named(name, state_dir.join(name))
+            }
+            None => match Draft::load(cli.config.as_deref()) {
+                Ok(draft) => Teardown::of(&draft),
+                Err(e) => salvaged(cli.config.as_deref(), e)?,
+            },
         };
+        enter(&cli)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
             if client::agent_listens(&teardown.node).await {
                 let socket = client::socket_path(&teardown.node).display().to_string();
@@ -123,6 +155,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _lock = node::lock::NodeLock::acquire(&teardown.node)?;
             node::down(&teardown).await
         })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let draft = Draft::load(cli.config.as_deref())?;
+    enter(&cli)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if let Command::Agent { interval, ebpf_log } = cli.command {
+        // The agent resolves the config itself: a cluster node leases its pod CIDR first.
+        let interval = Duration::from_secs(interval.max(1));
+        rt.block_on(agent::run(cli.config.as_deref(), draft, interval, ebpf_log))?;
         return Ok(ExitCode::SUCCESS);
     }
     let config = discovery::resolve(&draft)?;
@@ -216,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 show(&format!("removed {removed} idle translation(s)"))?;
             }
-            Command::Agent { .. } | Command::Config | Command::Down => {
+            Command::Agent { .. } | Command::Config | Command::Down { .. } => {
                 anyhow::bail!("handled before the node's config was resolved")
             }
         }

@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
 use podnet::datapath::{PinDir, maps::NatSettings};
-use podnet_tests::{Lab, Node, bpftool, in_ns, node_config, pings, possible_cpus, sh, wait_udp_bound};
+use podnet_tests::{Lab, Node, bpftool, in_ns, node_config, pings, possible_cpus, run, sh, wait_udp_bound};
 
 const EXT: &str = "192.168.50.100";
 
@@ -335,6 +335,55 @@ fn down_removes_only_what_podnet_made() -> anyhow::Result<()> {
     assert_eq!(forwarding()?, "0", "down restores ip_forward");
     let reserved = sh(&node.netns, "sysctl", &["-n", "net.ipv4.ip_local_reserved_ports"])?;
     assert_eq!(reserved.trim(), "8080", "the node's own reservation stays");
+    Ok(())
+}
+
+/// Whether `node` is gone completely: pins, bridge, pod namespaces, state.
+fn gone(node: &Node) -> anyhow::Result<()> {
+    anyhow::ensure!(!node.pin_dir().exists(), "{}: pins left", node.name);
+    anyhow::ensure!(!sh(&node.netns, "ip", &["link"])?.contains("br0"), "{}: br0 left", node.name);
+    let left = podnet_tests::namespaces_with_prefix(&format!("{}-", node.name));
+    anyhow::ensure!(left.is_empty(), "{}: namespaces left: {left:?}", node.name);
+    let state = Path::new("/var/lib/podnet").join(&node.name);
+    anyhow::ensure!(!state.exists(), "{}: state left in {}", node.name, state.display());
+    Ok(())
+}
+
+/// `down` needs only the node's name and state: it works after a pod's address changed (the
+/// namespace podnet made goes), with a config an upgrade broke (it says what it ignored), and
+/// with no config at all.
+#[test]
+fn down_needs_only_the_nodes_name_and_state() -> anyhow::Result<()> {
+    let mut lab = Lab::new("dwn")?;
+    let body = "pod_cidr = \"10.1.1.0/24\"\n[[pod]]\nname = \"pod1\"\nip = \"10.1.1.2\"\n";
+    let a = lab.node("a", body)?;
+    a.run_podnet(&["up"])?;
+    std::fs::write(&a.config, std::fs::read_to_string(&a.config)?.replace("10.1.1.2", "10.1.1.20"))?;
+    a.run_podnet(&["up"])?;
+    assert!(pings(&a.pod_ns("pod1"), "10.1.1.1", 1), "pod1 at its new address");
+    // A field an older podnet knew: the config no longer loads.
+    let broken = std::fs::read_to_string(&a.config)? + "\n[nat]\ntcp_closing_timeout = 30\n";
+    std::fs::write(&a.config, broken)?;
+    assert!(a.podnet(&["status"]).output()?.status.code() != Some(0), "the config is broken");
+    let out = run(&mut a.podnet(&["down"]))?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("nat.tcp_closing_timeout: replaced"), "{said}");
+    assert!(said.contains("ignored: [nat], [pod]"), "{said}");
+    gone(&a)?;
+
+    let b = lab.node("b", body)?;
+    b.run_podnet(&["up"])?;
+    std::fs::remove_file(&b.config)?;
+    let mut down = std::process::Command::new(podnet_tests::podnet_bin());
+    down.args(["--netns", &b.netns, "down", "--node", &b.name]);
+    run(&mut down)?;
+    gone(&b)?;
+
+    // A file that is not TOML names no node: down says how to name it.
+    let c = lab.node("c", body)?;
+    std::fs::write(&c.config, "[node\nname = ")?;
+    let out = c.podnet(&["down"]).output()?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("podnet down --node NAME"), "{out:?}");
     Ok(())
 }
 

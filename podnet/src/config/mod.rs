@@ -4,6 +4,7 @@
 //! CIDR (see [`crate::discovery::resolve`]).
 
 mod raw;
+mod salvage;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -15,6 +16,7 @@ use std::{
 
 use ipnet::Ipv4Net;
 
+pub use self::salvage::{Salvaged, salvage};
 use self::validate::{QUOTED_MAX, Validator, cut_lines};
 use crate::model::{Config, Membership, Source};
 

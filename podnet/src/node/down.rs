@@ -13,6 +13,7 @@ use super::{
     record::{NodeRecord, RecordFile},
 };
 use crate::{
+    config::Draft,
     datapath::{PinDir, maps::Peers},
     discovery::{LeaseRecord, PeerSource as _, etcd::Etcd},
     error_chain,
@@ -32,6 +33,24 @@ pub struct Teardown {
     pub uplink: Option<String>,
     /// Its cluster, to give its lease back.
     pub membership: Option<Membership>,
+}
+
+impl Teardown {
+    /// The node `draft` describes.
+    pub fn of(draft: &Draft) -> Self {
+        Self {
+            node: draft.node_name().to_owned(),
+            state: draft.state(),
+            uplink: draft.uplink_interface().map(str::to_owned),
+            membership: draft.membership(),
+        }
+    }
+
+    /// A node known only by its name and state directory (`<state_dir>/<name>`): its record
+    /// says what to remove; its etcd lease, if it holds one, runs out by itself.
+    pub fn named(node: &str, state: PathBuf) -> Self {
+        Self { node: node.to_owned(), state, uplink: None, membership: None }
+    }
 }
 
 /// How long `down` waits for etcd to take the node's lease back.
