@@ -23,12 +23,25 @@ pub struct Etcd {
     pub tls: Option<Certs>,
 }
 
-/// A test CA, a server certificate for etcd's address, and a client certificate, as PEM files.
+/// A test CA, a server certificate for etcd's address, and a client certificate for etcd's
+/// `root` user (what `etcdctl` here uses), as PEM files.
 #[derive(Debug, Clone)]
 pub struct Certs {
     pub ca: PathBuf,
+    ca_key: PathBuf,
     pub server: (PathBuf, PathBuf),
     pub client: (PathBuf, PathBuf),
+}
+
+/// openssl's arguments for a new P-256 key.
+const NEW_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
+fn openssl(args: &[&str]) -> anyhow::Result<()> {
+    crate::run(Command::new("openssl").args(args)).map(drop)
+}
+
+fn utf8(path: &std::path::Path) -> anyhow::Result<&str> {
+    path.to_str().context("utf-8 path")
 }
 
 impl Certs {
@@ -36,70 +49,59 @@ impl Certs {
     pub fn make(dir: &std::path::Path, name: &str, server_ip: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = |f: &str| dir.join(format!("{name}-{f}"));
-        let p = |f: &str| path(f).to_str().map(str::to_owned).context("utf-8 path");
-        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let openssl = |args: &[&str]| crate::run(Command::new("openssl").args(args)).map(drop);
+        let (ca, ca_key) = (path("ca.crt"), path("ca.key"));
+        let subject = format!("/CN={name}");
         openssl(
             &[
                 &["req", "-x509"][..],
-                &key,
-                &[
-                    "-keyout",
-                    &p("ca.key")?,
-                    "-out",
-                    &p("ca.crt")?,
-                    "-days",
-                    "1",
-                    "-subj",
-                    &format!("/CN={name}"),
-                ],
+                &NEW_KEY,
+                &["-keyout", utf8(&ca_key)?, "-out", utf8(&ca)?, "-days", "1", "-subj", &subject],
             ]
             .concat(),
         )?;
-        for (who, ext) in [
-            ("server", format!("subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth")),
-            ("client", "extendedKeyUsage=clientAuth".to_owned()),
-        ] {
-            let ext_file = path(&format!("{who}.ext"));
-            std::fs::write(&ext_file, ext)?;
-            openssl(
-                &[
-                    &["req"][..],
-                    &key,
-                    &[
-                        "-keyout",
-                        &p(&format!("{who}.key"))?,
-                        "-out",
-                        &p(&format!("{who}.csr"))?,
-                        "-subj",
-                        &format!("/CN={who}"),
-                    ],
-                ]
+        let mut certs = Self { ca, ca_key, server: Default::default(), client: Default::default() };
+        certs.server = certs.issue(
+            &path("server"),
+            "server",
+            &format!("subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth"),
+        )?;
+        certs.client = certs.client_cert(&path("root"), "root")?;
+        Ok(certs)
+    }
+
+    /// A client certificate and key for etcd user `user` (its common name), at `stem`.crt/.key.
+    pub fn client_cert(&self, stem: &std::path::Path, user: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        self.issue(stem, user, "extendedKeyUsage=clientAuth")
+    }
+
+    /// A certificate for common name `cn` with extensions `ext`, signed by the CA.
+    fn issue(&self, stem: &std::path::Path, cn: &str, ext: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let file = |suffix: &str| stem.with_extension(suffix);
+        std::fs::write(file("ext"), ext)?;
+        let (key, csr, crt) = (file("key"), file("csr"), file("crt"));
+        let subject = format!("/CN={cn}");
+        openssl(
+            &[&["req"][..], &NEW_KEY, &["-keyout", utf8(&key)?, "-out", utf8(&csr)?, "-subj", &subject]]
                 .concat(),
-            )?;
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &p(&format!("{who}.csr"))?,
-                "-CA",
-                &p("ca.crt")?,
-                "-CAkey",
-                &p("ca.key")?,
-                "-CAcreateserial",
-                "-out",
-                &p(&format!("{who}.crt"))?,
-                "-days",
-                "1",
-                "-extfile",
-                ext_file.to_str().context("utf-8 path")?,
-            ])?;
-        }
-        Ok(Self {
-            ca: path("ca.crt"),
-            server: (path("server.crt"), path("server.key")),
-            client: (path("client.crt"), path("client.key")),
-        })
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            utf8(&csr)?,
+            "-CA",
+            utf8(&self.ca)?,
+            "-CAkey",
+            utf8(&self.ca_key)?,
+            "-CAcreateserial",
+            "-out",
+            utf8(&crt)?,
+            "-days",
+            "1",
+            "-extfile",
+            utf8(&file("ext"))?,
+        ])?;
+        Ok((crt, key))
     }
 }
 
@@ -208,12 +210,31 @@ impl Etcd {
         Ok(())
     }
 
-    /// Runs `etcdctl` (API v3) against the server; its stdout.
+    /// Runs `etcdctl` (API v3) against the server (with TLS, as `root`); its stdout.
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.ctl_with(self.tls_args(false), args)
+    }
+
+    /// [`Self::ctl`] as the etcd user whose client certificate and key are `identity`.
+    pub fn ctl_as(&self, identity: &(PathBuf, PathBuf), args: &[&str]) -> anyhow::Result<String> {
+        let certs = self.tls.as_ref().context("users need TLS")?;
+        let s = |p: &PathBuf| p.display().to_string();
+        let tls = vec![
+            "--cacert".into(),
+            s(&certs.ca),
+            "--cert".into(),
+            s(&identity.0),
+            "--key".into(),
+            s(&identity.1),
+        ];
+        self.ctl_with(tls, args)
+    }
+
+    fn ctl_with(&self, tls: Vec<String>, args: &[&str]) -> anyhow::Result<String> {
         let out = in_ns(&self.ns, "etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoint(), "--command-timeout", "2s"])
-            .args(self.tls_args(false))
+            .args(tls)
             .args(args)
             .stdin(Stdio::null())
             .output()?;
@@ -223,6 +244,24 @@ impl Etcd {
             String::from_utf8_lossy(&out.stderr).trim()
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Turns on etcd's access control with a role per node, as README's "Trust model" says: each
+    /// node's user (its client certificate's common name) may write its own name key and the
+    /// subnet keys, and read the prefix; `root` may do anything.
+    pub fn grant_node_roles(&self, nodes: &[&str]) -> anyhow::Result<()> {
+        self.ctl(&["user", "add", "root", "--no-password"])?;
+        self.ctl(&["user", "grant-role", "root", "root"])?;
+        for node in nodes {
+            self.ctl(&["role", "add", node])?;
+            self.ctl(&["role", "grant-permission", node, "readwrite", &format!("/podnet/nodes/{node}")])?;
+            self.ctl(&["role", "grant-permission", node, "--prefix", "readwrite", "/podnet/subnets/"])?;
+            self.ctl(&["role", "grant-permission", node, "--prefix", "read", "/podnet/"])?;
+            self.ctl(&["user", "add", node, "--no-password"])?;
+            self.ctl(&["user", "grant-role", node, node])?;
+        }
+        self.ctl(&["auth", "enable"])?;
+        Ok(())
     }
 
     /// A new lease of `ttl` seconds, by its id as etcdctl writes it (hex).

@@ -527,6 +527,62 @@ fn pods_stay_off_the_control_plane() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// etcd's access control as README's "Trust model" sets it up: a role per node. The nodes work
+/// under it, and one node's credentials cannot touch another node's name key; what they may
+/// still write (another node's subnet key) the owner writes back, and nobody's pods notice.
+#[test]
+fn etcd_roles_keep_each_node_to_its_own_keys() -> anyhow::Result<()> {
+    let (mut lab, switch, etcd) = etcd_lab("clx", true)?;
+    let certs = etcd.tls.clone().expect("a TLS etcd");
+    let names: Vec<String> = (1..=2).map(|k| format!("{}-node{k}", lab.prefix())).collect();
+    let mut identities = Vec::new();
+    for name in &names {
+        identities.push(certs.client_cert(&lab.dir().join("pki").join(name), name)?);
+    }
+    etcd.grant_node_roles(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let mut nodes = Vec::new();
+    for (k, (cert, key)) in (1..=2).zip(&identities) {
+        let cluster = format!(
+            "cluster_cidr = \"10.3.0.0/16\"\nnode_prefix = 24\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            certs.ca.display(),
+            cert.display(),
+            key.display()
+        );
+        let node = member(&mut lab, &switch, &etcd, k, &cluster)?;
+        anyhow::ensure!(node.name == names[usize::from(k) - 1]);
+        lab.agent(&node)?;
+        nodes.push(node);
+    }
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    wait_peers(n1, &[&n2.name], 10)?;
+    wait_peers(n2, &[&n1.name], 10)?;
+    let target = pod_ip(n1, "pod1")?;
+    let n1_cidr = format!("{}/24", ipnet::Ipv4Net::new(target.parse()?, 24)?.trunc().network());
+    let (n1_subnet, n1_name) = (subnet_key(&n1_cidr), format!("/podnet/nodes/{}", n1.name));
+    let honest = etcd.entry(&n1_subnet)?.context("node1's subnet key")?;
+    let ping = lab.fast_ping(&n2.pod_ns("pod1"), &target, 6)?;
+
+    // node2's credentials: node1's name key, and any other, are out of reach.
+    let as_node2 = &identities[1];
+    let evil = format!(r#"{{"node":"{}","node_ip":"192.168.50.2","pod_cidr":"{n1_cidr}"}}"#, n2.name);
+    for key in [n1_name.as_str(), "/podnet/nodes/evil"] {
+        let refused =
+            etcd.ctl_as(as_node2, &["put", key, &evil]).expect_err("a put to another node's name key");
+        assert!(refused.to_string().contains("permission denied"), "{key}: {refused:#}");
+    }
+    assert_eq!(etcd.entry(&n1_name)?.as_ref(), Some(&honest), "node1's name key is untouched");
+    // The subnet keys are everyone's to create: node2 may overwrite node1's, which node1 writes
+    // back while its name key keeps it believed.
+    etcd.ctl_as(as_node2, &["put", &n1_subnet, &evil])?;
+    podnet_tests::wait_for("node1 to write its subnet key back", Duration::from_secs(5), || {
+        Ok((etcd.entry(&n1_subnet)?.as_ref() == Some(&honest)).then_some(()))
+    })?;
+    let summary = ping.wait_output(Duration::from_secs(20))?;
+    assert_eq!(podnet_tests::ping_loss(&summary), Some(0.0), "node2's pod lost node1's:\n{summary}");
+    assert_eq!(pod_ip(n1, "pod1")?, target, "node1's pods kept their addresses");
+    Ok(())
+}
+
 #[test]
 fn etcd_over_tls_with_client_certificates() -> anyhow::Result<()> {
     let (mut lab, switch, etcd) = etcd_lab("clt", true)?;
