@@ -47,15 +47,27 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
 /// has not finished within `deadline`: a hung command fails its test instead of stalling the
 /// suite.
 pub fn output_within(cmd: &mut Command, input: &[u8], deadline: Duration) -> anyhow::Result<Output> {
-    use std::io::{Read as _, Write as _};
+    use std::io::Write as _;
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {cmd:?}"))?;
-    // Small inputs fit the pipe: written at once, then closed.
+    // Small inputs fit the pipe: written at once, then closed. The outputs are read as they
+    // come, so a command that writes more than a pipe holds does not block on it.
     child.stdin.take().context("stdin")?.write_all(input)?;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
     let until = Instant::now() + deadline;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -68,10 +80,9 @@ pub fn output_within(cmd: &mut Command, input: &[u8], deadline: Duration) -> any
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    child.stdout.take().context("stdout")?.read_to_end(&mut stdout)?;
-    child.stderr.take().context("stderr")?.read_to_end(&mut stderr)?;
-    Ok(Output { status, stdout, stderr })
+    let joined =
+        |t: std::thread::JoinHandle<Vec<u8>>| t.join().map_err(|_| anyhow::anyhow!("a reader panicked"));
+    Ok(Output { status, stdout: joined(stdout)?, stderr: joined(stderr)? })
 }
 
 /// A command run inside network namespace `ns` (`ip netns exec`).
@@ -168,26 +179,39 @@ pub struct Iperf {
     pub bytes: u64,
     pub bits_per_second: f64,
     pub retransmits: u64,
-    /// Bytes sent in each one-second interval: a stall shows as an interval with (almost)
-    /// nothing, which the total hides.
-    pub intervals: Vec<u64>,
+    /// Bytes sent in each interval and its length in seconds (one second, but for a short last
+    /// one): a stall shows as an interval with (almost) nothing, which the total hides.
+    pub intervals: Vec<(u64, f64)>,
 }
 
 /// Runs an iperf3 TCP client in `ns` against `server:port` for `seconds` (cubic, as the
 /// benchmark notes require) and parses its JSON report.
 pub fn iperf3_tcp(ns: &str, server: &str, port: u16, seconds: u32) -> anyhow::Result<Iperf> {
-    let out = sh(
-        ns,
-        "iperf3",
-        &["-c", server, "-p", &port.to_string(), "-t", &seconds.to_string(), "-C", "cubic", "-J"],
-    )?;
+    iperf3_tcp_at(ns, server, port, seconds, "0")
+}
+
+/// [`iperf3_tcp`] at most at `bitrate` (iperf3's `-b`, e.g. "2G"; "0": as fast as it goes). A
+/// stream that checks something else than speed leaves the CPUs to what it checks.
+pub fn iperf3_tcp_at(
+    ns: &str,
+    server: &str,
+    port: u16,
+    seconds: u32,
+    bitrate: &str,
+) -> anyhow::Result<Iperf> {
+    let (port, seconds) = (port.to_string(), seconds.to_string());
+    let out =
+        sh(ns, "iperf3", &["-c", server, "-p", &port, "-t", &seconds, "-b", bitrate, "-C", "cubic", "-J"])?;
     let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     let sent = &json["end"]["sum_sent"];
     let intervals = json["intervals"]
         .as_array()
         .context("iperf3: no intervals")?
         .iter()
-        .map(|i| i["sum"]["bytes"].as_u64().context("iperf3: an interval without bytes"))
+        .map(|i| {
+            let bytes = i["sum"]["bytes"].as_u64().context("iperf3: an interval without bytes")?;
+            Ok((bytes, i["sum"]["seconds"].as_f64().context("iperf3: an interval without seconds")?))
+        })
         .collect::<anyhow::Result<_>>()?;
     Ok(Iperf {
         bytes: sent["bytes"].as_u64().context("iperf3: no end.sum_sent.bytes")?,
@@ -198,11 +222,13 @@ pub fn iperf3_tcp(ns: &str, server: &str, port: u16, seconds: u32) -> anyhow::Re
 }
 
 impl Iperf {
-    /// Fails unless every one-second interval moved at least `min_bytes`: the flow never
-    /// stopped, however long.
+    /// Fails unless every interval moved at least `min_bytes` a second: the flow never stopped,
+    /// however long. A last interval shorter than half a second is too short to judge.
     pub fn never_stalled(&self, what: &str, min_bytes: u64) -> anyhow::Result<()> {
+        let judged: Vec<&(u64, f64)> = self.intervals.iter().filter(|(_, secs)| *secs >= 0.5).collect();
         anyhow::ensure!(
-            !self.intervals.is_empty() && self.intervals.iter().all(|&b| b >= min_bytes),
+            !judged.is_empty()
+                && judged.iter().all(|&&(bytes, secs)| bytes as f64 >= min_bytes as f64 * secs),
             "{what}: a second moved less than {min_bytes} bytes: {:?} bytes a second, {} retransmits",
             self.intervals,
             self.retransmits
@@ -397,13 +423,13 @@ impl Lab {
     /// and returns a handle to watch it and collect its output; the lab kills it when it is
     /// dropped, whatever happens to the test.
     pub fn child(&mut self, cmd: &mut Command) -> anyhow::Result<Proc> {
-        let out = self.dir.join(format!("proc-{}.out", self.children.len()));
-        let file = std::fs::File::create(&out)?;
-        cmd.stdout(file.try_clone()?).stderr(file);
+        let n = self.children.len();
+        let out = (self.dir.join(format!("proc-{n}.out")), self.dir.join(format!("proc-{n}.err")));
+        cmd.stdout(std::fs::File::create(&out.0)?).stderr(std::fs::File::create(&out.1)?);
         self.own(cmd, Some(out))
     }
 
-    fn own(&mut self, cmd: &mut Command, out: Option<PathBuf>) -> anyhow::Result<Proc> {
+    fn own(&mut self, cmd: &mut Command, out: Option<(PathBuf, PathBuf)>) -> anyhow::Result<Proc> {
         let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
         let proc = Proc { pid: child.id(), child: Arc::new(Mutex::new(child)), out };
         self.children.push(proc.clone());
@@ -478,8 +504,8 @@ impl Lab {
 pub struct Proc {
     pub pid: u32,
     child: Arc<Mutex<Child>>,
-    /// Where its stdout and stderr go, when they are kept.
-    out: Option<PathBuf>,
+    /// Where its stdout and its stderr go, when they are kept.
+    out: Option<(PathBuf, PathBuf)>,
 }
 
 impl Proc {
@@ -507,16 +533,22 @@ impl Proc {
         }
     }
 
-    /// Waits (at most `deadline`) until it exits, and returns what it wrote.
+    /// Waits (at most `deadline`) until it exits, and returns what it wrote on stdout.
     pub fn wait_output(&self, deadline: Duration) -> anyhow::Result<String> {
         self.wait(deadline)?;
         self.output()
     }
 
-    /// What it wrote so far (stdout and stderr).
+    /// What it wrote on stdout so far.
     pub fn output(&self) -> anyhow::Result<String> {
-        let path = self.out.as_ref().context("its output is not kept (see Lab::child)")?;
-        Ok(std::fs::read_to_string(path)?)
+        let (stdout, _) = self.out.as_ref().context("its output is not kept (see Lab::child)")?;
+        Ok(std::fs::read_to_string(stdout)?)
+    }
+
+    /// What it wrote on stderr so far (its log, for podnet).
+    pub fn errors(&self) -> anyhow::Result<String> {
+        let (_, stderr) = self.out.as_ref().context("its output is not kept (see Lab::child)")?;
+        Ok(std::fs::read_to_string(stderr)?)
     }
 
     /// Kills it (if it still runs) and reaps it.

@@ -6,7 +6,7 @@
 
 use std::{process::Command, thread, time::Duration};
 
-use podnet_tests::{Lab, cluster, iperf3_tcp};
+use podnet_tests::{Lab, cluster, iperf3_tcp_at};
 
 const EXT: &str = "192.168.50.100";
 
@@ -38,10 +38,10 @@ fn kill_9_of_the_agent_loses_no_flow() -> anyhow::Result<()> {
     // Fast pings run alongside the streams, across nodes and through the NAT, from before the
     // kill until after the new agent is up.
     let pings =
-        [lab.fast_ping(&n1.pod_ns("pod2"), "10.1.2.3", 6)?, lab.fast_ping(&n1.pod_ns("pod1"), EXT, 6)?];
+        [lab.fast_ping(&n1.pod_ns("pod2"), "10.1.2.3", 10)?, lab.fast_ping(&n1.pod_ns("pod1"), EXT, 10)?];
     let (cross, nat, restarted) = thread::scope(|s| -> anyhow::Result<_> {
-        let cross = s.spawn(|| iperf3_tcp(&n1.pod_ns("pod1"), "10.1.2.2", 5201, 6));
-        let nat = s.spawn(|| iperf3_tcp(&n1.pod_ns("pod2"), EXT, 5202, 6));
+        let cross = s.spawn(|| iperf3_tcp_at(&n1.pod_ns("pod1"), "10.1.2.2", 5201, 6, "2G"));
+        let nat = s.spawn(|| iperf3_tcp_at(&n1.pod_ns("pod2"), EXT, 5202, 6, "2G"));
         thread::sleep(Duration::from_secs(2));
         anyhow::ensure!(Command::new("kill").args(["-9", &pid.to_string()]).status()?.success());
         thread::sleep(Duration::from_millis(500));

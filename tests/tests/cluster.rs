@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use podnet_tests::{
     Lab, Node,
     etcd::{Certs, Etcd},
-    iperf3_tcp, pings,
+    iperf3_tcp_at, pings,
 };
 
 const ETCD_IP: &str = "192.168.50.250";
@@ -177,9 +177,9 @@ fn nodes_lease_cidrs_and_find_each_other_through_etcd() -> anyhow::Result<()> {
     let n2 = &nodes[1];
     lab.iperf3_server(&n2.pod_ns("pod1"), 5201)?;
     let target = pod_ip(n2, "pod1")?;
-    let ping = lab.fast_ping(&n1.pod_ns("pod2"), &target, 8)?;
+    let ping = lab.fast_ping(&n1.pod_ns("pod2"), &target, 12)?;
     let iperf = thread::scope(|s| -> anyhow::Result<_> {
-        let stream = s.spawn(|| iperf3_tcp(&n1.pod_ns("pod1"), &target, 5201, 8));
+        let stream = s.spawn(|| iperf3_tcp_at(&n1.pod_ns("pod1"), &target, 5201, 8, "2G"));
         thread::sleep(Duration::from_secs(2));
         etcd.kill()?;
         // Down for longer than a lease lives: the agents must not read that as nodes leaving.
@@ -608,7 +608,7 @@ fn etcd_over_tls_with_client_certificates() -> anyhow::Result<()> {
     let agent = lab.child(&mut n3.podnet(&["agent"]))?;
     let text =
         podnet_tests::wait_for("the refused agent to say it tries again", Duration::from_secs(10), || {
-            let text = agent.output()?;
+            let text = agent.errors()?;
             Ok(text.contains("trying to join again").then_some(text))
         })?;
     agent.kill();

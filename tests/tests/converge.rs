@@ -230,7 +230,7 @@ fn older_maps_migrate_while_traffic_flows() -> anyhow::Result<()> {
         Ok(pod2.and_then(|e| e["traffic"]["to_pod_packets"].as_u64()).unwrap_or(0))
     };
     let flowing = to_pod2()? + 20;
-    let ping = lab.child(in_ns(&pod1, "ping").args(["-c", "400", "-i", "0.01", "-q", "10.1.1.3"]))?;
+    let ping = lab.child(in_ns(&pod1, "ping").args(["-c", "800", "-i", "0.01", "-q", "10.1.1.3"]))?;
     podnet_tests::wait_for("the ping to flow", Duration::from_secs(5), || {
         Ok((to_pod2()? >= flowing).then_some(()))
     })?;

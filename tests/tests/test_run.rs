@@ -73,6 +73,17 @@ fn add_sender(dp: &mut Loaded, ip: Ipv4Addr, ifindex: u32) {
     dp.add_endpoint(ip, ifindex, SENDER_MAC, HOST_MAC);
 }
 
+/// The CPUs this thread may run on (its affinity mask: a container or taskset may leave out
+/// CPU 0 or 1).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a plain bitmask on our stack, zeroed before use; pid 0 is the calling thread.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed), 0);
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &allowed)).collect()
+    }
+}
+
 /// Keeps the calling thread on CPU `cpu` from now on (test runs execute on the caller's CPU).
 fn run_on_cpu(cpu: usize) {
     // SAFETY: a plain bitmask on our stack, zeroed before use; pid 0 is the calling thread.
@@ -1166,9 +1177,11 @@ fn two_cpus_on_one_new_connection_keep_one_claim() {
         }
         ports
     };
+    let cpus = allowed_cpus();
+    assert!(cpus.len() >= 2, "the race needs two CPUs this process may run on; it has {cpus:?}");
     let (first, second) = std::thread::scope(|s| {
-        let (a, b) = (s.spawn(|| racer(0)), s.spawn(|| racer(1)));
-        (a.join().expect("CPU 0 racer"), b.join().expect("CPU 1 racer"))
+        let (a, b) = (s.spawn(|| racer(cpus[0])), s.spawn(|| racer(cpus[1])));
+        (a.join().expect("first racer"), b.join().expect("second racer"))
     });
     let raced = dp.counters()[Reason::RedirectNatRaced as usize];
     assert!(raced > 0, "the CPUs never raced on a new connection: the test proves nothing");

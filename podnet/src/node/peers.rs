@@ -123,6 +123,54 @@ pub fn cluster_changes(
     changes
 }
 
+/// Where the changes a view makes are carried out: the peer map with the kernel routes, and the
+/// node's record. The system's in production ([`SystemPeers`]), one in memory in the unit tests.
+pub trait PeerTable {
+    /// The peers in the peer map.
+    fn in_map(&self) -> Vec<PeerNode>;
+    /// The cluster peers the node's record names.
+    fn recorded(&self) -> Result<Vec<PeerNode>, NodeError>;
+    /// Records `peers` as the node's cluster peers.
+    fn record(&mut self, peers: &[PeerNode]) -> Result<(), NodeError>;
+    /// Routes `peer` and puts it in the peer map, or neither.
+    fn add(&mut self, peer: &PeerNode) -> impl Future<Output = Result<(), NodeError>>;
+    /// Takes `peer` out of the peer map (if `in_map`) and its route away.
+    fn remove(&mut self, peer: &PeerNode, in_map: bool) -> impl Future<Output = Result<(), NodeError>>;
+}
+
+/// The node's own peer map, routes via its uplink, and record.
+struct SystemPeers {
+    nl: Netlink,
+    uplink: Iface,
+    peers: Peers,
+    records: RecordFile,
+}
+
+impl PeerTable for SystemPeers {
+    fn in_map(&self) -> Vec<PeerNode> {
+        self.peers.list()
+    }
+
+    fn recorded(&self) -> Result<Vec<PeerNode>, NodeError> {
+        Ok(self.records.load()?.cluster_peers())
+    }
+
+    fn record(&mut self, peers: &[PeerNode]) -> Result<(), NodeError> {
+        Ok(self.records.update(|r| r.cluster_peers = peers.iter().map(Into::into).collect())?)
+    }
+
+    async fn add(&mut self, peer: &PeerNode) -> Result<(), NodeError> {
+        install(&self.nl, &mut self.peers, &self.uplink, peer).await
+    }
+
+    async fn remove(&mut self, peer: &PeerNode, in_map: bool) -> Result<(), NodeError> {
+        if in_map {
+            self.peers.remove(peer)?;
+        }
+        Ok(self.nl.del_peer_route(peer.pod_cidr, peer.ip, &self.uplink).await?)
+    }
+}
+
 /// Makes the peers the cluster gave those of `view` (a complete view from a
 /// [`crate::discovery::PeerSource`]): adds the new ones, removes the ones gone, and touches
 /// nothing else (see [`cluster_changes`]). A peer whose route or map entry cannot be made is
@@ -131,26 +179,33 @@ pub async fn set_cluster_peers(config: &Config, view: &[PeerNode]) -> Result<boo
     let pins = pins_of_running_node(&config.node.name)?;
     let nl = Netlink::current()?;
     let uplink = uplink(config, &nl).await?;
-    let records = RecordFile::of(&config.node.state());
-    let mut peers = Peers::open(&pins)?;
-    let recorded = records.load()?.cluster_peers();
     let networks = nl.ipv4_networks(&uplink).await?;
-    let changes = cluster_changes(config, view, &recorded, &peers.list(), &networks);
+    let mut table =
+        SystemPeers { nl, uplink, peers: Peers::open(&pins)?, records: RecordFile::of(&config.node.state()) };
+    apply_view(config, view, &networks, &mut table).await
+}
+
+/// [`set_cluster_peers`] on `table`, the uplink being on `networks`. The record follows each
+/// change as it is made, so a failure part-way leaves it true to the map.
+pub async fn apply_view(
+    config: &Config,
+    view: &[PeerNode],
+    networks: &[Ipv4Net],
+    table: &mut impl PeerTable,
+) -> Result<bool, NodeError> {
+    let changes = cluster_changes(config, view, &table.recorded()?, &table.in_map(), networks);
+    let mut kept = changes.kept;
     for (gone, in_map) in &changes.gone {
         info!("peer {} ({} via {}) left the cluster", gone.name, gone.pod_cidr, gone.ip);
-        if *in_map {
-            peers.remove(gone)?;
-        }
-        nl.del_peer_route(gone.pod_cidr, gone.ip, &uplink).await?;
+        table.remove(gone, *in_map).await?;
     }
-    let mut kept = changes.kept;
-    records.update(|r| r.cluster_peers = kept.iter().map(Into::into).collect())?;
+    table.record(&kept)?;
     for (peer, problem) in &changes.refused {
         warn!("cluster peer {} ({} via {}) left out: {problem}", peer.name, peer.pod_cidr, peer.ip);
     }
     let mut retry = false;
     for (peer, in_map) in &changes.joined {
-        if !in_map && let Err(e) = install(&nl, &mut peers, &uplink, peer).await {
+        if !in_map && let Err(e) = table.add(peer).await {
             warn!(
                 "cluster peer {} ({} via {}) left out for now: {}",
                 peer.name,
@@ -163,7 +218,7 @@ pub async fn set_cluster_peers(config: &Config, view: &[PeerNode]) -> Result<boo
         }
         info!("peer {} ({} via {}) joined the cluster", peer.name, peer.pod_cidr, peer.ip);
         kept.push(peer.clone());
-        records.update(|r| r.cluster_peers = kept.iter().map(Into::into).collect())?;
+        table.record(&kept)?;
     }
     Ok(retry)
 }
@@ -214,34 +269,68 @@ mod tests {
         }
     }
 
-    /// Runs `source` and makes each view it sends into peers as the agent would (map and record
-    /// kept in memory); returns the map, the record and every refusal, after each view.
-    fn follow(source: FakeSource, networks: &[Ipv4Net]) -> Vec<(Vec<PeerNode>, Vec<PeerNode>, Vec<String>)> {
+    /// A peer table in memory; adding a peer named in `unroutable` fails.
+    #[derive(Default)]
+    struct Memory {
+        map: Vec<PeerNode>,
+        recorded: Vec<PeerNode>,
+        unroutable: Vec<String>,
+    }
+
+    impl PeerTable for Memory {
+        fn in_map(&self) -> Vec<PeerNode> {
+            self.map.clone()
+        }
+
+        fn recorded(&self) -> Result<Vec<PeerNode>, NodeError> {
+            Ok(self.recorded.clone())
+        }
+
+        fn record(&mut self, peers: &[PeerNode]) -> Result<(), NodeError> {
+            self.recorded = peers.to_vec();
+            Ok(())
+        }
+
+        async fn add(&mut self, peer: &PeerNode) -> Result<(), NodeError> {
+            if self.unroutable.contains(&peer.name) {
+                return Err(NodeError::Refused { message: "Network is unreachable".into() });
+            }
+            self.map.push(peer.clone());
+            Ok(())
+        }
+
+        async fn remove(&mut self, peer: &PeerNode, in_map: bool) -> Result<(), NodeError> {
+            assert_eq!(in_map, self.map.contains(peer), "{} is in the map: {in_map}", peer.name);
+            self.map.retain(|p| p != peer);
+            Ok(())
+        }
+    }
+
+    /// What a view left: the map, the record, and whether it is to be tried again.
+    type After = (Vec<PeerNode>, Vec<PeerNode>, bool);
+
+    /// Runs `source` and makes each view it sends into peers through [`apply_view`] on `table`
+    /// (which starts with the config's peers in its map); returns what each view left.
+    fn follow_with(source: FakeSource, networks: &[Ipv4Net], mut table: Memory) -> Vec<After> {
         let config = config();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (tx, mut rx) = mpsc::channel(16);
-        let mut map = config.peers.clone();
-        let mut recorded = Vec::new();
+        table.map.extend(config.peers.clone());
         let mut after = Vec::new();
         runtime.block_on(async {
             let mut source = source;
             assert_eq!(source.join().await.unwrap().pod_cidr.to_string(), "10.1.1.0/24");
             source.follow(tx).await;
             while let Some(Update::Peers(view)) = rx.recv().await {
-                let changes = cluster_changes(&config, &view, &recorded, &map, networks);
-                map.retain(|p| !changes.gone.iter().any(|(g, _)| g == p));
-                recorded = changes.kept.clone();
-                for (p, in_map) in &changes.joined {
-                    if !in_map {
-                        map.push(p.clone());
-                    }
-                    recorded.push(p.clone());
-                }
-                let refused = changes.refused.iter().map(|(p, why)| format!("{}: {why}", p.name)).collect();
-                after.push((map.clone(), recorded.clone(), refused));
+                let retry = apply_view(&config, &view, networks, &mut table).await.unwrap();
+                after.push((table.map.clone(), table.recorded.clone(), retry));
             }
         });
         after
+    }
+
+    fn follow(source: FakeSource, networks: &[Ipv4Net]) -> Vec<After> {
+        follow_with(source, networks, Memory::default())
     }
 
     #[test]
@@ -259,29 +348,46 @@ mod tests {
         assert_eq!(after[1].1, [node2.clone(), node3.clone()]);
         assert_eq!(after[2].0, [statics, vec![node3.clone()]].concat(), "node2 left");
         assert_eq!(after[2].1, [node3]);
-        assert!(after.iter().all(|(_, _, refused)| refused.is_empty()));
+        assert!(after.iter().all(|(.., retry)| !retry));
+    }
+
+    #[test]
+    fn a_peer_that_cannot_be_routed_is_left_out_and_tried_again() {
+        let node2 = peer("node2", "192.168.60.2", "10.1.2.0/24");
+        let far = peer("far", "203.0.113.9", "10.1.3.0/24");
+        let view = vec![node2.clone(), far.clone()];
+        let table = Memory { unroutable: vec!["far".into()], ..Memory::default() };
+        let after = follow_with(FakeSource { views: vec![view.clone(), view] }, &[], table);
+        let statics = config().peers;
+        for (map, recorded, retry) in &after {
+            assert_eq!(map, &[statics.clone(), vec![node2.clone()]].concat(), "far is not in the map");
+            assert_eq!(recorded, std::slice::from_ref(&node2), "nor in the record");
+            assert!(retry, "the view is to be tried again");
+        }
     }
 
     #[test]
     fn a_view_never_takes_a_route_from_anyone() {
         let networks: Vec<Ipv4Net> = vec!["192.168.50.0/24".parse().unwrap()];
-        let after = follow(
-            FakeSource {
-                views: vec![vec![
-                    peer("node2", "192.168.60.2", "10.1.2.0/24"),
-                    // Over a config peer, this node, the uplink's network, a peer before it.
-                    peer("evil1", "192.168.60.3", "10.9.0.0/25"),
-                    peer("evil2", "192.168.60.4", "10.1.1.0/24"),
-                    peer("evil3", "192.168.60.5", "192.168.50.128/25"),
-                    peer("evil4", "192.168.60.6", "10.1.2.128/25"),
-                    peer("static", "192.168.60.7", "10.1.7.0/24"),
-                ]],
-            },
-            &networks,
-        );
-        let (map, recorded, refused) = &after[0];
-        assert_eq!(recorded, &[peer("node2", "192.168.60.2", "10.1.2.0/24")]);
-        assert_eq!(map.len(), 2, "the config's peer and node2: {map:?}");
+        let node2 = peer("node2", "192.168.60.2", "10.1.2.0/24");
+        let view = vec![
+            node2.clone(),
+            // Over a config peer, this node, the uplink's network, a peer before it.
+            peer("evil1", "192.168.60.3", "10.9.0.0/25"),
+            peer("evil2", "192.168.60.4", "10.1.1.0/24"),
+            peer("evil3", "192.168.60.5", "192.168.50.128/25"),
+            peer("evil4", "192.168.60.6", "10.1.2.128/25"),
+            peer("static", "192.168.60.7", "10.1.7.0/24"),
+        ];
+        let after = follow(FakeSource { views: vec![view.clone()] }, &networks);
+        let (map, recorded, retry) = &after[0];
+        assert_eq!(recorded, std::slice::from_ref(&node2));
+        assert_eq!(map, &[config().peers, vec![node2]].concat(), "the config's peer and node2");
+        assert!(!retry, "what is refused is not tried again");
+        let config = config();
+        let changes = cluster_changes(&config, &view, &[], &config.peers, &networks);
+        let refused: Vec<String> =
+            changes.refused.iter().map(|(p, why)| format!("{}: {why}", p.name)).collect();
         assert_eq!(refused.len(), 5, "{refused:#?}");
         assert!(
             refused[0].starts_with("evil1: pod_cidr: 10.9.0.0/25 overlaps 10.9.0.0/24 of node \"static\"")
