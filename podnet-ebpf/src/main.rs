@@ -92,7 +92,8 @@ fn try_from_pod(ctx: &TcContext) -> Result<Verdict, Malformed> {
 /// tc (tcx) ingress on the node's uplink: replies to masqueraded connections (translated back),
 /// and IPv4 to a pod on this node from a source admitted to pods (peers, `allow_from`), are
 /// delivered straight into the pod (a routed hop: TTL decremented); other sources are dropped
-/// before they reach a pod; the rest (VLAN-tagged frames included) goes on to the stack.
+/// before they reach a pod; other nodes' pods are held to what pods may never reach; the rest
+/// (VLAN-tagged frames included) goes on to the stack.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     try_from_uplink(&ctx).unwrap_or(Verdict::drop(DropReason::DropMalformed)).finish(&ctx)
@@ -111,16 +112,30 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
     let Some(ip) = Ipv4::parse(ctx)? else {
         return Ok(Verdict::pass(PassReason::PassNotIpv4));
     };
-    if let Some(verdict) = nat::unmasquerade(ctx, &ip)? {
-        return Ok(verdict);
+    if nat::is_node_address(ip.daddr()) {
+        let ip = ip.with_l4(ctx)?;
+        if let Some(verdict) = nat::unmasquerade(ctx, &ip)? {
+            return Ok(verdict);
+        }
+        return to_stack(ctx, &ip);
     }
     let Some(ep) = endpoints::lookup(ip.daddr()) else {
-        return Ok(Verdict::pass(PassReason::PassUplinkNotLocal));
+        return to_stack(ctx, &ip);
     };
     if let Err(reason) = isolation::admitted_from_uplink(&ip) {
         return Ok(Verdict::drop(reason));
     }
     Ok(endpoints::deliver(&ip, &ep, Hop::Routed))
+}
+
+/// A packet from the uplink for the node itself (or for the stack to route): on it goes, but
+/// other nodes' pods, which reach this node untranslated, are held to what pods may never reach.
+#[inline(always)]
+fn to_stack(ctx: &TcContext, ip: &Ipv4) -> Result<Verdict, Malformed> {
+    if routing::is_peer_pod(ip.saddr()) && isolation::denied_destination(ctx, &ip.with_l4(ctx)?)? {
+        return Ok(Verdict::drop(DropReason::DropDeniedDestination));
+    }
+    Ok(Verdict::pass(PassReason::PassUplinkNotLocal))
 }
 
 /// XDP on the node's uplink (native or generic mode): drops frames from deny-listed sources and

@@ -4,7 +4,7 @@
 
 use std::{
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -230,14 +230,25 @@ impl Etcd {
         self.ctl_with(tls, args)
     }
 
+    /// One transaction of `ops` (etcdctl's `txn` lines: `put [--lease=ID] KEY VALUE`, `del KEY`),
+    /// unconditional: every op lands at one revision.
+    pub fn txn(&self, ops: &[String]) -> anyhow::Result<String> {
+        // No compares, the ops on success, none on failure: each part ends with an empty line.
+        let input = format!("\n{}\n\n\n", ops.join("\n"));
+        self.ctl_with_input(self.tls_args(false), &["txn"], &input)
+    }
+
     fn ctl_with(&self, tls: Vec<String>, args: &[&str]) -> anyhow::Result<String> {
-        let out = in_ns(&self.ns, "etcdctl")
-            .env("ETCDCTL_API", "3")
+        self.ctl_with_input(tls, args, "")
+    }
+
+    fn ctl_with_input(&self, tls: Vec<String>, args: &[&str], input: &str) -> anyhow::Result<String> {
+        let mut cmd = in_ns(&self.ns, "etcdctl");
+        cmd.env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoint(), "--command-timeout", "2s"])
             .args(tls)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
+            .args(args);
+        let out = crate::output_within(&mut cmd, input.as_bytes(), Duration::from_secs(10))?;
         anyhow::ensure!(
             out.status.success(),
             "etcdctl {args:?}: {}",

@@ -19,6 +19,7 @@
   netcat.py http-stall ADDR PORT N SECS     for SECS, keep N connections open that send half a
                                              request head and nothing more (one replaced as soon
                                              as the server drops it); print how many were opened
+                                             so far, every second
   netcat.py udp-spray ADDR PORT N            N datagrams, each a flow of its own (source ports, then
                                              destination ports from PORT on; raw socket)
 """
@@ -170,8 +171,11 @@ elif mode == "tcp-send":
 elif mode == "http-stall":
     import select
     n, end = int(sys.argv[4]), time.time() + float(sys.argv[5])
-    opened, socks = 0, []
+    opened, socks, said = 0, [], 0.0
     while time.time() < end:
+        if time.time() - said >= 1:
+            print(opened, flush=True)
+            said = time.time()
         while len(socks) < n:
             s = socket.socket()
             s.setblocking(False)

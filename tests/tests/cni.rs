@@ -6,7 +6,7 @@ use std::{collections::HashSet, thread, time::Duration};
 
 use podnet_tests::{
     Lab, Node,
-    cni::{call, net_conf},
+    cni::{call, call_with_env, net_conf},
     pings, sh,
 };
 use serde_json::json;
@@ -256,12 +256,13 @@ fn fifty_concurrent_adds_get_distinct_addresses() -> anyhow::Result<()> {
                 .map(|(i, ns)| {
                     let (node, conf) = (&node, &conf);
                     s.spawn(move || {
-                        call(
+                        // 50 waiters on one lock, on a loaded machine: no call may give up.
+                        call_with_env(
                             node,
                             command,
                             (&format!("id{i}"), &format!("/run/netns/{ns}"), "eth0"),
-                            "",
                             conf,
+                            &[("CNI_ARGS", ""), ("PODNET_LOCK_WAIT", "300")],
                         )
                     })
                 })
@@ -407,7 +408,7 @@ fn config_files_and_the_node_lock_are_bounded() -> anyhow::Result<()> {
         Ok((!free).then_some(()))
     })?;
     let started = std::time::Instant::now();
-    let busy = podnet_tests::cni::call_with_env(
+    let busy = call_with_env(
         &node,
         "ADD",
         ("c1", &netns, "eth0"),

@@ -115,6 +115,8 @@ fn a_refused_peer_changes_nothing() -> anyhow::Result<()> {
     let mut lab = Lab::new("xr")?;
     let nodes = cluster(&mut lab, "", &[&[2]], "off")?.nodes;
     let n1 = &nodes[0];
+    // A route the operator made: podnet does not replace it.
+    sh(&n1.netns, "ip", &["route", "add", "10.1.8.0/24", "via", "192.168.50.99"])?;
     let before = peer_state(n1)?;
     // (ip, pod CIDR, what the refusal says)
     let refused = [
@@ -132,6 +134,7 @@ fn a_refused_peer_changes_nothing() -> anyhow::Result<()> {
         ("192.168.50.9", "192.168.50.128/28", "overlaps 192.168.50.0/24, a network of the uplink"),
         // Valid to every check, but not on the uplink's network: the kernel refuses the route.
         ("192.168.99.9", "10.1.9.0/24", "Network is unreachable"),
+        ("192.168.50.9", "10.1.8.0/24", "a route to 10.1.8.0/24 exists already (via 192.168.50.99)"),
     ];
     for via in ["the CLI", "the agent"] {
         if via == "the agent" {

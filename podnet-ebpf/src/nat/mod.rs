@@ -549,19 +549,21 @@ fn expired<T: Tables>(reply: *const CtEntry, reply_key: &CtKey, cfg: &NatConfig,
 }
 
 /// Translates a reply to a masqueraded connection back to the pod and delivers it; `None` when
-/// the packet is not for the node (NAT off, or another destination). What is for the node but
-/// no such reply goes to the stack: no pod has the node's address.
+/// the packet (for the node's address, see [`is_node_address`]; from [`Ipv4::with_l4`]) is no
+/// such reply.
 #[inline(always)]
 pub fn unmasquerade(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Verdict>, Malformed> {
-    let Some(cfg) = config() else {
-        return Ok(None);
-    };
-    if ip.daddr() != cfg.node_ip {
-        return Ok(None);
+    match config() {
+        Some(cfg) => translate_back(ctx, ip, cfg),
+        None => Ok(None),
     }
-    Ok(Some(
-        translate_back(ctx, &ip.with_l4(ctx)?, cfg)?.unwrap_or(Verdict::pass(PassReason::PassUplinkNotLocal)),
-    ))
+}
+
+/// Whether `addr` is the node's address (the one pods are masqueraded behind, with NAT on): what
+/// is for it and no reply goes to the stack, as no pod has the node's address.
+#[inline(always)]
+pub fn is_node_address(addr: [u8; 4]) -> bool {
+    config().is_some_and(|cfg| u32::from_ne_bytes(cfg.node_ip) == u32::from_ne_bytes(addr))
 }
 
 /// [`unmasquerade`] for a packet to the node: `None` when it is no reply to a translation.

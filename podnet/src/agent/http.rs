@@ -76,12 +76,15 @@ impl Clients {
 /// Serves the connection `stream` from `peer` on a task of its own, if `peer` has a slot left
 /// (else it is closed at once).
 pub fn serve(stream: TcpStream, peer: SocketAddr, served: Rc<Mutex<Served>>, clients: Rc<Clients>) {
-    let ip = peer.ip();
+    // An IPv4 client of an IPv6 socket is the same client as over IPv4.
+    let ip = peer.ip().to_canonical();
     if !clients.admit(ip) {
         debug!("agent: metrics: {ip} has {PER_CLIENT_MAX} connections open (or all {CLIENTS_MAX} are taken)");
         return;
     }
     drop(tokio::task::spawn_local(async move {
+        // The slot goes back however the task ends.
+        let _slot = Slot { clients, ip };
         let service = service_fn(move |request| {
             let served = served.clone();
             async move { Ok::<_, Infallible>(answer(&request, &served).await) }
@@ -102,8 +105,19 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, served: Rc<Mutex<Served>>, cli
             Ok(Err(e)) => debug!("agent: metrics client {ip}: {e}"),
             Err(_) => debug!("agent: metrics client {ip} took longer than {CONNECTION_TIMEOUT:?}"),
         }
-        clients.release(ip);
     }));
+}
+
+/// A connection's slot in [`Clients`], given back when dropped.
+struct Slot {
+    clients: Rc<Clients>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.clients.release(self.ip);
+    }
 }
 
 async fn answer(request: &Request<Incoming>, served: &Mutex<Served>) -> Response<Full<Bytes>> {

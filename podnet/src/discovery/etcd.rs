@@ -20,6 +20,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
+    hash::{Hash as _, Hasher as _},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
@@ -27,7 +28,7 @@ use std::{
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    LeaseTimeToLiveOptions, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
@@ -69,8 +70,9 @@ pub struct Etcd {
     last_view: Option<Vec<PeerNode>>,
     /// The peers believed now, with their leases (see [`view`]).
     believed: Vec<Believed>,
-    /// Subnet keys already warned about, with the value that was wrong.
-    warned: HashSet<(Vec<u8>, Vec<u8>)>,
+    /// Subnet keys already warned about, with the value that was wrong (hashed: keys and values
+    /// are anyone's, and may be large).
+    warned: HashSet<u64>,
     /// For a lease TTL after a listing, the peers before it (see [`Self::view`]).
     grace: Option<Vec<Believed>>,
     /// When the node's keys were last written back.
@@ -171,7 +173,7 @@ impl Etcd {
                 let ttl = self.cluster.lease_ttl.as_secs() as i64;
                 let lease = self.call(client.lease_grant(ttl, None)).await?.id();
                 match self.claim_free(client, lease).await {
-                    Ok(pod_cidr) => LeaseRecord { pod_cidr, lease },
+                    Ok(pod_cidr) => LeaseRecord { pod_cidr, lease, node_ip: Some(self.node_ip) },
                     Err(e) => {
                         let _ = self.call(client.lease_revoke(lease)).await;
                         return Err(e);
@@ -188,19 +190,22 @@ impl Etcd {
 
     /// The node's lease from before, if it lives and may still hold the node's CIDR. The lease
     /// record's lease, while it lives, holds the node's keys whatever they hold now (they are
-    /// written back). Without one (a node that lost its state), the node's name key names it,
-    /// if it holds this name at this address. A lease of this node that can no longer be used
-    /// (expired, its CIDR taken, a CIDR the config does not allow now) is given up.
+    /// written back); a recorded lease that ran out is not looked for elsewhere. Without a record
+    /// (a node that lost its state), the node's name key names its lease if it holds this name
+    /// at this address and the lease holds exactly the node's two keys. A lease of this node
+    /// that can no longer be used (its CIDR taken, a CIDR the config does not allow now, an
+    /// address that changed) is given up.
     async fn resume(&mut self, client: &mut Client) -> Result<Option<LeaseRecord>, DiscoveryError> {
-        if let Some(held) = self.held
-            && self.alive(client, held.lease).await?
-        {
-            if self.usable(held.pod_cidr) {
+        if let Some(held) = self.held {
+            if !self.alive(client, held.lease).await? {
+                return Ok(None);
+            }
+            if self.usable(held.pod_cidr) && held.node_ip.is_none_or(|ip| ip == self.node_ip) {
                 self.write_back(client, held).await?;
-                return Ok(Some(held));
+                return Ok(Some(LeaseRecord { node_ip: Some(self.node_ip), ..held }));
             }
             info!(
-                "cluster: giving up lease {:x}: the config does not allow {} now",
+                "cluster: giving up lease {:x}: the config does not allow {} now, or the node's address changed",
                 held.lease, held.pod_cidr
             );
             let _ = self.call(client.lease_revoke(held.lease)).await;
@@ -210,26 +215,33 @@ impl Etcd {
         let Some(kv) = found.kvs().first() else {
             return Ok(None);
         };
-        let holder = Member::parse(kv.value());
-        if !holder.as_ref().is_some_and(|h| h.node == self.name && h.node_ip == self.node_ip) {
+        let lease = kv.lease();
+        let cidr = Member::parse(kv.value())
+            .filter(|h| h.node == self.name && h.node_ip == self.node_ip)
+            .map(|h| h.pod_cidr)
+            .ok_or_else(|| self.name_held(kv))?;
+        let attached = match lease {
+            0 => Vec::new(),
+            _ => {
+                let options = LeaseTimeToLiveOptions::new().with_keys();
+                self.call(client.lease_time_to_live(lease, Some(options))).await?.keys().to_vec()
+            }
+        };
+        let mut own = [self.subnet_key(cidr).into_bytes(), self.node_key().into_bytes()];
+        let mut attached = attached;
+        own.sort();
+        attached.sort();
+        if attached != own {
+            // Not a lease this node could have made: someone else's, to wait out.
             return Err(self.name_held(kv));
         }
-        let lease = kv.lease();
-        let alive = self.alive(client, lease).await?;
-        if let Some(cidr) = holder.map(|h| h.pod_cidr).filter(|c| alive && self.usable(*c))
-            && self.hold(client, lease, cidr).await?
-        {
-            return Ok(Some(LeaseRecord { pod_cidr: cidr, lease }));
+        if self.usable(cidr) && self.hold(client, lease, cidr).await? {
+            return Ok(Some(LeaseRecord { pod_cidr: cidr, lease, node_ip: Some(self.node_ip) }));
         }
-        if alive {
-            info!(
-                "cluster: giving up lease {lease:x}: its CIDR is another node's now, or not one the config allows"
-            );
-            let _ = self.call(client.lease_revoke(lease)).await;
-        }
-        let unchanged = Compare::mod_revision(self.node_key(), CompareOp::Equal, kv.mod_revision());
-        let delete = TxnOp::delete(self.node_key(), None);
-        self.call(client.txn(Txn::new().when([unchanged]).and_then([delete]))).await?;
+        info!(
+            "cluster: giving up lease {lease:x}: its CIDR is another node's now, or not one the config allows"
+        );
+        let _ = self.call(client.lease_revoke(lease)).await;
         Ok(None)
     }
 
@@ -239,7 +251,7 @@ impl Etcd {
     }
 
     /// Writes the node's two keys as `held` says, in one transaction, whatever they hold now;
-    /// says so when someone else had changed them. At most once per [`WRITE_BACK_MIN`].
+    /// says so when someone else had changed them.
     async fn write_back(&mut self, client: &mut Client, held: LeaseRecord) -> Result<(), DiscoveryError> {
         let (subnet, node) = (self.subnet_key(held.pod_cidr), self.node_key());
         let value = self.value(held.pod_cidr);
@@ -258,9 +270,6 @@ impl Etcd {
             .collect();
         if changed.is_empty() {
             return Ok(());
-        }
-        if let Some(last) = self.written_back {
-            tokio::time::sleep_until(last + WRITE_BACK_MIN).await;
         }
         warn!(
             "cluster: {} deleted or overwritten by another writer; writing back node {} ({}, {}) under lease {:x}",
@@ -321,13 +330,22 @@ impl Etcd {
     /// Takes the configured CIDR, or the first free one (the one the node held last first),
     /// with the node's name, under `lease`.
     async fn claim_free(&self, client: &mut Client, lease: i64) -> Result<Ipv4Net, DiscoveryError> {
-        let listing = GetOptions::new().with_prefix().with_keys_only();
-        let taken: HashSet<Vec<u8>> = self
-            .call(client.get(self.subnets_prefix(), Some(listing)))
-            .await?
+        // Taken: a CIDR with a subnet key, or one another node's name key names (its subnet key
+        // may have been deleted by someone else a moment ago: its owner is writing it back).
+        let listing = self
+            .call(client.get(format!("{}/", self.cluster.prefix), Some(GetOptions::new().with_prefix())))
+            .await?;
+        let nodes = self.nodes_prefix();
+        let taken: HashSet<Vec<u8>> = listing
             .kvs()
             .iter()
-            .map(|kv| kv.key().to_vec())
+            .filter_map(|kv| match kv.key().starts_with(nodes.as_bytes()) {
+                false => Some(kv.key().to_vec()),
+                true if kv.lease() != 0 && kv.key() != self.node_key().as_bytes() => {
+                    Member::parse(kv.value()).map(|m| self.subnet_key(m.pod_cidr).into_bytes())
+                }
+                true => None,
+            })
             .collect();
         let last = self.held.map(|h| h.pod_cidr).filter(|c| self.usable(*c));
         let candidates: Box<dyn Iterator<Item = Ipv4Net>> = match self.configured {
@@ -408,7 +426,7 @@ impl Etcd {
         // listing may just not have renewed yet: they stay one lease TTL longer.
         let grace_end = tokio::time::Instant::now() + self.cluster.lease_ttl;
         self.grace = Some(self.believed.clone());
-        if !self.send_view(&keys, updates).await {
+        if !self.send_view(&mut client, &keys, updates).await? {
             return Ok(());
         }
         let watch_from = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
@@ -420,13 +438,19 @@ impl Etcd {
         let own_value = self.value(joined.pod_cidr);
         let subnets = self.subnets_prefix();
         let etcd_error = self.etcd_error();
+        // A write-back held back by WRITE_BACK_MIN, and when it is due.
+        let mut write_back_due = None;
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(grace_end), if self.grace.is_some() => {
                     self.grace = None;
-                    if !self.send_view(&keys, updates).await {
+                    if !self.send_view(&mut client, &keys, updates).await? {
                         return Ok(());
                     }
+                }
+                () = tokio::time::sleep_until(write_back_due.unwrap_or(grace_end)), if write_back_due.is_some() => {
+                    write_back_due = None;
+                    self.write_back(&mut client, held).await?;
                 }
                 _ = renew.tick() => self.call(keeper.keep_alive()).await?,
                 answer = renewed.message() => match answer.map_err(&etcd_error)? {
@@ -463,10 +487,15 @@ impl Etcd {
                             keys.insert(key, value);
                         }
                     }
-                    if taken {
-                        self.write_back(&mut client, held).await?;
+                    if taken && write_back_due.is_none() {
+                        // At most one write-back a second: a writer who keeps overwriting the
+                        // keys costs etcd one write of ours a second, and waits nothing else.
+                        match self.written_back.map(|last| last + WRITE_BACK_MIN) {
+                            Some(due) if due > tokio::time::Instant::now() => write_back_due = Some(due),
+                            _ => self.write_back(&mut client, held).await?,
+                        }
                     }
-                    if !self.send_view(&keys, updates).await {
+                    if !self.send_view(&mut client, &keys, updates).await? {
                         return Ok(());
                     }
                 }
@@ -476,19 +505,29 @@ impl Etcd {
     }
 
     /// Sends the view `keys` make, if it changed; false when nobody listens any more.
-    async fn send_view(&mut self, keys: &BTreeMap<Vec<u8>, Stored>, updates: &mpsc::Sender<Update>) -> bool {
-        let view = self.view(keys);
+    async fn send_view(
+        &mut self,
+        client: &mut Client,
+        keys: &BTreeMap<Vec<u8>, Stored>,
+        updates: &mpsc::Sender<Update>,
+    ) -> Result<bool, DiscoveryError> {
+        let view = self.view(client, keys).await?;
         if self.last_view.as_ref() == Some(&view) {
-            return true;
+            return Ok(true);
         }
         self.last_view = Some(view.clone());
-        updates.send(Update::Peers(view)).await.is_ok()
+        Ok(updates.send(Update::Peers(view)).await.is_ok())
     }
 
     /// The other nodes the cluster's `keys` hold, by the rules of [`view`], given the nodes
-    /// believed so far; in a grace time after a listing, with the peers before it that it lacks.
-    /// Each key left out is warned about once.
-    fn view(&mut self, keys: &BTreeMap<Vec<u8>, Stored>) -> Vec<PeerNode> {
+    /// believed so far (etcd says which of their leases live, for those whose keys no longer
+    /// hold them); in a grace time after a listing, with the peers before it that it lacks. Each
+    /// key left out is warned about once.
+    async fn view(
+        &mut self,
+        client: &mut Client,
+        keys: &BTreeMap<Vec<u8>, Stored>,
+    ) -> Result<Vec<PeerNode>, DiscoveryError> {
         let (subnets_prefix, nodes_prefix) = (self.subnets_prefix(), self.nodes_prefix());
         let me = view::Me {
             cluster: &self.cluster,
@@ -498,21 +537,29 @@ impl Etcd {
             subnets_prefix: &subnets_prefix,
             nodes_prefix: &nodes_prefix,
         };
+        let mut alive = Vec::new();
+        for lease in view::unheld(&me, keys, &self.believed) {
+            if lease != 0 && self.call(client.lease_time_to_live(lease, None)).await?.ttl() > 0 {
+                alive.push(lease);
+            }
+        }
         let (believed, left_out) =
-            view::view(&me, keys, &self.believed, self.grace.as_deref().unwrap_or_default());
+            view::view(&me, keys, &self.believed, &alive, self.grace.as_deref().unwrap_or_default());
         for LeftOut { key, value, problem } in left_out {
             if self.warned.len() >= WARNED_MAX {
                 // Anyone can write keys: remembering them all would let them fill memory.
                 self.warned.clear();
             }
-            if self.warned.insert((key.clone(), value)) {
+            let mut seen = std::hash::DefaultHasher::new();
+            (&key, &value).hash(&mut seen);
+            if self.warned.insert(seen.finish()) {
                 let key = String::from_utf8_lossy(&key[..key.len().min(QUOTED_MAX)]);
-                warn!("cluster: ignoring {key}: {problem}");
+                warn!("cluster: ignoring {key:?}: {problem}");
             }
         }
         let peers = believed.iter().map(|b| b.peer.clone()).collect();
         self.believed = believed;
-        peers
+        Ok(peers)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::{
     io,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -17,6 +18,10 @@ pub struct LeaseRecord {
     pub pod_cidr: Ipv4Net,
     /// The etcd lease holding it.
     pub lease: i64,
+    /// The node's address when it leased it (`None` in an older podnet's record): a node whose
+    /// address changes takes a new lease, so that its peers see a new claim, not a rewrite.
+    #[serde(default)]
+    pub node_ip: Option<Ipv4Addr>,
 }
 
 impl LeaseRecord {

@@ -9,16 +9,23 @@
 //!    writes both in one transaction; a key overwritten or written by anyone else breaks the
 //!    pair, so a lone subnet key (a forged one, or one overwritten with another name or next
 //!    hop) is no claim.
-//! 2. **A believed node stays while either of its keys holds it.** Once believed, a node keeps
-//!    its place while its subnet key or its name key still holds its lease and value: one key
-//!    overwritten or deleted (its owner writes it back within a watch round trip) moves nothing.
+//! 2. **A believed node stays while its lease lives.** Once believed, a node keeps its place
+//!    while its subnet key or its name key still holds its lease and value, and, when neither
+//!    does, while its lease lives (the caller asks etcd): keys overwritten or deleted, even both
+//!    at once (their owner writes them back within a watch round trip), move nothing. A node
+//!    that leaves revokes its lease, and a stopped node's lease runs out.
 //! 3. **Conflicts go to the node believed first.** A claim whose name, address or CIDR another
 //!    believed node has is left out (and logged); among new claims the older subnet key
-//!    (etcd's create revision) is believed first, then the smaller lease. Never key order.
+//!    (etcd's create revision) is believed first, then the smaller lease. Never key order. A
+//!    CIDR that the name keys of two nodes name (under live leases) is no new claim at all: one
+//!    of them is lying, and the subnet key, which anyone may write, cannot tell which.
 //! 4. **This node is never a peer.** A claim of this node's name, address or pod CIDR is left
 //!    out: its own CIDR is never routed to another next hop here.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -99,26 +106,37 @@ pub(super) struct LeftOut {
 }
 
 /// The other nodes the cluster's `keys` (subnet and name keys) hold by the rules above, given
-/// the nodes `believed` before, sorted by name; and the subnet keys left out. `held_over`, the
-/// peers of an earlier view kept for a while after a listing (see [`super::etcd`]), stay
-/// whatever the keys say.
+/// the nodes `believed` before and the leases known `alive` (see [`unheld`]), sorted by name;
+/// and the subnet keys left out. `held_over`, the peers of an earlier view kept for a while
+/// after a listing (see [`super::etcd`]), stay whatever the keys say.
 pub(super) fn view(
     me: &Me<'_>,
     keys: &BTreeMap<Vec<u8>, Stored>,
     believed: &[Believed],
+    alive: &[i64],
     held_over: &[Believed],
 ) -> (Vec<Believed>, Vec<LeftOut>) {
     let mut peers: Vec<Believed> = held_over.to_vec();
     for old in believed {
-        if !peers.iter().any(|p| p.peer == old.peer) && still_held(me, keys, old) {
+        if !peers.iter().any(|p| p.peer == old.peer)
+            && (still_held(me, keys, old) || alive.contains(&old.lease))
+        {
             peers.push(old.clone());
+        }
+    }
+    // Which nodes' name keys name each CIDR.
+    let mut named: HashMap<Ipv4Net, Vec<String>> = HashMap::new();
+    let nodes = keys.range(me.nodes_prefix.as_bytes().to_vec()..);
+    for (_, stored) in nodes.take_while(|(k, _)| k.starts_with(me.nodes_prefix.as_bytes())) {
+        if let Some(member) = Member::parse(&stored.value).filter(|_| stored.lease != 0) {
+            named.entry(member.pod_cidr).or_default().push(member.node);
         }
     }
     let mut claims = Vec::new();
     let mut left_out = Vec::new();
     let subnets = keys.range(me.subnets_prefix.as_bytes().to_vec()..);
     for (key, stored) in subnets.take_while(|(k, _)| k.starts_with(me.subnets_prefix.as_bytes())) {
-        match claim(me, keys, key, stored) {
+        match claim(me, keys, &named, key, stored) {
             Ok(Some(claim)) => claims.push((stored.created, claim)),
             Ok(None) => {}
             Err(problem) => left_out.push(LeftOut { key: key.clone(), value: stored.value.clone(), problem }),
@@ -156,6 +174,12 @@ pub(super) fn view(
     (peers, left_out)
 }
 
+/// The leases of the nodes `believed` whose keys no longer hold them: whether each lives decides
+/// whether they stay (rule 2).
+pub(super) fn unheld(me: &Me<'_>, keys: &BTreeMap<Vec<u8>, Stored>, believed: &[Believed]) -> Vec<i64> {
+    believed.iter().filter(|b| !still_held(me, keys, b)).map(|b| b.lease).collect()
+}
+
 /// Whether a node believed before still holds its subnet key or its name key (rule 2).
 fn still_held(me: &Me<'_>, keys: &BTreeMap<Vec<u8>, Stored>, old: &Believed) -> bool {
     let member = Member::of(&old.peer);
@@ -169,6 +193,7 @@ fn still_held(me: &Me<'_>, keys: &BTreeMap<Vec<u8>, Stored>, old: &Believed) -> 
 fn claim(
     me: &Me<'_>,
     keys: &BTreeMap<Vec<u8>, Stored>,
+    named: &HashMap<Ipv4Net, Vec<String>>,
     key: &[u8],
     stored: &Stored,
 ) -> Result<Option<Believed>, String> {
@@ -184,6 +209,14 @@ fn claim(
             "{name_key} does not hold the same lease and value: not node {}'s claim (a key overwritten or \
              forged)",
             peer.name
+        ));
+    }
+    if let Some(other) = named.get(&peer.pod_cidr).into_iter().flatten().find(|n| **n != peer.name) {
+        return Err(format!(
+            "{} is named by the name keys of node {} and of node {:?}: believed for neither",
+            peer.pod_cidr,
+            peer.name,
+            cut(other)
         ));
     }
     Ok(Some(Believed { peer, lease: stored.lease }))
@@ -210,8 +243,10 @@ fn member(me: &Me<'_>, key: &[u8], value: &[u8]) -> Result<Option<PeerNode>, Str
                 Ok(None)
             }
             _ => Err(format!(
-                "{} ({}, {}) poses as this node (its name, address or pod CIDR)",
-                member.node, member.node_ip, member.pod_cidr
+                "{:?} ({}, {}) poses as this node (its name, address or pod CIDR)",
+                cut(&member.node),
+                member.node_ip,
+                member.pod_cidr
             )),
         };
     }
@@ -293,6 +328,16 @@ mod tests {
 
     /// The view of node1 (10.1.1.0/24 at 192.168.50.1): peers and the problems left out.
     fn view_of(keys: &Keys, believed: &[Believed], held_over: &[Believed]) -> (Vec<Believed>, Vec<String>) {
+        view_alive(keys, believed, &[], held_over)
+    }
+
+    /// [`view_of`] with the leases known `alive`.
+    fn view_alive(
+        keys: &Keys,
+        believed: &[Believed],
+        alive: &[i64],
+        held_over: &[Believed],
+    ) -> (Vec<Believed>, Vec<String>) {
         let cluster = cluster();
         let me = Me {
             cluster: &cluster,
@@ -302,7 +347,7 @@ mod tests {
             subnets_prefix: "/podnet/subnets/",
             nodes_prefix: "/podnet/nodes/",
         };
-        let (peers, left_out) = view(&me, &keys.0, believed, held_over);
+        let (peers, left_out) = view(&me, &keys.0, believed, alive, held_over);
         (peers, left_out.into_iter().map(|l| l.problem).collect())
     }
 
@@ -351,11 +396,11 @@ mod tests {
         let (peers, left_out) = view_of(&keys, &[], &[]);
         assert!(peers.is_empty(), "{peers:?}");
         assert_eq!(left_out.len(), 10, "{left_out:#?}");
-        assert!(left_out[0].starts_with("evil (192.168.50.66, 10.1.1.0/24)"), "{}", left_out[0]);
+        assert!(left_out[0].starts_with("\"evil\" (192.168.50.66, 10.1.1.0/24)"), "{}", left_out[0]);
         assert!(left_out[1].starts_with("the value is not"));
         assert!(left_out[2].starts_with("pod_cidr 10.1.9.0/24 is not the key's"));
-        assert!(left_out[3].starts_with("node1 (192.168.50.66, 10.1.4.0/24) poses as this node"));
-        assert!(left_out[4].starts_with("evil (192.168.50.1, 10.1.5.0/24) poses as this node"));
+        assert!(left_out[3].starts_with("\"node1\" (192.168.50.66, 10.1.4.0/24) poses as this node"));
+        assert!(left_out[4].starts_with("\"evil\" (192.168.50.1, 10.1.5.0/24) poses as this node"));
         assert!(left_out[5].starts_with("not a node name"));
         assert_eq!(left_out[6], "127.0.0.1 cannot be a node's address");
         assert_eq!(left_out[7], "10.1.200.1 cannot be a node's address");
@@ -410,9 +455,49 @@ mod tests {
             let (peers, _) = view_of(&keys, &before, &[]);
             assert_eq!(peers[0], node2(), "{attack}");
         }
+        // Both keys gone: its lease decides.
         let gone = honest().del(subnet("10.1.2.0/24")).del(name("node2"));
+        assert_eq!(unheld_of(&gone, &before), [2]);
+        let (peers, _) = view_alive(&gone, &before, &[2], &[]);
+        assert_eq!(peers[0], node2(), "deleted, but its lease lives: it stays");
         let (peers, _) = view_of(&gone, &before, &[]);
-        assert!(!peers.contains(&node2()), "both keys gone (its lease ended): it left");
+        assert!(!peers.contains(&node2()), "its lease ended: it left");
+    }
+
+    fn unheld_of(keys: &Keys, believed: &[Believed]) -> Vec<i64> {
+        let cluster = cluster();
+        let me = Me {
+            cluster: &cluster,
+            name: "node1",
+            node_ip: "192.168.50.1".parse().unwrap(),
+            pod_cidr: Some("10.1.1.0/24".parse().unwrap()),
+            subnets_prefix: "/podnet/subnets/",
+            nodes_prefix: "/podnet/nodes/",
+        };
+        unheld(&me, &keys.0, believed)
+    }
+
+    #[test]
+    fn a_whole_claim_written_over_a_believed_node_in_one_go_moves_nothing() {
+        // One transaction: node2's subnet key overwritten with evil under evil's lease, node2's
+        // name key deleted, evil's name key made to match. node2's lease lives.
+        let evil = value("evil", "192.168.50.66", "10.1.2.0/24");
+        let keys = honest().put(subnet("10.1.2.0/24"), evil.clone(), 66, 20).del(name("node2")).put(
+            name("evil"),
+            evil,
+            66,
+            90,
+        );
+        let before = [node2()];
+        let (peers, left_out) = view_alive(&keys, &before, &unheld_of(&keys, &before), &[]);
+        assert_eq!(peers[0], node2(), "node2 keeps its CIDR");
+        assert!(!peers.iter().any(|p| p.peer.name == "evil"), "{peers:?}");
+        assert!(
+            left_out
+                .iter()
+                .any(|l| l.starts_with("node evil (192.168.50.66, 10.1.2.0/24) clashes with node node2")),
+            "{left_out:?}"
+        );
     }
 
     #[test]
@@ -451,6 +536,22 @@ mod tests {
         let (peers, left_out) = view_of(&keys, &[], &[]);
         assert_eq!(peers, [believed("early", "192.168.50.7", "10.1.9.0/24", 9)]);
         assert!(left_out[0].starts_with("node late (192.168.50.7, 10.1.7.0/24) clashes with node early"));
+    }
+
+    #[test]
+    fn a_cidr_two_name_keys_name_is_no_new_claim() {
+        // node2's credentials (allowed to write subnet keys and its own name key) make a whole
+        // pair for node3's CIDR; node3's name key still names it. A node that starts now, and
+        // believed nobody before, believes neither; one that believed node3 keeps it.
+        let forged = value("node2", "192.168.50.2", "10.1.3.0/24");
+        let keys =
+            honest().put(subnet("10.1.3.0/24"), forged.clone(), 2, 30).put(name("node2"), forged, 2, 20);
+        let (peers, left_out) = view_of(&keys, &[], &[]);
+        assert!(peers.iter().all(|p| p.peer.pod_cidr != "10.1.3.0/24".parse().unwrap()), "{peers:?}");
+        assert!(left_out.iter().any(|l| l.contains("believed for neither")), "{left_out:?}");
+        let node3 = believed("node3", "192.168.60.3", "10.1.3.0/24", 3);
+        let (peers, _) = view_alive(&keys, std::slice::from_ref(&node3), &[3], &[]);
+        assert!(peers.contains(&node3), "{peers:?}");
     }
 
     #[test]

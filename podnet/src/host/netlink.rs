@@ -236,16 +236,20 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(self.request("list addresses of", &link.name))?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(|m| {
-                let ip = m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                    _ => None,
-                })?;
-                Some((ip, m))
-            })
-            .collect())
+        Ok(with_ipv4(msgs))
+    }
+
+    /// Every IPv4 address of the namespace, on any link.
+    pub async fn all_ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.request("list addresses of", "the node"))?;
+        Ok(with_ipv4(msgs).into_iter().map(|(ip, _)| ip).collect())
     }
 
     /// The IPv4 addresses on `link`.
@@ -284,21 +288,45 @@ impl Netlink {
         Ok(removed)
     }
 
-    /// Whether the main table has a default route via `gateway`.
-    pub async fn has_default_route_via(&self, gateway: Ipv4Addr) -> Result<bool, NetlinkError> {
-        let routes: Vec<RouteMessage> = self
-            .handle
+    /// Every IPv4 route, of every table.
+    async fn ipv4_routes(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+        self.handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute()
             .try_collect()
             .await
-            .map_err(self.request("list routes", "IPv4"))?;
-        Ok(routes.iter().any(|r| {
-            r.header.destination_prefix_length == 0
-                && r.attributes
-                    .iter()
-                    .any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(gw)) if *gw == gateway))
+            .map_err(self.request("list routes", "IPv4"))
+    }
+
+    /// Whether the main table has a default route via `gateway`.
+    pub async fn has_default_route_via(&self, gateway: Ipv4Addr) -> Result<bool, NetlinkError> {
+        Ok(self
+            .ipv4_routes()
+            .await?
+            .iter()
+            .any(|r| r.header.destination_prefix_length == 0 && route_gateway(r) == Some(gateway)))
+    }
+
+    /// The gateway and output device of the main table's route to exactly `cidr`, if it has one.
+    pub async fn route_to(
+        &self,
+        cidr: Ipv4Net,
+    ) -> Result<Option<(Option<Ipv4Addr>, Option<u32>)>, NetlinkError> {
+        const MAIN: u8 = 254;
+        Ok(self.ipv4_routes().await?.iter().find_map(|r| {
+            let destination = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            let device = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(index) => Some(*index),
+                _ => None,
+            });
+            let exact = r.header.table == MAIN
+                && r.header.destination_prefix_length == cidr.prefix_len()
+                && destination.unwrap_or(Ipv4Addr::UNSPECIFIED) == cidr.network();
+            exact.then(|| (route_gateway(r), device))
         }))
     }
 
@@ -373,6 +401,27 @@ fn iface(msg: &LinkMessage) -> Iface {
 pub fn fmt_mac(mac: &[u8; 6]) -> String {
     let [a, b, c, d, e, f] = mac;
     format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+/// The gateway of route `r`, if it has one.
+fn route_gateway(r: &RouteMessage) -> Option<Ipv4Addr> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
+        _ => None,
+    })
+}
+
+/// The address messages that carry an IPv4 address, with it.
+fn with_ipv4(msgs: Vec<AddressMessage>) -> Vec<(Ipv4Addr, AddressMessage)> {
+    msgs.into_iter()
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            Some((ip, m))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -107,7 +107,14 @@ pub async fn down(node: &Teardown) -> Result<(), NodeError> {
 /// lease runs out by itself after its TTL; the node forgets it either way.
 async fn leave_cluster(node: &Teardown) -> Result<(), NodeError> {
     let Some(member) = node.membership.clone() else {
-        return Ok(());
+        // Taken down from its state alone: its cluster is not known here.
+        if let Some(held) = LeaseRecord::load(&node.state)? {
+            warn!(
+                "node {} held pod CIDR {} under etcd lease {:x}: without its [cluster], the lease runs out by itself",
+                node.node, held.pod_cidr, held.lease
+            );
+        }
+        return Ok(LeaseRecord::remove(&node.state)?);
     };
     let ttl = member.cluster.lease_ttl;
     let mut etcd = match Etcd::of(member) {

@@ -63,6 +63,7 @@ pub async fn observe(config: &Config, nl: &Netlink) -> Result<Observed, NodeErro
             .map(|p| p.netns.clone())
             .collect(),
         etcd: config.cluster.as_ref().map(|c| etcd_addresses(&c.etcd)).unwrap_or_default(),
+        node_addresses: nl.all_ipv4_addresses().await?,
     })
 }
 

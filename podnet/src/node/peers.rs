@@ -27,11 +27,36 @@ pub(super) async fn uplink(config: &Config, nl: &Netlink) -> Result<Iface, NodeE
 }
 
 /// Routes `peer` via `uplink`, then puts it in the peer map: a peer the kernel cannot route to
-/// never gets into the map, and a peer the map refuses loses its route again.
-async fn install(nl: &Netlink, peers: &mut Peers, uplink: &Iface, peer: &PeerNode) -> Result<(), NodeError> {
-    nl.add_peer_route(peer.pod_cidr, peer.ip, uplink).await?;
+/// never gets into the map, and a peer the map refuses loses the route it was given. A route
+/// to its pod CIDR that is not podnet's is left alone, and the peer refused.
+pub(super) async fn install(
+    nl: &Netlink,
+    peers: &mut Peers,
+    uplink: &Iface,
+    peer: &PeerNode,
+) -> Result<(), NodeError> {
+    let added = match nl.route_to(peer.pod_cidr).await? {
+        // An earlier run's.
+        Some(route) if route == (Some(peer.ip), Some(uplink.index)) => false,
+        Some((gateway, _)) => {
+            return Err(NodeError::InvalidPeer {
+                field: "pod_cidr",
+                problem: format!(
+                    "a route to {} exists already ({}): podnet replaces no route it did not make; remove it first",
+                    peer.pod_cidr,
+                    gateway.map_or_else(|| "without a gateway".to_owned(), |g| format!("via {g}"))
+                ),
+            });
+        }
+        None => {
+            nl.add_peer_route(peer.pod_cidr, peer.ip, uplink).await?;
+            true
+        }
+    };
     if let Err(e) = peers.insert(peer) {
-        nl.del_peer_route(peer.pod_cidr, peer.ip, uplink).await?;
+        if added {
+            nl.del_peer_route(peer.pod_cidr, peer.ip, uplink).await?;
+        }
         return Err(e.into());
     }
     Ok(())

@@ -212,8 +212,7 @@ impl Host for System {
                 }
             }
             Step::AddConfigPeer { peer, uplink, .. } => {
-                Peers::open(&pins)?.insert(peer)?;
-                self.nl.add_peer_route(peer.pod_cidr, peer.ip, uplink).await?;
+                super::peers::install(&self.nl, &mut Peers::open(&pins)?, uplink, peer).await?;
             }
             Step::DetachPod(held) => {
                 info!("removing pod {} ({}): no longer in the config", held.pod, held.ip);

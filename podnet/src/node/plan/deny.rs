@@ -1,12 +1,15 @@
 //! What pods may never reach ([`podnet_common::maps::POD_DENY`]): `[isolation]
 //! pods_never_reach`, and, unless `pods_reach_control_plane`, the node's control endpoints: the
 //! agent's metrics address (every address of the node when it listens on all of them) and the
-//! etcd client URLs of `[cluster]`. Pods that reach etcd can rewrite the cluster, and the
-//! metrics name every pod of the node.
+//! etcd client URLs of `[cluster]` (on every address of the node when etcd runs on it). Pods that
+//! reach etcd can rewrite the cluster, and the metrics name every pod of the node.
+//!
+//! The map is an LPM trie, which answers with the longest prefix only: so each entry carries
+//! what every shorter entry covering it denies too.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
 };
 
 use ipnet::Ipv4Net;
@@ -35,7 +38,24 @@ pub fn pod_deny(config: &Config, found: &Observed) -> Vec<(Ipv4Net, DeniedPorts)
             (None, Some(_)) => {}
         }
     }
-    by_net
+    // Longest prefix wins in the trie: fold what covers each network into it.
+    let folded: Vec<(Ipv4Net, Option<BTreeSet<u16>>)> = by_net
+        .iter()
+        .map(|(net, ports)| {
+            let covering = by_net
+                .iter()
+                .filter(|(other, _)| other.prefix_len() < net.prefix_len() && other.contains(&net.network()));
+            let ports = covering.fold(ports.clone(), |mine, (_, theirs)| match (mine, theirs) {
+                (Some(mut mine), Some(theirs)) => {
+                    mine.extend(theirs);
+                    Some(mine)
+                }
+                _ => None,
+            });
+            (*net, ports)
+        })
+        .collect();
+    folded
         .into_iter()
         .map(|(net, ports)| {
             let mut denied = DeniedPorts::default();
@@ -52,16 +72,34 @@ pub fn pod_deny(config: &Config, found: &Observed) -> Vec<(Ipv4Net, DeniedPorts)
 
 /// The node's control endpoints: where its agent serves metrics, and etcd.
 fn control_endpoints(config: &Config, found: &Observed) -> Vec<SocketAddrV4> {
-    let mut endpoints = found.etcd.clone();
-    if let Some(metrics) = config.agent.metrics
-        && let IpAddr::V4(ip) = metrics.ip()
-    {
-        if ip.is_unspecified() {
-            let node = [config.node.gateway].into_iter().chain(config.uplink.as_ref().map(|u| u.ip));
-            let found = found.uplink.iter().flat_map(|u| u.addresses.iter().copied());
-            endpoints.extend(node.chain(found).map(|ip| SocketAddrV4::new(ip, metrics.port())));
+    // Every address of the node: found now, and the ones `up` is about to make.
+    let mut node: Vec<Ipv4Addr> = found.node_addresses.clone();
+    node.extend([config.node.gateway].into_iter().chain(config.uplink.as_ref().map(|u| u.ip)));
+    node.retain(|ip| !ip.is_loopback());
+    node.sort_unstable();
+    node.dedup();
+    let on_node = |port: u16| node.iter().map(move |&ip| SocketAddrV4::new(ip, port));
+    let mut endpoints = Vec::new();
+    if let Some(metrics) = config.agent.metrics {
+        let ip = match metrics.ip() {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(ip) if ip.is_unspecified() => Some(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+        };
+        match ip {
+            // A socket on all addresses answers on each of them.
+            Some(ip) if ip.is_unspecified() => endpoints.extend(on_node(metrics.port())),
+            Some(ip) => endpoints.push(SocketAddrV4::new(ip, metrics.port())),
+            // An IPv6 address: pods have no IPv6.
+            None => {}
+        }
+    }
+    for etcd in &found.etcd {
+        // etcd on this node may listen on more of its addresses than its URL names.
+        if etcd.ip().is_loopback() || node.contains(etcd.ip()) {
+            endpoints.extend(on_node(etcd.port()));
         } else {
-            endpoints.push(SocketAddrV4::new(ip, metrics.port()));
+            endpoints.push(*etcd);
         }
     }
     endpoints

@@ -49,6 +49,8 @@ pub struct Observed {
     pub pod_namespaces: Vec<String>,
     /// The addresses of `[cluster] etcd`'s client URLs.
     pub etcd: Vec<SocketAddrV4>,
+    /// Every IPv4 address of the node, on any link.
+    pub node_addresses: Vec<Ipv4Addr>,
 }
 
 /// The uplink device as found.

@@ -501,6 +501,8 @@ fn pods_never_reach_the_control_plane_unless_the_operator_says_so() {
     let config = config_of(&text);
     let mut found = after_up(&config);
     found.etcd = vec!["192.168.50.250:2379".parse().unwrap()];
+    // An address of the node on another link (a management NIC): metrics answer there too.
+    found.node_addresses = vec!["172.30.0.1".parse().unwrap(), "127.0.0.1".parse().unwrap()];
     let plan = planned(&config, &found);
     assert_eq!(
         denied(&plan),
@@ -508,6 +510,7 @@ fn pods_never_reach_the_control_plane_unless_the_operator_says_so() {
             ("10.1.1.1/32".to_owned(), 0, vec![9101]),
             ("10.9.0.0/16".to_owned(), 0, vec![443]),
             ("169.254.169.254/32".to_owned(), 1, vec![]),
+            ("172.30.0.1/32".to_owned(), 0, vec![9101]),
             ("192.168.50.1/32".to_owned(), 0, vec![9101]),
             ("192.168.50.250/32".to_owned(), 0, vec![2379, 2380]),
         ]
@@ -519,6 +522,30 @@ fn pods_never_reach_the_control_plane_unless_the_operator_says_so() {
             ("10.9.0.0/16".to_owned(), 0, vec![443]),
             ("169.254.169.254/32".to_owned(), 1, vec![]),
             ("192.168.50.250/32".to_owned(), 0, vec![2380]),
+        ]
+    );
+}
+
+#[test]
+fn what_a_network_denies_holds_for_the_addresses_in_it() {
+    // etcd on this node, metrics on [::] (IPv4 too), and the operator's networks around them:
+    // the trie answers with the longest prefix, so each entry carries what covers it.
+    let text = format!(
+        "{BASE}\n[agent]\nmetrics = \"[::]:9101\"\n\
+         [isolation]\npods_never_reach = [\"192.168.50.0/24:22\", \"172.30.0.0/16\"]\n"
+    );
+    let config = config_of(&text);
+    let mut found = after_up(&config);
+    found.etcd = vec!["127.0.0.1:2379".parse().unwrap()];
+    found.node_addresses = vec!["172.30.0.1".parse().unwrap()];
+    assert_eq!(
+        denied(&planned(&config, &found)),
+        [
+            ("10.1.1.1/32".to_owned(), 0, vec![2379, 9101]),
+            ("172.30.0.0/16".to_owned(), 1, vec![]),
+            ("172.30.0.1/32".to_owned(), 1, vec![]),
+            ("192.168.50.0/24".to_owned(), 0, vec![22]),
+            ("192.168.50.1/32".to_owned(), 0, vec![22, 2379, 9101]),
         ]
     );
 }
