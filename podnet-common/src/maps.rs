@@ -90,6 +90,9 @@ pub const UPLINK_ALLOW_MAX: usize = 1024;
 pub const POD_DENY: &str = "POD_DENY";
 /// Capacity of [`POD_DENY`].
 pub const POD_DENY_MAX: usize = 1024;
+/// How many entries [`POD_DENY`] holds, at most (array, one `u32`): 0 lets the programs skip
+/// the trie (a lookup in an empty trie still costs a helper call on every packet).
+pub const POD_DENY_COUNT: &str = "POD_DENY_COUNT";
 /// Per-pod traffic (per-CPU array): the [`crate::Endpoint`]'s slot -> [`crate::PodStats`].
 /// Slot 0 belongs to no pod.
 pub const POD_STATS: &str = "POD_STATS";
@@ -163,7 +166,7 @@ type LpmKey = (u32, Ipv4LpmData);
 type DevMapValue = (u32, u32);
 
 /// Every pinned map, with its layout (see [`Layout`]).
-pub const LAYOUTS: [Layout; 25] = [
+pub const LAYOUTS: [Layout; 26] = [
     layout::<EndpointKey, Endpoint>(ENDPOINTS, 1, Hash, ENDPOINTS_MAX),
     layout::<u32, DevMapValue>(POD_DEVS, 1, DevMapHash, ENDPOINTS_MAX),
     layout::<u32, PodSource>(POD_SOURCES, 1, Array, POD_SOURCES_MAX),
@@ -184,6 +187,7 @@ pub const LAYOUTS: [Layout; 25] = [
     layout::<LpmKey, u32>(DENY, 1, LpmTrie, DENY_MAX),
     layout::<LpmKey, u32>(UPLINK_ALLOW, 1, LpmTrie, UPLINK_ALLOW_MAX),
     layout::<LpmKey, DeniedPorts>(POD_DENY, 1, LpmTrie, POD_DENY_MAX),
+    layout::<u32, u32>(POD_DENY_COUNT, 1, Array, 1),
     layout::<u32, PodStats>(POD_STATS, 1, PerCpuArray, POD_STATS_SLOTS),
     layout::<u32, u64>(MONITOR, 1, Array, 1),
     layout::<u32, u64>(EVENT_STATS, 1, PerCpuArray, crate::events::STATS),

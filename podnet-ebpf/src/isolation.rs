@@ -10,7 +10,7 @@
 //! endpoints, `[isolation] pods_never_reach`).
 
 use aya_ebpf::{
-    btf_maps::{LpmTrie, lpm_trie::Key},
+    btf_maps::{Array, LpmTrie, lpm_trie::Key},
     macros::btf_map,
     programs::TcContext,
 };
@@ -32,6 +32,10 @@ static UPLINK_ALLOW: LpmTrie<Ipv4LpmData, u32, UPLINK_ALLOW_MAX> = LpmTrie::new(
 
 #[btf_map(pin_by_name)]
 static POD_DENY: LpmTrie<Ipv4LpmData, DeniedPorts, POD_DENY_MAX> = LpmTrie::new();
+
+/// How many entries `POD_DENY` holds, at most (see `maps::POD_DENY_COUNT`).
+#[btf_map(pin_by_name)]
+static POD_DENY_COUNT: Array<u32, 1> = Array::new();
 
 /// The pod's counter slot if its IPv4 packet carries its own source address and MAC, on its
 /// own veth; `None` if it does not.
@@ -88,6 +92,9 @@ pub fn admitted_from_uplink(ip: &Ipv4) -> Result<(), DropReason> {
 /// which does, did not). `ip` comes from [`Ipv4::with_l4`].
 #[inline(always)]
 pub fn denied_destination(ctx: &TcContext, ip: &Ipv4) -> Result<bool, Malformed> {
+    if POD_DENY_COUNT.get(0).is_none_or(|&n| n == 0) {
+        return Ok(false);
+    }
     let Some(denied) = POD_DENY.get(&Key::new(32, ip.daddr())) else {
         return Ok(false);
     };

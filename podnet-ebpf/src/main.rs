@@ -132,7 +132,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Verdict, Malformed> {
 /// other nodes' pods, which reach this node untranslated, are held to what pods may never reach.
 #[inline(always)]
 fn to_stack(ctx: &TcContext, ip: &Ipv4) -> Result<Verdict, Malformed> {
-    if routing::is_peer_pod(ip.saddr()) && isolation::denied_destination(ctx, &ip.with_l4(ctx)?)? {
+    // The destination first: with no control endpoint, the lookup finds nothing at once.
+    let ip = ip.with_l4(ctx)?;
+    if isolation::denied_destination(ctx, &ip)? && routing::is_peer_pod(ip.saddr()) {
         return Ok(Verdict::drop(DropReason::DropDeniedDestination));
     }
     Ok(Verdict::pass(PassReason::PassUplinkNotLocal))

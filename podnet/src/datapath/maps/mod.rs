@@ -14,8 +14,8 @@ use podnet_common::{
     DeniedPorts, Endpoint, EndpointKey, Ipv4LpmData, NatConfig, PEER_NAME_MAX, Peer, PodSource, PodStats,
     Reason, admission, events,
     maps::{
-        COUNTERS, DENY, ENDPOINTS, EVENT_STATS, MONITOR, NAT_CONFIG, PEERS, POD_DENY, POD_DEVS, POD_SOURCES,
-        POD_SOURCES_MAX, POD_STATS, POD_STATS_SLOTS, ROUTE_GENERATION, UPLINK_ALLOW,
+        COUNTERS, DENY, ENDPOINTS, EVENT_STATS, MONITOR, NAT_CONFIG, PEERS, POD_DENY, POD_DENY_COUNT,
+        POD_DEVS, POD_SOURCES, POD_SOURCES_MAX, POD_STATS, POD_STATS_SLOTS, ROUTE_GENERATION, UPLINK_ALLOW,
     },
 };
 
@@ -351,22 +351,35 @@ impl UplinkAllow {
     }
 }
 
-/// Destinations pods may never reach: networks, whole or some of their TCP and UDP ports.
-pub struct PodDeny(CidrMap<DeniedPorts>);
+/// Destinations pods may never reach: networks, whole or some of their TCP and UDP ports, and
+/// how many there are at most (the programs skip the trie when none).
+pub struct PodDeny {
+    trie: CidrMap<DeniedPorts>,
+    count: Array<MapData, u32>,
+}
 
 impl PodDeny {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
-        CidrMap::open(pins, POD_DENY).map(Self)
+        Ok(Self { trie: CidrMap::open(pins, POD_DENY)?, count: open(pins, POD_DENY_COUNT, Map::Array)? })
     }
 
-    /// Makes the map hold exactly `wanted`.
+    /// Makes the map hold exactly `wanted`. The count covers every entry at every moment: it
+    /// rises before new entries go in, and falls only once old ones are out.
     pub fn set(&mut self, wanted: &[(Ipv4Net, DeniedPorts)]) -> Result<(), MapsError> {
-        self.0.set(wanted)
+        let before = self.trie.list().len();
+        self.set_count(before + wanted.len())?;
+        self.trie.set(wanted)?;
+        self.set_count(wanted.len())
+    }
+
+    fn set_count(&mut self, n: usize) -> Result<(), MapsError> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.count.set(0, &n, 0).map_err(access_err("write", POD_DENY_COUNT, "0".to_owned()))
     }
 
     /// Every entry, sorted by network.
     pub fn list(&self) -> Vec<(Ipv4Net, DeniedPorts)> {
-        self.0.list()
+        self.trie.list()
     }
 }
 
