@@ -100,7 +100,9 @@ pub fn is_peer(addr: [u8; 4]) -> bool {
 /// Whether `addr` is in a peer's pod CIDR (a pod of another node, not the node itself).
 #[inline(always)]
 pub fn is_peer_pod(addr: [u8; 4]) -> bool {
-    PEERS.get(&Key::new(32, addr)).is_some_and(|peer| u32::from_ne_bytes(peer.node_ip) != u32::from_ne_bytes(addr))
+    PEERS
+        .get(&Key::new(32, addr))
+        .is_some_and(|peer| u32::from_ne_bytes(peer.node_ip) != u32::from_ne_bytes(addr))
 }
 
 /// Classifies a pod's packet whose destination is no local pod, at time `now`: from the cache

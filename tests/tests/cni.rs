@@ -382,10 +382,14 @@ fn config_files_and_the_node_lock_are_bounded() -> anyhow::Result<()> {
     let netns = format!("/run/netns/{c}");
     let secret = lab.dir().join("shadow");
     std::fs::write(&secret, "root:$6$s3cr3tsalt$hash:19000:0:99999:7:::\n")?;
+    // TOML of something else, whose value the parser's message would quote.
+    let other_toml = lab.dir().join("app.toml");
+    std::fs::write(&other_toml, "node = \"s3cr3t-token\"\n")?;
     let fifo = lab.dir().join("config-fifo");
     podnet_tests::run(std::process::Command::new("mkfifo").arg(&fifo))?;
     for (what, config, expected) in [
-        ("a file that is not TOML", secret.display().to_string(), "is not a podnet node config (line 1:"),
+        ("a file that is not TOML", secret.display().to_string(), "is not a podnet node config (line 1;"),
+        ("TOML of something else", other_toml.display().to_string(), "is not a podnet node config (line 1;"),
         ("a FIFO", fifo.display().to_string(), "not a regular file"),
         ("a device", "/dev/zero".to_owned(), "not a regular file"),
     ] {

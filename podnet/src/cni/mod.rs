@@ -224,9 +224,9 @@ fn node_config(conf: &NetConf) -> Result<Config, CniError> {
     // A file that does not parse is quoted nowhere: the runtime's network config may name any.
     let draft = Draft::load(Some(path)).map_err(|e| {
         let msg = match &e {
-            ConfigError::Parse { source_name, summary, .. } => {
-                format!("{source_name} is not a podnet node config ({summary})")
-            }
+            ConfigError::Parse { source_name, summary, .. } => format!(
+                "{source_name} is not a podnet node config ({summary}; `podnet --config {source_name} status` says why)"
+            ),
             e => chain(e),
         };
         CniError::new(code::INVALID_CONFIG, msg, "name the node's podnet config (TOML) in \"config\"")

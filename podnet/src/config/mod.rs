@@ -38,8 +38,8 @@ pub enum ConfigError {
     Parse {
         source_name: Source,
         message: String,
-        /// The same without the file's text: where and what, for callers that must not
-        /// quote a file someone named (the CNI plugin's `config`).
+        /// Where, and nothing of the file's text (the parser's messages quote values): for
+        /// callers that must not quote a file someone named (the CNI plugin's `config`).
         summary: String,
     },
     #[error("{}: {problem}", path.display())]
@@ -118,10 +118,7 @@ impl Draft {
             ConfigError::Parse {
                 source_name: source.clone(),
                 message: cut_lines(e.to_string().trim_end(), QUOTED_MAX),
-                summary: format!(
-                    "line {line}: {}",
-                    cut_lines(e.message().lines().next().unwrap_or_default(), QUOTED_MAX)
-                ),
+                summary: format!("line {line}"),
             }
         })?;
         Validator { source: source.clone() }.validate(raw, leased)
